@@ -1,0 +1,123 @@
+"""DSSE envelopes over RFC 8785 canonical JSON.
+
+The payload is canonicalised once and kept as bytes; verification checks signatures over the exact
+bytes before anything parses them (`verify` returns the parsed payload only after that).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+from keys.ed25519 import PublicKey, Signer
+from keys.errors import SignatureError
+
+MEDIA_PREFIX = "application/vnd.citybroker."
+
+
+def media_type(thing: str) -> str:
+    return f"{MEDIA_PREFIX}{thing}+json"
+
+
+def canonical(obj: Any) -> bytes:
+    return rfc8785.dumps(obj)
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+@dataclass(frozen=True)
+class Signature:
+    keyid: str
+    sig: bytes
+
+
+@dataclass(frozen=True)
+class Envelope:
+    payload_type: str
+    payload: bytes
+    signatures: tuple[Signature, ...]
+
+    def to_json(self) -> bytes:
+        return canonical(
+            {
+                "payloadType": self.payload_type,
+                "payload": base64.b64encode(self.payload).decode(),
+                "signatures": [
+                    {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode()}
+                    for s in self.signatures
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Envelope:
+        try:
+            obj = json.loads(data)
+            sigs = tuple(
+                Signature(str(s["keyid"]), base64.b64decode(s["sig"], validate=True))
+                for s in obj["signatures"]
+            )
+            return cls(str(obj["payloadType"]), base64.b64decode(obj["payload"], validate=True), sigs)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SignatureError(f"not a DSSE envelope: {e}", reason="ENVELOPE_MALFORMED") from None
+
+    def countersigned(self, signer: Signer) -> Envelope:
+        sig = Signature(signer.keyid, signer.sign(pae(self.payload_type, self.payload)))
+        return Envelope(self.payload_type, self.payload, (*self.signatures, sig))
+
+
+def sign(thing: str, payload: Mapping[str, Any], *signers: Signer) -> Envelope:
+    body = canonical(payload)
+    ptype = media_type(thing)
+    message = pae(ptype, body)
+    return Envelope(ptype, body, tuple(Signature(s.keyid, s.sign(message)) for s in signers))
+
+
+KeyLookup = Callable[[str], PublicKey | None]
+
+
+def verified_keyids(envelope: Envelope, lookup: KeyLookup) -> set[str]:
+    """Key ids whose signature over this envelope is valid; unknown key ids are ignored."""
+    message = pae(envelope.payload_type, envelope.payload)
+    good = set()
+    for s in envelope.signatures:
+        key = lookup(s.keyid)
+        if key is not None and key.keyid == s.keyid and key.verify(s.sig, message):
+            good.add(s.keyid)
+    return good
+
+
+def verify(
+    envelope: Envelope, thing: str, lookup: KeyLookup, required: Iterable[str] = ()
+) -> tuple[dict[str, Any], set[str]]:
+    """Verify, then parse. At least one valid signature is needed, plus every key id in `required`.
+
+    Returns the parsed payload and the key ids that verified.
+    """
+    if envelope.payload_type != media_type(thing):
+        raise SignatureError(
+            f"expected a {media_type(thing)} envelope, got {envelope.payload_type!r}",
+            reason="PAYLOAD_TYPE_MISMATCH",
+        )
+    good = verified_keyids(envelope, lookup)
+    missing = set(required) - good
+    if not good or missing:
+        raise SignatureError(
+            f"{thing} envelope lacks a valid signature from a trusted key",
+            reason="SIGNATURE_INVALID",
+        )
+    try:
+        payload = json.loads(envelope.payload)
+    except ValueError:
+        raise SignatureError(f"{thing} payload is not JSON", reason="PAYLOAD_MALFORMED") from None
+    if not isinstance(payload, dict):
+        raise SignatureError(f"{thing} payload is not an object", reason="PAYLOAD_MALFORMED")
+    return payload, good

@@ -1,0 +1,109 @@
+"""Ed25519 key pairs: generation, owner-only private key files, and key ids derived from public keys."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from keys.errors import KeyFileError
+
+
+def key_id(public_raw: bytes) -> str:
+    """A key id is the hex SHA-256 of the raw 32-byte public key, so anyone holding the key can derive it."""
+    return hashlib.sha256(public_raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    raw: bytes
+
+    @property
+    def keyid(self) -> str:
+        return key_id(self.raw)
+
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self.raw).decode()
+
+    @classmethod
+    def from_b64(cls, text: str) -> PublicKey:
+        raw = base64.b64decode(text, validate=True)
+        if len(raw) != 32:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        return cls(raw)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def crypto_key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.raw)
+
+
+class Signer:
+    """An Ed25519 private key held in memory; it never leaves this object except to an owner-only file."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = PublicKey(
+            private.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    @classmethod
+    def generate(cls) -> Signer:
+        return cls(Ed25519PrivateKey.generate())
+
+    @property
+    def keyid(self) -> str:
+        return self.public.keyid
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    def crypto_key(self) -> Ed25519PrivateKey:
+        return self._private
+
+    def save(self, path: Path) -> None:
+        """Write the key as PKCS#8 PEM, created with mode 0600 so it is never readable by others."""
+        pem = self._private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.chmod(path, 0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> Signer:
+        try:
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise KeyFileError(f"cannot read private key {path}: {e.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"private key {path} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
+                f"run: chmod 600 {path}"
+            )
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as e:
+            raise KeyFileError(f"{path} is not an unencrypted PEM private key: {e}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{path} is not an Ed25519 private key")
+        return cls(key)

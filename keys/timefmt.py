@@ -1,0 +1,23 @@
+"""Timestamps in signed statements: RFC 3339 UTC with second precision, so they canonicalise stably."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def fmt(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}") from None
+    if t.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return t.astimezone(UTC)

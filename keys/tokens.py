@@ -1,0 +1,133 @@
+"""Partner access tokens: short-lived, single-use EdDSA JWTs.
+
+A token names its issuer (the partner, as listed in the trust bundle), subject, audience (the broker),
+and a unique `jti`. Lifetimes over five minutes are refused, which bounds how long a replay cache must
+remember a `jti`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import jwt
+
+from federation.errors import AuthenticationError
+from keys.ed25519 import PublicKey, Signer
+from keys.trust import Role, TrustBundle
+
+MAX_LIFETIME_S = 300
+CLOCK_SKEW_S = 30
+ALGORITHM = "EdDSA"
+
+
+def issue(signer: Signer, issuer: str, audience: str, lifetime_s: int = 120,
+          subject: str | None = None) -> str:
+    if not 0 < lifetime_s <= MAX_LIFETIME_S:
+        raise ValueError(f"token lifetime must be between 1 and {MAX_LIFETIME_S} seconds")
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "sub": subject or issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime_s,
+        "jti": secrets.token_urlsafe(16),
+    }
+    return jwt.encode(claims, signer.crypto_key(), algorithm=ALGORITHM,
+                      headers={"kid": signer.keyid})
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    issuer: str
+    subject: str
+    audience: str
+    jti: str
+    issued_at: int
+    expires_at: int
+    raw: str
+
+
+def _fail(message: str, reason: str) -> AuthenticationError:
+    return AuthenticationError(message, reason=reason)
+
+
+def verify(token: str, bundle: TrustBundle, audience: str, at: datetime | None = None) -> VerifiedToken:
+    """Check signature, algorithm, issuer, audience, expiry and lifetime. Replay is `ReplayCache`'s job."""
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified_claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _fail("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
+    if header.get("alg") != ALGORITHM:
+        raise _fail(f"token algorithm {header.get('alg')!r} is not allowed; use EdDSA",
+                    "TOKEN_ALGORITHM_NOT_ALLOWED")
+    issuer = unverified_claims.get("iss")
+    partner = bundle.party(str(issuer), Role.PARTNER) if isinstance(issuer, str) else None
+    if partner is None:
+        raise _fail(f"token issuer {issuer!r} is not a partner in the trust bundle",
+                    "TOKEN_ISSUER_UNKNOWN")
+    when = at or datetime.fromtimestamp(time.time()).astimezone()
+    kid = header.get("kid")
+    candidates: list[PublicKey] = [
+        g.public for g in partner.keys if g.valid_at(when) and (kid is None or g.public.keyid == kid)
+    ]
+    if not candidates:
+        raise _fail(f"no key of partner {issuer} is valid now", "TOKEN_KEY_UNKNOWN")
+    claims = None
+    for key in candidates:
+        try:
+            claims = jwt.decode(
+                token, key.crypto_key(), algorithms=[ALGORITHM], audience=audience,
+                leeway=CLOCK_SKEW_S,
+                options={"require": ["iss", "sub", "aud", "iat", "exp", "jti"]},
+            )
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.ExpiredSignatureError:
+            raise _fail("the token has expired", "TOKEN_EXPIRED") from None
+        except jwt.InvalidAudienceError:
+            raise _fail(f"the token is not meant for {audience}", "TOKEN_AUDIENCE_MISMATCH") from None
+        except jwt.ImmatureSignatureError:
+            raise _fail("the token is not valid yet", "TOKEN_NOT_YET_VALID") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise _fail(f"the token lacks the {e.claim!r} claim", "TOKEN_CLAIM_MISSING") from None
+        except jwt.PyJWTError:
+            raise _fail("the token is not valid", "TOKEN_INVALID") from None
+    if claims is None:
+        raise _fail("the token signature does not verify", "TOKEN_SIGNATURE_INVALID")
+    iat, exp = claims["iat"], claims["exp"]
+    if not isinstance(iat, int) or not isinstance(exp, int) or exp - iat > MAX_LIFETIME_S:
+        raise _fail(f"token lifetime exceeds {MAX_LIFETIME_S} seconds", "TOKEN_LIFETIME_TOO_LONG")
+    if iat > time.time() + CLOCK_SKEW_S:
+        raise _fail("the token was issued in the future", "TOKEN_NOT_YET_VALID")
+    return VerifiedToken(str(claims["iss"]), str(claims["sub"]), audience, str(claims["jti"]),
+                         iat, exp, token)
+
+
+class ReplayCache:
+    """Remembers each `jti` until its token expires (plus skew); a second use is refused.
+
+    Bounded in time by MAX_LIFETIME_S, so memory is bounded by the token rate.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+
+    def consume(self, token: VerifiedToken) -> None:
+        now = time.time()
+        key = f"{token.issuer}\x00{token.jti}"
+        with self._lock:
+            if now >= self._next_sweep:
+                self._seen = {k: t for k, t in self._seen.items() if t > now}
+                self._next_sweep = now + 10
+            if key in self._seen:
+                raise _fail("the token has already been used", "TOKEN_REPLAYED")
+            self._seen[key] = token.expires_at + CLOCK_SKEW_S
