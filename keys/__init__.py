@@ -1,1 +1,1 @@
-"""Identity, signing and trust: Ed25519 keys, DSSE envelopes, the trust bundle, the federation CA, partner tokens."""
+"""Identity, signing and trust: Ed25519 keys, DSSE, the trust bundle, the CA, partner tokens."""

@@ -65,9 +65,15 @@ class FederationCA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -79,8 +85,9 @@ class FederationCA:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, party_id: str, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
-              days: int = 365) -> IssuedCert:
+    def issue(
+        self, party_id: str, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 365
+    ) -> IssuedCert:
         """A certificate for both TLS server and client use, CN = party id, SANs = hosts."""
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []

@@ -65,7 +65,9 @@ class Envelope:
                 Signature(str(s["keyid"]), base64.b64decode(s["sig"], validate=True))
                 for s in obj["signatures"]
             )
-            return cls(str(obj["payloadType"]), base64.b64decode(obj["payload"], validate=True), sigs)
+            return cls(
+                str(obj["payloadType"]), base64.b64decode(obj["payload"], validate=True), sigs
+            )
         except (ValueError, KeyError, TypeError) as e:
             raise SignatureError(f"not a DSSE envelope: {e}", reason="ENVELOPE_MALFORMED") from None
 

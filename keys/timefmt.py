@@ -21,3 +21,12 @@ def parse(text: str) -> datetime:
     if t.tzinfo is None:
         raise ValueError(f"timestamp without a time zone: {text!r}")
     return t.astimezone(UTC)
+
+
+def to_db(t: datetime) -> datetime:
+    """Naive UTC, as every table stores times (SQLite keeps no zone; PostgreSQL then agrees)."""
+    return t.astimezone(UTC).replace(tzinfo=None)
+
+
+def from_db(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC)

@@ -24,8 +24,9 @@ CLOCK_SKEW_S = 30
 ALGORITHM = "EdDSA"
 
 
-def issue(signer: Signer, issuer: str, audience: str, lifetime_s: int = 120,
-          subject: str | None = None) -> str:
+def issue(
+    signer: Signer, issuer: str, audience: str, lifetime_s: int = 120, subject: str | None = None
+) -> str:
     if not 0 < lifetime_s <= MAX_LIFETIME_S:
         raise ValueError(f"token lifetime must be between 1 and {MAX_LIFETIME_S} seconds")
     now = int(time.time())
@@ -37,8 +38,9 @@ def issue(signer: Signer, issuer: str, audience: str, lifetime_s: int = 120,
         "exp": now + lifetime_s,
         "jti": secrets.token_urlsafe(16),
     }
-    return jwt.encode(claims, signer.crypto_key(), algorithm=ALGORITHM,
-                      headers={"kid": signer.keyid})
+    return jwt.encode(
+        claims, signer.crypto_key(), algorithm=ALGORITHM, headers={"kid": signer.keyid}
+    )
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ def _fail(message: str, reason: str) -> AuthenticationError:
     return AuthenticationError(message, reason=reason)
 
 
-def verify(token: str, bundle: TrustBundle, audience: str, at: datetime | None = None) -> VerifiedToken:
+def verify(
+    token: str, bundle: TrustBundle, audience: str, at: datetime | None = None
+) -> VerifiedToken:
     """Check signature, algorithm, issuer, audience, expiry and lifetime. Replay is `ReplayCache`'s job."""
     try:
         header = jwt.get_unverified_header(token)
@@ -64,17 +68,22 @@ def verify(token: str, bundle: TrustBundle, audience: str, at: datetime | None =
     except jwt.PyJWTError:
         raise _fail("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
     if header.get("alg") != ALGORITHM:
-        raise _fail(f"token algorithm {header.get('alg')!r} is not allowed; use EdDSA",
-                    "TOKEN_ALGORITHM_NOT_ALLOWED")
+        raise _fail(
+            f"token algorithm {header.get('alg')!r} is not allowed; use EdDSA",
+            "TOKEN_ALGORITHM_NOT_ALLOWED",
+        )
     issuer = unverified_claims.get("iss")
     partner = bundle.party(str(issuer), Role.PARTNER) if isinstance(issuer, str) else None
     if partner is None:
-        raise _fail(f"token issuer {issuer!r} is not a partner in the trust bundle",
-                    "TOKEN_ISSUER_UNKNOWN")
+        raise _fail(
+            f"token issuer {issuer!r} is not a partner in the trust bundle", "TOKEN_ISSUER_UNKNOWN"
+        )
     when = at or datetime.fromtimestamp(time.time()).astimezone()
     kid = header.get("kid")
     candidates: list[PublicKey] = [
-        g.public for g in partner.keys if g.valid_at(when) and (kid is None or g.public.keyid == kid)
+        g.public
+        for g in partner.keys
+        if g.valid_at(when) and (kid is None or g.public.keyid == kid)
     ]
     if not candidates:
         raise _fail(f"no key of partner {issuer} is valid now", "TOKEN_KEY_UNKNOWN")
@@ -82,7 +91,10 @@ def verify(token: str, bundle: TrustBundle, audience: str, at: datetime | None =
     for key in candidates:
         try:
             claims = jwt.decode(
-                token, key.crypto_key(), algorithms=[ALGORITHM], audience=audience,
+                token,
+                key.crypto_key(),
+                algorithms=[ALGORITHM],
+                audience=audience,
                 leeway=CLOCK_SKEW_S,
                 options={"require": ["iss", "sub", "aud", "iat", "exp", "jti"]},
             )
@@ -92,7 +104,9 @@ def verify(token: str, bundle: TrustBundle, audience: str, at: datetime | None =
         except jwt.ExpiredSignatureError:
             raise _fail("the token has expired", "TOKEN_EXPIRED") from None
         except jwt.InvalidAudienceError:
-            raise _fail(f"the token is not meant for {audience}", "TOKEN_AUDIENCE_MISMATCH") from None
+            raise _fail(
+                f"the token is not meant for {audience}", "TOKEN_AUDIENCE_MISMATCH"
+            ) from None
         except jwt.ImmatureSignatureError:
             raise _fail("the token is not valid yet", "TOKEN_NOT_YET_VALID") from None
         except jwt.MissingRequiredClaimError as e:
@@ -106,8 +120,9 @@ def verify(token: str, bundle: TrustBundle, audience: str, at: datetime | None =
         raise _fail(f"token lifetime exceeds {MAX_LIFETIME_S} seconds", "TOKEN_LIFETIME_TOO_LONG")
     if iat > time.time() + CLOCK_SKEW_S:
         raise _fail("the token was issued in the future", "TOKEN_NOT_YET_VALID")
-    return VerifiedToken(str(claims["iss"]), str(claims["sub"]), audience, str(claims["jti"]),
-                         iat, exp, token)
+    return VerifiedToken(
+        str(claims["iss"]), str(claims["sub"]), audience, str(claims["jti"]), iat, exp, token
+    )
 
 
 class ReplayCache:

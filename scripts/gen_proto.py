@@ -1,7 +1,7 @@
 """Generate the Python wire code from proto/ (beside the .proto files), or check that it has not drifted.
 
-    python scripts/gen_proto.py          # regenerate
-    python scripts/gen_proto.py --check  # fail if the checked-in code differs from a fresh build
+python scripts/gen_proto.py          # regenerate
+python scripts/gen_proto.py --check  # fail if the checked-in code differs from a fresh build
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 def generate(out: Path) -> None:
     include = Path(protoc.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *sources]
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *sources,
+    ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
     for pkg in {Path(s).parent for s in sources}:
@@ -42,8 +49,9 @@ def main() -> None:
         generate(fresh)
         want, have = generated_files(fresh), generated_files(PROTO_ROOT)
         drift = sorted(str(p) for p in want ^ have)
-        drift += sorted(str(p) for p in want & have
-                        if not filecmp.cmp(fresh / p, PROTO_ROOT / p, shallow=False))
+        drift += sorted(
+            str(p) for p in want & have if not filecmp.cmp(fresh / p, PROTO_ROOT / p, shallow=False)
+        )
     if drift:
         sys.exit("generated code drifted from proto/ (run `make proto`): " + ", ".join(drift))
     print("generated code matches proto/")

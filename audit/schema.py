@@ -1,0 +1,65 @@
+"""Tables of the append-only Merkle log, on `metadata` so Alembic migrations can include them.
+
+One database holds one log. Rows are only ever inserted, never updated or deleted.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index to maintain per insert.
+_Index = BigInteger().with_variant(Integer(), "sqlite")
+
+log_entries = Table(
+    "log_entries",
+    metadata,
+    Column("idx", _Index, primary_key=True, autoincrement=False),
+    Column("entry", LargeBinary, nullable=False),
+    # Level-0 node of the tree; kept here rather than in log_nodes to write one row less per entry.
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("idx >= 0", name="idx_nonnegative"),
+)
+
+# Hashes of the complete perfect subtrees above the leaves: (level, idx) covers leaves
+# [idx << level, (idx + 1) << level). Any root or proof needs O(log n) of them.
+log_nodes = Table(
+    "log_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    CheckConstraint("level >= 1 AND idx >= 0", name="key_valid"),
+    sqlite_with_rowid=False,
+)
+
+log_checkpoints = Table(
+    "log_checkpoints",
+    metadata,
+    Column("tree_size", _Index, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("tree_size >= 0", name="size_nonnegative"),
+)

@@ -1,0 +1,179 @@
+"""A small client for partner services: ask the federation, and verify everything it answers.
+
+    client = PartnerClient.connect("127.0.0.1:7000", broker_id="broker-1", partner_id="partner-x",
+                                   key=Signer.load(Path("partner.key")), ca_cert=Path("ca.crt"),
+                                   trust_bundle=Path("trust-bundle.json"),
+                                   authority_key=Path("authority.pub"))
+    answer = client.query(Query(dataset="mobility", purpose="urban-mobility-planning",
+                                measures=(Measure(MeasureKind.COUNT_RECORDS),)))
+    answer.cells, answer.cities, answer.signatures_verified
+
+Each call mints a fresh single-use token. `query` verifies the broker's signed query, every city's
+signed result and the broker's receipt against the trust bundle, and recomputes the merged answer
+from the verified results; any mismatch raises VerificationError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from broker import merge
+from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
+from federation import statements
+from federation.errors import VerificationError
+from federation.query import Query
+from federation.rpc import CHANNEL_OPTIONS, RemoteError, client_credentials, remote_error
+from federation.wire import envelope_from_pb, query_to_pb
+from keys import dsse, tokens, trust
+from keys.ed25519 import Signer
+from keys.trust import TrustBundle
+
+STATUS_NAMES = {v: k.removeprefix("CITY_STATUS_").lower() for k, v in broker_pb2.CityStatus.items()}
+
+
+class CallFailed(Exception):
+    """The broker refused or failed the whole call; `error` says how."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__(f"{error.code} {error.reason}: {error.message}")
+        self.error = error
+
+
+@dataclass(frozen=True)
+class CityAnswer:
+    city: str
+    status: str
+    code: str
+    reason: str
+    message: str
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    query_id: str
+    cells: list[merge.MergedCell]
+    cities: list[CityAnswer]
+    receipt: dict[str, Any]
+    signatures_verified: int
+
+
+class PartnerClient:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        broker_id: str,
+        partner_id: str,
+        key: Signer,
+        bundle: TrustBundle,
+    ) -> None:
+        self._channel = channel
+        self._stub = broker_pb2_grpc.BrokerServiceStub(channel)
+        self.broker_id, self.partner_id, self._key, self.bundle = (
+            broker_id,
+            partner_id,
+            key,
+            bundle,
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        address: str,
+        broker_id: str,
+        partner_id: str,
+        key: Signer,
+        ca_cert: Path,
+        trust_bundle: Path,
+        authority_key: Path,
+    ) -> PartnerClient:
+        bundle = trust.load_bundle(trust_bundle, trust.load_authority_key(authority_key))
+        channel = grpc.secure_channel(
+            address, client_credentials(ca_cert.read_bytes()), options=CHANNEL_OPTIONS
+        )
+        return cls(channel, broker_id, partner_id, key, bundle)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PartnerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        token = tokens.issue(self._key, self.partner_id, self.broker_id, lifetime_s=60)
+        return [("authorization", f"Bearer {token}")]
+
+    def query(self, query: Query, timeout_s: float = 15.0) -> Answer:
+        try:
+            response = self._stub.Query(
+                broker_pb2.QueryRequest(query=query_to_pb(query)),
+                metadata=self._metadata(),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return self.verify(query, response)
+
+    def describe_federation(self, timeout_s: float = 15.0) -> broker_pb2.DescribeFederationResponse:
+        try:
+            return self._stub.DescribeFederation(
+                broker_pb2.DescribeFederationRequest(), metadata=self._metadata(), timeout=timeout_s
+            )
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+
+    def verify(self, asked: Query, response: broker_pb2.QueryResponse) -> Answer:
+        """Check every signature and every link between the statements; count the signatures."""
+        bundle = self.bundle
+        signed_query = envelope_from_pb(response.signed_query)
+        request = statements.verify_request(signed_query, statements.QUERY, bundle)
+        if request.broker != self.broker_id or request.partner != self.partner_id:
+            raise VerificationError(
+                "the broker signed a query for another party", reason="QUERY_MISMATCH"
+            )
+        if request.query != asked:
+            raise VerificationError(
+                "the broker sent the cities a different query", reason="QUERY_MISMATCH"
+            )
+        verified = 1
+        results: dict[str, tuple[dict[str, Any], str]] = {}
+        cities = []
+        for c in response.cities:
+            status = STATUS_NAMES.get(c.status, "unspecified")
+            if status == "answered":
+                env = envelope_from_pb(c.signed_result)
+                result = statements.verify_result(env, bundle)
+                verified += 1
+                if (result["city"], result["query_digest"]) != (c.city_id, request.digest):
+                    raise VerificationError(
+                        f"result of {c.city_id} answers another query", reason="RESULT_MISMATCH"
+                    )
+                results[c.city_id] = (result, statements.digest(env.payload))
+            cities.append(CityAnswer(c.city_id, status, c.code, c.reason, c.message, c.log_index))
+        receipt = statements.verify_receipt(envelope_from_pb(response.receipt), bundle)
+        verified += 1
+        if receipt["query_digest"] != request.digest or receipt["partner"] != self.partner_id:
+            raise VerificationError("the receipt is for another query", reason="RECEIPT_MISMATCH")
+        receipted = {r["city"]: r["result_digest"] for r in receipt["cities"]}
+        if receipted != {c.city: results[c.city][1] if c.city in results else None for c in cities}:
+            raise VerificationError(
+                "the receipt does not list the results returned", reason="RECEIPT_MISMATCH"
+            )
+        cells = merge.merge((city, r) for city, (r, _) in results.items())
+        if statements.digest(dsse.canonical(merge.to_payload(cells))) != receipt["answer_digest"]:
+            raise VerificationError(
+                "the merged answer does not match the signed results", reason="ANSWER_MISMATCH"
+            )
+        returned = [(dict(c.key), dict(c.values), c.withheld) for c in response.cells]
+        if returned != [(c.key, c.values, c.withheld) for c in cells]:
+            raise VerificationError(
+                "the broker's merged cells differ from the signed results", reason="ANSWER_MISMATCH"
+            )
+        return Answer(response.query_id, cells, cities, receipt, verified)

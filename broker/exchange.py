@@ -1,0 +1,228 @@
+"""One federated exchange, from an authenticated partner's query to a signed, logged receipt.
+
+The broker is not trusted with policy: it only plans which cities to ask, relays the partner's token
+inside its signed request, verifies what comes back, merges, and signs what it did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit.log import MerkleLog
+from broker import merge
+from broker.fanout import CityChannels, fan_out
+from citybroker.node.v1 import node_pb2
+from federation import agreement as agreement_doc
+from federation import statements
+from federation.agreement import Agreement
+from federation.errors import InvalidArgument, VerificationError
+from federation.query import Query
+from federation.wire import envelope_from_pb, envelope_to_pb
+from keys import dsse, timefmt
+from keys.ed25519 import Signer
+from keys.tokens import VerifiedToken
+from keys.trust import Role, TrustStore
+
+ANSWERED, REFUSED, FAILED, TIMED_OUT, UNVERIFIED = (
+    "answered",
+    "refused",
+    "failed",
+    "timed_out",
+    "unverified",
+)
+_REFUSAL_CODES = {
+    "INVALID_ARGUMENT",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "NOT_FOUND",
+}
+
+
+@dataclass
+class CityOutcome:
+    city: str
+    status: str
+    code: str = "OK"
+    reason: str = ""
+    message: str = ""
+    signed_result: dsse.Envelope | None = None
+    log_index: int = 0
+    verified_result: dict[str, Any] | None = None
+
+
+@dataclass
+class Exchange:
+    request_id: str
+    cells: list[merge.MergedCell]
+    outcomes: list[CityOutcome]
+    signed_query: dsse.Envelope
+    receipt: dsse.Envelope
+
+
+@dataclass
+class CityOffer:
+    city: str
+    name: str
+    jurisdiction: str
+    outcome: CityOutcome
+    agreements: list[tuple[Agreement, dsse.Envelope]] = field(default_factory=list)
+
+
+def _failure(city: str, error: Any) -> CityOutcome:
+    if error.code == "DEADLINE_EXCEEDED":
+        status = TIMED_OUT
+    elif error.code in _REFUSAL_CODES:
+        status = REFUSED
+    else:
+        status = FAILED
+    return CityOutcome(city, status, error.code, error.reason, error.message)
+
+
+class Broker:
+    def __init__(
+        self,
+        broker_id: str,
+        signer: Signer,
+        trust: TrustStore,
+        channels: CityChannels,
+        log: MerkleLog,
+        city_timeout_s: float = 5.0,
+    ) -> None:
+        self.id, self._signer, self._trust, self._channels, self._log = (
+            broker_id,
+            signer,
+            trust,
+            channels,
+            log,
+        )
+        self._timeout = city_timeout_s
+
+    def _targets(self, cities: tuple[str, ...]) -> dict[str, str]:
+        bundle = self._trust.current
+        if not cities:
+            return {c.id: c.endpoint for c in bundle.by_role(Role.CITY)}
+        targets = {}
+        for c in cities:
+            party = bundle.party(c, Role.CITY)
+            if party is None:
+                raise InvalidArgument(f"unknown city {c!r}", reason="CITY_UNKNOWN", city=c)
+            targets[c] = party.endpoint
+        return targets
+
+    def query(self, caller: VerifiedToken, query: Query, deadline_s: float | None) -> Exchange:
+        targets = self._targets(query.cities)
+        request_id = str(uuid.uuid4())
+        signed = statements.sign_request(
+            statements.QUERY, request_id, self.id, caller.issuer, caller.raw, query, self._signer
+        )
+        request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(signed))
+        timeout = min(self._timeout, deadline_s) if deadline_s else self._timeout
+        replies = fan_out(
+            targets, lambda stub: stub.RunQuery.future(request, timeout=timeout), self._channels
+        )
+        query_digest = statements.digest(signed.payload)
+        bundle = self._trust.current
+        outcomes = []
+        for r in replies:
+            if r.error is not None:
+                outcomes.append(_failure(r.city, r.error))
+                continue
+            env = envelope_from_pb(r.response.signed_result)
+            try:
+                result = statements.verify_result(env, bundle)
+                if (result["city"], result["request_id"], result["query_digest"]) != (
+                    r.city,
+                    request_id,
+                    query_digest,
+                ):
+                    raise VerificationError(
+                        "result does not answer this query", reason="RESULT_MISMATCH"
+                    )
+            except VerificationError as e:
+                outcomes.append(CityOutcome(r.city, UNVERIFIED, "DATA_LOSS", e.reason, e.message))
+                continue
+            outcomes.append(
+                CityOutcome(
+                    r.city,
+                    ANSWERED,
+                    signed_result=env,
+                    log_index=r.response.log_index,
+                    verified_result=result,
+                )
+            )
+        cells = merge.merge((o.city, o.verified_result) for o in outcomes if o.verified_result)
+        receipt = dsse.sign(
+            statements.RECEIPT,
+            {
+                "request_id": request_id,
+                "query_digest": query_digest,
+                "broker": self.id,
+                "partner": caller.issuer,
+                "purpose": query.purpose,
+                "dataset": query.dataset,
+                "cities": [
+                    {
+                        "city": o.city,
+                        "status": o.status,
+                        "code": o.code,
+                        "reason": o.reason,
+                        "result_digest": statements.digest(o.signed_result.payload)
+                        if o.signed_result
+                        else None,
+                        "node_log_index": o.log_index if o.signed_result else None,
+                    }
+                    for o in outcomes
+                ],
+                "answer_digest": statements.digest(dsse.canonical(merge.to_payload(cells))),
+                "issued_at": timefmt.fmt(timefmt.now()),
+            },
+            self._signer,
+        )
+        self._log.append(signed.to_json(), kind="query")
+        self._log.append(receipt.to_json(), kind="receipt")
+        return Exchange(request_id, cells, outcomes, signed, receipt)
+
+    def describe(self, caller: VerifiedToken, deadline_s: float | None) -> list[CityOffer]:
+        bundle = self._trust.current
+        cities = bundle.by_role(Role.CITY)
+        signed = statements.sign_request(
+            statements.DESCRIBE,
+            str(uuid.uuid4()),
+            self.id,
+            caller.issuer,
+            caller.raw,
+            None,
+            self._signer,
+        )
+        request = node_pb2.DescribeOfferRequest(signed_request=envelope_to_pb(signed))
+        timeout = min(self._timeout, deadline_s) if deadline_s else self._timeout
+        replies = fan_out(
+            {c.id: c.endpoint for c in cities},
+            lambda stub: stub.DescribeOffer.future(request, timeout=timeout),
+            self._channels,
+        )
+        offers = []
+        for city, r in zip(cities, replies, strict=True):
+            if r.error is not None:
+                offers.append(
+                    CityOffer(city.id, city.name, city.jurisdiction, _failure(city.id, r.error))
+                )
+                continue
+            offer = CityOffer(city.id, city.name, city.jurisdiction, CityOutcome(city.id, ANSWERED))
+            for pb in r.response.agreements:
+                env = envelope_from_pb(pb)
+                try:
+                    a = agreement_doc.verify(env, bundle)
+                except VerificationError as e:
+                    offer.outcome = CityOutcome(
+                        city.id, UNVERIFIED, "DATA_LOSS", e.reason, e.message
+                    )
+                    continue
+                if a.provider == city.id and a.consumer == caller.issuer:
+                    offer.agreements.append((a, env))
+            offers.append(offer)
+        return offers

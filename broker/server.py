@@ -1,0 +1,86 @@
+"""Broker configuration and process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from audit.log import MerkleLog
+from broker.exchange import Broker
+from broker.fanout import CityChannels
+from broker.service import BROKER_SERVICE, BrokerServicer, partner_token_guard
+from citybroker.broker.v1 import broker_pb2_grpc
+from federation import storage
+from federation.config import Section, load_toml
+from federation.rpc import TlsFiles, build_server, server_credentials
+from keys import dsse, trust
+from keys.ed25519 import Signer
+from keys.trust import TrustStore
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    broker_id: str
+    listen: str
+    database: str
+    signing_key: Path
+    tls: TlsFiles
+    trust_bundle: Path
+    authority_key: Path
+    city_timeout_s: float
+
+    @classmethod
+    def load(cls, path: Path) -> BrokerConfig:
+        top = Section(load_toml(path), path)
+        tls, tr = top.section("tls"), top.section("trust")
+        return cls(
+            broker_id=top.str("broker"),
+            listen=top.str("listen", "127.0.0.1:7000"),
+            database=top.database_url("database"),
+            signing_key=top.path_("signing_key"),
+            tls=TlsFiles(tls.path_("ca_cert"), tls.path_("cert"), tls.path_("key")),
+            trust_bundle=tr.path_("bundle"),
+            authority_key=tr.path_("authority_key"),
+            city_timeout_s=top.float("city_timeout_s", 5.0),
+        )
+
+
+class BrokerServer:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        signer = Signer.load(config.signing_key)
+        store = TrustStore(trust.load_authority_key(config.authority_key))
+        store.install(dsse.Envelope.from_json(config.trust_bundle.read_bytes()))
+        self.engine = storage.create_engine(config.database)
+        storage.upgrade(self.engine)
+        self.log = MerkleLog(
+            self.engine, origin=f"citybroker/broker/{config.broker_id}", signer=signer
+        )
+        self.channels = CityChannels(*config.tls.read())
+        broker = Broker(
+            config.broker_id, signer, store, self.channels, self.log, config.city_timeout_s
+        )
+
+        def register(server: grpc.Server) -> None:
+            broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(broker), server)
+
+        self.server, self.health = build_server(
+            register,
+            [BROKER_SERVICE],
+            guards={BROKER_SERVICE: partner_token_guard(config.broker_id, store)},
+        )
+        self.port = self.server.add_secure_port(
+            config.listen, server_credentials(config.tls, require_client_cert=False)
+        )
+
+    def start(self) -> BrokerServer:
+        self.server.start()
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.server.stop(grace).wait()
+        self.channels.close()
+        self.log.close()
+        self.engine.dispose()

@@ -1,0 +1,155 @@
+"""Data-sharing agreements: the signed document, its parsing, and the check of both parties' signatures.
+
+An agreement is made between a providing city and a consuming party, and is a DSSE envelope over
+canonical JSON that carries both parties' signatures. Only a verified agreement is ever enforced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from federation.errors import VerificationError
+from keys import dsse, timefmt
+from keys.ed25519 import Signer
+from keys.trust import Role, TrustBundle
+
+THING = "agreement"
+DEFAULT_K = 10
+
+
+class Appearance(StrEnum):
+    RAW = "raw"
+    GENERALISED = "generalised"
+    AGGREGATE_ONLY = "aggregate_only"
+
+
+@dataclass(frozen=True)
+class FieldTerms:
+    appearance: Appearance
+    generalisations: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Agreement:
+    agreement_id: str
+    version: int
+    provider: str
+    consumer: str
+    purposes: frozenset[str]
+    datasets: dict[str, dict[str, FieldTerms]]
+    min_cell_size: int
+    valid_from: datetime
+    valid_until: datetime
+    retention_days: int
+
+    def in_force(self, at: datetime) -> bool:
+        return self.valid_from <= at < self.valid_until
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "agreement_id": self.agreement_id,
+            "version": self.version,
+            "provider": self.provider,
+            "consumer": self.consumer,
+            "purposes": sorted(self.purposes),
+            "datasets": {
+                ds: {
+                    f: {
+                        "appearance": t.appearance.value,
+                        "generalisations": sorted(t.generalisations),
+                    }
+                    for f, t in fields.items()
+                }
+                for ds, fields in self.datasets.items()
+            },
+            "min_cell_size": self.min_cell_size,
+            "valid_from": timefmt.fmt(self.valid_from),
+            "valid_until": timefmt.fmt(self.valid_until),
+            "retention_days": self.retention_days,
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> Agreement:
+        try:
+            datasets = {
+                str(ds): {
+                    str(f): FieldTerms(
+                        Appearance(t["appearance"]),
+                        frozenset(str(g) for g in t.get("generalisations", [])),
+                    )
+                    for f, t in fields.items()
+                }
+                for ds, fields in obj["datasets"].items()
+            }
+            a = cls(
+                agreement_id=str(obj["agreement_id"]),
+                version=int(obj["version"]),
+                provider=str(obj["provider"]),
+                consumer=str(obj["consumer"]),
+                purposes=frozenset(str(p) for p in obj["purposes"]),
+                datasets=datasets,
+                min_cell_size=int(obj.get("min_cell_size", DEFAULT_K)),
+                valid_from=timefmt.parse(obj["valid_from"]),
+                valid_until=timefmt.parse(obj["valid_until"]),
+                retention_days=int(obj.get("retention_days", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise VerificationError(
+                f"agreement is malformed: {e}", reason="AGREEMENT_MALFORMED"
+            ) from None
+        if a.valid_until <= a.valid_from:
+            raise VerificationError(
+                "agreement validity ends before it starts", reason="AGREEMENT_DATES_INVALID"
+            )
+        if a.min_cell_size < 1:
+            raise VerificationError(
+                "agreement min_cell_size must be at least 1", reason="AGREEMENT_MALFORMED"
+            )
+        return a
+
+
+def sign(agreement: Agreement, *signers: Signer) -> dsse.Envelope:
+    return dsse.sign(THING, agreement.to_payload(), *signers)
+
+
+def verify(envelope: dsse.Envelope, bundle: TrustBundle) -> Agreement:
+    """Accept an agreement only if the provider city and the consumer both signed these exact bytes,
+    with keys the trust bundle lists for them when the agreement starts.
+
+    The party names are read before the signatures are checked, only to choose whose keys to check
+    them against; nothing else of the payload is used until both signatures verify.
+    """
+    if envelope.payload_type != dsse.media_type(THING):
+        raise VerificationError(
+            f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
+        )
+    try:
+        unverified = json.loads(envelope.payload)
+        provider, consumer = str(unverified["provider"]), str(unverified["consumer"])
+        starts = timefmt.parse(unverified["valid_from"])
+    except (ValueError, KeyError, TypeError):
+        raise VerificationError(
+            "agreement payload is malformed", reason="AGREEMENT_MALFORMED"
+        ) from None
+    if bundle.party(provider, Role.CITY) is None:
+        raise VerificationError(
+            f"agreement provider {provider!r} is not a city in the trust bundle",
+            reason="AGREEMENT_PARTY_UNKNOWN",
+        )
+    if bundle.party(consumer) is None:
+        raise VerificationError(
+            f"agreement consumer {consumer!r} is not in the trust bundle",
+            reason="AGREEMENT_PARTY_UNKNOWN",
+        )
+    for party in (provider, consumer):
+        if not dsse.verified_keyids(envelope, bundle.key_lookup(party, starts)):
+            raise VerificationError(
+                f"agreement lacks a valid signature of {party}",
+                reason="AGREEMENT_SIGNATURE_INVALID",
+                party=party,
+            )
+    return Agreement.from_payload(unverified)

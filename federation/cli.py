@@ -1,0 +1,349 @@
+"""The `citybroker` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federation.errors import CitybrokerError
+from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+
+app = typer.Typer(
+    help="citybroker: federated consent and data-sharing broker for cities.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Run and administer a city's node.", no_args_is_help=True)
+broker_app = typer.Typer(help="Run a federation broker.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(broker_app, name="broker")
+# Wide enough for the demo tables when output is not a terminal (CI logs, pipes).
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _serve_until_signalled(start: Any, stop: Any, what: str) -> None:
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    start()
+    err.print(f"{what}; SIGTERM or Ctrl-C stops it")
+    done.wait()
+    stop()
+    err.print("stopped")
+
+
+@node_app.command("serve")
+def node_serve(config: Annotated[Path, typer.Option(help="Node config file (TOML).")]) -> None:
+    """Run a city's node until SIGTERM/SIGINT."""
+    from node.server import NodeConfig, NodeServer
+
+    node = NodeServer(NodeConfig.load(config))
+    _serve_until_signalled(
+        node.start, node.stop, f"node {node.config.city} serving on port {node.port}"
+    )
+
+
+@broker_app.command("serve")
+def broker_serve(config: Annotated[Path, typer.Option(help="Broker config file (TOML).")]) -> None:
+    """Run a broker until SIGTERM/SIGINT."""
+    from broker.server import BrokerConfig, BrokerServer
+
+    broker = BrokerServer(BrokerConfig.load(config))
+    _serve_until_signalled(
+        broker.start, broker.stop, f"broker {broker.config.broker_id} serving on port {broker.port}"
+    )
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Empty directory to create the federation in (default: a new temp dir)."
+        ),
+    ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the federation running and write DIR/demo.json for outside clients."
+        ),
+    ] = False,
+    residents: Annotated[
+        int, typer.Option(help="Synthetic residents per city.", min=50, max=1_000_000)
+    ] = 600,
+) -> None:
+    """Create a local federation of three fictional cities, run example queries, verify them."""
+    from federation import demo as demo_mod
+
+    if serve:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    demo_mod.run(directory, serve, residents, console)
+
+
+@app.command()
+def token(
+    key: Annotated[Path, typer.Option(help="The partner's Ed25519 private key (PEM, mode 600).")],
+    issuer: Annotated[str, typer.Option(help="The partner's id in the trust bundle.")],
+    audience: Annotated[str, typer.Option(help="The broker's id.")],
+    lifetime: Annotated[
+        int, typer.Option(help="Seconds until expiry (at most 300).", min=1, max=300)
+    ] = 120,
+) -> None:
+    """Print a single-use partner token (EdDSA JWT) for `authorization: Bearer <token>`."""
+    from keys import tokens
+    from keys.ed25519 import Signer
+
+    print(tokens.issue(Signer.load(key), issuer, audience, lifetime))
+
+
+def _parse_measure(text: str) -> Measure:
+    kind, _, field = text.partition(":")
+    try:
+        return Measure(MeasureKind(kind), field)
+    except ValueError:
+        raise _fail(
+            f"measure {text!r}: use one of {', '.join(m.value for m in MeasureKind)}, "
+            "with :FIELD for sum/avg/min/max"
+        ) from None
+
+
+def _parse_dimension(text: str) -> Dimension:
+    field, _, how = text.partition(":")
+    return Dimension(field, how)
+
+
+def _parse_filter(text: str) -> Filter:
+    field, sep, values = text.partition("=")
+    if not sep or not field:
+        raise _fail(f"filter {text!r}: use FIELD=VALUE or FIELD=V1,V2")
+    vals = tuple(values.split(","))
+    return Filter(field, FilterOp.IN if len(vals) > 1 else FilterOp.EQUALS, vals)
+
+
+def _client(
+    demo_json: Path | None,
+    broker: str | None,
+    broker_id: str | None,
+    partner: str | None,
+    key: Path | None,
+    ca: Path | None,
+    trust_bundle: Path | None,
+    authority_key: Path | None,
+) -> Any:
+    from broker.client import PartnerClient
+    from keys.ed25519 import Signer
+
+    if demo_json is not None:
+        try:
+            info = json.loads(demo_json.read_text())
+        except (OSError, ValueError) as e:
+            raise _fail(f"cannot read {demo_json}: {e}") from None
+        broker, broker_id = broker or info["broker"]["address"], broker_id or info["broker"]["id"]
+        partner = partner or info["partner"]["id"]
+        key = key or Path(info["partner"]["private_key"])
+        ca, trust_bundle = ca or Path(info["ca_cert"]), trust_bundle or Path(info["trust_bundle"])
+        authority_key = authority_key or Path(info["authority_key"])
+    missing = [
+        n
+        for n, v in (
+            ("--broker", broker),
+            ("--broker-id", broker_id),
+            ("--partner", partner),
+            ("--key", key),
+            ("--ca", ca),
+            ("--trust-bundle", trust_bundle),
+            ("--authority-key", authority_key),
+        )
+        if v is None
+    ]
+    if missing:
+        raise _fail(f"missing {', '.join(missing)} (or give --demo DIR/demo.json)")
+    assert broker and broker_id and partner and key and ca and trust_bundle and authority_key
+    return PartnerClient.connect(
+        broker, broker_id, partner, Signer.load(key), ca, trust_bundle, authority_key
+    )
+
+
+DemoOpt = Annotated[
+    Path | None, typer.Option("--demo", help="demo.json written by `citybroker demo --serve`.")
+]
+BrokerOpt = Annotated[str | None, typer.Option(help="Broker address HOST:PORT.")]
+BrokerIdOpt = Annotated[str | None, typer.Option(help="Broker id (the token audience).")]
+PartnerOpt = Annotated[str | None, typer.Option(help="Your partner id.")]
+KeyOpt = Annotated[Path | None, typer.Option(help="Your Ed25519 private key.")]
+CaOpt = Annotated[Path | None, typer.Option(help="Federation CA certificate (PEM).")]
+BundleOpt = Annotated[Path | None, typer.Option(help="Signed federation trust bundle.")]
+AuthorityOpt = Annotated[Path | None, typer.Option(help="Federation authority public key.")]
+
+
+@app.command()
+def query(
+    dataset: Annotated[str, typer.Option(help="Dataset name, such as mobility.")],
+    purpose: Annotated[str, typer.Option(help="Purpose code, such as urban-mobility-planning.")],
+    measure: Annotated[
+        list[str],
+        typer.Option(help="count_records, count_residents, or sum|avg|min|max:FIELD; repeatable."),
+    ],
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option(help="FIELD or FIELD:GENERALISATION (e.g. trip_date:month); repeatable."),
+    ] = None,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="FIELD=VALUE[,VALUE…]; repeatable.")
+    ] = None,
+    city: Annotated[
+        list[str] | None, typer.Option(help="City to ask; repeatable (default: all).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    demo_json: DemoOpt = None,
+    broker: BrokerOpt = None,
+    broker_id: BrokerIdOpt = None,
+    partner: PartnerOpt = None,
+    key: KeyOpt = None,
+    ca: CaOpt = None,
+    trust_bundle: BundleOpt = None,
+    authority_key: AuthorityOpt = None,
+) -> None:
+    """Ask the federation a question as a partner, and verify every signature in the answer."""
+    from broker.client import CallFailed
+
+    q = Query(
+        dataset,
+        purpose,
+        tuple(_parse_measure(m) for m in measure),
+        tuple(_parse_dimension(d) for d in group_by or []),
+        tuple(_parse_filter(f) for f in filter_ or []),
+        tuple(city or []),
+    )
+    try:
+        q.validate()
+        with _client(
+            demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
+        ) as client:
+            answer = client.query(q)
+    except CallFailed as e:
+        raise _fail(
+            f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
+        ) from None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "query_id": answer.query_id,
+                    "cells": [
+                        {
+                            "key": c.key,
+                            "values": c.values,
+                            "withheld": c.withheld,
+                            "contributing": c.contributing,
+                            "withholding": c.withholding,
+                        }
+                        for c in answer.cells
+                    ],
+                    "cities": [c.__dict__ for c in answer.cities],
+                    "signatures_verified": answer.signatures_verified,
+                },
+                indent=2,
+            )
+        )
+        return
+    names = [m.name for m in q.measures]
+    dims = [d.field for d in q.group_by]
+    table = Table(title=f"{dataset} for {purpose}")
+    for d in dims:
+        table.add_column(d)
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("cities")
+    for c in answer.cells:
+        table.add_row(
+            *(c.key.get(d, "") for d in dims),
+            *("withheld" if c.withheld else f"{c.values[n]:g}" for n in names),
+            ", ".join(c.contributing)
+            + (f" (withheld by {', '.join(c.withholding)})" if c.withholding else ""),
+        )
+    console.print(table)
+    for c in answer.cities:
+        if c.status != "answered":
+            console.print(f"[yellow]{c.city}: {c.status} {c.code} {c.reason} {c.message}[/]")
+    console.print(f"verified {answer.signatures_verified} signatures")
+
+
+@app.command()
+def describe(
+    demo_json: DemoOpt = None,
+    broker: BrokerOpt = None,
+    broker_id: BrokerIdOpt = None,
+    partner: PartnerOpt = None,
+    key: KeyOpt = None,
+    ca: CaOpt = None,
+    trust_bundle: BundleOpt = None,
+    authority_key: AuthorityOpt = None,
+) -> None:
+    """Show what each city lets you ask under agreements in force (BrokerService.DescribeFederation)."""
+    from broker.client import STATUS_NAMES, CallFailed
+
+    try:
+        with _client(
+            demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
+        ) as client:
+            response = client.describe_federation()
+    except CallFailed as e:
+        raise _fail(
+            f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
+        ) from None
+    table = Table(title="What you may ask")
+    for col in ("city", "agreement", "purposes", "dataset", "fields", "k", "valid until"):
+        table.add_column(col)
+    for offer in response.cities:
+        if STATUS_NAMES.get(offer.outcome.status) != "answered":
+            table.add_row(offer.city_id, f"[yellow]{offer.outcome.code} {offer.outcome.reason}[/]")
+        for a in offer.agreements:
+            for ds in a.datasets:
+                fields = ", ".join(
+                    f"{f.field} ({f.appearance}"
+                    + (f": {'/'.join(f.generalisations)}" if f.generalisations else "")
+                    + ")"
+                    for f in ds.fields
+                )
+                table.add_row(
+                    offer.city_id,
+                    f"{a.agreement_id} v{a.version}",
+                    ", ".join(a.purposes),
+                    ds.dataset,
+                    fields,
+                    str(a.min_cell_size),
+                    a.valid_until,
+                )
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except CitybrokerError as e:
+        err.print(f"[bold red]error:[/] {e.message} ({e.reason})")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Config files: TOML, with top-level scalars overridable by CITYBROKER_<KEY> environment variables.
+
+Relative paths in a config file are relative to the file, so a federation directory can move.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from federation.errors import ConfigError
+
+ENV_PREFIX = "CITYBROKER_"
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    for key, value in list(data.items()):
+        env = os.environ.get(ENV_PREFIX + key.upper())
+        if env is not None and not isinstance(value, dict | list):
+            data[key] = type(value)(env) if not isinstance(value, bool) else env == "true"
+    return data
+
+
+class Section:
+    """Typed access to one table of a config file, with errors that name the file and key."""
+
+    def __init__(self, data: dict[str, Any], path: Path, prefix: str = "") -> None:
+        self.data, self.path, self.prefix = data, path, prefix
+
+    def _where(self, key: str) -> str:
+        return f"{self.path}: {self.prefix}{key}"
+
+    def str(self, key: str, default: str | None = None) -> str:
+        v = self.data.get(key, default)
+        if not isinstance(v, str) or (default is None and not v):
+            raise ConfigError(f"{self._where(key)} must be a non-empty string")
+        return v
+
+    def int(self, key: str, default: int | None = None) -> int:
+        v = self.data.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(f"{self._where(key)} must be an integer")
+        return v
+
+    def float(self, key: str, default: float | None = None) -> float:
+        v = self.data.get(key, default)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise ConfigError(f"{self._where(key)} must be a number")
+        return float(v)
+
+    def path_(self, key: str) -> Path:
+        p = Path(self.str(key))
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def strs(self, key: str, default: list[str] | None = None) -> list[str]:
+        v = self.data.get(key, default)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{self._where(key)} must be a list of strings")
+        return list(v)
+
+    def section(self, key: str, required: bool = True) -> Section:
+        v = self.data.get(key)
+        if v is None and not required:
+            return Section({}, self.path, f"{self.prefix}{key}.")
+        if not isinstance(v, dict):
+            raise ConfigError(f"{self._where(key)} must be a table")
+        return Section(v, self.path, f"{self.prefix}{key}.")
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def database_url(self, key: str) -> str:
+        """A SQLAlchemy URL; a relative SQLite file is relative to the config file."""
+        url = self.str(key)
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                return "sqlite:///" + str((self.path.parent / rel).resolve())
+        return url

@@ -1,0 +1,145 @@
+"""The signed statements of a federated exchange: the broker's query, each city's result, the
+broker's receipt. Builders and verifiers live together so that every party reads them alike.
+
+Verification reads only the signer's party id from the payload before the signature is checked (to
+know whose keys to check against); nothing else is used until the signature verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from federation.query import Query
+from keys import dsse, timefmt
+from keys.ed25519 import Signer
+from keys.errors import SignatureError
+from keys.trust import Role, TrustBundle
+
+QUERY, DESCRIBE, RESULT, RECEIPT = "query", "describe", "result", "receipt"
+
+
+def digest(payload: bytes) -> str:
+    return "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+def verify_from(
+    envelope: dsse.Envelope,
+    thing: str,
+    bundle: TrustBundle,
+    signer_field: str,
+    role: Role,
+    at_field: str,
+) -> tuple[dict[str, Any], str]:
+    """Verify an envelope signed by the party its payload names in `signer_field`, with a key valid
+    at the time in `at_field`. Returns the payload and that party's id."""
+    if envelope.payload_type != dsse.media_type(thing):
+        raise SignatureError(
+            f"expected a {thing}, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
+        )
+    try:
+        unverified = json.loads(envelope.payload)
+        party, at = str(unverified[signer_field]), timefmt.parse(unverified[at_field])
+    except (ValueError, KeyError, TypeError):
+        raise SignatureError(f"{thing} payload is malformed", reason="PAYLOAD_MALFORMED") from None
+    if bundle.party(party, role) is None:
+        raise SignatureError(
+            f"{thing} signer {party!r} is not a {role.value} in the trust bundle",
+            reason="SIGNER_UNKNOWN",
+        )
+    payload, _ = dsse.verify(envelope, thing, bundle.key_lookup(party, at))
+    return payload, party
+
+
+@dataclass(frozen=True)
+class BrokerRequest:
+    """A broker-signed query or describe request, as a node verified it."""
+
+    request_id: str
+    broker: str
+    partner: str
+    token: str
+    issued_at: datetime
+    query: Query | None
+    digest: str
+
+
+def sign_request(
+    thing: str,
+    request_id: str,
+    broker: str,
+    partner: str,
+    token: str,
+    query: Query | None,
+    signer: Signer,
+) -> dsse.Envelope:
+    payload: dict[str, Any] = {
+        "request_id": request_id,
+        "broker": broker,
+        "partner": partner,
+        "token": token,
+        "issued_at": timefmt.fmt(timefmt.now()),
+    }
+    if query is not None:
+        payload["query"] = query.to_payload()
+    return dsse.sign(thing, payload, signer)
+
+
+def verify_request(envelope: dsse.Envelope, thing: str, bundle: TrustBundle) -> BrokerRequest:
+    payload, broker = verify_from(envelope, thing, bundle, "broker", Role.BROKER, "issued_at")
+    try:
+        query = Query.from_payload(payload["query"]) if thing == QUERY else None
+        return BrokerRequest(
+            str(payload["request_id"]),
+            broker,
+            str(payload["partner"]),
+            str(payload["token"]),
+            timefmt.parse(payload["issued_at"]),
+            query,
+            digest(envelope.payload),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise SignatureError(f"{thing} payload is malformed", reason="PAYLOAD_MALFORMED") from None
+
+
+def sign_result(
+    request: BrokerRequest,
+    city: str,
+    agreement: tuple[str, int],
+    k: int,
+    cells: list[dict[str, Any]],
+    withheld: list[dict[str, str]],
+    signer: Signer,
+) -> dsse.Envelope:
+    assert request.query is not None
+    return dsse.sign(
+        RESULT,
+        {
+            "request_id": request.request_id,
+            "query_digest": request.digest,
+            "city": city,
+            "broker": request.broker,
+            "partner": request.partner,
+            "purpose": request.query.purpose,
+            "dataset": request.query.dataset,
+            "agreement": {"id": agreement[0], "version": agreement[1]},
+            "min_cell_size": k,
+            "cells": cells,
+            "withheld": withheld,
+            "issued_at": timefmt.fmt(timefmt.now()),
+        },
+        signer,
+    )
+
+
+def verify_result(envelope: dsse.Envelope, bundle: TrustBundle) -> dict[str, Any]:
+    payload, _ = verify_from(envelope, RESULT, bundle, "city", Role.CITY, "issued_at")
+    return payload
+
+
+def verify_receipt(envelope: dsse.Envelope, bundle: TrustBundle) -> dict[str, Any]:
+    payload, _ = verify_from(envelope, RECEIPT, bundle, "broker", Role.BROKER, "issued_at")
+    return payload

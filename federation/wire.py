@@ -1,0 +1,78 @@
+"""Conversions between generated protobuf types and domain types, used only at the gRPC edge."""
+
+from __future__ import annotations
+
+from citybroker.common.v1 import common_pb2
+from federation.errors import InvalidArgument
+from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from keys import dsse
+
+_MEASURES = {
+    common_pb2.MEASURE_KIND_COUNT_RECORDS: MeasureKind.COUNT_RECORDS,
+    common_pb2.MEASURE_KIND_COUNT_RESIDENTS: MeasureKind.COUNT_RESIDENTS,
+    common_pb2.MEASURE_KIND_SUM: MeasureKind.SUM,
+    common_pb2.MEASURE_KIND_AVG: MeasureKind.AVG,
+    common_pb2.MEASURE_KIND_MIN: MeasureKind.MIN,
+    common_pb2.MEASURE_KIND_MAX: MeasureKind.MAX,
+}
+_MEASURES_PB = {v: k for k, v in _MEASURES.items()}
+_OPS = {
+    common_pb2.FILTER_OPERATOR_EQUALS: FilterOp.EQUALS,
+    common_pb2.FILTER_OPERATOR_IN: FilterOp.IN,
+}
+_OPS_PB = {v: k for k, v in _OPS.items()}
+
+
+def envelope_to_pb(env: dsse.Envelope) -> common_pb2.Envelope:
+    return common_pb2.Envelope(
+        payload_type=env.payload_type,
+        payload=env.payload,
+        signatures=[common_pb2.Signature(keyid=s.keyid, sig=s.sig) for s in env.signatures],
+    )
+
+
+def envelope_from_pb(pb: common_pb2.Envelope) -> dsse.Envelope:
+    return dsse.Envelope(
+        pb.payload_type, pb.payload, tuple(dsse.Signature(s.keyid, s.sig) for s in pb.signatures)
+    )
+
+
+def query_from_pb(pb: common_pb2.Query) -> Query:
+    measures = []
+    for m in pb.measures:
+        kind = _MEASURES.get(m.kind)
+        if kind is None:
+            raise InvalidArgument(f"unknown measure kind {m.kind}", reason="MEASURE_INVALID")
+        measures.append(Measure(kind, m.field))
+    filters = []
+    for f in pb.filters:
+        op = _OPS.get(f.operator)
+        if op is None:
+            raise InvalidArgument(
+                f"unknown filter operator {f.operator} on {f.field}", reason="OPERATOR_UNKNOWN"
+            )
+        filters.append(Filter(f.field, op, tuple(f.values)))
+    return Query(
+        dataset=pb.dataset,
+        purpose=pb.purpose,
+        measures=tuple(measures),
+        group_by=tuple(Dimension(d.field, d.generalisation) for d in pb.group_by),
+        filters=tuple(filters),
+        cities=tuple(pb.cities),
+    ).validate()
+
+
+def query_to_pb(q: Query) -> common_pb2.Query:
+    return common_pb2.Query(
+        dataset=q.dataset,
+        purpose=q.purpose,
+        measures=[common_pb2.Measure(kind=_MEASURES_PB[m.kind], field=m.field) for m in q.measures],
+        group_by=[
+            common_pb2.Dimension(field=d.field, generalisation=d.generalisation) for d in q.group_by
+        ],
+        filters=[
+            common_pb2.Filter(field=f.field, operator=_OPS_PB[f.op], values=list(f.values))
+            for f in q.filters
+        ],
+        cities=list(q.cities),
+    )

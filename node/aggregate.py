@@ -1,0 +1,147 @@
+"""Compile a permitted query to one SQL statement, run it where the data lives, and suppress small cells.
+
+The consent filter is a semi-join inside the same statement, so only consenting residents' records are
+ever read into an aggregate; nothing but the aggregated cells comes back to Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from federation.query import Dimension, FilterOp, MeasureKind, Query
+from keys import timefmt
+from node.catalogue import DatasetSpec, FieldType
+from node.schema import consent_records
+
+VALID_STATES = ("given", "renewed")
+_RESIDENTS, _RECORDS = "_residents", "_records"
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: dict[str, str]
+    values: dict[str, float | int]
+    # Records in the cell, so that brokers can merge averages across cities by weight.
+    records: int
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    cells: list[Cell]
+    withheld: list[dict[str, str]]
+
+
+def _generalise(
+    col: sa.ColumnElement[Any], ftype: FieldType, how: str, dialect: str
+) -> sa.ColumnElement[Any]:
+    if how == "":
+        return sa.cast(col, sa.String)
+    if ftype is FieldType.DATE:
+        fmt = {
+            "day": ("%Y-%m-%d", "YYYY-MM-DD"),
+            "month": ("%Y-%m", "YYYY-MM"),
+            "year": ("%Y", "YYYY"),
+        }[how]
+        if dialect == "sqlite":
+            return sa.func.strftime(fmt[0], col)
+        return sa.func.to_char(col, fmt[1])
+    if ftype is FieldType.NUMBER:
+        width = {"band5": 5, "band10": 10}[how]
+        lower = sa.cast(sa.func.floor(col / width) * width, sa.Integer)
+        return sa.cast(lower, sa.String) + "-" + sa.cast(lower + (width - 1), sa.String)
+    raise ValueError(f"no generalisation {how} for {ftype}")  # catalogue validation prevents this
+
+
+def consent_filter(
+    resident: sa.ColumnElement[Any], purpose: str, recipient: str, category: str, at: datetime
+) -> sa.ColumnElement[bool]:
+    c = consent_records.c
+    consenting = sa.select(c.resident_id).where(
+        c.purpose == purpose,
+        c.recipient == recipient,
+        c.data_category == category,
+        c.state.in_(VALID_STATES),
+        c.valid_from <= timefmt.to_db(at),
+        sa.or_(c.valid_until.is_(None), c.valid_until > timefmt.to_db(at)),
+    )
+    return resident.in_(consenting)
+
+
+def compile_query(
+    query: Query, ds: DatasetSpec, recipient: str, at: datetime, dialect: str
+) -> sa.Select[Any]:
+    table = sa.table(
+        ds.table, *(sa.column(f.column) for f in ds.fields.values()), sa.column(ds.resident_column)
+    )
+    resident = table.c[ds.resident_column]
+
+    def col(name: str) -> sa.ColumnElement[Any]:
+        return table.c[ds.fields[name].column]
+
+    dims = [
+        _generalise(col(d.field), ds.fields[d.field].type, d.generalisation, dialect).label(f"d{i}")
+        for i, d in enumerate(query.group_by)
+    ]
+    measures: list[sa.ColumnElement[Any]] = [
+        sa.func.count(sa.distinct(resident)).label(_RESIDENTS),
+        sa.func.count().label(_RECORDS),
+    ]
+    for i, m in enumerate(query.measures):
+        expr: sa.ColumnElement[Any]
+        if m.kind is MeasureKind.COUNT_RECORDS:
+            expr = sa.func.count()
+        elif m.kind is MeasureKind.COUNT_RESIDENTS:
+            expr = sa.func.count(sa.distinct(resident))
+        else:
+            fn = {
+                MeasureKind.SUM: sa.func.sum,
+                MeasureKind.AVG: sa.func.avg,
+                MeasureKind.MIN: sa.func.min,
+                MeasureKind.MAX: sa.func.max,
+            }[m.kind]
+            expr = fn(col(m.field))
+        measures.append(expr.label(f"m{i}"))
+    conditions = [consent_filter(resident, query.purpose, recipient, ds.data_category, at)]
+    for f in query.filters:
+        value = sa.cast(col(f.field), sa.String)
+        conditions.append(value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values))
+    stmt = sa.select(*dims, *measures).select_from(table).where(*conditions)
+    if dims:
+        stmt = stmt.group_by(*dims).order_by(*dims)
+    return stmt
+
+
+def _number(v: Any) -> float | int:
+    if v is None:
+        return 0
+    if isinstance(v, int):
+        return v
+    f = float(v)
+    return int(f) if f.is_integer() else round(f, 6)
+
+
+def run(
+    conn: sa.Connection, query: Query, ds: DatasetSpec, recipient: str, at: datetime, k: int
+) -> AggregateResult:
+    """Cells with fewer than k distinct consenting residents are withheld (primary suppression)."""
+    stmt = compile_query(query, ds, recipient, at, conn.dialect.name)
+    cells: list[Cell] = []
+    withheld: list[dict[str, str]] = []
+    names = [m.name for m in query.measures]
+    for row in conn.execute(stmt).mappings():
+        key = {d.field: str(row[f"d{i}"]) for i, d in enumerate(query.group_by)}
+        if row[_RESIDENTS] < k:
+            withheld.append(key)
+            continue
+        cells.append(
+            Cell(key, {n: _number(row[f"m{i}"]) for i, n in enumerate(names)}, int(row[_RECORDS]))
+        )
+    return AggregateResult(cells, withheld)
+
+
+def dimension_names(dims: tuple[Dimension, ...]) -> list[str]:
+    return [f"{d.field}:{d.generalisation}" if d.generalisation else d.field for d in dims]

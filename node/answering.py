@@ -1,0 +1,108 @@
+"""How a node answers a broker: trust nothing the broker says until it is proven.
+
+For every request the node checks that the mTLS peer is the broker that signed it, verifies the
+broker's signature and the partner's token itself, consumes the token once, decides under its own
+agreements, filters by consent, aggregates with suppression, signs, and logs before it replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from audit.log import MerkleLog
+from federation import statements
+from federation.agreement import DEFAULT_K
+from federation.errors import AuthenticationError, PermissionDenied
+from keys import dsse, timefmt, tokens
+from keys.ed25519 import Signer
+from keys.trust import TrustStore
+from node import aggregate, policy
+from node.agreements import AgreementRegister
+from node.catalogue import Catalogue
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    city: str
+    k_floor: int = 5
+
+
+class Answerer:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        signer: Signer,
+        trust: TrustStore,
+        agreements: AgreementRegister,
+        catalogue: Catalogue,
+        data: sa.Engine,
+        log: MerkleLog,
+    ) -> None:
+        self._s, self._signer, self._trust = settings, signer, trust
+        self._agreements, self._catalogue, self._data, self._log = (
+            agreements,
+            catalogue,
+            data,
+            log,
+        )
+        self._replay = tokens.ReplayCache()
+
+    def _authenticate(
+        self, envelope: dsse.Envelope, thing: str, peers: Sequence[str]
+    ) -> statements.BrokerRequest:
+        bundle = self._trust.current
+        request = statements.verify_request(envelope, thing, bundle)
+        if request.broker not in peers:
+            raise AuthenticationError(
+                f"request signed by {request.broker} arrived from {', '.join(peers) or 'nobody'}",
+                reason="BROKER_MISMATCH",
+            )
+        token = tokens.verify(request.token, bundle, audience=request.broker)
+        if token.issuer != request.partner:
+            raise AuthenticationError(
+                "the partner token was issued by another party", reason="TOKEN_PARTNER_MISMATCH"
+            )
+        self._replay.consume(token)
+        return request
+
+    def run_query(self, envelope: dsse.Envelope, peers: Sequence[str]) -> tuple[dsse.Envelope, int]:
+        request = self._authenticate(envelope, statements.QUERY, peers)
+        query = request.query
+        assert query is not None
+        if query.cities and self._s.city not in query.cities:
+            raise PermissionDenied(
+                f"the query does not ask {self._s.city}", reason="CITY_NOT_ASKED"
+            )
+        started = timefmt.now()
+        permit = policy.decide(
+            query,
+            request.partner,
+            self._s.city,
+            (a.verified for a in self._agreements.in_force_for(request.partner, started)),
+            self._catalogue,
+            started,
+        )
+        agreement = permit.agreement
+        k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
+        with self._data.connect() as conn:
+            answer = aggregate.run(
+                conn, query, self._catalogue.datasets[query.dataset], request.partner, started, k
+            )
+        result = statements.sign_result(
+            request,
+            self._s.city,
+            (agreement.agreement_id, agreement.version),
+            k,
+            [{"key": c.key, "values": c.values, "records": c.records} for c in answer.cells],
+            answer.withheld,
+            self._signer,
+        )
+        index = self._log.append(result.to_json(), kind="result")
+        return result, index
+
+    def describe_offer(self, envelope: dsse.Envelope, peers: Sequence[str]) -> list[dsse.Envelope]:
+        request = self._authenticate(envelope, statements.DESCRIBE, peers)
+        return [a.envelope for a in self._agreements.in_force_for(request.partner, timefmt.now())]

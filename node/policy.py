@@ -1,0 +1,153 @@
+"""The policy decision: may this query run under an agreement in force? A pure function, no I/O.
+
+It fails closed: anything it does not recognise denies. Each refusal carries the error family and the
+reason the node puts in its ErrorInfo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from federation.agreement import Agreement, Appearance
+from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
+from federation.query import FilterOp, Query
+from node import purposes
+from node.catalogue import Catalogue, FieldType
+
+
+@dataclass(frozen=True)
+class Permit:
+    agreement: Agreement
+
+
+def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
+    if not purposes.is_known(query.purpose):
+        raise InvalidArgument(
+            f"unknown purpose {query.purpose!r}", reason="PURPOSE_UNKNOWN", purpose=query.purpose
+        )
+    ds = catalogue.datasets.get(query.dataset)
+    if ds is None:
+        raise InvalidArgument(
+            f"unknown dataset {query.dataset!r}", reason="DATASET_UNKNOWN", dataset=query.dataset
+        )
+    used = [m.field for m in query.measures if m.kind.needs_field]
+    used += [d.field for d in query.group_by] + [f.field for f in query.filters]
+    for name in used:
+        if name not in ds.fields:
+            raise InvalidArgument(
+                f"dataset {ds.name} has no field {name!r}", reason="FIELD_UNKNOWN", field=name
+            )
+    for m in query.measures:
+        if m.kind.needs_field and ds.fields[m.field].type is not FieldType.NUMBER:
+            raise InvalidArgument(
+                f"{m.kind.value} needs a numeric field; {m.field} is not",
+                reason="MEASURE_INVALID",
+                field=m.field,
+            )
+    for d in query.group_by:
+        if d.generalisation not in ds.fields[d.field].generalisations:
+            raise InvalidArgument(
+                f"field {d.field} has no generalisation {d.generalisation or 'raw'!r}",
+                reason="GENERALISATION_UNKNOWN",
+                field=d.field,
+            )
+    for f in query.filters:
+        if f.op not in (FilterOp.EQUALS, FilterOp.IN):
+            raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
+
+
+def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
+    """Why agreement `a` does not cover the query, or None if it does."""
+    if query.purpose not in a.purposes:
+        return PermissionDenied(
+            f"purpose {query.purpose} is not in agreement {a.agreement_id}",
+            reason="PURPOSE_NOT_IN_AGREEMENT",
+            purpose=query.purpose,
+            agreement=a.agreement_id,
+        )
+    terms = a.datasets.get(query.dataset)
+    if terms is None:
+        return PermissionDenied(
+            f"dataset {query.dataset} is not in agreement {a.agreement_id}",
+            reason="DATASET_NOT_IN_AGREEMENT",
+            dataset=query.dataset,
+            agreement=a.agreement_id,
+        )
+    for m in query.measures:
+        if m.kind.needs_field and m.field not in terms:
+            return PermissionDenied(
+                f"field {m.field} is not in agreement {a.agreement_id}",
+                reason="FIELD_NOT_IN_AGREEMENT",
+                field=m.field,
+                agreement=a.agreement_id,
+            )
+    for d in query.group_by:
+        t = terms.get(d.field)
+        if t is None:
+            return PermissionDenied(
+                f"field {d.field} is not in agreement {a.agreement_id}",
+                reason="FIELD_NOT_IN_AGREEMENT",
+                field=d.field,
+                agreement=a.agreement_id,
+            )
+        if t.appearance is Appearance.AGGREGATE_ONLY:
+            return PermissionDenied(
+                f"field {d.field} may appear only inside aggregates, not as a group",
+                reason="FIELD_AGGREGATE_ONLY",
+                field=d.field,
+                agreement=a.agreement_id,
+            )
+        if t.appearance is Appearance.GENERALISED and d.generalisation not in t.generalisations:
+            return PermissionDenied(
+                f"field {d.field} may appear only generalised as "
+                f"{', '.join(sorted(t.generalisations))}",
+                reason="GENERALISATION_NOT_IN_AGREEMENT",
+                field=d.field,
+                agreement=a.agreement_id,
+            )
+    for f in query.filters:
+        t = terms.get(f.field)
+        if t is None or t.appearance is not Appearance.RAW:
+            return PermissionDenied(
+                f"filtering on {f.field} is not allowed by agreement {a.agreement_id}",
+                reason="FILTER_NOT_IN_AGREEMENT",
+                field=f.field,
+                agreement=a.agreement_id,
+            )
+    return None
+
+
+def decide(
+    query: Query,
+    partner: str,
+    city: str,
+    agreements: Iterable[Agreement],
+    catalogue: Catalogue,
+    at: datetime,
+) -> Permit:
+    """Return the permit (the newest covering agreement in force) or raise the refusal.
+
+    Permission comes before existence: a partner with no agreement at all learns nothing about the
+    catalogue.
+    """
+    in_force = sorted(
+        (a for a in agreements if a.consumer == partner and a.provider == city and a.in_force(at)),
+        key=lambda a: (a.agreement_id, -a.version),
+    )
+    if not in_force:
+        raise PermissionDenied(
+            f"no agreement in force between {city} and {partner}",
+            reason="NO_AGREEMENT",
+            partner=partner,
+        )
+    _check_catalogue(query, catalogue)
+    first_refusal: CitybrokerError | None = None
+    for a in in_force:
+        refusal = _refusal(query, a)
+        if refusal is None:
+            return Permit(a)
+        first_refusal = first_refusal or refusal
+    assert first_refusal is not None
+    raise first_refusal

@@ -1,0 +1,118 @@
+"""Node configuration and process: wire the stores, the answerer and the servicers into one server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from audit.log import MerkleLog
+from citybroker.node.v1 import node_pb2_grpc
+from federation import storage
+from federation.config import Section, load_toml
+from federation.rpc import TlsFiles, build_server, require_peer, server_credentials
+from keys import dsse, trust
+from keys.ed25519 import Signer
+from keys.trust import Role, TrustStore
+from node import service
+from node.agreements import AgreementRegister
+from node.answering import Answerer, NodeSettings
+from node.catalogue import Catalogue
+from node.consent import ConsentRegistry
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    city: str
+    listen: str
+    database: str
+    data: str
+    signing_key: Path
+    tls: TlsFiles
+    trust_bundle: Path
+    authority_key: Path
+    operators: tuple[str, ...]
+    k_floor: int
+    catalogue: Catalogue
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        top = Section(load_toml(path), path)
+        tls, tr = top.section("tls"), top.section("trust")
+        database = top.database_url("database")
+        return cls(
+            city=top.str("city"),
+            listen=top.str("listen", "127.0.0.1:7100"),
+            database=database,
+            data=top.database_url("data") if "data" in top.data else database,
+            signing_key=top.path_("signing_key"),
+            tls=TlsFiles(tls.path_("ca_cert"), tls.path_("cert"), tls.path_("key")),
+            trust_bundle=tr.path_("bundle"),
+            authority_key=tr.path_("authority_key"),
+            operators=tuple(top.strs("operators", [])),
+            k_floor=top.int("k_floor", 5),
+            catalogue=Catalogue.from_config(top.section("datasets")),
+        )
+
+
+class NodeServer:
+    """A running node. `port` is the bound port (useful with listen port 0)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        signer = Signer.load(config.signing_key)
+        store = TrustStore(trust.load_authority_key(config.authority_key))
+        store.install(dsse.Envelope.from_json(config.trust_bundle.read_bytes()))
+        self.engine = storage.create_engine(config.database)
+        storage.upgrade(self.engine)
+        data = self.engine if config.data == config.database else storage.create_engine(config.data)
+        self.log = MerkleLog(self.engine, origin=f"citybroker/node/{config.city}", signer=signer)
+        self.agreements = AgreementRegister(self.engine, config.city, store)
+        self.consents = ConsentRegistry(self.engine, config.city, signer)
+        answerer = Answerer(
+            NodeSettings(config.city, config.k_floor),
+            signer,
+            store,
+            self.agreements,
+            config.catalogue,
+            data,
+            self.log,
+        )
+
+        def brokers() -> list[str]:
+            return [b.id for b in store.current.by_role(Role.BROKER)]
+
+        def register(server: grpc.Server) -> None:
+            node_pb2_grpc.add_QueryServiceServicer_to_server(
+                service.QueryServicer(answerer), server
+            )
+            node_pb2_grpc.add_ConsentServiceServicer_to_server(
+                service.ConsentServicer(self.consents), server
+            )
+            node_pb2_grpc.add_AgreementServiceServicer_to_server(
+                service.AgreementServicer(self.agreements), server
+            )
+
+        operators = require_peer(lambda: config.operators, f"operators of {config.city}")
+        self.server, self.health = build_server(
+            register,
+            [service.QUERY_SERVICE, service.CONSENT_SERVICE, service.AGREEMENT_SERVICE],
+            guards={
+                service.QUERY_SERVICE: require_peer(brokers, "brokers in the trust bundle"),
+                service.CONSENT_SERVICE: operators,
+                service.AGREEMENT_SERVICE: operators,
+            },
+        )
+        self.port = self.server.add_secure_port(
+            config.listen, server_credentials(config.tls, require_client_cert=True)
+        )
+
+    def start(self) -> NodeServer:
+        self.server.start()
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.server.stop(grace).wait()
+        self.log.close()
+        self.engine.dispose()
