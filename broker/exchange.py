@@ -182,8 +182,8 @@ class Broker:
             },
             self._signer,
         )
-        self._log.append(signed.to_json(), kind="query")
-        self._log.append(receipt.to_json(), kind="receipt")
+        # One batch: the query as sent and the receipt of what came back, durable before replying.
+        self._log.append_many([signed.to_json(), receipt.to_json()], kind="exchange")
         return Exchange(request_id, cells, outcomes, signed, receipt)
 
     def describe(self, caller: VerifiedToken, deadline_s: float | None) -> list[CityOffer]:

@@ -1,0 +1,114 @@
+"""Shared fixtures: a whole federation in this process (real gRPC servers over mTLS on loopback)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from broker.client import PartnerClient
+from broker.server import BrokerConfig, BrokerServer
+from federation import agreement as agreement_doc
+from federation import sandbox, storage
+from node import synthetic
+from node.operator_client import OperatorClient, consent_record
+from node.server import NodeConfig, NodeServer
+
+PURPOSE = "urban-mobility-planning"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VECTORS = PROJECT_ROOT.parent / "shared" / "vectors"
+
+
+@dataclass
+class RunningFederation:
+    fed: sandbox.LocalFederation
+    nodes: dict[str, NodeServer]
+    broker: BrokerServer
+    operators: dict[str, OperatorClient]
+    consenting: dict[str, list[synthetic.Resident]]
+
+    def partner(self) -> PartnerClient:
+        f = self.fed
+        return PartnerClient.connect(f.broker_address, f.broker_id, f.partner_id,
+                                     f.partner_signer, f.ca_cert, f.trust_bundle, f.authority_key)
+
+
+def start_federation(root: Path, residents_per_city: int = 200,
+                     consent_share: float = 0.7) -> RunningFederation:
+    fed = sandbox.create(root)
+    consenting: dict[str, list[synthetic.Resident]] = {}
+    people: dict[str, list[synthetic.Resident]] = {}
+    for i, (city, layout) in enumerate(fed.cities.items()):
+        engine = storage.create_engine(f"sqlite:///{layout.database}")
+        storage.upgrade(engine)
+        people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, i)
+        synthetic.load_trips(engine, synthetic.trip_rows(people[city], 4, date(2026, 8, 1), 92, i))
+        engine.dispose()
+    nodes = {c: NodeServer(NodeConfig.load(layout.config)).start()
+             for c, layout in fed.cities.items()}
+    broker = BrokerServer(BrokerConfig.load(fed.broker_config)).start()
+    operators = {}
+    for city, layout in fed.cities.items():
+        op = OperatorClient(layout.address, fed.ca_cert, layout.operator_cert, layout.operator_key)
+        operators[city] = op
+        op.activate_agreement(agreement_doc.sign(fed.agreement(city), layout.signer,
+                                                 fed.partner_signer))
+        rng = random.Random(city)
+        consenting[city] = [r for r in people[city] if rng.random() < consent_share]
+        op.give_consents([consent_record(f"{r.resident_id}-c1", r.resident_id, PURPOSE,
+                                         fed.partner_id, "mobility") for r in consenting[city]])
+    return RunningFederation(fed, nodes, broker, operators, consenting)
+
+
+def stop_federation(rf: RunningFederation) -> None:
+    for op in rf.operators.values():
+        op.close()
+    rf.broker.stop(0)
+    for n in rf.nodes.values():
+        n.stop(0)
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFederation]:
+    """One federation for the whole session: tests must not change what others rely on (use
+    `fresh_federation` for tests that withdraw consent or add agreements)."""
+    rf = start_federation(tmp_path_factory.mktemp("federation"))
+    yield rf
+    stop_federation(rf)
+
+
+@pytest.fixture
+def fresh_federation(tmp_path: Path) -> Iterator[RunningFederation]:
+    rf = start_federation(tmp_path / "federation", residents_per_city=120)
+    yield rf
+    stop_federation(rf)
+
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the machine's server, dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"citybroker_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as e:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable, test skipped: {e.orig}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
