@@ -63,3 +63,13 @@ log_checkpoints = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("tree_size >= 0", name="size_nonnegative"),
 )
+
+# Every trust bundle version a node or broker has installed, exactly as signed, so that an export
+# can carry the keys in force when each old entry was signed.
+trust_bundles = Table(
+    "trust_bundles",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("installed_at", DateTime(timezone=True), nullable=False),
+)

@@ -32,6 +32,10 @@ ANSWERED, REFUSED, FAILED, TIMED_OUT, UNVERIFIED = (
     "timed_out",
     "unverified",
 )
+# Of the partner's remaining deadline, this share (at most REPLY_RESERVE_MAX_S) is kept for the
+# broker's own work after the cities answer.
+REPLY_RESERVE_SHARE = 0.25
+REPLY_RESERVE_MAX_S = 1.0
 _REFUSAL_CODES = {
     "INVALID_ARGUMENT",
     "PERMISSION_DENIED",
@@ -101,6 +105,17 @@ class Broker:
         )
         self._timeout = city_timeout_s
 
+    def _city_timeout(self, deadline_s: float | None) -> float:
+        """How long each city gets: the configured timeout, but never the partner's whole deadline.
+
+        Part of the partner's remaining time is kept for verifying, merging, signing and logging,
+        so that a slow city is reported as timed out instead of the whole call expiring.
+        """
+        if deadline_s is None:
+            return self._timeout
+        reserve = min(REPLY_RESERVE_MAX_S, deadline_s * REPLY_RESERVE_SHARE)
+        return max(0.0, min(self._timeout, deadline_s - reserve))
+
     def _targets(self, cities: tuple[str, ...]) -> dict[str, str]:
         bundle = self._trust.current
         if not cities:
@@ -120,7 +135,7 @@ class Broker:
             statements.QUERY, request_id, self.id, caller.issuer, caller.raw, query, self._signer
         )
         request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(signed))
-        timeout = min(self._timeout, deadline_s) if deadline_s else self._timeout
+        timeout = self._city_timeout(deadline_s)
         replies = fan_out(
             targets, lambda stub: stub.RunQuery.future(request, timeout=timeout), self._channels
         )
@@ -199,7 +214,7 @@ class Broker:
             self._signer,
         )
         request = node_pb2.DescribeOfferRequest(signed_request=envelope_to_pb(signed))
-        timeout = min(self._timeout, deadline_s) if deadline_s else self._timeout
+        timeout = self._city_timeout(deadline_s)
         replies = fan_out(
             {c.id: c.endpoint for c in cities},
             lambda stub: stub.DescribeOffer.future(request, timeout=timeout),

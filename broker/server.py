@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from audit import trust_history
 from audit.log import MerkleLog
 from broker.exchange import Broker
 from broker.fanout import CityChannels
@@ -52,9 +53,11 @@ class BrokerServer:
         self.config = config
         signer = Signer.load(config.signing_key)
         store = TrustStore(trust.load_authority_key(config.authority_key))
-        store.install(dsse.Envelope.from_json(config.trust_bundle.read_bytes()))
+        trust_envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())
+        bundle = store.install(trust_envelope)
         self.engine = storage.create_engine(config.database)
         storage.upgrade(self.engine)
+        trust_history.record(self.engine, bundle, trust_envelope)
         self.log = MerkleLog(
             self.engine, origin=f"citybroker/broker/{config.broker_id}", signer=signer
         )

@@ -26,9 +26,11 @@ node_app = typer.Typer(help="Run and administer a city's node.", no_args_is_help
 broker_app = typer.Typer(help="Run a federation broker.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(broker_app, name="broker")
+audit_app = typer.Typer(help="Export and verify audit bundles, offline.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 # Wide enough for the demo tables when output is not a terminal (CI logs, pipes).
 console = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -335,6 +337,128 @@ def describe(
                     a.valid_until,
                 )
     console.print(table)
+
+
+@audit_app.command("export")
+def audit_export(
+    config: Annotated[Path, typer.Option(help="The node's or broker's config file (TOML).")],
+    out: Annotated[Path, typer.Option(help="New directory to write the bundle into.")],
+) -> None:
+    """Write a node's or broker's log, checkpoints, trust bundles and agreements as a bundle."""
+    from rich.progress import Progress
+
+    from audit import bundle, trust_history
+    from federation import storage
+    from federation.config import load_toml
+
+    if out.exists():
+        raise _fail(f"{out} already exists; choose a new directory")
+    data = load_toml(config)
+    if "city" in data:
+        from node.server import NodeConfig
+
+        node = NodeConfig.load(config)
+        party, role, url = node.city, "node", node.database
+    elif "broker" in data:
+        from broker.server import BrokerConfig
+
+        brk = BrokerConfig.load(config)
+        party, role, url = brk.broker_id, "broker", brk.database
+    else:
+        raise _fail(f"{config} is neither a node config (city = ...) nor a broker config")
+    engine = storage.create_engine(url)
+    agreements: list[tuple[str, int, bytes]] = []
+    if role == "node":
+        import sqlalchemy as sa
+
+        from node.schema import agreements as agreements_table
+
+        with engine.connect() as conn:
+            agreements = [
+                (r[0], r[1], bytes(r[2]))
+                for r in conn.execute(
+                    sa.select(
+                        agreements_table.c.agreement_id,
+                        agreements_table.c.version,
+                        agreements_table.c.envelope,
+                    )
+                )
+            ]
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("exporting entries", total=None)
+        size = bundle.export(
+            engine,
+            out,
+            origin=f"citybroker/{role}/{party}",
+            party=party,
+            role=role,
+            trust_envelopes=trust_history.envelopes(engine),
+            agreement_envelopes=agreements,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    engine.dispose()
+    console.print(f"exported {size} entries of {role} {party} to {out}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle directories (node and broker).")],
+    authority_key: Annotated[
+        Path,
+        typer.Option(
+            help="The federation authority's public key, "
+            "obtained out of band (never from a bundle)."
+        ),
+    ],
+    report: Annotated[Path | None, typer.Option(help="Also write a JSON report here.")] = None,
+) -> None:
+    """Verify bundles offline: signatures, checkpoints, agreements, receipts against results."""
+    from rich.progress import Progress
+
+    from audit.verifier import BundleError, verify_bundles
+    from keys.trust import load_authority_key
+
+    authority = load_authority_key(authority_key)
+    try:
+        with Progress(console=err, transient=True) as bar:
+            tasks = {p: bar.add_task(f"verifying {p}", total=None) for p in bundles}
+            result = verify_bundles(
+                bundles,
+                authority,
+                lambda p, done, total: bar.update(tasks[p], completed=done, total=total),
+            )
+    except BundleError as e:
+        if report:
+            report.write_text(
+                json.dumps(
+                    {
+                        "ok": False,
+                        "file": str(e.file),
+                        "entry": e.entry,
+                        "reason": e.reason,
+                        "message": e.detail,
+                    },
+                    indent=2,
+                )
+            )
+        raise _fail(f"verification failed: {e.message} ({e.reason})", 1) from None
+    if report:
+        report.write_text(json.dumps(result.to_json(), indent=2))
+    table = Table(title="Audit bundles verified")
+    for col in ("bundle", "log", "entries", "signatures", "checkpoints", "results", "receipts"):
+        table.add_column(col)
+    for b in result.bundles:
+        table.add_row(
+            str(b.path),
+            b.origin,
+            str(b.size),
+            str(b.signatures_verified),
+            str(b.checkpoints_verified),
+            str(len(b.results)),
+            str(len(b.receipts)),
+        )
+    console.print(table)
+    console.print(f"[bold green]OK[/]: {result.signatures_verified} signatures verified")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from audit import trust_history
 from audit.log import MerkleLog
 from citybroker.node.v1 import node_pb2_grpc
 from federation import storage
@@ -63,9 +64,11 @@ class NodeServer:
         self.config = config
         signer = Signer.load(config.signing_key)
         store = TrustStore(trust.load_authority_key(config.authority_key))
-        store.install(dsse.Envelope.from_json(config.trust_bundle.read_bytes()))
+        trust_envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())
+        bundle = store.install(trust_envelope)
         self.engine = storage.create_engine(config.database)
         storage.upgrade(self.engine)
+        trust_history.record(self.engine, bundle, trust_envelope)
         data = self.engine if config.data == config.database else storage.create_engine(config.data)
         self.log = MerkleLog(self.engine, origin=f"citybroker/node/{config.city}", signer=signer)
         self.agreements = AgreementRegister(self.engine, config.city, store)

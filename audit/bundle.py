@@ -1,0 +1,101 @@
+"""The audit export bundle: a self-contained directory an auditor verifies with no network.
+
+    manifest.json       {"format", "origin", "party", "role", "size"}
+    entries.jsonl       one line per log entry: {"entry": base64, "index", "kind"}
+    checkpoints.jsonl   one line per signed checkpoint: {"note", "size"}
+    cosignatures.jsonl  witnesses' cosignatures of this log's checkpoints: {"note", "size", "witness"}
+    trust/v<N>.json     every trust bundle version the log's owner installed (DSSE, as signed)
+    agreements/<id>-v<N>.json  the agreements its entries reference (DSSE, as signed)
+
+Every line and file is in one canonical form (sorted keys, no spaces, canonical base64), so that
+any changed byte is detected: entries by the Merkle root, everything else by a byte comparison
+with its canonical re-encoding. The manifest's authority is the checkpoints, never itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from audit.schema import log_checkpoints, log_entries
+
+FORMAT = "citybroker-audit-bundle/1"
+MANIFEST, ENTRIES, CHECKPOINTS, COSIGNATURES = (
+    "manifest.json",
+    "entries.jsonl",
+    "checkpoints.jsonl",
+    "cosignatures.jsonl",
+)
+TRUST_DIR, AGREEMENTS_DIR = "trust", "agreements"
+PAGE = 10_000
+
+
+def line(obj: dict[str, Any]) -> bytes:
+    """The one accepted encoding of a bundle line (all values here are strings and integers)."""
+    return (
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    )
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def export(
+    engine: Engine,
+    out: Path,
+    *,
+    origin: str,
+    party: str,
+    role: str,
+    trust_envelopes: Iterable[bytes],
+    agreement_envelopes: Iterable[tuple[str, int, bytes]] = (),
+    cosignatures: Iterable[tuple[int, str, str]] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write the log in `engine` as a bundle into the new directory `out`; returns its size.
+
+    The size is that of the latest checkpoint, so the bundle is exactly what the log signed,
+    even while appends go on.
+    """
+    out.mkdir(parents=True, exist_ok=False)
+    with engine.connect() as conn:
+        checkpoints = conn.execute(
+            select(log_checkpoints.c.tree_size, log_checkpoints.c.note).order_by(
+                log_checkpoints.c.tree_size
+            )
+        ).all()
+    size = checkpoints[-1][0] if checkpoints else 0
+    with (out / CHECKPOINTS).open("wb") as f:
+        for tree_size, note in checkpoints:
+            f.write(line({"size": tree_size, "note": note}))
+    with (out / ENTRIES).open("wb") as f:
+        for start in range(0, size, PAGE):
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(log_entries.c.idx, log_entries.c.entry, log_entries.c.kind)
+                    .where(log_entries.c.idx >= start, log_entries.c.idx < min(size, start + PAGE))
+                    .order_by(log_entries.c.idx)
+                ).all()
+            for idx, entry, kind in rows:
+                f.write(line({"index": idx, "kind": kind, "entry": b64(bytes(entry))}))
+            if progress:
+                progress(min(size, start + PAGE), size)
+    with (out / COSIGNATURES).open("wb") as f:
+        for tree_size, witness, note in cosignatures:
+            f.write(line({"size": tree_size, "witness": witness, "note": note}))
+    (out / TRUST_DIR).mkdir()
+    for env in trust_envelopes:
+        version = json.loads(base64.b64decode(json.loads(env)["payload"]))["version"]
+        (out / TRUST_DIR / f"v{int(version)}.json").write_bytes(env)
+    (out / AGREEMENTS_DIR).mkdir()
+    for agreement_id, version, env in agreement_envelopes:
+        (out / AGREEMENTS_DIR / f"{agreement_id}-v{version}.json").write_bytes(env)
+    manifest = {"format": FORMAT, "origin": origin, "party": party, "role": role, "size": size}
+    (out / MANIFEST).write_bytes(line(manifest))
+    return size

@@ -1,0 +1,590 @@
+"""The auditor's offline verifier of export bundles. Streams: memory does not grow with the log.
+
+For each bundle it checks, stopping at the first failure (named by file and entry):
+- every file and line is in canonical form, so no byte can change unnoticed;
+- the trust bundle versions are signed by the federation authority the auditor pins;
+- every checkpoint is signed by the log owner's key and its root is recomputed from the entries;
+- every entry is a DSSE statement signed by the party it names, with a key in force when it was made;
+- every released result obeyed the agreement it names (parties, purpose, dataset, fields, k).
+Across bundles it reconciles brokers' receipts with cities' results (both ways) and reports a fork
+when two checkpoints of one log disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from audit import bundle as layout
+from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
+from audit.note import NoteError, NoteVerifier, parse_checkpoint, verify_note
+from federation import agreement as agreement_doc
+from federation import statements
+from federation.agreement import Agreement, Appearance
+from federation.errors import VerificationError
+from keys import dsse, timefmt, trust
+from keys.ed25519 import PublicKey
+from keys.trust import Role, TrustBundle
+
+ROLE_OF_ORIGIN = {"node": Role.CITY, "broker": Role.BROKER}
+# A node result must be receipted if the broker logged receipts this long after it.
+RECEIPT_GRACE = timedelta(minutes=1)
+SIGNER_FIELD = {
+    "result": "city",
+    "query": "broker",
+    "describe": "broker",
+    "receipt": "broker",
+    "consent-receipt": "city",
+}
+TIME_FIELD = {
+    "result": "issued_at",
+    "query": "issued_at",
+    "describe": "issued_at",
+    "receipt": "issued_at",
+    "consent-receipt": "at",
+}
+
+
+class BundleError(VerificationError):
+    """The first thing in a bundle that failed, with where it is."""
+
+    default_reason = "BUNDLE_INVALID"
+
+    def __init__(self, message: str, reason: str, file: Path, entry: int | None = None) -> None:
+        where = f"{file}" + (f", entry {entry}" if entry is not None else "")
+        super().__init__(f"{where}: {message}", reason=reason)
+        self.file, self.entry, self.detail = file, entry, message
+
+
+@dataclass
+class ResultRef:
+    city: str
+    broker: str
+    request_id: str
+    digest: str
+    index: int
+    issued_at: datetime
+
+
+@dataclass
+class ReceiptRef:
+    broker: str
+    city: str
+    request_id: str
+    result_digest: str
+    node_log_index: int
+    issued_at: datetime
+
+
+@dataclass
+class BundleSummary:
+    path: Path
+    origin: str
+    party: str
+    role: str
+    size: int
+    signatures_verified: int = 0
+    checkpoints_verified: int = 0
+    results: list[ResultRef] = field(default_factory=list)
+    receipts: list[ReceiptRef] = field(default_factory=list)
+    checkpoint_roots: dict[int, bytes] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "origin": self.origin,
+            "party": self.party,
+            "role": self.role,
+            "entries": self.size,
+            "signatures_verified": self.signatures_verified,
+            "checkpoints_verified": self.checkpoints_verified,
+            "results": len(self.results),
+            "receipts": len(self.receipts),
+        }
+
+
+class _Keys:
+    """Every key each party held, with its validity window, across all trust bundle versions."""
+
+    def __init__(self, bundles: Sequence[TrustBundle]) -> None:
+        self.bundles = bundles
+        self._grants: dict[tuple[str, str], list[tuple[datetime, datetime, Ed25519PublicKey]]] = {}
+        self.roles: dict[str, set[Role]] = {}
+        for b in bundles:
+            for p in b.parties.values():
+                self.roles.setdefault(p.id, set()).add(p.role)
+                for g in p.keys:
+                    grants = self._grants.setdefault((p.id, g.public.keyid), [])
+                    window = (g.not_before, g.not_after, g.public.crypto_key())
+                    if not any(w[:2] == window[:2] for w in grants):
+                        grants.append(window)
+
+    def verify(self, party: str, keyid: str, at: datetime, sig: bytes, message: bytes) -> bool:
+        for start, end, key in self._grants.get((party, keyid), ()):
+            if start <= at <= end:
+                try:
+                    key.verify(sig, message)
+                    return True
+                except InvalidSignature:
+                    return False
+        return False
+
+    def public_keys(self, party: str) -> list[PublicKey]:
+        seen: dict[str, PublicKey] = {}
+        for b in self.bundles:
+            p = b.parties.get(party)
+            for g in p.keys if p else ():
+                seen[g.public.keyid] = g.public
+        return list(seen.values())
+
+    def bundle_at(self, at: datetime) -> TrustBundle:
+        """The newest version issued by `at` (the first one for earlier times)."""
+        chosen = self.bundles[0]
+        for b in self.bundles:
+            if b.issued_at <= at:
+                chosen = b
+        return chosen
+
+
+def _read_canonical_lines(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise BundleError(
+            f"cannot read {what}: {e.strerror}", "BUNDLE_FILE_MISSING", path
+        ) from None
+    with f:
+        for number, raw in enumerate(f):
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                raise BundleError(
+                    f"line {number + 1} is not JSON", "BUNDLE_LINE_MALFORMED", path, number
+                ) from None
+            if not isinstance(obj, dict) or layout.line(obj) != raw:
+                raise BundleError(
+                    f"line {number + 1} is not in canonical form",
+                    "BUNDLE_LINE_MALFORMED",
+                    path,
+                    number,
+                )
+            yield number, obj
+
+
+def _canonical_envelope(path: Path) -> dsse.Envelope:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"cannot read: {e.strerror}", "BUNDLE_FILE_MISSING", path) from None
+    try:
+        env = dsse.Envelope.from_json(data)
+    except VerificationError as e:
+        raise BundleError(e.message, "ENVELOPE_MALFORMED", path) from None
+    if env.to_json() != data:
+        raise BundleError("not in canonical form", "BUNDLE_FILE_MALFORMED", path)
+    return env
+
+
+def _strict_b64(text: Any, path: Path, number: int) -> bytes:
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        data = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise BundleError("entry is not base64", "BUNDLE_LINE_MALFORMED", path, number) from None
+    if layout.b64(data) != text:
+        raise BundleError("entry base64 is not canonical", "BUNDLE_LINE_MALFORMED", path, number)
+    return data
+
+
+def _load_trust(root: Path, authority: PublicKey) -> list[TrustBundle]:
+    directory = root / layout.TRUST_DIR
+    files = sorted(directory.glob("v*.json")) if directory.is_dir() else []
+    if not files:
+        raise BundleError("the bundle carries no trust bundle", "TRUST_BUNDLE_MISSING", directory)
+    bundles = []
+    for path in files:
+        env = _canonical_envelope(path)
+        try:
+            b = trust.verify_bundle(env, authority)
+        except VerificationError as e:
+            raise BundleError(e.message, e.reason, path) from None
+        if path.name != f"v{b.version}.json":
+            raise BundleError(f"holds version {b.version}", "TRUST_BUNDLE_MISNAMED", path)
+        bundles.append(b)
+    return sorted(bundles, key=lambda b: b.version)
+
+
+def _load_agreements(root: Path, keys: _Keys) -> dict[tuple[str, int], Agreement]:
+    directory = root / layout.AGREEMENTS_DIR
+    found: dict[tuple[str, int], Agreement] = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        env = _canonical_envelope(path)
+        try:
+            starts = timefmt.parse(json.loads(env.payload)["valid_from"])
+            a = agreement_doc.verify(env, keys.bundle_at(starts))
+        except (VerificationError, ValueError, KeyError, TypeError) as e:
+            raise BundleError(
+                getattr(e, "message", "agreement is malformed"),
+                getattr(e, "reason", "AGREEMENT_MALFORMED"),
+                path,
+            ) from None
+        if path.name != f"{a.agreement_id}-v{a.version}.json":
+            raise BundleError("file name does not match the agreement", "AGREEMENT_MISNAMED", path)
+        found[(a.agreement_id, a.version)] = a
+    return found
+
+
+def _check_result(
+    result: dict[str, Any], agreements: dict[tuple[str, int], Agreement], path: Path, number: int
+) -> None:
+    """A released result must stay within the agreement it names."""
+
+    def fail(message: str) -> BundleError:
+        return BundleError(message, "RESULT_BREAKS_AGREEMENT", path, number)
+
+    ref = result["agreement"]
+    a = agreements.get((str(ref["id"]), int(ref["version"])))
+    if a is None:
+        raise BundleError(
+            f"names agreement {ref['id']} v{ref['version']}, not in the bundle",
+            "AGREEMENT_MISSING",
+            path,
+            number,
+        )
+    issued = timefmt.parse(result["issued_at"])
+    if (a.provider, a.consumer) != (result["city"], result["partner"]):
+        raise fail("released between parties other than the agreement's")
+    if not a.valid_from <= issued < a.valid_until:
+        raise fail("released outside the agreement's validity window")
+    if result["purpose"] not in a.purposes:
+        raise fail(f"purpose {result['purpose']} is not in the agreement")
+    terms = a.datasets.get(result["dataset"])
+    if terms is None:
+        raise fail(f"dataset {result['dataset']} is not in the agreement")
+    if int(result["min_cell_size"]) < a.min_cell_size:
+        raise fail(f"k = {result['min_cell_size']} is below the agreement's {a.min_cell_size}")
+    for cell in [*result["cells"], *({"key": k, "values": {}} for k in result["withheld"])]:
+        for f in cell["key"]:
+            t = terms.get(f)
+            if t is None or t.appearance is Appearance.AGGREGATE_ONLY:
+                raise fail(f"field {f} appears as a group, which the agreement does not allow")
+        for name in cell["values"]:
+            inner = name[name.find("(") + 1 : -1] if "(" in name else None
+            if inner is not None and inner not in terms:
+                raise fail(f"measure {name} uses a field outside the agreement")
+
+
+def verify_bundle(
+    root: Path, authority: PublicKey, progress: Callable[[int, int], None] | None = None
+) -> BundleSummary:
+    """Verify one bundle; raise BundleError naming the first failing file and entry."""
+    manifest_path = root / layout.MANIFEST
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+    except OSError as e:
+        raise BundleError(
+            f"cannot read manifest: {e.strerror}", "BUNDLE_FILE_MISSING", manifest_path
+        ) from None
+    except ValueError:
+        raise BundleError("manifest is not JSON", "BUNDLE_FILE_MALFORMED", manifest_path) from None
+    keys_expected = {"format", "origin", "party", "role", "size"}
+    if (
+        not isinstance(manifest, dict)
+        or set(manifest) != keys_expected
+        or layout.line(manifest) != raw
+        or manifest["format"] != layout.FORMAT
+        or not isinstance(manifest["size"], int)
+    ):
+        raise BundleError(
+            f"manifest is not a {layout.FORMAT} manifest", "BUNDLE_FILE_MALFORMED", manifest_path
+        )
+    origin, party, role, size = (
+        str(manifest["origin"]),
+        str(manifest["party"]),
+        str(manifest["role"]),
+        manifest["size"],
+    )
+    expected_role = ROLE_OF_ORIGIN.get(role)
+    if expected_role is None or origin != f"citybroker/{role}/{party}":
+        raise BundleError(
+            f"origin {origin!r} does not name a {role} log of {party}",
+            "BUNDLE_ORIGIN_MISMATCH",
+            manifest_path,
+        )
+    keys = _Keys(_load_trust(root, authority))
+    if expected_role not in keys.roles.get(party, set()):
+        raise BundleError(
+            f"{party} is not a {expected_role.value} in the trust bundle",
+            "SIGNER_UNKNOWN",
+            manifest_path,
+        )
+    verifiers = [NoteVerifier.for_key(origin, k) for k in keys.public_keys(party)]
+    summary = BundleSummary(root, origin, party, role, size)
+    agreements = _load_agreements(root, keys)
+
+    checkpoints: list[tuple[int, bytes]] = []
+    cp_path = root / layout.CHECKPOINTS
+    for number, obj in _read_canonical_lines(cp_path, "checkpoints"):
+        try:
+            body = verify_note(str(obj["note"]), verifiers)
+            cp_origin, cp_size, cp_root = parse_checkpoint(body)
+        except (NoteError, KeyError) as e:
+            raise BundleError(
+                getattr(e, "message", "checkpoint line lacks a note"),
+                "CHECKPOINT_INVALID",
+                cp_path,
+                number,
+            ) from None
+        summary.signatures_verified += 1
+        if cp_origin != origin:
+            raise BundleError(
+                f"checkpoint is for origin {cp_origin!r}, not {origin!r}",
+                "CHECKPOINT_ORIGIN_MISMATCH",
+                cp_path,
+                number,
+            )
+        if cp_size != obj.get("size"):
+            raise BundleError(
+                "line size differs from the signed size", "CHECKPOINT_INVALID", cp_path, number
+            )
+        if checkpoints and checkpoints[-1][0] == cp_size and checkpoints[-1][1] != cp_root:
+            raise BundleError(
+                f"two checkpoints of size {cp_size} with different roots",
+                "LOG_FORK",
+                cp_path,
+                number,
+            )
+        if checkpoints and cp_size <= checkpoints[-1][0]:
+            raise BundleError(
+                "checkpoints are not in increasing size order", "CHECKPOINT_ORDER", cp_path, number
+            )
+        checkpoints.append((cp_size, cp_root))
+    if not checkpoints or checkpoints[-1][0] != size:
+        raise BundleError(
+            f"no checkpoint covers the manifest size {size}", "CHECKPOINT_MISSING", cp_path
+        )
+
+    entries_path = root / layout.ENTRIES
+    tree = CompactRange()
+    pending = iter(checkpoints)
+    next_cp = next(pending)
+    while next_cp[0] == 0:
+        if next_cp[1] != EMPTY_ROOT:
+            raise BundleError(
+                "checkpoint of the empty log has a non-empty root", "LOG_FORK", cp_path
+            )
+        summary.checkpoints_verified += 1
+        next_cp = next(pending, (-1, b""))
+    for number, obj in _read_canonical_lines(entries_path, "entries"):
+        if number >= size:
+            raise BundleError(
+                "more entries than the signed log holds", "ENTRY_EXTRA", entries_path, number
+            )
+        if obj.get("index") != number or not isinstance(obj.get("kind"), str):
+            raise BundleError(
+                f"expected entry index {number}", "ENTRY_OUT_OF_ORDER", entries_path, number
+            )
+        entry = _strict_b64(obj.get("entry"), entries_path, number)
+        tree.append(leaf_hash(entry))
+        summary.signatures_verified += _verify_entry(
+            entry, number, keys, summary, agreements, entries_path
+        )
+        if tree.size == next_cp[0]:
+            if tree.root() != next_cp[1]:
+                raise BundleError(
+                    f"entries up to here do not give the root signed for size {tree.size}",
+                    "CHECKPOINT_ROOT_MISMATCH",
+                    entries_path,
+                    number,
+                )
+            summary.checkpoints_verified += 1
+            summary.checkpoint_roots[tree.size] = next_cp[1]
+            next_cp = next(pending, (-1, b""))
+        if progress and number % 1000 == 0:
+            progress(number, size)
+    if tree.size != size:
+        raise BundleError(
+            f"{tree.size} entries, but the log signed {size}",
+            "ENTRY_MISSING",
+            entries_path,
+            tree.size,
+        )
+    if progress:
+        progress(size, size)
+    return summary
+
+
+def _verify_entry(
+    entry: bytes,
+    number: int,
+    keys: _Keys,
+    summary: BundleSummary,
+    agreements: dict[tuple[str, int], Agreement],
+    path: Path,
+) -> int:
+    """Verify one logged statement; return how many signatures were checked."""
+
+    def fail(message: str, reason: str) -> BundleError:
+        return BundleError(message, reason, path, number)
+
+    try:
+        env = json.loads(entry)
+        ptype = env["payloadType"]
+        payload = base64.b64decode(env["payload"], validate=True)
+        sigs = [(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in env["signatures"]]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise fail("entry is not a DSSE envelope", "ENVELOPE_MALFORMED") from None
+    if not isinstance(ptype, str) or not ptype.startswith(dsse.MEDIA_PREFIX):
+        raise fail(f"unknown statement type {ptype!r}", "STATEMENT_UNKNOWN")
+    thing = ptype.removeprefix(dsse.MEDIA_PREFIX).removesuffix("+json")
+    message = dsse.pae(ptype, payload)
+    try:
+        unverified = json.loads(payload)
+        if thing == "agreement":
+            signers = [str(unverified["provider"]), str(unverified["consumer"])]
+            at = timefmt.parse(unverified["valid_from"])
+        else:
+            signers = [str(unverified[SIGNER_FIELD[thing]])]
+            at = timefmt.parse(unverified[TIME_FIELD[thing]])
+    except KeyError:
+        raise fail(f"unknown or malformed {thing} statement", "STATEMENT_UNKNOWN") from None
+    except (ValueError, TypeError):
+        raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
+    for signer in signers:
+        if not any(keys.verify(signer, keyid, at, sig, message) for keyid, sig in sigs):
+            raise fail(
+                f"{thing} lacks a valid signature of {signer} with a key in force at "
+                f"{timefmt.fmt(at)}",
+                "SIGNATURE_INVALID",
+            )
+    statement = unverified  # verified from here on
+    try:
+        if thing == "result":
+            if statement["city"] != summary.party:
+                raise fail("a city's log holds another city's result", "STATEMENT_MISPLACED")
+            _check_result(statement, agreements, path, number)
+            summary.results.append(
+                ResultRef(
+                    summary.party,
+                    str(statement["broker"]),
+                    str(statement["request_id"]),
+                    statements.digest(payload),
+                    number,
+                    at,
+                )
+            )
+        elif thing == "receipt":
+            if statement["broker"] != summary.party:
+                raise fail("a broker's log holds another broker's receipt", "STATEMENT_MISPLACED")
+            for c in statement["cities"]:
+                if c["result_digest"]:
+                    summary.receipts.append(
+                        ReceiptRef(
+                            summary.party,
+                            str(c["city"]),
+                            str(statement["request_id"]),
+                            str(c["result_digest"]),
+                            int(c["node_log_index"]),
+                            at,
+                        )
+                    )
+    except (KeyError, TypeError, ValueError):
+        raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
+    return len(signers)
+
+
+@dataclass
+class Report:
+    bundles: list[BundleSummary]
+
+    @property
+    def signatures_verified(self) -> int:
+        return sum(b.signatures_verified for b in self.bundles)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "signatures_verified": self.signatures_verified,
+            "bundles": [b.to_json() for b in self.bundles],
+        }
+
+
+def reconcile(summaries: Sequence[BundleSummary]) -> None:
+    """Cross-bundle checks: forks between exports of one log, receipts against results."""
+    by_origin: dict[str, list[BundleSummary]] = {}
+    for s in summaries:
+        by_origin.setdefault(s.origin, []).append(s)
+    for origin, group in by_origin.items():
+        roots: dict[int, tuple[bytes, Path]] = {}
+        for s in group:
+            for size, root in s.checkpoint_roots.items():
+                seen = roots.setdefault(size, (root, s.path))
+                if seen[0] != root:
+                    raise BundleError(
+                        f"log {origin} signed two different trees of size {size} "
+                        f"(also in {seen[1]})",
+                        "LOG_FORK",
+                        s.path,
+                    )
+    nodes = {s.party: s for s in summaries if s.role == "node"}
+    node_results = {c: {r.index: r for r in s.results} for c, s in nodes.items()}
+    for s in summaries:
+        if s.role != "broker":
+            continue
+        receipted = set()
+        for r in s.receipts:
+            receipted.add((r.city, r.result_digest))
+            if r.city not in nodes:
+                continue
+            found = node_results[r.city].get(r.node_log_index)
+            if found is None or found.digest != r.result_digest:
+                raise BundleError(
+                    f"receipt {r.request_id} names a result of {r.city} at log index "
+                    f"{r.node_log_index} that its log does not hold",
+                    "RECEIPT_RESULT_MISSING",
+                    s.path,
+                )
+        last = max((r.issued_at for r in s.receipts), default=None)
+        for city, results in node_results.items():
+            for res in results.values():
+                if (
+                    res.broker == s.party
+                    and last is not None
+                    and res.issued_at + RECEIPT_GRACE < last
+                    and (city, res.digest) not in receipted
+                ):
+                    raise BundleError(
+                        f"result {res.request_id} released to {s.party} has no receipt in its log",
+                        "RESULT_NOT_RECEIPTED",
+                        nodes[city].path,
+                        res.index,
+                    )
+
+
+def verify_bundles(
+    paths: Sequence[Path],
+    authority: PublicKey,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> Report:
+    summaries = []
+    for p in paths:
+        summaries.append(
+            verify_bundle(
+                p,
+                authority,
+                (lambda done, total, p=p: progress(p, done, total)) if progress else None,
+            )
+        )
+    reconcile(summaries)
+    return Report(summaries)

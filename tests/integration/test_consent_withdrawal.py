@@ -1,0 +1,107 @@
+"""Withdrawing consent through the node's ConsentService changes the very next answer."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from broker.client import Answer
+from citybroker.node.v1 import node_pb2
+from federation.query import Dimension, Measure, MeasureKind, Query
+from federation.rpc import remote_error
+from tests.conftest import PURPOSE, RunningFederation
+
+CITY = "borealis"
+TOTALS = Query(
+    "mobility",
+    PURPOSE,
+    (Measure(MeasureKind.COUNT_RESIDENTS), Measure(MeasureKind.COUNT_RECORDS)),
+    cities=(CITY,),
+)
+
+
+def _ask(rf: RunningFederation, query: Query) -> Answer:
+    with rf.partner() as client:
+        answer = client.query(query)
+    assert [c.status for c in answer.cities] == ["answered"] * len(answer.cities)
+    return answer
+
+
+def _totals(rf: RunningFederation) -> tuple[float, float]:
+    (cell,) = _ask(rf, TOTALS).cells
+    return cell.values["count_residents"], cell.values["count_records"]
+
+
+def _trips_of(rf: RunningFederation, resident_ids: set[str]) -> int:
+    """Ask the city's own data (not through the federation) how many trips these residents made."""
+    import sqlalchemy as sa
+
+    from federation import storage
+    from node.synthetic import trips
+
+    engine = storage.create_engine(f"sqlite:///{rf.fed.cities[CITY].database}")
+    try:
+        with engine.connect() as conn:
+            stmt = sa.select(sa.func.count()).where(trips.c.resident_id.in_(resident_ids))
+            return int(conn.execute(stmt).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_withdrawal_changes_the_next_answer(fresh_federation: RunningFederation) -> None:
+    rf = fresh_federation
+    consenting = rf.consenting[CITY]
+    residents_before, records_before = _totals(rf)
+    assert residents_before == len(consenting)
+
+    leaving = consenting[:15]
+    for r in leaving:
+        receipt = rf.operators[CITY].withdraw(f"{r.resident_id}-c1")
+        assert receipt.payload
+    residents_after, records_after = _totals(rf)
+    assert residents_after == residents_before - len(leaving)
+    assert records_after == records_before - _trips_of(rf, {r.resident_id for r in leaving})
+
+    # The other cities are untouched.
+    (everyone,) = _ask(rf, Query("mobility", PURPOSE, TOTALS.measures)).cells
+    assert everyone.values["count_residents"] == sum(len(v) for v in rf.consenting.values()) - 15
+
+
+def test_withdrawal_pushes_a_small_cell_under_k(fresh_federation: RunningFederation) -> None:
+    rf = fresh_federation
+    by_district = Query(
+        "mobility",
+        PURPOSE,
+        (Measure(MeasureKind.COUNT_RESIDENTS),),
+        group_by=(Dimension("district"),),
+        cities=(CITY,),
+    )
+    before = {c.key["district"]: c for c in _ask(rf, by_district).cells}
+    district = rf.fed.cities[CITY].plan.districts[0]
+    assert not before[district].withheld
+    stay = 3  # fewer than k = 10
+    in_district = [r for r in rf.consenting[CITY] if r.district == district]
+    for r in in_district[stay:]:
+        rf.operators[CITY].withdraw(f"{r.resident_id}-c1")
+    after = {c.key["district"]: c for c in _ask(rf, by_district).cells}
+    assert after[district].withheld
+    assert after[district].values == {}
+    assert after[district].withholding == [CITY]
+    for other, cell in before.items():
+        if other != district:
+            assert after[other].values == cell.values
+
+
+def test_withdrawal_is_recorded_and_unknown_records_are_not_found(
+    fresh_federation: RunningFederation,
+) -> None:
+    rf = fresh_federation
+    r = rf.consenting[CITY][0]
+    rf.operators[CITY].withdraw(f"{r.resident_id}-c1")
+    record = rf.operators[CITY].consent.GetConsent(
+        node_pb2.GetConsentRequest(record_id=f"{r.resident_id}-c1"), timeout=10
+    ).record
+    assert record.state == "withdrawn"
+    with pytest.raises(grpc.RpcError) as info:
+        rf.operators[CITY].withdraw("nobody-c1")
+    assert remote_error(info.value).code == "NOT_FOUND"

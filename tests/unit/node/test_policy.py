@@ -1,0 +1,156 @@
+"""policy.decide: each refusal reason, and permission before existence."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from federation.agreement import Agreement, Appearance, FieldTerms
+from federation.config import Section
+from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
+from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from keys import timefmt
+from node import policy, synthetic
+from node.catalogue import Catalogue
+
+NOW = timefmt.now()
+CITY, PARTNER = "aurora", "northwind"
+PURPOSE = "urban-mobility-planning"
+CATALOGUE = Catalogue.from_config(
+    Section({"mobility": synthetic.MOBILITY_CATALOGUE}, Path("node.toml"), "datasets.")
+)
+COUNT = Measure(MeasureKind.COUNT_RECORDS)
+
+
+def agreement(**changes: object) -> Agreement:
+    a = Agreement(
+        agreement_id="a1",
+        version=1,
+        provider=CITY,
+        consumer=PARTNER,
+        purposes=frozenset({PURPOSE}),
+        datasets={
+            "mobility": {
+                "mode": FieldTerms(Appearance.RAW),
+                "trip_date": FieldTerms(Appearance.GENERALISED, frozenset({"month"})),
+                "distance_km": FieldTerms(Appearance.AGGREGATE_ONLY),
+            }
+        },
+        min_cell_size=5,
+        valid_from=NOW - timedelta(days=1),
+        valid_until=NOW + timedelta(days=1),
+        retention_days=30,
+    )
+    return dataclasses.replace(a, **changes)
+
+
+def query(**changes: object) -> Query:
+    return dataclasses.replace(Query("mobility", PURPOSE, (COUNT,)), **changes)
+
+
+def decide(q: Query, *agreements: Agreement, partner: str = PARTNER) -> policy.Permit:
+    return policy.decide(q, partner, CITY, agreements, CATALOGUE, NOW)
+
+
+def refusal(q: Query, *agreements: Agreement, partner: str = PARTNER) -> CitybrokerError:
+    with pytest.raises(CitybrokerError) as e:
+        decide(q, *agreements, partner=partner)
+    return e.value
+
+
+def test_catalogue_from_the_synthetic_config() -> None:
+    fields = CATALOGUE.datasets["mobility"].fields
+    assert set(fields) == {"trip_date", "mode", "district", "distance_km"}
+    assert fields["trip_date"].generalisations == frozenset({"day", "month", "year"})
+
+
+def test_permitted_query() -> None:
+    q = query(
+        measures=(COUNT, Measure(MeasureKind.AVG, "distance_km")),
+        group_by=(Dimension("mode"), Dimension("trip_date", "month")),
+        filters=(Filter("mode", FilterOp.IN, ("bus", "tram")),),
+    )
+    assert decide(q, agreement()).agreement == agreement()
+
+
+def test_raw_field_may_also_be_generalised() -> None:
+    a = agreement(datasets={"mobility": {"trip_date": FieldTerms(Appearance.RAW)}})
+    assert decide(query(group_by=(Dimension("trip_date", "year"),)), a)
+
+
+def test_no_agreement_comes_before_anything_else() -> None:
+    nonsense = query(dataset="nope", purpose="nope", group_by=(Dimension("nope", "x"),))
+    for agreements in [(), (agreement(consumer="someone-else"),), (agreement(provider="borealis"),)]:
+        e = refusal(nonsense, *agreements)
+        assert isinstance(e, PermissionDenied)
+        assert e.reason == "NO_AGREEMENT"
+        assert "nope" not in e.message
+
+
+def test_expired_or_future_agreement_is_not_used() -> None:
+    expired = agreement(valid_from=NOW - timedelta(days=10), valid_until=NOW)
+    future = agreement(valid_from=NOW + timedelta(seconds=1), valid_until=NOW + timedelta(days=9))
+    assert refusal(query(), expired, future).reason == "NO_AGREEMENT"
+    assert decide(query(), expired, agreement(agreement_id="a2")).agreement.agreement_id == "a2"
+
+
+@pytest.mark.parametrize(
+    ("q", "why"),
+    [
+        (query(purpose="world-domination"), "PURPOSE_UNKNOWN"),
+        (query(dataset="health"), "DATASET_UNKNOWN"),
+        (query(measures=(Measure(MeasureKind.SUM, "income"),)), "FIELD_UNKNOWN"),
+        (query(group_by=(Dimension("income"),)), "FIELD_UNKNOWN"),
+        (query(filters=(Filter("income", FilterOp.EQUALS, ("1",)),)), "FIELD_UNKNOWN"),
+        (query(measures=(Measure(MeasureKind.SUM, "mode"),)), "MEASURE_INVALID"),
+        (query(group_by=(Dimension("trip_date"),)), "GENERALISATION_UNKNOWN"),
+        (query(group_by=(Dimension("mode", "month"),)), "GENERALISATION_UNKNOWN"),
+    ],
+)
+def test_catalogue_refusals(q: Query, why: str) -> None:
+    e = refusal(q, agreement())
+    assert isinstance(e, InvalidArgument)
+    assert e.reason == why
+
+
+@pytest.mark.parametrize(
+    ("q", "why"),
+    [
+        (query(purpose="direct-marketing"), "PURPOSE_NOT_IN_AGREEMENT"),
+        (query(measures=(Measure(MeasureKind.MAX, "distance_km"),)), None),
+        (query(group_by=(Dimension("district"),)), "FIELD_NOT_IN_AGREEMENT"),
+        (query(filters=(Filter("district", FilterOp.EQUALS, ("Harbour",)),)), "FILTER_NOT_IN_AGREEMENT"),
+        (query(group_by=(Dimension("distance_km", "band5"),)), "FIELD_AGGREGATE_ONLY"),
+        (query(group_by=(Dimension("trip_date", "day"),)), "GENERALISATION_NOT_IN_AGREEMENT"),
+        (query(filters=(Filter("trip_date", FilterOp.EQUALS, ("2026-08-01",)),)), "FILTER_NOT_IN_AGREEMENT"),
+        (query(filters=(Filter("distance_km", FilterOp.EQUALS, ("3.0",)),)), "FILTER_NOT_IN_AGREEMENT"),
+    ],
+)
+def test_agreement_refusals(q: Query, why: str | None) -> None:
+    if why is None:
+        assert decide(q, agreement())
+        return
+    e = refusal(q, agreement())
+    assert isinstance(e, PermissionDenied)
+    assert e.reason == why
+
+
+def test_measure_on_field_outside_the_agreement() -> None:
+    a = agreement(datasets={"mobility": {"mode": FieldTerms(Appearance.RAW)}})
+    e = refusal(query(measures=(Measure(MeasureKind.SUM, "distance_km"),)), a)
+    assert e.reason == "FIELD_NOT_IN_AGREEMENT"
+
+
+def test_dataset_not_in_agreement() -> None:
+    a = agreement(datasets={"other": {"mode": FieldTerms(Appearance.RAW)}})
+    assert refusal(query(), a).reason == "DATASET_NOT_IN_AGREEMENT"
+
+
+def test_any_covering_agreement_permits() -> None:
+    narrow = agreement(agreement_id="a1")
+    wide = agreement(agreement_id="a2", datasets={"mobility": {"district": FieldTerms(Appearance.RAW)}})
+    q = query(group_by=(Dimension("district"),))
+    assert decide(q, narrow, wide).agreement.agreement_id == "a2"
