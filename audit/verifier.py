@@ -38,19 +38,14 @@ from keys.trust import Role, TrustBundle
 ROLE_OF_ORIGIN = {"node": Role.CITY, "broker": Role.BROKER}
 # A node result must be receipted if the broker logged receipts this long after it.
 RECEIPT_GRACE = timedelta(minutes=1)
-SIGNER_FIELD = {
-    "result": "city",
-    "query": "broker",
-    "describe": "broker",
-    "receipt": "broker",
-    "consent-receipt": "city",
-}
-TIME_FIELD = {
-    "result": "issued_at",
-    "query": "issued_at",
-    "describe": "issued_at",
-    "receipt": "issued_at",
-    "consent-receipt": "at",
+# Each logged statement type: the payload field naming its signer, and the field saying when.
+STATEMENTS = {
+    "query": ("broker", "issued_at"),
+    "describe": ("broker", "issued_at"),
+    "result": ("city", "issued_at"),
+    "refusal": ("city", "issued_at"),
+    "receipt": ("broker", "issued_at"),
+    "consent-receipt": ("city", "at"),
 }
 
 
@@ -455,8 +450,9 @@ def _verify_entry(
             signers = [str(unverified["provider"]), str(unverified["consumer"])]
             at = timefmt.parse(unverified["valid_from"])
         else:
-            signers = [str(unverified[SIGNER_FIELD[thing]])]
-            at = timefmt.parse(unverified[TIME_FIELD[thing]])
+            signer_field, time_field = STATEMENTS[thing]
+            signers = [str(unverified[signer_field])]
+            at = timefmt.parse(unverified[time_field])
     except KeyError:
         raise fail(f"unknown or malformed {thing} statement", "STATEMENT_UNKNOWN") from None
     except (ValueError, TypeError):

@@ -19,7 +19,7 @@ from keys.ed25519 import Signer
 from keys.errors import SignatureError
 from keys.trust import Role, TrustBundle
 
-QUERY, DESCRIBE, RESULT, RECEIPT = "query", "describe", "result", "receipt"
+QUERY, DESCRIBE, RESULT, REFUSAL, RECEIPT = "query", "describe", "result", "refusal", "receipt"
 
 
 def digest(payload: bytes) -> str:
@@ -129,6 +129,27 @@ def sign_result(
             "min_cell_size": k,
             "cells": cells,
             "withheld": withheld,
+            "issued_at": timefmt.fmt(timefmt.now()),
+        },
+        signer,
+    )
+
+
+def sign_refusal(
+    request: BrokerRequest, city: str, code: str, reason: str, message: str, signer: Signer
+) -> dsse.Envelope:
+    """A city's signed record that it refused a query, and why: refusals are evidence too."""
+    return dsse.sign(
+        REFUSAL,
+        {
+            "request_id": request.request_id,
+            "query_digest": request.digest,
+            "city": city,
+            "broker": request.broker,
+            "partner": request.partner,
+            "code": code,
+            "reason": reason,
+            "message": message,
             "issued_at": timefmt.fmt(timefmt.now()),
         },
         signer,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from audit.log import MerkleLog
 from federation import statements
 from federation.agreement import DEFAULT_K
-from federation.errors import AuthenticationError, PermissionDenied
+from federation.errors import AuthenticationError, CitybrokerError, PermissionDenied
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
@@ -69,7 +69,26 @@ class Answerer:
         return request
 
     def run_query(self, envelope: dsse.Envelope, peers: Sequence[str]) -> tuple[dsse.Envelope, int]:
+        """Answer, or refuse; either way the query and the signed outcome are logged first."""
         request = self._authenticate(envelope, statements.QUERY, peers)
+        try:
+            result = self._answer(request)
+        except CitybrokerError as refusal:
+            signed = statements.sign_refusal(
+                request,
+                self._s.city,
+                refusal.code.name,
+                refusal.reason,
+                refusal.message,
+                self._signer,
+            )
+            index = self._log.append_many([envelope.to_json(), signed.to_json()], kind="refusal")
+            refusal.metadata["log_index"] = str(index[1])
+            raise
+        indexes = self._log.append_many([envelope.to_json(), result.to_json()], kind="exchange")
+        return result, indexes[1]
+
+    def _answer(self, request: statements.BrokerRequest) -> dsse.Envelope:
         query = request.query
         assert query is not None
         if query.cities and self._s.city not in query.cities:
@@ -91,7 +110,7 @@ class Answerer:
             answer = aggregate.run(
                 conn, query, self._catalogue.datasets[query.dataset], request.partner, started, k
             )
-        result = statements.sign_result(
+        return statements.sign_result(
             request,
             self._s.city,
             (agreement.agreement_id, agreement.version),
@@ -100,8 +119,6 @@ class Answerer:
             answer.withheld,
             self._signer,
         )
-        index = self._log.append(result.to_json(), kind="result")
-        return result, index
 
     def describe_offer(self, envelope: dsse.Envelope, peers: Sequence[str]) -> list[dsse.Envelope]:
         request = self._authenticate(envelope, statements.DESCRIBE, peers)

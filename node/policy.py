@@ -132,10 +132,15 @@ def decide(
     Permission comes before existence: a partner with no agreement at all learns nothing about the
     catalogue.
     """
-    in_force = sorted(
-        (a for a in agreements if a.consumer == partner and a.provider == city and a.in_force(at)),
-        key=lambda a: (a.agreement_id, -a.version),
-    )
+    # A newer version of an agreement supersedes the older ones even before it comes into force,
+    # as AgreementRegister.activate does: a superseded version never authorises anything.
+    newest: dict[str, Agreement] = {}
+    for a in agreements:
+        if a.consumer != partner or a.provider != city:
+            continue
+        if a.agreement_id not in newest or a.version > newest[a.agreement_id].version:
+            newest[a.agreement_id] = a
+    in_force = sorted((a for a in newest.values() if a.in_force(at)), key=lambda a: a.agreement_id)
     if not in_force:
         raise PermissionDenied(
             f"no agreement in force between {city} and {partner}",

@@ -91,10 +91,10 @@ class NodeServer:
                 service.QueryServicer(answerer), server
             )
             node_pb2_grpc.add_ConsentServiceServicer_to_server(
-                service.ConsentServicer(self.consents), server
+                service.ConsentServicer(self.consents, self.log), server
             )
             node_pb2_grpc.add_AgreementServiceServicer_to_server(
-                service.AgreementServicer(self.agreements), server
+                service.AgreementServicer(self.agreements, self.log), server
             )
 
         operators = require_peer(lambda: config.operators, f"operators of {config.city}")

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import grpc
 
+from audit.log import MerkleLog
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
 from federation.errors import InvalidArgument
 from federation.rpc import peer_common_names
@@ -68,8 +69,11 @@ def _record_pb(r: ConsentRecord) -> node_pb2.ConsentRecord:
 
 
 class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
-    def __init__(self, registry: ConsentRegistry) -> None:
-        self._registry = registry
+    """Each consent event's signed receipt is also committed to the node's log before the reply:
+    it is the evidence that consent existed when a later result used it."""
+
+    def __init__(self, registry: ConsentRegistry, log: MerkleLog) -> None:
+        self._registry, self._log = registry, log
 
     def GiveConsent(
         self, request: node_pb2.GiveConsentRequest, context: grpc.ServicerContext
@@ -87,6 +91,7 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
             valid_until=_time(r.valid_until, "valid_until"),
         )
         receipt = self._registry.give(record, _actor(context))
+        self._log.append(receipt, kind="consent")
         return node_pb2.GiveConsentResponse(
             receipt=envelope_to_pb(dsse.Envelope.from_json(receipt))
         )
@@ -95,6 +100,7 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
         self, request: node_pb2.WithdrawConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.WithdrawConsentResponse:
         receipt = self._registry.withdraw(request.record_id, _actor(context))
+        self._log.append(receipt, kind="consent")
         return node_pb2.WithdrawConsentResponse(
             receipt=envelope_to_pb(dsse.Envelope.from_json(receipt))
         )
@@ -106,13 +112,15 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
 
 
 class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
-    def __init__(self, register: AgreementRegister) -> None:
-        self._register = register
+    def __init__(self, register: AgreementRegister, log: MerkleLog) -> None:
+        self._register, self._log = register, log
 
     def ActivateAgreement(
         self, request: node_pb2.ActivateAgreementRequest, context: grpc.ServicerContext
     ) -> node_pb2.ActivateAgreementResponse:
-        a = self._register.activate(envelope_from_pb(request.agreement))
+        envelope = envelope_from_pb(request.agreement)
+        a = self._register.activate(envelope)
+        self._log.append(envelope.to_json(), kind="agreement")
         return node_pb2.ActivateAgreementResponse(agreement_id=a.agreement_id, version=a.version)
 
     def GetAgreement(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from broker.client import Answer
 from citybroker.node.v1 import node_pb2
+from federation import storage
 from federation.query import Dimension, Measure, MeasureKind, Query
 from federation.rpc import remote_error
+from node.synthetic import trips
 from tests.conftest import PURPOSE, RunningFederation
 
 CITY = "borealis"
@@ -34,11 +37,6 @@ def _totals(rf: RunningFederation) -> tuple[float, float]:
 
 def _trips_of(rf: RunningFederation, resident_ids: set[str]) -> int:
     """Ask the city's own data (not through the federation) how many trips these residents made."""
-    import sqlalchemy as sa
-
-    from federation import storage
-    from node.synthetic import trips
-
     engine = storage.create_engine(f"sqlite:///{rf.fed.cities[CITY].database}")
     try:
         with engine.connect() as conn:
@@ -104,4 +102,10 @@ def test_withdrawal_is_recorded_and_unknown_records_are_not_found(
     assert record.state == "withdrawn"
     with pytest.raises(grpc.RpcError) as info:
         rf.operators[CITY].withdraw("nobody-c1")
-    assert remote_error(info.value).code == "NOT_FOUND"
+    e = remote_error(info.value)
+    assert (e.code, e.reason) == ("NOT_FOUND", "CONSENT_NOT_FOUND")
+    # Withdrawing twice is refused: the record is no longer active.
+    with pytest.raises(grpc.RpcError) as info:
+        rf.operators[CITY].withdraw(f"{r.resident_id}-c1")
+    e = remote_error(info.value)
+    assert (e.code, e.reason) == ("FAILED_PRECONDITION", "CONSENT_NOT_ACTIVE")

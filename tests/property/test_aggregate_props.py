@@ -1,0 +1,226 @@
+"""aggregate.run on SQLite against a naive Python oracle over the consenting residents only."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from federation import storage
+from federation.config import Section
+from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from keys import timefmt
+from keys.ed25519 import Signer
+from node import aggregate, synthetic
+from node.catalogue import Catalogue, DatasetSpec
+from node.consent import ConsentRecord, ConsentRegistry
+
+CITY, PARTNER, PURPOSE = "aurora", "northwind", "urban-mobility-planning"
+DISTRICTS = ("North", "South", "East")
+DATASET: DatasetSpec = Catalogue.from_config(
+    Section({"mobility": synthetic.MOBILITY_CATALOGUE}, Path("node.toml"))
+).datasets["mobility"]
+NOW = timefmt.now()
+DAY = timedelta(days=1)
+
+# How each resident stands; only the first two let their trips into an answer.
+CONSENT_KINDS = (
+    "valid",
+    "open-ended",
+    "none",
+    "withdrawn",
+    "other-purpose",
+    "other-recipient",
+    "other-category",
+    "expired",
+    "not-yet-valid",
+    "valid",
+    "valid",
+    "open-ended",
+)
+CONSENTING_KINDS = {"valid", "open-ended"}
+
+
+@dataclass
+class World:
+    engine: sa.Engine
+    trips: list[dict[str, Any]]
+    consenting: set[str]
+
+
+def consent_for(resident: str, kind: str) -> ConsentRecord:
+    purpose, recipient, category = PURPOSE, PARTNER, "mobility"
+    starts, ends = NOW - 10 * DAY, NOW + 10 * DAY
+    if kind == "other-purpose":
+        purpose = "scientific-research"
+    elif kind == "other-recipient":
+        recipient = "someone-else"
+    elif kind == "other-category":
+        category = "health"
+    elif kind == "expired":
+        ends = NOW - DAY
+    elif kind == "not-yet-valid":
+        starts = NOW + DAY
+    return ConsentRecord(
+        f"{resident}-c", resident, purpose, recipient, category, starts,
+        None if kind == "open-ended" else ends,
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    engine = storage.create_engine(f"sqlite:///{tmp_path_factory.mktemp('agg') / 'node.db'}")
+    storage.upgrade(engine)
+    people = synthetic.residents(CITY, DISTRICTS, 48, seed=7)
+    trips = list(synthetic.trip_rows(people, 3, date(2026, 8, 1), 92, seed=7))
+    synthetic.load_trips(engine, iter(trips))
+    registry = ConsentRegistry(engine, CITY, Signer.generate())
+    consenting = set()
+    for i, person in enumerate(people):
+        kind = CONSENT_KINDS[i % len(CONSENT_KINDS)]
+        if kind == "none":
+            continue
+        record = consent_for(person.resident_id, kind)
+        registry.give(record, actor="test")
+        if kind == "withdrawn":
+            registry.withdraw(record.record_id, actor="test")
+        if kind in CONSENTING_KINDS:
+            consenting.add(person.resident_id)
+    yield World(engine, trips, consenting)
+    engine.dispose()
+
+
+# ---- the oracle --------------------------------------------------------------------------------
+
+
+def dimension_value(trip: dict[str, Any], d: Dimension) -> str:
+    v = trip[d.field]
+    if d.generalisation == "month":
+        return f"{v:%Y-%m}"
+    if d.generalisation == "band10":
+        low = math.floor(v / 10) * 10
+        return f"{low}-{low + 9}"
+    return str(v)
+
+
+def matches(trip: dict[str, Any], f: Filter) -> bool:
+    return str(trip[f.field]) in f.values
+
+
+def measure(m: Measure, trips: list[dict[str, Any]]) -> float:
+    if m.kind is MeasureKind.COUNT_RECORDS:
+        return len(trips)
+    if m.kind is MeasureKind.COUNT_RESIDENTS:
+        return len({t["resident_id"] for t in trips})
+    xs = [t[m.field] for t in trips]
+    return {
+        MeasureKind.SUM: sum,
+        MeasureKind.AVG: lambda v: sum(v) / len(v),
+        MeasureKind.MIN: min,
+        MeasureKind.MAX: max,
+    }[m.kind](xs)
+
+
+def oracle(world: World, q: Query, k: int) -> tuple[dict[tuple[str, ...], dict[str, float]], set]:
+    rows = [
+        t
+        for t in world.trips
+        if t["resident_id"] in world.consenting and all(matches(t, f) for f in q.filters)
+    ]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    if not q.group_by:
+        groups[()] = []  # an ungrouped aggregate always has its one (maybe empty) cell
+    for t in rows:
+        groups[tuple(dimension_value(t, d) for d in q.group_by)].append(t)
+    released, withheld = {}, set()
+    for key, members in groups.items():
+        if len({t["resident_id"] for t in members}) < k:
+            withheld.add(key)
+        else:
+            values = {m.name: measure(m, members) for m in q.measures}
+            values["records"] = len(members)
+            released[key] = values
+    return released, withheld
+
+
+# ---- generated queries -------------------------------------------------------------------------
+
+MEASURES = [
+    Measure(MeasureKind.COUNT_RECORDS),
+    Measure(MeasureKind.COUNT_RESIDENTS),
+    *(Measure(k, "distance_km") for k in (MeasureKind.SUM, MeasureKind.AVG, MeasureKind.MIN, MeasureKind.MAX)),
+]
+DIMENSIONS = [
+    Dimension("mode"),
+    Dimension("district"),
+    Dimension("trip_date", "month"),
+    Dimension("distance_km", "band10"),
+]
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> Query:
+    filters = []
+    if draw(st.booleans()):
+        modes = draw(st.sets(st.sampled_from([*synthetic.MODES, "hovercraft"]), min_size=1))
+        filters.append(Filter("mode", FilterOp.IN, tuple(sorted(modes))))
+    if draw(st.booleans()):
+        filters.append(Filter("district", FilterOp.EQUALS, (draw(st.sampled_from(DISTRICTS)),)))
+    return Query(
+        dataset="mobility",
+        purpose=PURPOSE,
+        measures=tuple(draw(st.lists(st.sampled_from(MEASURES), min_size=1, max_size=4, unique=True))),
+        group_by=tuple(draw(st.lists(st.sampled_from(DIMENSIONS), max_size=2, unique_by=lambda d: d.field))),
+        filters=tuple(filters),
+    ).validate()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(q=queries(), k=st.integers(1, 6))
+def test_run_matches_the_oracle(world: World, q: Query, k: int) -> None:
+    with world.engine.connect() as conn:
+        result = aggregate.run(conn, q, DATASET, PARTNER, NOW, k)
+    expected, expected_withheld = oracle(world, q, k)
+
+    def key_of(cell_key: dict[str, str]) -> tuple[str, ...]:
+        assert list(cell_key) == [d.field for d in q.group_by]
+        return tuple(cell_key[d.field] for d in q.group_by)
+
+    got = {key_of(c.key): c for c in result.cells}
+    assert set(got) == set(expected)
+    assert {key_of(w) for w in result.withheld} == expected_withheld
+    for key, cell in got.items():
+        want = expected[key]
+        assert cell.records == want["records"]
+        assert set(cell.values) == {m.name for m in q.measures}
+        for name, value in cell.values.items():
+            assert value == pytest.approx(want[name], rel=1e-9, abs=1e-6), (key, name)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(q=queries(), k=st.integers(1, 6))
+def test_every_released_cell_has_k_consenting_residents(world: World, q: Query, k: int) -> None:
+    counted = Query(
+        q.dataset, q.purpose, (Measure(MeasureKind.COUNT_RESIDENTS),), q.group_by, q.filters
+    )
+    with world.engine.connect() as conn:
+        result = aggregate.run(conn, counted, DATASET, PARTNER, NOW, k)
+    assert all(c.values["count_residents"] >= k for c in result.cells)
+
+
+def test_the_world_is_interesting(world: World) -> None:
+    """Guards the oracle test against a degenerate fixture (nobody or everybody consenting)."""
+    everyone = {t["resident_id"] for t in world.trips}
+    assert 0 < len(world.consenting) < len(everyone)
+    assert world.consenting <= everyone
+    at_time = datetime.now().astimezone()
+    assert abs((at_time - NOW).total_seconds()) < 600
