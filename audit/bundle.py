@@ -3,7 +3,7 @@
     manifest.json       {"format", "origin", "party", "role", "size"}
     entries.jsonl       one line per log entry: {"entry": base64, "index", "kind"}
     checkpoints.jsonl   one line per signed checkpoint: {"note", "size"}
-    cosignatures.jsonl  witnesses' cosignatures of this log's checkpoints: {"note", "size", "witness"}
+    cosignatures.jsonl  cities' cosignatures of this log's checkpoints: {"cosignature", "size", "witness"}
     trust/v<N>.json     every trust bundle version the log's owner installed (DSSE, as signed)
     agreements/<id>-v<N>.json  the agreements its entries reference (DSSE, as signed)
 
@@ -55,7 +55,7 @@ def export(
     role: str,
     trust_envelopes: Iterable[bytes],
     agreement_envelopes: Iterable[tuple[str, int, bytes]] = (),
-    cosignatures: Iterable[tuple[int, str, str]] = (),
+    cosignatures: Iterable[tuple[int, str, str]] = (),  # (tree size, witness city, line)
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Write the log in `engine` as a bundle into the new directory `out`; returns its size.
@@ -88,7 +88,7 @@ def export(
                 progress(min(size, start + PAGE), size)
     with (out / COSIGNATURES).open("wb") as f:
         for tree_size, witness, note in cosignatures:
-            f.write(line({"size": tree_size, "witness": witness, "note": note}))
+            f.write(line({"size": tree_size, "witness": witness, "cosignature": note}))
     (out / TRUST_DIR).mkdir()
     for env in trust_envelopes:
         version = json.loads(base64.b64decode(json.loads(env)["payload"]))["version"]

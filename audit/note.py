@@ -44,7 +44,7 @@ class NoteVerifier:
 
     @classmethod
     def for_key(cls, name: str, public: PublicKey) -> NoteVerifier:
-        _check_key_name(name)
+        check_key_name(name)
         return cls(name, note_key_id(name, public.raw), public)
 
     @property
@@ -64,7 +64,7 @@ def verifier_key(name: str, public: PublicKey) -> str:
     return NoteVerifier.for_key(name, public).vkey
 
 
-def _check_key_name(name: str) -> None:
+def check_key_name(name: str) -> None:
     if not name:
         raise NoteError("key name is empty")
     if any(c.isspace() or c == "+" or ord(c) < 0x20 for c in name):
@@ -96,7 +96,7 @@ def parse_verifier_key(vkey: str) -> NoteVerifier:
     if len(parts) != 3:
         raise NoteError("verifier key must have the form <name>+<hex key id>+<base64 key>")
     name, hex_id, blob_b64 = parts
-    _check_key_name(name)
+    check_key_name(name)
     if len(hex_id) != 2 * KEY_ID_SIZE or any(c not in string.hexdigits for c in hex_id):
         raise NoteError(f"verifier key id {hex_id!r} is not {2 * KEY_ID_SIZE} hex digits")
     claimed_id = bytes.fromhex(hex_id)
@@ -114,7 +114,7 @@ def parse_verifier_key(vkey: str) -> NoteVerifier:
 def sign_note(body: str, name: str, signer: Signer) -> str:
     """Sign `body` (which must end in a newline) and return the complete note with one signature."""
     _check_body(body)
-    _check_key_name(name)
+    check_key_name(name)
     signature = signer.sign(body.encode())
     blob = note_key_id(name, signer.public.raw) + signature
     return f"{body}\n{SIG_PREFIX}{name} {base64.b64encode(blob).decode()}\n"
@@ -163,7 +163,7 @@ def verify_note(note_text: str | bytes, verifiers: Iterable[NoteVerifier]) -> st
     body_bytes = body.encode("utf-8")
     verified = 0
     for number, line in enumerate(lines, start=1):
-        name, blob = _parse_signature_line(line, number)
+        name, blob = parse_signature_line(line, number)
         verifier = trusted.get((name, blob[:KEY_ID_SIZE]))
         if verifier is None:
             continue
@@ -184,14 +184,14 @@ def unverified_body(note_text: str) -> str:
     return note_text[: split + 1]
 
 
-def _parse_signature_line(line: str, number: int) -> tuple[str, bytes]:
+def parse_signature_line(line: str, number: int) -> tuple[str, bytes]:
     if not line.startswith(SIG_PREFIX):
         raise NoteError(f"signature line {number} does not start with an em dash and a space")
     fields = line[len(SIG_PREFIX) :].split(" ")
     if len(fields) != 2:
         raise NoteError(f"signature line {number} is not '— <key name> <base64 signature>'")
     name, blob_b64 = fields
-    _check_key_name(name)
+    check_key_name(name)
     blob = _b64decode(blob_b64, f"signature line {number}")
     if len(blob) <= KEY_ID_SIZE:
         raise NoteError(f"signature line {number} is too short to hold a key id and a signature")

@@ -73,3 +73,22 @@ trust_bundles = Table(
     Column("envelope", LargeBinary, nullable=False),
     Column("installed_at", DateTime(timezone=True), nullable=False),
 )
+
+# A witness's view of each log it cosigns: the largest checkpoint it has checked and cosigned.
+witnessed_logs = Table(
+    "witnessed_logs",
+    metadata,
+    Column("origin", String(256), primary_key=True),
+    Column("tree_size", BigInteger, nullable=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Witnesses' cosignatures of this log's checkpoints, kept for export.
+log_cosignatures = Table(
+    "log_cosignatures",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("witness", String(128), primary_key=True),
+    Column("cosignature", Text, nullable=False),
+)

@@ -25,8 +25,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit import bundle as layout
+from audit.cosign import verify_cosignature, witness_name
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
-from audit.note import NoteError, NoteVerifier, parse_checkpoint, verify_note
+from audit.note import NoteError, NoteVerifier, checkpoint_body, parse_checkpoint, verify_note
 from federation import agreement as agreement_doc
 from federation import statements
 from federation.agreement import Agreement, Appearance
@@ -89,6 +90,7 @@ class BundleSummary:
     size: int
     signatures_verified: int = 0
     checkpoints_verified: int = 0
+    cosignatures_verified: int = 0
     results: list[ResultRef] = field(default_factory=list)
     receipts: list[ReceiptRef] = field(default_factory=list)
     checkpoint_roots: dict[int, bytes] = field(default_factory=dict)
@@ -102,6 +104,7 @@ class BundleSummary:
             "entries": self.size,
             "signatures_verified": self.signatures_verified,
             "checkpoints_verified": self.checkpoints_verified,
+            "cosignatures_verified": self.cosignatures_verified,
             "results": len(self.results),
             "receipts": len(self.receipts),
         }
@@ -415,9 +418,35 @@ def verify_bundle(
             entries_path,
             tree.size,
         )
+    _verify_cosignatures(root / layout.COSIGNATURES, origin, dict(checkpoints), keys, summary)
     if progress:
         progress(size, size)
     return summary
+
+
+def _verify_cosignatures(
+    path: Path, origin: str, roots: dict[int, bytes], keys: _Keys, summary: BundleSummary
+) -> None:
+    """Each cosignature must be a city's valid cosignature of a checkpoint in this bundle."""
+    for number, obj in _read_canonical_lines(path, "cosignatures"):
+        size, city, line = obj.get("size"), str(obj.get("witness")), obj.get("cosignature")
+        if not isinstance(size, int) or size not in roots or not isinstance(line, str):
+            raise BundleError(
+                "cosigns no checkpoint of this bundle", "COSIGNATURE_INVALID", path, number
+            )
+        body = checkpoint_body(origin, size, roots[size])
+        for public in keys.public_keys(city) if Role.CITY in keys.roles.get(city, ()) else []:
+            try:
+                verify_cosignature(line, body, witness_name(city), public)
+                break
+            except NoteError:
+                continue
+        else:
+            raise BundleError(
+                f"not a valid cosignature by city {city}", "COSIGNATURE_INVALID", path, number
+            )
+        summary.signatures_verified += 1
+        summary.cosignatures_verified += 1
 
 
 def _verify_entry(

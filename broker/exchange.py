@@ -7,6 +7,7 @@ inside its signed request, verifies what comes back, merges, and signs what it d
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,7 @@ class Broker:
         channels: CityChannels,
         log: MerkleLog,
         city_timeout_s: float = 5.0,
+        after_log: Callable[[], None] = lambda: None,
     ) -> None:
         self.id, self._signer, self._trust, self._channels, self._log = (
             broker_id,
@@ -104,6 +106,7 @@ class Broker:
             log,
         )
         self._timeout = city_timeout_s
+        self._after_log = after_log  # witnessing is told when the log grew
 
     def _city_timeout(self, deadline_s: float | None) -> float:
         """How long each city gets: the configured timeout, but never the partner's whole deadline.
@@ -199,6 +202,7 @@ class Broker:
         )
         # One batch: the query as sent and the receipt of what came back, durable before replying.
         self._log.append_many([signed.to_json(), receipt.to_json()], kind="exchange")
+        self._after_log()
         return Exchange(request_id, cells, outcomes, signed, receipt)
 
     def describe(self, caller: VerifiedToken, deadline_s: float | None) -> list[CityOffer]:

@@ -28,12 +28,18 @@ class CityChannels:
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, node_pb2_grpc.QueryServiceStub]] = {}
 
-    def stub(self, endpoint: str) -> node_pb2_grpc.QueryServiceStub:
+    def _entry(self, endpoint: str) -> tuple[grpc.Channel, node_pb2_grpc.QueryServiceStub]:
         with self._lock:
             if endpoint not in self._stubs:
                 channel = grpc.secure_channel(endpoint, self._creds, options=CHANNEL_OPTIONS)
                 self._stubs[endpoint] = (channel, node_pb2_grpc.QueryServiceStub(channel))
-            return self._stubs[endpoint][1]
+            return self._stubs[endpoint]
+
+    def stub(self, endpoint: str) -> node_pb2_grpc.QueryServiceStub:
+        return self._entry(endpoint)[1]
+
+    def channel(self, endpoint: str) -> grpc.Channel:
+        return self._entry(endpoint)[0]
 
     def close(self) -> None:
         with self._lock:

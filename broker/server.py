@@ -9,16 +9,19 @@ import grpc
 
 from audit import trust_history
 from audit.log import MerkleLog
+from audit.service import LOG_SERVICE, LogServicer
 from broker.exchange import Broker
 from broker.fanout import CityChannels
 from broker.service import BROKER_SERVICE, BrokerServicer, partner_token_guard
+from broker.witnessing import WitnessCollector
+from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.broker.v1 import broker_pb2_grpc
 from federation import storage
 from federation.config import Section, load_toml
-from federation.rpc import TlsFiles, build_server, server_credentials
+from federation.rpc import TlsFiles, add_listener, build_server, require_peer, server_credentials
 from keys import dsse, trust
 from keys.ed25519 import Signer
-from keys.trust import TrustStore
+from keys.trust import Role, TrustStore
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class BrokerConfig:
     trust_bundle: Path
     authority_key: Path
     city_timeout_s: float
+    witness_interval_s: float
 
     @classmethod
     def load(cls, path: Path) -> BrokerConfig:
@@ -45,6 +49,7 @@ class BrokerConfig:
             trust_bundle=tr.path_("bundle"),
             authority_key=tr.path_("authority_key"),
             city_timeout_s=top.float("city_timeout_s", 5.0),
+            witness_interval_s=top.float("witness_interval_s", 10.0),
         )
 
 
@@ -62,28 +67,48 @@ class BrokerServer:
             self.engine, origin=f"citybroker/broker/{config.broker_id}", signer=signer
         )
         self.channels = CityChannels(*config.tls.read())
+        self.witnessing = WitnessCollector(
+            self.engine, self.log, store, self.channels, config.witness_interval_s
+        )
         broker = Broker(
-            config.broker_id, signer, store, self.channels, self.log, config.city_timeout_s
+            config.broker_id,
+            signer,
+            store,
+            self.channels,
+            self.log,
+            config.city_timeout_s,
+            after_log=self.witnessing.nudge,
         )
 
         def register(server: grpc.Server) -> None:
             broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(broker), server)
+            audit_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.log), server)
+
+        def log_readers() -> list[str]:
+            return [
+                p.id for p in store.current.parties.values() if p.role in (Role.CITY, Role.BROKER)
+            ]
 
         self.server, self.health = build_server(
             register,
-            [BROKER_SERVICE],
-            guards={BROKER_SERVICE: partner_token_guard(config.broker_id, store)},
+            [BROKER_SERVICE, LOG_SERVICE],
+            guards={
+                BROKER_SERVICE: partner_token_guard(config.broker_id, store),
+                LOG_SERVICE: require_peer(log_readers, "cities and brokers of the federation"),
+            },
         )
-        self.port = self.server.add_secure_port(
-            config.listen, server_credentials(config.tls, require_client_cert=False)
+        self.port = add_listener(
+            self.server, config.listen, server_credentials(config.tls, require_client_cert=False)
         )
 
     def start(self) -> BrokerServer:
         self.server.start()
+        self.witnessing.start()
         return self
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
+        self.witnessing.stop()
         self.channels.close()
         self.log.close()
         self.engine.dispose()

@@ -315,7 +315,8 @@ def describe(
         ) from None
     table = Table(title="What you may ask")
     for col in ("city", "agreement", "purposes", "dataset", "fields", "k", "valid until"):
-        table.add_column(col)
+        # Fold, never cut: ids and purpose codes are what the partner copies into a query.
+        table.add_column(col, overflow="fold")
     for offer in response.cities:
         if STATUS_NAMES.get(offer.outcome.status) != "answered":
             table.add_row(offer.city_id, f"[yellow]{offer.outcome.code} {offer.outcome.reason}[/]")
@@ -345,9 +346,11 @@ def audit_export(
     out: Annotated[Path, typer.Option(help="New directory to write the bundle into.")],
 ) -> None:
     """Write a node's or broker's log, checkpoints, trust bundles and agreements as a bundle."""
+    import sqlalchemy as sa
     from rich.progress import Progress
 
     from audit import bundle, trust_history
+    from audit.schema import log_cosignatures
     from federation import storage
     from federation.config import load_toml
 
@@ -367,10 +370,19 @@ def audit_export(
     else:
         raise _fail(f"{config} is neither a node config (city = ...) nor a broker config")
     engine = storage.create_engine(url)
+    with engine.connect() as conn:
+        cosignatures = [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                sa.select(
+                    log_cosignatures.c.tree_size,
+                    log_cosignatures.c.witness,
+                    log_cosignatures.c.cosignature,
+                ).order_by(log_cosignatures.c.tree_size, log_cosignatures.c.witness)
+            )
+        ]
     agreements: list[tuple[str, int, bytes]] = []
     if role == "node":
-        import sqlalchemy as sa
-
         from node.schema import agreements as agreements_table
 
         with engine.connect() as conn:
@@ -393,6 +405,7 @@ def audit_export(
             party=party,
             role=role,
             trust_envelopes=trust_history.envelopes(engine),
+            cosignatures=cosignatures,
             agreement_envelopes=agreements,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )

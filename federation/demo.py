@@ -56,13 +56,12 @@ class Processes:
                 raise ConfigError(f"{name} exited with status {proc.returncode}:\n{tail}")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for _, proc in self.children:
+        """Stop in reverse start order: the broker finishes (and witnesses) before the nodes go."""
+        for _, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + grace_s
-        for _, proc in self.children:
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

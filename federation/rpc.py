@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,13 @@ class RemoteError:
     code: str
     reason: str
     message: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def remote_error(err: grpc.RpcError) -> RemoteError:
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     reason = ""
+    metadata: dict[str, str] = {}
     message = err.details() if isinstance(err, grpc.Call) else str(err)
     try:
         st = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
@@ -60,8 +62,8 @@ def remote_error(err: grpc.RpcError) -> RemoteError:
         for d in st.details:
             info = error_details_pb2.ErrorInfo()
             if d.Unpack(info):
-                reason = info.reason
-    return RemoteError(code.name, reason, message or "")
+                reason, metadata = info.reason, dict(info.metadata)
+    return RemoteError(code.name, reason, message or "", metadata)
 
 
 def peer_common_names(context: grpc.ServicerContext) -> list[str]:
@@ -141,12 +143,25 @@ class TlsFiles:
 
 
 def server_credentials(tls: TlsFiles, require_client_cert: bool) -> grpc.ServerCredentials:
+    """TLS with the federation CA. Without `require_client_cert` a client certificate is still
+    asked for and checked when offered (brokers: partners have none, cities and auditors do)."""
     ca, cert, key = tls.read()
     return grpc.ssl_server_credentials(
-        [(key, cert)],
-        root_certificates=ca if require_client_cert else None,
-        require_client_auth=require_client_cert,
+        [(key, cert)], root_certificates=ca, require_client_auth=require_client_cert
     )
+
+
+def add_listener(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:
+    """Bind `address` (HOST:PORT; port 0 picks one) and return the port; a clear ConfigError when the
+    address is in use or not a local address, instead of gRPC's RuntimeError."""
+    try:
+        port: int = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        raise ConfigError(
+            f"cannot listen on {address}: the address is in use or not an address of this machine",
+            reason="LISTEN_FAILED",
+        ) from None
+    return port
 
 
 def client_credentials(

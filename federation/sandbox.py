@@ -205,6 +205,7 @@ def create(
             "database": f"sqlite:///{root / 'data' / 'broker.db'}",
             "signing_key": str(keys_dir / f"{broker_id}.key"),
             "city_timeout_s": 5.0,
+            "witness_interval_s": 1.0,
             "tls": {"ca_cert": str(ca_cert), "cert": str(cert), "key": str(key)},
             "trust": {"bundle": str(trust_path), "authority_key": str(authority_pub)},
         },

@@ -21,6 +21,7 @@ from node.schema import agreements
 ACTIVE = "active"
 SUPERSEDED = "superseded"
 MAX_PAGE = 100
+MAX_VERSION = 2**63 - 1  # the widest integer any supported database column holds
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,11 @@ class AgreementRegister:
         if page_token:
             try:
                 last_id, last_version = base64.urlsafe_b64decode(page_token).decode().split("\x00")
+                version = int(last_version)
+                if not 0 <= version <= MAX_VERSION:  # a forged token must not overflow the column
+                    raise ValueError(last_version)
                 after = sa.tuple_(agreements.c.agreement_id, agreements.c.version) > sa.tuple_(
-                    sa.literal(last_id), sa.literal(int(last_version))
+                    sa.literal(last_id), sa.literal(version)
                 )
             except ValueError:
                 raise InvalidArgument(

@@ -9,10 +9,13 @@ import grpc
 
 from audit import trust_history
 from audit.log import MerkleLog
+from audit.service import LOG_SERVICE, WITNESS_SERVICE, LogServicer, WitnessServicer
+from audit.witness import Witness
+from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.node.v1 import node_pb2_grpc
 from federation import storage
 from federation.config import Section, load_toml
-from federation.rpc import TlsFiles, build_server, require_peer, server_credentials
+from federation.rpc import TlsFiles, add_listener, build_server, require_peer, server_credentials
 from keys import dsse, trust
 from keys.ed25519 import Signer
 from keys.trust import Role, TrustStore
@@ -86,6 +89,18 @@ class NodeServer:
         def brokers() -> list[str]:
             return [b.id for b in store.current.by_role(Role.BROKER)]
 
+        def log_readers() -> list[str]:
+            return [
+                *config.operators,
+                *(
+                    p.id
+                    for p in store.current.parties.values()
+                    if p.role in (Role.CITY, Role.BROKER)
+                ),
+            ]
+
+        witness = Witness(self.engine, config.city, signer, store)
+
         def register(server: grpc.Server) -> None:
             node_pb2_grpc.add_QueryServiceServicer_to_server(
                 service.QueryServicer(answerer), server
@@ -96,19 +111,29 @@ class NodeServer:
             node_pb2_grpc.add_AgreementServiceServicer_to_server(
                 service.AgreementServicer(self.agreements, self.log), server
             )
+            audit_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.log), server)
+            audit_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(witness), server)
 
         operators = require_peer(lambda: config.operators, f"operators of {config.city}")
         self.server, self.health = build_server(
             register,
-            [service.QUERY_SERVICE, service.CONSENT_SERVICE, service.AGREEMENT_SERVICE],
+            [
+                service.QUERY_SERVICE,
+                service.CONSENT_SERVICE,
+                service.AGREEMENT_SERVICE,
+                LOG_SERVICE,
+                WITNESS_SERVICE,
+            ],
             guards={
                 service.QUERY_SERVICE: require_peer(brokers, "brokers in the trust bundle"),
                 service.CONSENT_SERVICE: operators,
                 service.AGREEMENT_SERVICE: operators,
+                LOG_SERVICE: require_peer(log_readers, "federation parties and operators"),
+                WITNESS_SERVICE: require_peer(brokers, "brokers in the trust bundle"),
             },
         )
-        self.port = self.server.add_secure_port(
-            config.listen, server_credentials(config.tls, require_client_cert=True)
+        self.port = add_listener(
+            self.server, config.listen, server_credentials(config.tls, require_client_cert=True)
         )
 
     def start(self) -> NodeServer:

@@ -35,11 +35,11 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> sa.Engine:
 
 def test_migrations_upgrade_empty_database_to_head_and_back(engine: sa.Engine) -> None:
     storage.upgrade(engine)
-    assert TABLES <= set(sa.inspect(engine).get_table_names())
+    assert set(sa.inspect(engine).get_table_names()) >= TABLES
     storage.downgrade(engine, "base")
     assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
     storage.upgrade(engine)
-    assert TABLES <= set(sa.inspect(engine).get_table_names())
+    assert set(sa.inspect(engine).get_table_names()) >= TABLES
 
 
 def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(

@@ -71,7 +71,12 @@ def consent_for(resident: str, kind: str) -> ConsentRecord:
     elif kind == "not-yet-valid":
         starts = NOW + DAY
     return ConsentRecord(
-        f"{resident}-c", resident, purpose, recipient, category, starts,
+        f"{resident}-c",
+        resident,
+        purpose,
+        recipient,
+        category,
+        starts,
         None if kind == "open-ended" else ends,
     )
 
@@ -121,16 +126,21 @@ def measure(m: Measure, trips: list[dict[str, Any]]) -> float:
         return len(trips)
     if m.kind is MeasureKind.COUNT_RESIDENTS:
         return len({t["resident_id"] for t in trips})
-    xs = [t[m.field] for t in trips]
-    return {
-        MeasureKind.SUM: sum,
-        MeasureKind.AVG: lambda v: sum(v) / len(v),
-        MeasureKind.MIN: min,
-        MeasureKind.MAX: max,
-    }[m.kind](xs)
+    xs: list[float] = [t[m.field] for t in trips]
+    if m.kind is MeasureKind.SUM:
+        return sum(xs)
+    if m.kind is MeasureKind.AVG:
+        return sum(xs) / len(xs)
+    return min(xs) if m.kind is MeasureKind.MIN else max(xs)
 
 
-def oracle(world: World, q: Query, k: int) -> tuple[dict[tuple[str, ...], dict[str, float]], set]:
+GroupKey = tuple[str, ...]
+
+
+def oracle(
+    world: World, q: Query, k: int
+) -> tuple[dict[GroupKey, dict[str, float]], set[GroupKey]]:
+    """The released cells (measure values plus "records") and the withheld keys, by brute force."""
     rows = [
         t
         for t in world.trips
@@ -157,7 +167,10 @@ def oracle(world: World, q: Query, k: int) -> tuple[dict[tuple[str, ...], dict[s
 MEASURES = [
     Measure(MeasureKind.COUNT_RECORDS),
     Measure(MeasureKind.COUNT_RESIDENTS),
-    *(Measure(k, "distance_km") for k in (MeasureKind.SUM, MeasureKind.AVG, MeasureKind.MIN, MeasureKind.MAX)),
+    *(
+        Measure(k, "distance_km")
+        for k in (MeasureKind.SUM, MeasureKind.AVG, MeasureKind.MIN, MeasureKind.MAX)
+    ),
 ]
 DIMENSIONS = [
     Dimension("mode"),
@@ -178,13 +191,19 @@ def queries(draw: st.DrawFn) -> Query:
     return Query(
         dataset="mobility",
         purpose=PURPOSE,
-        measures=tuple(draw(st.lists(st.sampled_from(MEASURES), min_size=1, max_size=4, unique=True))),
-        group_by=tuple(draw(st.lists(st.sampled_from(DIMENSIONS), max_size=2, unique_by=lambda d: d.field))),
+        measures=tuple(
+            draw(st.lists(st.sampled_from(MEASURES), min_size=1, max_size=4, unique=True))
+        ),
+        group_by=tuple(
+            draw(st.lists(st.sampled_from(DIMENSIONS), max_size=2, unique_by=lambda d: d.field))
+        ),
         filters=tuple(filters),
     ).validate()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(q=queries(), k=st.integers(1, 6))
 def test_run_matches_the_oracle(world: World, q: Query, k: int) -> None:
     with world.engine.connect() as conn:
@@ -206,7 +225,9 @@ def test_run_matches_the_oracle(world: World, q: Query, k: int) -> None:
             assert value == pytest.approx(want[name], rel=1e-9, abs=1e-6), (key, name)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(q=queries(), k=st.integers(1, 6))
 def test_every_released_cell_has_k_consenting_residents(world: World, q: Query, k: int) -> None:
     counted = Query(

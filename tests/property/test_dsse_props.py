@@ -20,7 +20,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 payloads = st.dictionaries(st.text(max_size=8), json_values, min_size=1, max_size=5)
@@ -65,7 +67,9 @@ def test_flipped_payload_byte_is_rejected(payload: dict[str, Any], index: int, m
 
 @settings(max_examples=100)
 @given(payloads, st.integers(0), masks)
-def test_flipped_payload_type_byte_is_rejected(payload: dict[str, Any], index: int, mask: int) -> None:
+def test_flipped_payload_type_byte_is_rejected(
+    payload: dict[str, Any], index: int, mask: int
+) -> None:
     env = dsse.sign(THING, payload, SIGNER)
     ptype = flip(env.payload_type.encode("latin-1"), index, mask).decode("latin-1")
     tampered = dsse.Envelope(ptype, env.payload, env.signatures)

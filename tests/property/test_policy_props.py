@@ -68,7 +68,9 @@ def fits_catalogue(q: Query) -> bool:
     ds = CATALOGUE.datasets.get(q.dataset)
     if q.purpose not in KNOWN_PURPOSES or ds is None or not fields_used(q) <= set(ds.fields):
         return False
-    if any(m.kind.needs_field and ds.fields[m.field].type is not FieldType.NUMBER for m in q.measures):
+    if any(
+        m.kind.needs_field and ds.fields[m.field].type is not FieldType.NUMBER for m in q.measures
+    ):
         return False
     return all(d.generalisation in ds.fields[d.field].generalisations for d in q.group_by)
 

@@ -12,7 +12,7 @@ from federation import wire
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from keys import dsse
 
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
+names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
 
 
 @st.composite
@@ -34,10 +34,8 @@ def measures(draw: st.DrawFn) -> tuple[Measure, ...]:
 @st.composite
 def filters(draw: st.DrawFn) -> Filter:
     op = draw(st.sampled_from(list(FilterOp)))
-    if op is FilterOp.EQUALS:
-        values = (draw(st.text(max_size=10)),)
-    else:
-        values = tuple(draw(st.lists(st.text(max_size=10), min_size=1, max_size=5)))
+    size = 1 if op is FilterOp.EQUALS else draw(st.integers(1, 5))
+    values = tuple(draw(st.lists(st.text(max_size=10), min_size=size, max_size=size)))
     return Filter(draw(names), op, values)
 
 
@@ -48,7 +46,9 @@ def queries(draw: st.DrawFn) -> Query:
         dataset=draw(names),
         purpose=draw(names),
         measures=draw(measures()),
-        group_by=tuple(Dimension(f, draw(st.sampled_from(["", "month", "band5"]))) for f in group_fields),
+        group_by=tuple(
+            Dimension(f, draw(st.sampled_from(["", "month", "band5"]))) for f in group_fields
+        ),
         filters=tuple(draw(st.lists(filters(), max_size=q.MAX_FILTERS))),
         cities=tuple(draw(st.lists(names, max_size=4))),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,12 @@ from keys.trust import KeyGrant, Party, Role, TrustBundle
 
 NOW = timefmt.now()
 KEYS = {name: Signer.generate() for name in ("aurora", "borealis", "northwind", "broker-1")}
-ROLES = {"aurora": Role.CITY, "borealis": Role.CITY, "northwind": Role.PARTNER, "broker-1": Role.BROKER}
+ROLES = {
+    "aurora": Role.CITY,
+    "borealis": Role.CITY,
+    "northwind": Role.PARTNER,
+    "broker-1": Role.BROKER,
+}
 
 
 def bundle() -> TrustBundle:
@@ -32,7 +38,7 @@ def bundle() -> TrustBundle:
     )
 
 
-def agreement(**changes: object) -> Agreement:
+def agreement(**changes: Any) -> Agreement:
     a = Agreement(
         agreement_id="aurora--northwind",
         version=1,
@@ -81,7 +87,7 @@ def test_in_force_window_is_half_open() -> None:
         ({"min_cell_size": 0}, "AGREEMENT_MALFORMED"),
     ],
 )
-def test_from_payload_rejects_bad_terms(changes: dict[str, object], why: str) -> None:
+def test_from_payload_rejects_bad_terms(changes: dict[str, Any], why: str) -> None:
     with pytest.raises(VerificationError) as e:
         Agreement.from_payload(agreement(**changes).to_payload())
     assert e.value.reason == why
@@ -126,7 +132,9 @@ def test_unknown_consumer() -> None:
 
 
 def test_provider_must_be_a_city() -> None:
-    env = doc.sign(agreement(provider="northwind", consumer="aurora"), KEYS["northwind"], KEYS["aurora"])
+    env = doc.sign(
+        agreement(provider="northwind", consumer="aurora"), KEYS["northwind"], KEYS["aurora"]
+    )
     assert reason(env) == "AGREEMENT_PARTY_UNKNOWN"
 
 
@@ -134,9 +142,13 @@ def test_countersignature_over_different_bytes_is_rejected() -> None:
     proposed = doc.sign(agreement(min_cell_size=20), KEYS["aurora"])
     # The consumer signs a laxer version; pasting its signature onto the city's bytes must fail.
     laxer = doc.sign(agreement(min_cell_size=2), KEYS["northwind"])
-    pasted = dsse.Envelope(proposed.payload_type, proposed.payload, proposed.signatures + laxer.signatures)
+    pasted = dsse.Envelope(
+        proposed.payload_type, proposed.payload, proposed.signatures + laxer.signatures
+    )
     assert reason(pasted) == "AGREEMENT_SIGNATURE_INVALID"
-    pasted_other_way = dsse.Envelope(laxer.payload_type, laxer.payload, laxer.signatures + proposed.signatures)
+    pasted_other_way = dsse.Envelope(
+        laxer.payload_type, laxer.payload, laxer.signatures + proposed.signatures
+    )
     assert reason(pasted_other_way) == "AGREEMENT_SIGNATURE_INVALID"
 
 
@@ -152,7 +164,9 @@ def test_wrong_payload_type() -> None:
 
 def test_key_not_valid_when_the_agreement_starts() -> None:
     late = agreement(valid_from=NOW - timedelta(days=5))  # before the keys' window opens
-    assert reason(doc.sign(late, KEYS["aurora"], KEYS["northwind"])) == "AGREEMENT_SIGNATURE_INVALID"
+    assert (
+        reason(doc.sign(late, KEYS["aurora"], KEYS["northwind"])) == "AGREEMENT_SIGNATURE_INVALID"
+    )
 
 
 def test_malformed_payload() -> None:

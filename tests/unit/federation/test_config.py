@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,9 @@ def test_typed_values(config: Path) -> None:
         (lambda s: s.section("tls").str("key"), "tls.key"),
     ],
 )
-def test_errors_name_the_file_and_the_key(config: Path, call, key: str) -> None:  # type: ignore[no-untyped-def]
+def test_errors_name_the_file_and_the_key(
+    config: Path, call: Callable[[Section], object], key: str
+) -> None:
     with pytest.raises(ConfigError) as e:
         call(section(config))
     assert f"{config}: {key} " in e.value.message
@@ -73,17 +76,25 @@ def test_optional_missing_section_is_empty(config: Path) -> None:
 def test_relative_paths_are_relative_to_the_file(config: Path) -> None:
     tls = section(config).section("tls")
     assert tls.path_("cert") == config.parent / "tls" / "aurora.crt"
-    assert tls.database_url("database") == f"sqlite:///{(config.parent / 'data' / 'aurora.db').resolve()}"
+    assert (
+        tls.database_url("database")
+        == f"sqlite:///{(config.parent / 'data' / 'aurora.db').resolve()}"
+    )
 
 
 def test_absolute_and_memory_database_urls_are_kept(tmp_path: Path) -> None:
-    s = Section({"a": "sqlite:////abs/x.db", "m": "sqlite:///:memory:", "p": "postgresql://h/db"}, tmp_path / "c.toml")
+    s = Section(
+        {"a": "sqlite:////abs/x.db", "m": "sqlite:///:memory:", "p": "postgresql://h/db"},
+        tmp_path / "c.toml",
+    )
     assert s.database_url("a") == "sqlite:////abs/x.db"
     assert s.database_url("m") == "sqlite:///:memory:"
     assert s.database_url("p") == "postgresql://h/db"
 
 
-def test_environment_overrides_top_level_scalars(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_top_level_scalars(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CITYBROKER_PORT", "7100")
     monkeypatch.setenv("CITYBROKER_DEBUG", "true")
     monkeypatch.setenv("CITYBROKER_CITY", "borealis")

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
 from federation import query as q
-from federation.errors import InvalidArgument, TooLarge
+from federation.errors import CitybrokerError, InvalidArgument, TooLarge
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 
 COUNT = Measure(MeasureKind.COUNT_RECORDS)
 
 
-def base(**changes: object) -> Query:
+def base(**changes: Any) -> Query:
     return dataclasses.replace(Query("mobility", "urban-mobility-planning", (COUNT,)), **changes)
 
 
-def reason(query: Query, error: type[Exception] = InvalidArgument) -> str:
+def reason(query: Query, error: type[CitybrokerError] = InvalidArgument) -> str:
     with pytest.raises(error) as e:
         query.validate()
-    return e.value.reason  # type: ignore[attr-defined]
+    return e.value.reason
 
 
 def test_a_plain_query_is_valid() -> None:
@@ -44,13 +45,17 @@ def test_too_many_measures() -> None:
     "changes",
     [
         {"group_by": tuple(Dimension(f"g{i}") for i in range(q.MAX_GROUP_BY + 1))},
-        {"filters": tuple(Filter(f"f{i}", FilterOp.EQUALS, ("x",)) for i in range(q.MAX_FILTERS + 1))},
+        {
+            "filters": tuple(
+                Filter(f"f{i}", FilterOp.EQUALS, ("x",)) for i in range(q.MAX_FILTERS + 1)
+            )
+        },
         {"cities": tuple(f"c{i}" for i in range(q.MAX_CITIES + 1))},
         {"dataset": "d" * (q.MAX_NAME_CHARS + 1)},
         {"measures": (Measure(MeasureKind.MIN, "x" * (q.MAX_NAME_CHARS + 1)),)},
     ],
 )
-def test_other_size_limits(changes: dict[str, object]) -> None:
+def test_other_size_limits(changes: dict[str, Any]) -> None:
     assert reason(base(**changes), TooLarge) == "QUERY_TOO_LARGE"
 
 
@@ -66,7 +71,9 @@ def test_duplicate_measure() -> None:
     assert base(measures=(twice[0], Measure(MeasureKind.SUM, "age"))).validate()
 
 
-@pytest.mark.parametrize("kind", [MeasureKind.SUM, MeasureKind.AVG, MeasureKind.MIN, MeasureKind.MAX])
+@pytest.mark.parametrize(
+    "kind", [MeasureKind.SUM, MeasureKind.AVG, MeasureKind.MIN, MeasureKind.MAX]
+)
 def test_measure_missing_its_field(kind: MeasureKind) -> None:
     assert reason(base(measures=(Measure(kind),))) == "MEASURE_INVALID"
 
@@ -85,9 +92,13 @@ def test_equals_takes_exactly_one_value() -> None:
 
 @pytest.mark.parametrize(
     ("changes", "why"),
-    [({"dataset": ""}, "DATASET_MISSING"), ({"purpose": ""}, "PURPOSE_MISSING"), ({"measures": ()}, "MEASURE_MISSING")],
+    [
+        ({"dataset": ""}, "DATASET_MISSING"),
+        ({"purpose": ""}, "PURPOSE_MISSING"),
+        ({"measures": ()}, "MEASURE_MISSING"),
+    ],
 )
-def test_missing_parts(changes: dict[str, object], why: str) -> None:
+def test_missing_parts(changes: dict[str, Any], why: str) -> None:
     assert reason(base(**changes)) == why
 
 
@@ -105,9 +116,30 @@ def test_payload_round_trip() -> None:
     "payload",
     [
         {},
-        {"dataset": "d", "purpose": "p", "measures": [{"kind": "median", "field": "x"}], "group_by": [], "filters": [], "cities": []},
-        {"dataset": "d", "purpose": "p", "measures": "count", "group_by": [], "filters": [], "cities": []},
-        {"dataset": "d", "purpose": "p", "measures": [{"kind": "count_records", "field": ""}], "group_by": [], "filters": [{"field": "m", "op": "like", "values": ["x"]}], "cities": []},
+        {
+            "dataset": "d",
+            "purpose": "p",
+            "measures": [{"kind": "median", "field": "x"}],
+            "group_by": [],
+            "filters": [],
+            "cities": [],
+        },
+        {
+            "dataset": "d",
+            "purpose": "p",
+            "measures": "count",
+            "group_by": [],
+            "filters": [],
+            "cities": [],
+        },
+        {
+            "dataset": "d",
+            "purpose": "p",
+            "measures": [{"kind": "count_records", "field": ""}],
+            "group_by": [],
+            "filters": [{"field": "m", "op": "like", "values": ["x"]}],
+            "cities": [],
+        },
     ],
 )
 def test_from_payload_rejects_malformed(payload: dict[str, object]) -> None:

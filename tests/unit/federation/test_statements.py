@@ -16,7 +16,12 @@ from keys.trust import KeyGrant, Party, Role, TrustBundle
 
 NOW = timefmt.now()
 KEYS = {name: Signer.generate() for name in ("aurora", "borealis", "northwind", "broker-1")}
-ROLES = {"aurora": Role.CITY, "borealis": Role.CITY, "northwind": Role.PARTNER, "broker-1": Role.BROKER}
+ROLES = {
+    "aurora": Role.CITY,
+    "borealis": Role.CITY,
+    "northwind": Role.PARTNER,
+    "broker-1": Role.BROKER,
+}
 QUERY = Query(
     "mobility",
     "urban-mobility-planning",
@@ -65,7 +70,12 @@ def reason(env: dsse.Envelope) -> str:
 
 def test_broker_request_round_trip() -> None:
     req = request()
-    assert (req.request_id, req.broker, req.partner, req.token) == ("req-1", "broker-1", "northwind", "tok")
+    assert (req.request_id, req.broker, req.partner, req.token) == (
+        "req-1",
+        "broker-1",
+        "northwind",
+        "tok",
+    )
     assert req.query == QUERY
     assert req.digest.startswith("sha256:") and len(req.digest) == len("sha256:") + 64
 

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import IPAddress, PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from keys.ca import FederationCA
 
@@ -32,7 +32,7 @@ def test_issued_certificate_chains_to_the_ca(ca: FederationCA) -> None:
     cert.verify_directly_issued_by(ca.cert)
     assert cert.issuer == ca.cert.subject
     # Full RFC 5280 path validation, as a TLS server and as a TLS client certificate.
-    loopback = IPAddress(ipaddress.ip_address("127.0.0.1"))
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
     chain = verifier(ca).build_server_verifier(loopback).verify(cert, [])
     assert chain == [cert, ca.cert]
     client = verifier(ca).build_client_verifier().verify(cert, [])
@@ -76,7 +76,9 @@ def test_issued_key_matches_the_certificate(ca: FederationCA) -> None:
     cert = x509.load_pem_x509_certificate(issued.cert_pem)
     key = serialization.load_pem_private_key(issued.key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    cert_key = cert.public_key()
+    assert isinstance(cert_key, ec.EllipticCurvePublicKey)
+    assert key.public_key().public_numbers() == cert_key.public_numbers()
 
 
 def test_written_private_key_is_owner_only(ca: FederationCA, tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ def signed_raw(thing: str, payload: bytes, *signers: Signer) -> dsse.Envelope:
     """An envelope over arbitrary payload bytes (dsse.sign only takes JSON objects)."""
     ptype = dsse.media_type(thing)
     message = dsse.pae(ptype, payload)
-    return dsse.Envelope(ptype, payload, tuple(dsse.Signature(s.keyid, s.sign(message)) for s in signers))
+    return dsse.Envelope(
+        ptype, payload, tuple(dsse.Signature(s.keyid, s.sign(message)) for s in signers)
+    )
 
 
 def test_pae_matches_the_dsse_spec_example() -> None:
@@ -66,7 +68,12 @@ def test_envelope_json_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"not json", b"[]", b'{"payloadType": "x"}', b'{"payloadType":"x","payload":"!!","signatures":[]}'],
+    [
+        b"not json",
+        b"[]",
+        b'{"payloadType": "x"}',
+        b'{"payloadType":"x","payload":"!!","signatures":[]}',
+    ],
 )
 def test_from_json_rejects_malformed_envelopes(data: bytes) -> None:
     with pytest.raises(SignatureError) as e:

@@ -118,7 +118,9 @@ def test_issuer_must_be_a_partner_not_a_city() -> None:
 def test_hand_signed_token_verifies() -> None:
     """The helper below is a faithful JWS, so the next test fails only for its claim."""
     header = {"alg": "EdDSA", "kid": PARTNER_KEY.keyid}
-    assert tokens.verify(hand_signed(header, claims(), PARTNER_KEY), bundle(), BROKER).jti == "jti-1"
+    assert (
+        tokens.verify(hand_signed(header, claims(), PARTNER_KEY), bundle(), BROKER).jti == "jti-1"
+    )
 
 
 def test_non_string_issuer() -> None:

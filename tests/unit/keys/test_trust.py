@@ -18,7 +18,14 @@ T0 = datetime(2026, 1, 1, tzinfo=timefmt.now().tzinfo)
 
 def make_bundle(version: int = 1, **keys: tuple[Signer, datetime, datetime]) -> TrustBundle:
     parties = {
-        name: Party(name, Role.CITY, name.title(), "EU", f"127.0.0.1:{9000 + i}", (KeyGrant(s.public, nb, na),))
+        name: Party(
+            name,
+            Role.CITY,
+            name.title(),
+            "EU",
+            f"127.0.0.1:{9000 + i}",
+            (KeyGrant(s.public, nb, na),),
+        )
         for i, (name, (s, nb, na)) in enumerate(sorted(keys.items()))
     }
     return TrustBundle("test-fed", version, T0, parties)
@@ -53,7 +60,9 @@ def test_tampered_bundle_is_rejected() -> None:
     tampered = env.payload.replace(city.public.b64.encode(), intruder.public.b64.encode())
     assert tampered != env.payload
     with pytest.raises(SignatureError):
-        trust.verify_bundle(dsse.Envelope(env.payload_type, tampered, env.signatures), authority.public)
+        trust.verify_bundle(
+            dsse.Envelope(env.payload_type, tampered, env.signatures), authority.public
+        )
 
 
 def test_bundle_signed_by_another_authority_is_rejected() -> None:
@@ -89,7 +98,10 @@ def test_key_lookup_respects_validity_windows() -> None:
         Role.CITY,
         "Aurora",
         "EU",
-        keys=(KeyGrant(old.public, T0, switch), KeyGrant(new.public, switch + timedelta(seconds=1), T0 + timedelta(days=20))),
+        keys=(
+            KeyGrant(old.public, T0, switch),
+            KeyGrant(new.public, switch + timedelta(seconds=1), T0 + timedelta(days=20)),
+        ),
     )
     bundle = TrustBundle("f", 1, T0, {"aurora": party})
 

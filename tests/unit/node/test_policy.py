@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ CATALOGUE = Catalogue.from_config(
 COUNT = Measure(MeasureKind.COUNT_RECORDS)
 
 
-def agreement(**changes: object) -> Agreement:
+def agreement(**changes: Any) -> Agreement:
     a = Agreement(
         agreement_id="a1",
         version=1,
@@ -47,7 +48,7 @@ def agreement(**changes: object) -> Agreement:
     return dataclasses.replace(a, **changes)
 
 
-def query(**changes: object) -> Query:
+def query(**changes: Any) -> Query:
     return dataclasses.replace(Query("mobility", PURPOSE, (COUNT,)), **changes)
 
 
@@ -83,7 +84,11 @@ def test_raw_field_may_also_be_generalised() -> None:
 
 def test_no_agreement_comes_before_anything_else() -> None:
     nonsense = query(dataset="nope", purpose="nope", group_by=(Dimension("nope", "x"),))
-    for agreements in [(), (agreement(consumer="someone-else"),), (agreement(provider="borealis"),)]:
+    for agreements in [
+        (),
+        (agreement(consumer="someone-else"),),
+        (agreement(provider="borealis"),),
+    ]:
         e = refusal(nonsense, *agreements)
         assert isinstance(e, PermissionDenied)
         assert e.reason == "NO_AGREEMENT"
@@ -120,22 +125,31 @@ def test_catalogue_refusals(q: Query, why: str) -> None:
     ("q", "why"),
     [
         (query(purpose="direct-marketing"), "PURPOSE_NOT_IN_AGREEMENT"),
-        (query(measures=(Measure(MeasureKind.MAX, "distance_km"),)), None),
         (query(group_by=(Dimension("district"),)), "FIELD_NOT_IN_AGREEMENT"),
-        (query(filters=(Filter("district", FilterOp.EQUALS, ("Harbour",)),)), "FILTER_NOT_IN_AGREEMENT"),
+        (
+            query(filters=(Filter("district", FilterOp.EQUALS, ("Harbour",)),)),
+            "FILTER_NOT_IN_AGREEMENT",
+        ),
         (query(group_by=(Dimension("distance_km", "band5"),)), "FIELD_AGGREGATE_ONLY"),
         (query(group_by=(Dimension("trip_date", "day"),)), "GENERALISATION_NOT_IN_AGREEMENT"),
-        (query(filters=(Filter("trip_date", FilterOp.EQUALS, ("2026-08-01",)),)), "FILTER_NOT_IN_AGREEMENT"),
-        (query(filters=(Filter("distance_km", FilterOp.EQUALS, ("3.0",)),)), "FILTER_NOT_IN_AGREEMENT"),
+        (
+            query(filters=(Filter("trip_date", FilterOp.EQUALS, ("2026-08-01",)),)),
+            "FILTER_NOT_IN_AGREEMENT",
+        ),
+        (
+            query(filters=(Filter("distance_km", FilterOp.EQUALS, ("3.0",)),)),
+            "FILTER_NOT_IN_AGREEMENT",
+        ),
     ],
 )
-def test_agreement_refusals(q: Query, why: str | None) -> None:
-    if why is None:
-        assert decide(q, agreement())
-        return
+def test_agreement_refusals(q: Query, why: str) -> None:
     e = refusal(q, agreement())
     assert isinstance(e, PermissionDenied)
     assert e.reason == why
+
+
+def test_aggregate_only_field_may_be_measured() -> None:
+    assert decide(query(measures=(Measure(MeasureKind.MAX, "distance_km"),)), agreement())
 
 
 def test_measure_on_field_outside_the_agreement() -> None:
@@ -151,6 +165,26 @@ def test_dataset_not_in_agreement() -> None:
 
 def test_any_covering_agreement_permits() -> None:
     narrow = agreement(agreement_id="a1")
-    wide = agreement(agreement_id="a2", datasets={"mobility": {"district": FieldTerms(Appearance.RAW)}})
+    wide = agreement(
+        agreement_id="a2", datasets={"mobility": {"district": FieldTerms(Appearance.RAW)}}
+    )
     q = query(group_by=(Dimension("district"),))
     assert decide(q, narrow, wide).agreement.agreement_id == "a2"
+
+
+def test_a_superseded_version_never_authorises() -> None:
+    wide = agreement(version=1, datasets={"mobility": {"district": FieldTerms(Appearance.RAW)}})
+    narrowed = agreement(version=2, datasets={"mobility": {"mode": FieldTerms(Appearance.RAW)}})
+    by_district = query(group_by=(Dimension("district"),))
+    assert decide(by_district, wide)
+    assert refusal(by_district, wide, narrowed).reason == "FIELD_NOT_IN_AGREEMENT"
+    assert decide(query(group_by=(Dimension("mode"),)), narrowed, wide).agreement.version == 2
+
+
+def test_a_newer_version_not_yet_in_force_still_supersedes() -> None:
+    """As in the register, activating version 2 retires version 1 at once."""
+    current = agreement(version=1)
+    upcoming = agreement(
+        version=2, valid_from=NOW + timedelta(days=1), valid_until=NOW + timedelta(days=9)
+    )
+    assert refusal(query(), current, upcoming).reason == "NO_AGREEMENT"

@@ -1,0 +1,123 @@
+"""Collect cities' cosignatures of the broker's checkpoints, so that the broker cannot later show an
+auditor a history other than the one the cities saw.
+
+A background thread offers each city the latest checkpoint with a consistency proof from the last
+size that city cosigned; cosignatures are stored for export. Failures are logged and retried on the
+next round; they never affect queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+from sqlalchemy import Engine, func, insert, select
+
+from audit.log import MerkleLog
+from audit.note import parse_checkpoint, unverified_body
+from audit.schema import log_cosignatures
+from broker.fanout import CityChannels
+from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
+from federation.rpc import remote_error
+from keys.trust import Role, TrustStore
+
+log = logging.getLogger("citybroker.witnessing")
+
+
+class WitnessCollector:
+    def __init__(
+        self,
+        engine: Engine,
+        broker_log: MerkleLog,
+        trust: TrustStore,
+        channels: CityChannels,
+        interval_s: float,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._engine, self._log, self._trust, self._channels = engine, broker_log, trust, channels
+        self._interval, self._timeout = interval_s, timeout_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="witnessing", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """New entries were logged: collect soon rather than at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread after one last round, so the final checkpoint is witnessed too."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._round()
+
+    def _round(self) -> None:
+        try:
+            self.collect_once()
+        except Exception:  # a round must never kill the thread; the next one retries
+            log.exception("witnessing round failed")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._round()
+            self._stop.wait(min(self._interval, 1.0))  # at most one round a second
+
+    def _last_cosigned(self, city: str) -> int:
+        with self._engine.connect() as conn:
+            size = conn.execute(
+                select(func.max(log_cosignatures.c.tree_size)).where(
+                    log_cosignatures.c.witness == city
+                )
+            ).scalar()
+        return int(size or 0)
+
+    def collect_once(self) -> int:
+        """Offer the latest checkpoint to every city once; returns how many cosigned it."""
+        note = self._log.checkpoint()
+        _, size, _ = parse_checkpoint(unverified_body(note))
+        cosigned = 0
+        for city in self._trust.current.by_role(Role.CITY):
+            old = self._last_cosigned(city.id)
+            if size == 0 or old == size:
+                continue
+            stub = audit_pb2_grpc.WitnessServiceStub(self._channels.channel(city.endpoint))
+            for _ in range(2):  # a second try from the size the witness says it knows
+                request = audit_pb2.AddCheckpointRequest(
+                    old_size=old,
+                    checkpoint=note,
+                    proof=self._log.consistency_proof(old, size) if old else [],
+                )
+                try:
+                    line = stub.AddCheckpoint(request, timeout=self._timeout).cosignature
+                except grpc.RpcError as e:
+                    err = remote_error(e)
+                    if err.reason == "WITNESS_OLD_SIZE_MISMATCH" and "known_size" in err.metadata:
+                        old = int(err.metadata["known_size"])
+                        continue
+                    log.warning(
+                        "%s did not cosign size %d: %s %s %s",
+                        city.id,
+                        size,
+                        err.code,
+                        err.reason,
+                        err.message,
+                    )
+                    break
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        insert(log_cosignatures).values(
+                            tree_size=size, witness=city.id, cosignature=line
+                        )
+                    )
+                cosigned += 1
+                break
+        return cosigned

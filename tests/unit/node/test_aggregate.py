@@ -1,0 +1,165 @@
+"""aggregate.run: withdrawal takes effect at once, and filter values are data, never SQL."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from federation import storage
+from federation.config import Section
+from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from keys import timefmt
+from keys.ed25519 import Signer
+from node import aggregate, synthetic
+from node.catalogue import Catalogue
+from node.consent import ConsentRecord, ConsentRegistry
+from node.schema import consent_records
+
+CITY, PARTNER, PURPOSE = "aurora", "northwind", "urban-mobility-planning"
+DATASET = Catalogue.from_config(
+    Section({"mobility": synthetic.MOBILITY_CATALOGUE}, Path("node.toml"))
+).datasets["mobility"]
+COUNTS = (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS))
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
+    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    storage.upgrade(engine)
+    people = synthetic.residents(CITY, ("North", "South"), 12, seed=3)
+    synthetic.load_trips(engine, synthetic.trip_rows(people, 3, date(2026, 8, 1), 30, seed=3))
+    registry = ConsentRegistry(engine, CITY, Signer.generate())
+    now = timefmt.now()
+    for p in people:
+        registry.give(
+            ConsentRecord(
+                f"{p.resident_id}-c",
+                p.resident_id,
+                PURPOSE,
+                PARTNER,
+                "mobility",
+                now - timedelta(days=1),
+                None,
+            ),
+            actor="test",
+        )
+    return engine, registry, [p.resident_id for p in people]
+
+
+def run(engine: sa.Engine, q: Query, k: int = 1) -> aggregate.AggregateResult:
+    with engine.connect() as conn:
+        return aggregate.run(conn, q, DATASET, PARTNER, timefmt.now(), k)
+
+
+def trips_of(engine: sa.Engine, resident: str) -> int:
+    with engine.connect() as conn:
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(synthetic.trips)
+            .where(synthetic.trips.c.resident_id == resident)
+        )
+        return int(conn.execute(stmt).scalar_one())
+
+
+def table_sizes(engine: sa.Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (
+            int(conn.execute(sa.select(sa.func.count()).select_from(synthetic.trips)).scalar_one()),
+            int(conn.execute(sa.select(sa.func.count()).select_from(consent_records)).scalar_one()),
+        )
+
+
+def test_withdrawn_consent_leaves_the_next_answer(
+    node: tuple[sa.Engine, ConsentRegistry, list[str]],
+) -> None:
+    engine, registry, people = node
+    q = Query("mobility", PURPOSE, COUNTS)
+    before = run(engine, q).cells[0].values
+    assert before["count_residents"] == len(people)
+
+    leaver = people[4]
+    registry.withdraw(f"{leaver}-c", actor="resident")
+    after = run(engine, q).cells[0].values
+
+    assert after["count_residents"] == len(people) - 1
+    assert after["count_records"] == before["count_records"] - trips_of(engine, leaver)
+
+
+def test_withdrawal_is_per_resident_and_grouped_answers_follow(
+    node: tuple[sa.Engine, ConsentRegistry, list[str]],
+) -> None:
+    engine, registry, people = node
+    q = Query("mobility", PURPOSE, COUNTS, group_by=(Dimension("district"),))
+    before = {c.key["district"]: c.values["count_residents"] for c in run(engine, q).cells}
+    for p in people[:3]:
+        registry.withdraw(f"{p}-c", actor="resident")
+    after = {c.key["district"]: c.values["count_residents"] for c in run(engine, q).cells}
+    assert sum(before.values()) - sum(after.values()) == 3
+
+
+def test_small_cells_are_withheld_not_released(
+    node: tuple[sa.Engine, ConsentRegistry, list[str]],
+) -> None:
+    engine, _, people = node
+    q = Query("mobility", PURPOSE, COUNTS)
+    assert run(engine, q, k=len(people)).cells
+    result = run(engine, q, k=len(people) + 1)
+    assert result.cells == []
+    assert result.withheld == [{}]
+
+
+INJECTIONS = [
+    "bus' OR '1'='1",
+    'bus" OR "1"="1',
+    "'; DROP TABLE mobility_trips; --",
+    "x'); DELETE FROM consent_records; --",
+    "bus' UNION SELECT resident_id FROM mobility_trips --",
+    "%",
+    "*",
+    "bus\x00",
+]
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_sql_in_filter_values_is_just_a_string(
+    node: tuple[sa.Engine, ConsentRegistry, list[str]], value: str
+) -> None:
+    engine, _, _ = node
+    sizes = table_sizes(engine)
+    for op, values in ((FilterOp.EQUALS, (value,)), (FilterOp.IN, (value, value + "'"))):
+        q = Query(
+            "mobility",
+            PURPOSE,
+            COUNTS,
+            group_by=(Dimension("mode"),),
+            filters=(Filter("mode", op, values),),
+        )
+        result = run(engine, q)
+        assert result.cells == [] and result.withheld == []
+    assert table_sizes(engine) == sizes
+
+
+def test_a_real_filter_value_still_matches(
+    node: tuple[sa.Engine, ConsentRegistry, list[str]],
+) -> None:
+    engine, _, _ = node
+    q = Query(
+        "mobility",
+        PURPOSE,
+        COUNTS,
+        group_by=(Dimension("mode"),),
+        filters=(Filter("mode", FilterOp.EQUALS, ("bus",)),),
+    )
+    assert [c.key for c in run(engine, q).cells] == [{"mode": "bus"}]
+
+
+def test_other_recipient_sees_nobody(node: tuple[sa.Engine, ConsentRegistry, list[str]]) -> None:
+    engine, _, _ = node
+    with engine.connect() as conn:
+        result = aggregate.run(
+            conn, Query("mobility", PURPOSE, COUNTS), DATASET, "other-partner", timefmt.now(), 1
+        )
+    assert result.cells == [] and result.withheld == [{}]

@@ -1,0 +1,139 @@
+"""The consent registry: lifecycle errors, and signed receipts the city's key verifies."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from federation import storage
+from federation.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from keys import dsse, timefmt
+from keys.ed25519 import PublicKey, Signer
+from keys.errors import SignatureError
+from node import consent
+from node.consent import ConsentRecord, ConsentRegistry
+from node.schema import consent_events
+
+CITY_KEY = Signer.generate()
+NOW = timefmt.now()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ConsentRegistry:
+    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    storage.upgrade(engine)
+    return ConsentRegistry(engine, "aurora", CITY_KEY)
+
+
+def record(**changes: Any) -> ConsentRecord:
+    r = ConsentRecord(
+        record_id="rec-1",
+        resident_id="aurora-r000001",
+        purpose="urban-mobility-planning",
+        recipient="northwind",
+        data_category="mobility",
+        valid_from=NOW - timedelta(days=1),
+        valid_until=NOW + timedelta(days=30),
+    )
+    return dataclasses.replace(r, **changes)
+
+
+def city_lookup(kid: str) -> PublicKey | None:
+    return CITY_KEY.public if kid == CITY_KEY.keyid else None
+
+
+def verify_receipt(receipt: bytes) -> dict[str, object]:
+    payload, _ = dsse.verify(dsse.Envelope.from_json(receipt), consent.RECEIPT, city_lookup)
+    return payload
+
+
+def events(registry: ConsentRegistry, record_id: str) -> list[str]:
+    engine: sa.Engine = registry._engine
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(consent_events.c.event)
+            .where(consent_events.c.record_id == record_id)
+            .order_by(consent_events.c.event_id)
+        )
+        return [r[0] for r in rows]
+
+
+def test_give_stores_the_record_and_returns_a_signed_receipt(registry: ConsentRegistry) -> None:
+    receipt = registry.give(record(), actor="portal")
+    payload = verify_receipt(receipt)
+    assert payload["city"] == "aurora"
+    assert payload["record_id"] == "rec-1"
+    assert payload["event"] == "given"
+    assert payload["actor"] == "portal"
+    assert payload["valid_until"] == timefmt.fmt(NOW + timedelta(days=30))
+    stored = registry.get("rec-1")
+    assert stored == record()
+    assert events(registry, "rec-1") == ["given"]
+
+
+def test_receipt_does_not_verify_with_another_key(registry: ConsentRegistry) -> None:
+    env = dsse.Envelope.from_json(registry.give(record(), actor="portal"))
+    other = Signer.generate()
+    with pytest.raises(SignatureError):
+        dsse.verify(env, consent.RECEIPT, lambda kid: other.public if kid == other.keyid else None)
+
+
+def test_give_twice_with_the_same_id(registry: ConsentRegistry) -> None:
+    registry.give(record(), actor="portal")
+    with pytest.raises(AlreadyExists) as e:
+        registry.give(record(resident_id="aurora-r000002"), actor="portal")
+    assert e.value.reason == "CONSENT_RECORD_EXISTS"
+    assert registry.get("rec-1").resident_id == "aurora-r000001"
+    assert events(registry, "rec-1") == ["given"]
+
+
+def test_withdraw_unknown(registry: ConsentRegistry) -> None:
+    with pytest.raises(NotFound) as e:
+        registry.withdraw("nope", actor="resident")
+    assert e.value.reason == "CONSENT_NOT_FOUND"
+
+
+def test_withdraw_then_withdraw_again(registry: ConsentRegistry) -> None:
+    registry.give(record(), actor="portal")
+    payload = verify_receipt(registry.withdraw("rec-1", actor="resident"))
+    assert (payload["event"], payload["actor"]) == ("withdrawn", "resident")
+    assert registry.get("rec-1").state == "withdrawn"
+
+    with pytest.raises(FailedPrecondition) as e:
+        registry.withdraw("rec-1", actor="resident")
+    assert e.value.reason == "CONSENT_NOT_ACTIVE"
+    assert events(registry, "rec-1") == ["given", "withdrawn"]
+
+
+def test_unknown_purpose(registry: ConsentRegistry) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        registry.give(record(purpose="selling-data"), actor="portal")
+    assert e.value.reason == "PURPOSE_UNKNOWN"
+
+
+@pytest.mark.parametrize("until", [NOW - timedelta(days=1), NOW - timedelta(days=2)])
+def test_dates_in_the_wrong_order(registry: ConsentRegistry, until: object) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        registry.give(record(valid_until=until), actor="portal")
+    assert e.value.reason == "CONSENT_DATES_INVALID"
+    with pytest.raises(NotFound):
+        registry.get("rec-1")
+
+
+@pytest.mark.parametrize("field", ["record_id", "resident_id", "recipient", "data_category"])
+@pytest.mark.parametrize("value", ["", "x" * (consent.MAX_ID_CHARS + 1)])
+def test_identifier_fields_are_bounded(registry: ConsentRegistry, field: str, value: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        registry.give(record(**{field: value}), actor="portal")
+    assert e.value.reason == "CONSENT_FIELD_INVALID"
+    assert e.value.metadata == {"field": field}
+
+
+def test_open_ended_consent(registry: ConsentRegistry) -> None:
+    verify_receipt(registry.give(record(valid_until=None), actor="portal"))
+    assert registry.get("rec-1").valid_until is None
