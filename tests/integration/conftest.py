@@ -61,7 +61,9 @@ class Wire:
         return node_pb2_grpc.QueryServiceStub(self.channel(address, identity or self.fed.broker_id))
 
     def node_consent(self, city: str, identity: str) -> node_pb2_grpc.ConsentServiceStub:
-        return node_pb2_grpc.ConsentServiceStub(self.channel(self.fed.cities[city].address, identity))
+        return node_pb2_grpc.ConsentServiceStub(
+            self.channel(self.fed.cities[city].address, identity)
+        )
 
     def token(self, audience: str | None = None, issuer: str | None = None, **claims: Any) -> str:
         """A partner token signed with the partner's real key; claims may be overridden."""

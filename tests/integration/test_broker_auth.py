@@ -145,8 +145,13 @@ def test_token_without_jti(wire: Wire) -> None:
     now = int(time.time())
     signer = wire.fed.partner_signer
     token = jwt.encode(
-        {"iss": wire.fed.partner_id, "sub": "x", "aud": wire.fed.broker_id, "iat": now,
-         "exp": now + 60},
+        {
+            "iss": wire.fed.partner_id,
+            "sub": "x",
+            "aud": wire.fed.broker_id,
+            "iat": now,
+            "exp": now + 60,
+        },
         signer.crypto_key(),
         algorithm="EdDSA",
         headers={"kid": signer.keyid},

@@ -13,9 +13,11 @@ import pytest
 
 from broker.client import PartnerClient
 from broker.server import BrokerConfig, BrokerServer
+from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
+from federation.wire import query_to_pb
 from node.answering import Answerer
 from tests.conftest import RunningFederation
-from tests.integration.conftest import by_mode
+from tests.integration.conftest import Wire, by_mode
 
 SLOW_CITY = "cascadia"
 
@@ -23,7 +25,12 @@ SLOW_CITY = "cascadia"
 def _client(rf: RunningFederation, address: str) -> PartnerClient:
     f = rf.fed
     return PartnerClient.connect(
-        address, f.broker_id, f.partner_id, f.partner_signer, f.ca_cert, f.trust_bundle,
+        address,
+        f.broker_id,
+        f.partner_id,
+        f.partner_signer,
+        f.ca_cert,
+        f.trust_bundle,
         f.authority_key,
     )
 
@@ -102,3 +109,22 @@ def test_a_slow_city_within_a_short_partner_deadline(
         answer = client.query(by_mode(), timeout_s=2.0)
     outcomes = {c.city: c.status for c in answer.cities}
     assert outcomes == {"aurora": "answered", "borealis": "answered", SLOW_CITY: "timed_out"}
+
+
+def test_a_query_without_a_deadline_still_times_a_slow_city_out(
+    fresh_federation: RunningFederation, impatient_broker: str, slow_city: threading.Event
+) -> None:
+    wire = Wire(fresh_federation)
+    try:
+        channel = wire.channel(impatient_broker)
+        response = broker_pb2_grpc.BrokerServiceStub(channel).Query(
+            broker_pb2.QueryRequest(query=query_to_pb(by_mode())), metadata=wire.bearer()
+        )
+    finally:
+        wire.close()
+    statuses = {c.city_id: c.status for c in response.cities}
+    assert statuses == {
+        "aurora": broker_pb2.CITY_STATUS_ANSWERED,
+        "borealis": broker_pb2.CITY_STATUS_ANSWERED,
+        SLOW_CITY: broker_pb2.CITY_STATUS_TIMED_OUT,
+    }

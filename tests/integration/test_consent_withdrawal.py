@@ -96,9 +96,11 @@ def test_withdrawal_is_recorded_and_unknown_records_are_not_found(
     rf = fresh_federation
     r = rf.consenting[CITY][0]
     rf.operators[CITY].withdraw(f"{r.resident_id}-c1")
-    record = rf.operators[CITY].consent.GetConsent(
-        node_pb2.GetConsentRequest(record_id=f"{r.resident_id}-c1"), timeout=10
-    ).record
+    record = (
+        rf.operators[CITY]
+        .consent.GetConsent(node_pb2.GetConsentRequest(record_id=f"{r.resident_id}-c1"), timeout=10)
+        .record
+    )
     assert record.state == "withdrawn"
     with pytest.raises(grpc.RpcError) as info:
         rf.operators[CITY].withdraw("nobody-c1")

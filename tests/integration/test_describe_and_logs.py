@@ -48,7 +48,9 @@ def test_describe_reports_a_city_that_is_down(fresh_federation: RunningFederatio
     fresh_federation.nodes["cascadia"].stop(0)
     with fresh_federation.partner() as client:
         response = client.describe_federation()
-    outcomes = {c.city_id: (STATUS_NAMES[c.outcome.status], c.outcome.code) for c in response.cities}
+    outcomes = {
+        c.city_id: (STATUS_NAMES[c.outcome.status], c.outcome.code) for c in response.cities
+    }
     assert outcomes == {
         "aurora": ("answered", "OK"),
         "borealis": ("answered", "OK"),

@@ -39,9 +39,10 @@ def test_broker_handler_crash_is_internal(
     wire: Wire, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(Broker, "query", _boom)
-    with caplog.at_level(logging.ERROR, logger="citybroker.rpc"), pytest.raises(
-        grpc.RpcError
-    ) as info:
+    with (
+        caplog.at_level(logging.ERROR, logger="citybroker.rpc"),
+        pytest.raises(grpc.RpcError) as info,
+    ):
         wire.query()
     e = remote_error(info.value)
     assert (e.code, e.message) == ("INTERNAL", "internal error")

@@ -43,7 +43,9 @@ def _request(
     return node_pb2.RunQueryRequest(signed_query=envelope_to_pb(env))
 
 
-def _refused(stub: node_pb2_grpc.QueryServiceStub, request: node_pb2.RunQueryRequest) -> RemoteError:
+def _refused(
+    stub: node_pb2_grpc.QueryServiceStub, request: node_pb2.RunQueryRequest
+) -> RemoteError:
     with pytest.raises(grpc.RpcError) as info:
         stub.RunQuery(request, timeout=10)
     return remote_error(info.value)
@@ -74,7 +76,9 @@ def test_consent_service_refuses_peers_that_are_not_its_operators(
     wire: Wire, identity: str
 ) -> None:
     stub = wire.node_consent("aurora", identity)
-    record = consent_record("intruder-c1", "aurora-r000001", PURPOSE, wire.fed.partner_id, "mobility")
+    record = consent_record(
+        "intruder-c1", "aurora-r000001", PURPOSE, wire.fed.partner_id, "mobility"
+    )
     for call, request in (
         (stub.GiveConsent, node_pb2.GiveConsentRequest(record=record)),
         (stub.WithdrawConsent, node_pb2.WithdrawConsentRequest(record_id="aurora-r000001-c1")),
@@ -163,7 +167,9 @@ def test_a_token_of_one_partner_relayed_for_another_is_refused(wire: Wire) -> No
 
 def test_an_expired_token_inside_a_signed_query_is_refused(wire: Wire) -> None:
     past = int(time.time()) - 200
-    e = _refused(wire.node_query("aurora"), _request(wire, token=wire.token(iat=past - 60, exp=past)))
+    e = _refused(
+        wire.node_query("aurora"), _request(wire, token=wire.token(iat=past - 60, exp=past))
+    )
     assert (e.code, e.reason) == ("UNAUTHENTICATED", "TOKEN_EXPIRED")
 
 

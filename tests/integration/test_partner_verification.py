@@ -25,7 +25,12 @@ QUERY = by_mode(measures=(Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKin
 def client(wire: Wire) -> Iterator[PartnerClient]:
     f = wire.fed
     with PartnerClient.connect(
-        f.broker_address, f.broker_id, f.partner_id, f.partner_signer, f.ca_cert, f.trust_bundle,
+        f.broker_address,
+        f.broker_id,
+        f.partner_id,
+        f.partner_signer,
+        f.ca_cert,
+        f.trust_bundle,
         f.authority_key,
     ) as c:
         yield c
@@ -129,9 +134,7 @@ def test_a_receipt_edited_without_resigning_is_detected(
     assert info.value.reason == "SIGNATURE_INVALID"
 
 
-def test_a_receipt_signed_by_another_key_is_detected(
-    client: PartnerClient, genuine: bytes
-) -> None:
+def test_a_receipt_signed_by_another_key_is_detected(client: PartnerClient, genuine: bytes) -> None:
     response = _copy(genuine)
     _resign_receipt(response, lambda r: None, Signer.generate())
     with pytest.raises(VerificationError) as info:
@@ -150,9 +153,7 @@ def test_an_altered_city_result_is_detected(client: PartnerClient, genuine: byte
     assert info.value.reason == "SIGNATURE_INVALID"
 
 
-def test_a_city_result_hidden_as_refused_is_detected(
-    client: PartnerClient, genuine: bytes
-) -> None:
+def test_a_city_result_hidden_as_refused_is_detected(client: PartnerClient, genuine: bytes) -> None:
     response = _copy(genuine)
     response.cities[2].status = broker_pb2.CITY_STATUS_REFUSED
     with pytest.raises(VerificationError) as info:
@@ -160,9 +161,7 @@ def test_a_city_result_hidden_as_refused_is_detected(
     assert info.value.reason == "RECEIPT_MISMATCH"
 
 
-def test_results_swapped_between_cities_are_detected(
-    client: PartnerClient, genuine: bytes
-) -> None:
+def test_results_swapped_between_cities_are_detected(client: PartnerClient, genuine: bytes) -> None:
     response = _copy(genuine)
     a, b = response.cities[0], response.cities[1]
     a_result = envelope_to_pb(envelope_from_pb(a.signed_result))

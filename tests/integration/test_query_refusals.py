@@ -82,7 +82,9 @@ def test_field_not_in_agreement(fresh_federation: RunningFederation) -> None:
     v1 = rf.fed.agreement("aurora")
     v2 = dataclasses.replace(
         rf.fed.agreement("aurora", version=2),
-        datasets={"mobility": {f: t for f, t in v1.datasets["mobility"].items() if f != "district"}},
+        datasets={
+            "mobility": {f: t for f, t in v1.datasets["mobility"].items() if f != "district"}
+        },
     )
     rf.operators["aurora"].activate_agreement(
         agreement_doc.sign(v2, layout.signer, rf.fed.partner_signer)
@@ -97,8 +99,9 @@ def test_field_not_in_agreement(fresh_federation: RunningFederation) -> None:
     assert answer.signatures_verified == 4
     assert all("aurora" not in c.contributing for c in answer.cells)
     # Filtering on the field is refused as well; the fields still agreed keep working.
-    filtered = by_mode(filters=(Filter("district", FilterOp.EQUALS, ("Harbour",)),),
-                       cities=("aurora",))
+    filtered = by_mode(
+        filters=(Filter("district", FilterOp.EQUALS, ("Harbour",)),), cities=("aurora",)
+    )
     assert _outcomes(_ask(rf, filtered)) == [
         ("aurora", "refused", "PERMISSION_DENIED", "FILTER_NOT_IN_AGREEMENT")
     ]
@@ -164,8 +167,13 @@ def test_a_message_over_4_mib_is_refused(wire: Wire) -> None:
         dataset="mobility",
         purpose=PURPOSE,
         measures=[common_pb2.Measure(kind=common_pb2.MEASURE_KIND_COUNT_RECORDS)],
-        filters=[common_pb2.Filter(field="mode", operator=common_pb2.FILTER_OPERATOR_IN,
-                                   values=["x" * (MAX_MESSAGE_BYTES + 1024)])],
+        filters=[
+            common_pb2.Filter(
+                field="mode",
+                operator=common_pb2.FILTER_OPERATOR_IN,
+                values=["x" * (MAX_MESSAGE_BYTES + 1024)],
+            )
+        ],
     )
     # The client's own channel would refuse to send it; use one that lets it go out.
     channel = grpc.secure_channel(
@@ -188,29 +196,64 @@ def test_a_message_over_4_mib_is_refused(wire: Wire) -> None:
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
-        (common_pb2.Query(purpose=PURPOSE, measures=[common_pb2.Measure(kind=1)]),
-         "DATASET_MISSING"),
-        (common_pb2.Query(dataset="mobility", measures=[common_pb2.Measure(kind=1)]),
-         "PURPOSE_MISSING"),
+        (
+            common_pb2.Query(purpose=PURPOSE, measures=[common_pb2.Measure(kind=1)]),
+            "DATASET_MISSING",
+        ),
+        (
+            common_pb2.Query(dataset="mobility", measures=[common_pb2.Measure(kind=1)]),
+            "PURPOSE_MISSING",
+        ),
         (common_pb2.Query(dataset="mobility", purpose=PURPOSE), "MEASURE_MISSING"),
-        (common_pb2.Query(dataset="mobility", purpose=PURPOSE,
-                          measures=[common_pb2.Measure(kind=0)]), "MEASURE_INVALID"),
-        (common_pb2.Query(dataset="mobility", purpose=PURPOSE,
-                          measures=[common_pb2.Measure(kind=99)]), "MEASURE_INVALID"),
-        (common_pb2.Query(dataset="mobility", purpose=PURPOSE,
-                          measures=[common_pb2.Measure(kind=common_pb2.MEASURE_KIND_SUM)]),
-         "MEASURE_INVALID"),
-        (common_pb2.Query(dataset="mobility", purpose=PURPOSE,
-                          measures=[common_pb2.Measure(kind=1)],
-                          filters=[common_pb2.Filter(field="mode", operator=0, values=["bus"])]),
-         "OPERATOR_UNKNOWN"),
-        (common_pb2.Query(dataset="mobility", purpose=PURPOSE,
-                          measures=[common_pb2.Measure(kind=1)],
-                          filters=[common_pb2.Filter(field="mode", operator=1, values=[])]),
-         "FILTER_INVALID"),
+        (
+            common_pb2.Query(
+                dataset="mobility", purpose=PURPOSE, measures=[common_pb2.Measure(kind=0)]
+            ),
+            "MEASURE_INVALID",
+        ),
+        (
+            common_pb2.Query(
+                dataset="mobility", purpose=PURPOSE, measures=[common_pb2.Measure(kind=99)]
+            ),
+            "MEASURE_INVALID",
+        ),
+        (
+            common_pb2.Query(
+                dataset="mobility",
+                purpose=PURPOSE,
+                measures=[common_pb2.Measure(kind=common_pb2.MEASURE_KIND_SUM)],
+            ),
+            "MEASURE_INVALID",
+        ),
+        (
+            common_pb2.Query(
+                dataset="mobility",
+                purpose=PURPOSE,
+                measures=[common_pb2.Measure(kind=1)],
+                filters=[common_pb2.Filter(field="mode", operator=0, values=["bus"])],
+            ),
+            "OPERATOR_UNKNOWN",
+        ),
+        (
+            common_pb2.Query(
+                dataset="mobility",
+                purpose=PURPOSE,
+                measures=[common_pb2.Measure(kind=1)],
+                filters=[common_pb2.Filter(field="mode", operator=1, values=[])],
+            ),
+            "FILTER_INVALID",
+        ),
     ],
-    ids=["no-dataset", "no-purpose", "no-measure", "measure-unspecified", "measure-unknown",
-         "sum-without-field", "operator-unspecified", "filter-without-values"],
+    ids=[
+        "no-dataset",
+        "no-purpose",
+        "no-measure",
+        "measure-unspecified",
+        "measure-unknown",
+        "sum-without-field",
+        "operator-unspecified",
+        "filter-without-values",
+    ],
 )
 def test_malformed_queries_are_invalid_argument(
     wire: Wire, query: common_pb2.Query, reason: str
