@@ -53,6 +53,22 @@ from federation.errors import CitybrokerError, InvalidArgument, NotFound, StoreE
 from keys.ed25519 import Signer
 
 MAX_KIND_LENGTH = 64
+# Key of the PostgreSQL advisory lock that serialises appenders (one log per database).
+_PG_LOCK_KEY = 0x63697479_6C6F67  # "citylog"
+
+
+def _lock_log(conn: Connection) -> bool:
+    """Take the database's write lock for this transaction; False where no such lock is known
+    (then concurrent writers rely on the primary-key conflict and retry)."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        # Any write statement takes SQLite's single RESERVED lock, even one that changes nothing.
+        conn.execute(log_checkpoints.delete().where(log_checkpoints.c.tree_size < 0))
+        return True
+    if dialect == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -304,30 +320,34 @@ class MerkleLog:
     def _commit_batch(
         self, committed: CompactRange, batch: list[_Request]
     ) -> tuple[CompactRange, list[int]]:
-        now = datetime.now(UTC)
-        frontier = committed.copy()
-        firsts: list[int] = []
-        entry_rows: list[dict[str, Any]] = []
-        node_rows: list[dict[str, Any]] = []
-        for request in batch:
-            firsts.append(frontier.size)
-            for entry in request.entries:
-                lh = leaf_hash(entry)
-                entry_rows.append(
-                    {
-                        "idx": frontier.size,
-                        "entry": entry,
-                        "leaf_hash": lh,
-                        "kind": request.kind,
-                        "created_at": now,
-                    }
-                )
-                for level, index, h in frontier.append(lh):
-                    node_rows.append({"level": level, "idx": index, "hash": h})
-        # Signed before commit but published only after it: if the commit fails the note is
-        # dropped, so no one ever sees a checkpoint for a tree that is not stored.
-        checkpoint = self._checkpoint_row(frontier)
         with self._engine.begin() as conn:
+            # Holding the write lock from the first statement, a stale view (another writer on
+            # the same database appended) is refreshed here instead of failing and retrying.
+            if _lock_log(conn) and self._stored_size(conn) != committed.size:
+                committed = self._load_frontier(conn)
+            now = datetime.now(UTC)
+            frontier = committed.copy()
+            firsts: list[int] = []
+            entry_rows: list[dict[str, Any]] = []
+            node_rows: list[dict[str, Any]] = []
+            for request in batch:
+                firsts.append(frontier.size)
+                for entry in request.entries:
+                    lh = leaf_hash(entry)
+                    entry_rows.append(
+                        {
+                            "idx": frontier.size,
+                            "entry": entry,
+                            "leaf_hash": lh,
+                            "kind": request.kind,
+                            "created_at": now,
+                        }
+                    )
+                    for level, index, h in frontier.append(lh):
+                        node_rows.append({"level": level, "idx": index, "hash": h})
+            # Signed before commit but published only after it: if the commit fails the note is
+            # dropped, so no one ever sees a checkpoint for a tree that is not stored.
+            checkpoint = self._checkpoint_row(frontier)
             conn.execute(insert(log_entries), entry_rows)
             if node_rows:
                 conn.execute(insert(log_nodes), node_rows)

@@ -32,6 +32,8 @@ from keys import dsse, tokens, trust
 from keys.ed25519 import Signer
 from keys.trust import TrustBundle
 
+# What the broker's receipt says about each city, in the order compared with the response.
+RECEIPT_OUTCOME_FIELDS = ("city", "status", "code", "reason", "result_digest", "node_log_index")
 STATUS_NAMES = {v: k.removeprefix("CITY_STATUS_").lower() for k, v in broker_pb2.CityStatus.items()}
 
 
@@ -161,10 +163,21 @@ class PartnerClient:
         verified += 1
         if receipt["query_digest"] != request.digest or receipt["partner"] != self.partner_id:
             raise VerificationError("the receipt is for another query", reason="RECEIPT_MISMATCH")
-        receipted = {r["city"]: r["result_digest"] for r in receipt["cities"]}
-        if receipted != {c.city: results[c.city][1] if c.city in results else None for c in cities}:
+        # Every city's outcome as returned (status, code, reason, result, node log index) must be
+        # the one the broker signed, city by city and in order.
+        receipted = [
+            tuple(r.get(k) for k in RECEIPT_OUTCOME_FIELDS)
+            for r in receipt.get("cities", [])
+            if isinstance(r, dict)
+        ]
+        returned_outcomes = [
+            (c.city, c.status, c.code, c.reason)
+            + ((results[c.city][1], c.log_index) if c.city in results else (None, None))
+            for c in cities
+        ]
+        if receipted != returned_outcomes:
             raise VerificationError(
-                "the receipt does not list the results returned", reason="RECEIPT_MISMATCH"
+                "the receipt does not list the outcomes returned", reason="RECEIPT_MISMATCH"
             )
         cells = merge.merge((city, r) for city, (r, _) in results.items())
         if statements.digest(dsse.canonical(merge.to_payload(cells))) != receipt["answer_digest"]:

@@ -16,6 +16,7 @@ from federation.query import Measure, MeasureKind, Query
 from federation.wire import envelope_from_pb, envelope_to_pb
 from keys import dsse
 from keys.ed25519 import Signer
+from tests.conftest import RunningFederation
 from tests.integration.conftest import Wire, by_mode
 
 QUERY = by_mode(measures=(Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)))
@@ -37,7 +38,7 @@ def client(wire: Wire) -> Iterator[PartnerClient]:
 
 
 @pytest.fixture(scope="module")
-def genuine(federation: Any) -> bytes:
+def genuine(federation: RunningFederation) -> bytes:
     """One real response, serialised; each test alters its own copy."""
     w = Wire(federation)
     try:
@@ -177,3 +178,56 @@ def test_a_response_to_another_query_is_detected(client: PartnerClient, genuine:
     with pytest.raises(VerificationError) as info:
         client.verify(other, _copy(genuine))
     assert info.value.reason == "QUERY_MISMATCH"
+
+
+REFUSED_QUERY = by_mode(purpose="direct-marketing")
+
+
+@pytest.fixture(scope="module")
+def genuine_refusal(federation: RunningFederation) -> bytes:
+    w = Wire(federation)
+    try:
+        return w.query(REFUSED_QUERY).SerializeToString()
+    finally:
+        w.close()
+
+
+def test_the_genuine_refusal_verifies(client: PartnerClient, genuine_refusal: bytes) -> None:
+    answer = client.verify(REFUSED_QUERY, _copy(genuine_refusal))
+    assert [c.reason for c in answer.cities] == ["PURPOSE_NOT_IN_AGREEMENT"] * 3
+
+
+def test_an_altered_refusal_reason_is_detected(
+    client: PartnerClient, genuine_refusal: bytes
+) -> None:
+    """The outcome a partner sees must be the one the broker signed in its receipt."""
+    response = _copy(genuine_refusal)
+    response.cities[0].reason = "NO_AGREEMENT"
+    with pytest.raises(VerificationError) as info:
+        client.verify(REFUSED_QUERY, response)
+    assert info.value.reason == "RECEIPT_MISMATCH"
+
+
+def test_an_altered_city_status_is_detected(client: PartnerClient, genuine_refusal: bytes) -> None:
+    response = _copy(genuine_refusal)
+    response.cities[1].status = broker_pb2.CITY_STATUS_FAILED
+    response.cities[1].code = "UNAVAILABLE"
+    with pytest.raises(VerificationError) as info:
+        client.verify(REFUSED_QUERY, response)
+    assert info.value.reason == "RECEIPT_MISMATCH"
+
+
+def test_a_city_listed_twice_is_detected(client: PartnerClient, genuine: bytes) -> None:
+    response = _copy(genuine)
+    response.cities.add().CopyFrom(response.cities[0])
+    with pytest.raises(VerificationError) as info:
+        client.verify(QUERY, response)
+    assert info.value.reason == "RECEIPT_MISMATCH"
+
+
+def test_an_altered_node_log_index_is_detected(client: PartnerClient, genuine: bytes) -> None:
+    response = _copy(genuine)
+    response.cities[0].log_index += 1
+    with pytest.raises(VerificationError) as info:
+        client.verify(QUERY, response)
+    assert info.value.reason == "RECEIPT_MISMATCH"
