@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test proto proto-check lint bench clean
+BUF_VERSION := 1.75.0
+
+.PHONY: demo test proto lint buf-lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/citybroker demo
 
-test: $(STAMP)
+test: $(STAMP) lint buf-lint
 	$(PY) scripts/gen_proto.py --check
-	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 proto: $(STAMP)
@@ -26,6 +27,12 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# buf comes from npm; without npx (no Node.js) the proto lint is skipped, and says so.
+buf-lint:
+	@if command -v npx >/dev/null 2>&1; then \
+		cd proto && npx --yes @bufbuild/buf@$(BUF_VERSION) lint && echo "buf lint: clean"; \
+	else echo "buf lint skipped: npx (Node.js) not found"; fi
 
 bench: $(STAMP)
 	$(PY) bench/federated_query.py

@@ -602,14 +602,14 @@ def verify_bundles(
     authority: PublicKey,
     progress: Callable[[Path, int, int], None] | None = None,
 ) -> Report:
-    summaries = []
-    for p in paths:
-        summaries.append(
-            verify_bundle(
-                p,
-                authority,
-                (lambda done, total, p=p: progress(p, done, total)) if progress else None,
-            )
-        )
+    """Verify each bundle, then reconcile them with each other."""
+
+    def per_bundle(path: Path) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        report = progress
+        return lambda done, total: report(path, done, total)
+
+    summaries = [verify_bundle(p, authority, per_bundle(p)) for p in paths]
     reconcile(summaries)
     return Report(summaries)

@@ -125,9 +125,10 @@ class PartnerClient:
 
     def describe_federation(self, timeout_s: float = 15.0) -> broker_pb2.DescribeFederationResponse:
         try:
-            return self._stub.DescribeFederation(
+            response: broker_pb2.DescribeFederationResponse = self._stub.DescribeFederation(
                 broker_pb2.DescribeFederationRequest(), metadata=self._metadata(), timeout=timeout_s
             )
+            return response
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
 

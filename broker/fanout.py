@@ -16,7 +16,7 @@ from federation.rpc import CHANNEL_OPTIONS, RemoteError, client_credentials, rem
 @dataclass(frozen=True)
 class Reply:
     city: str
-    response: Any | None
+    response: Any  # None when error is set
     error: RemoteError | None
 
 

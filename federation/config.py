@@ -5,6 +5,7 @@ Relative paths in a config file are relative to the file, so a federation direct
 
 from __future__ import annotations
 
+import builtins
 import os
 import tomllib
 from pathlib import Path
@@ -33,41 +34,45 @@ def load_toml(path: Path) -> dict[str, Any]:
 class Section:
     """Typed access to one table of a config file, with errors that name the file and key."""
 
-    def __init__(self, data: dict[str, Any], path: Path, prefix: str = "") -> None:
+    def __init__(
+        self, data: dict[builtins.str, Any], path: Path, prefix: builtins.str = ""
+    ) -> None:
         self.data, self.path, self.prefix = data, path, prefix
 
-    def _where(self, key: str) -> str:
+    def _where(self, key: builtins.str) -> builtins.str:
         return f"{self.path}: {self.prefix}{key}"
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
         v = self.data.get(key, default)
         if not isinstance(v, str) or (default is None and not v):
             raise ConfigError(f"{self._where(key)} must be a non-empty string")
         return v
 
-    def int(self, key: str, default: int | None = None) -> int:
+    def int(self, key: builtins.str, default: builtins.int | None = None) -> builtins.int:
         v = self.data.get(key, default)
         if not isinstance(v, int) or isinstance(v, bool):
             raise ConfigError(f"{self._where(key)} must be an integer")
         return v
 
-    def float(self, key: str, default: float | None = None) -> float:
+    def float(self, key: builtins.str, default: builtins.float | None = None) -> builtins.float:
         v = self.data.get(key, default)
         if not isinstance(v, int | float) or isinstance(v, bool):
             raise ConfigError(f"{self._where(key)} must be a number")
         return float(v)
 
-    def path_(self, key: str) -> Path:
+    def path_(self, key: builtins.str) -> Path:
         p = Path(self.str(key))
         return p if p.is_absolute() else (self.path.parent / p)
 
-    def strs(self, key: str, default: list[str] | None = None) -> list[str]:
+    def strs(
+        self, key: builtins.str, default: list[builtins.str] | None = None
+    ) -> list[builtins.str]:
         v = self.data.get(key, default)
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ConfigError(f"{self._where(key)} must be a list of strings")
         return list(v)
 
-    def section(self, key: str, required: bool = True) -> Section:
+    def section(self, key: builtins.str, required: bool = True) -> Section:
         v = self.data.get(key)
         if v is None and not required:
             return Section({}, self.path, f"{self.prefix}{key}.")
@@ -75,10 +80,10 @@ class Section:
             raise ConfigError(f"{self._where(key)} must be a table")
         return Section(v, self.path, f"{self.prefix}{key}.")
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[builtins.str]:
         return list(self.data)
 
-    def database_url(self, key: str) -> str:
+    def database_url(self, key: builtins.str) -> builtins.str:
         """A SQLAlchemy URL; a relative SQLite file is relative to the config file."""
         url = self.str(key)
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):

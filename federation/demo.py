@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import grpc
@@ -97,7 +98,7 @@ def _load_city_data(
         synthetic.load_trips(
             engine,
             synthetic.trip_rows(
-                people[city], trips_each=4, start=synthetic.date(2026, 8, 1), days=92, seed=i
+                people[city], trips_each=4, start=date(2026, 8, 1), days=92, seed=i
             ),
         )
         engine.dispose()

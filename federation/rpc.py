@@ -9,7 +9,7 @@ from concurrent import futures
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -29,9 +29,8 @@ def status_for(err: CitybrokerError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return rpc_status.to_status(
-        status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
-    )
+    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    return cast(grpc.Status, rpc_status.to_status(status))
 
 
 INTERNAL_STATUS = rpc_status.to_status(
@@ -68,7 +67,8 @@ def remote_error(err: grpc.RpcError) -> RemoteError:
 
 def peer_common_names(context: grpc.ServicerContext) -> list[str]:
     auth = context.auth_context()
-    return [v.decode() for v in auth.get("x509_common_name", [])]
+    names = cast(list[bytes], auth.get("x509_common_name", []))
+    return [v.decode() for v in names]
 
 
 # A guard authenticates a call; what it returns is the caller, which handlers read from CALLER.
@@ -76,7 +76,7 @@ Guard = Callable[[grpc.ServicerContext, str], object]
 CALLER: ContextVar[object] = ContextVar("citybroker_caller")
 
 
-class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class EdgeInterceptor(grpc.ServerInterceptor):
     """Runs a guard (authentication) before each unary handler, and maps errors once:
     a CitybrokerError becomes its rich status, anything else INTERNAL with nothing leaked."""
 
@@ -100,7 +100,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             except CitybrokerError as e:
                 context.abort_with_status(status_for(e))
             except Exception:
-                if context.code() is not None:  # an abort already set the status
+                if getattr(context, "code", lambda: None)() is not None:  # an abort set it
                     raise
                 log.exception("unexpected error in %s", method)
                 context.abort_with_status(INTERNAL_STATUS)

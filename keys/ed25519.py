@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -25,7 +26,8 @@ def key_id(public_raw: bytes) -> str:
 class PublicKey:
     raw: bytes
 
-    @property
+    # Derived once per key, not per use: keys are looked up and checked for every signature.
+    @cached_property
     def keyid(self) -> str:
         return key_id(self.raw)
 
@@ -42,12 +44,16 @@ class PublicKey:
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+            self._crypto_key.verify(signature, message)
         except (InvalidSignature, ValueError):
             return False
         return True
 
     def crypto_key(self) -> Ed25519PublicKey:
+        return self._crypto_key
+
+    @cached_property
+    def _crypto_key(self) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.raw)
 
 

@@ -63,8 +63,10 @@ def verify(
 ) -> VerifiedToken:
     """Check signature, algorithm, issuer, audience, expiry and lifetime. Replay is `ReplayCache`'s job."""
     try:
-        header = jwt.get_unverified_header(token)
-        unverified_claims = jwt.decode(token, options={"verify_signature": False})
+        # One parse for header and claims (the checks of get_unverified_header and of an
+        # unverified decode together); only to choose the key, the verified decode below re-checks.
+        unverified = jwt.decode_complete(token, options={"verify_signature": False})
+        header, unverified_claims = unverified["header"], unverified["payload"]
     except jwt.PyJWTError:
         raise _fail("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
     if header.get("alg") != ALGORITHM:

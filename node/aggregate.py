@@ -19,6 +19,11 @@ from node.schema import consent_records
 
 VALID_STATES = ("given", "renewed")
 _RESIDENTS, _RECORDS = "_residents", "_records"
+# The time consent must be valid at: the one value of a compiled query that changes between runs.
+_AT = "consent_at"
+# Compiled statements by query shape; building one costs more than running it on a small city.
+_STATEMENTS: dict[tuple[Any, ...], sa.Select[Any]] = {}
+_MAX_STATEMENTS = 256
 
 
 @dataclass(frozen=True)
@@ -59,20 +64,43 @@ def _generalise(
 def consent_filter(
     resident: sa.ColumnElement[Any], purpose: str, recipient: str, category: str, at: datetime
 ) -> sa.ColumnElement[bool]:
+    return _consent_filter(resident, purpose, recipient, category, _at_param(at))
+
+
+def _at_param(at: datetime | None) -> sa.BindParameter[Any]:
+    """The consent time as a named parameter: bound to `at`, or left to bind at execution."""
+    if at is None:
+        return sa.bindparam(_AT, type_=sa.DateTime())
+    return sa.bindparam(_AT, timefmt.to_db(at), type_=sa.DateTime())
+
+
+def _consent_filter(
+    resident: sa.ColumnElement[Any],
+    purpose: str,
+    recipient: str,
+    category: str,
+    at: sa.BindParameter[Any],
+) -> sa.ColumnElement[bool]:
     c = consent_records.c
     consenting = sa.select(c.resident_id).where(
         c.purpose == purpose,
         c.recipient == recipient,
         c.data_category == category,
         c.state.in_(VALID_STATES),
-        c.valid_from <= timefmt.to_db(at),
-        sa.or_(c.valid_until.is_(None), c.valid_until > timefmt.to_db(at)),
+        c.valid_from <= at,
+        sa.or_(c.valid_until.is_(None), c.valid_until > at),
     )
     return resident.in_(consenting)
 
 
 def compile_query(
     query: Query, ds: DatasetSpec, recipient: str, at: datetime, dialect: str
+) -> sa.Select[Any]:
+    return _compile(query, ds, recipient, _at_param(at), dialect)
+
+
+def _compile(
+    query: Query, ds: DatasetSpec, recipient: str, at: sa.BindParameter[Any], dialect: str
 ) -> sa.Select[Any]:
     table = sa.table(
         ds.table, *(sa.column(f.column) for f in ds.fields.values()), sa.column(ds.resident_column)
@@ -97,7 +125,7 @@ def compile_query(
         elif m.kind is MeasureKind.COUNT_RESIDENTS:
             expr = sa.func.count(sa.distinct(resident))
         else:
-            fn = {
+            fn: Any = {
                 MeasureKind.SUM: sa.func.sum,
                 MeasureKind.AVG: sa.func.avg,
                 MeasureKind.MIN: sa.func.min,
@@ -105,7 +133,7 @@ def compile_query(
             }[m.kind]
             expr = fn(col(m.field))
         measures.append(expr.label(f"m{i}"))
-    conditions = [consent_filter(resident, query.purpose, recipient, ds.data_category, at)]
+    conditions = [_consent_filter(resident, query.purpose, recipient, ds.data_category, at)]
     for f in query.filters:
         value = sa.cast(col(f.field), sa.String)
         conditions.append(value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values))
@@ -128,11 +156,20 @@ def run(
     conn: sa.Connection, query: Query, ds: DatasetSpec, recipient: str, at: datetime, k: int
 ) -> AggregateResult:
     """Cells with fewer than k distinct consenting residents are withheld (primary suppression)."""
-    stmt = compile_query(query, ds, recipient, at, conn.dialect.name)
+    dialect = conn.dialect.name
+    # Everything the statement is built from except the consent time, which binds at execution.
+    shape = (query, recipient, dialect, ds.name, ds.table, ds.resident_column, ds.data_category)
+    shape += tuple(ds.fields.items())
+    stmt = _STATEMENTS.get(shape)
+    if stmt is None:
+        stmt = _compile(query, ds, recipient, _at_param(None), dialect)
+        if len(_STATEMENTS) >= _MAX_STATEMENTS:
+            _STATEMENTS.clear()
+        _STATEMENTS[shape] = stmt
     cells: list[Cell] = []
     withheld: list[dict[str, str]] = []
     names = [m.name for m in query.measures]
-    for row in conn.execute(stmt).mappings():
+    for row in conn.execute(stmt, {_AT: timefmt.to_db(at)}).mappings():
         key = {d.field: str(row[f"d{i}"]) for i, d in enumerate(query.group_by)}
         if row[_RESIDENTS] < k:
             withheld.append(key)

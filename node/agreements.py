@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -84,7 +86,8 @@ class AgreementRegister:
             self._active = None
         return verified
 
-    def _load(self, rows: sa.Result[tuple[bytes, str]]) -> list[StoredAgreement]:
+    def _load(self, rows: Iterable[Any]) -> list[StoredAgreement]:
+        """(envelope, status) rows to agreements."""
         out = []
         for envelope_json, status in rows:
             env = dsse.Envelope.from_json(envelope_json)
@@ -155,7 +158,7 @@ class AgreementRegister:
             rows = conn.execute(stmt).all()
         more = len(rows) > size
         rows = rows[:size]
-        items = self._load((r[0], r[1]) for r in rows)  # type: ignore[arg-type]
+        items = self._load((r[0], r[1]) for r in rows)
         token = ""
         if more:
             token = base64.urlsafe_b64encode(f"{rows[-1][2]}\x00{rows[-1][3]}".encode()).decode()

@@ -53,12 +53,12 @@ def slow_city(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 
 @pytest.fixture
 def impatient_broker(fresh_federation: RunningFederation, tmp_path: Path) -> Iterator[str]:
-    """A second broker (same identity, own log) that gives each city 0.5 s; yields its address."""
+    """A second broker (same identity, own log) that gives each city 1.5 s; yields its address."""
     config = dataclasses.replace(
         BrokerConfig.load(fresh_federation.fed.broker_config),
         listen="127.0.0.1:0",
         database=f"sqlite:///{tmp_path / 'impatient-broker.db'}",
-        city_timeout_s=0.5,
+        city_timeout_s=1.5,
     )
     server = BrokerServer(config).start()
     yield f"127.0.0.1:{server.port}"
@@ -106,7 +106,7 @@ def test_a_slow_city_within_a_short_partner_deadline(
     """The partner's own deadline is shorter than the broker's city timeout: the broker must still
     answer in time, with the slow city timed out, rather than let the whole call expire."""
     with fresh_federation.partner() as client:
-        answer = client.query(by_mode(), timeout_s=2.0)
+        answer = client.query(by_mode(), timeout_s=3.0)
     outcomes = {c.city: c.status for c in answer.cities}
     assert outcomes == {"aurora": "answered", "borealis": "answered", SLOW_CITY: "timed_out"}
 

@@ -1,0 +1,624 @@
+"""Offline verification of a large audit bundle, against raw Ed25519 verification in the same run.
+
+    make bench-verify                # or: .venv/bin/python bench/verify_bundle.py
+    .venv/bin/python bench/verify_bundle.py --quick              # a smoke run of a few seconds
+    .venv/bin/python bench/verify_bundle.py --entries 100000 --repeats 3
+
+What runs: a synthetic but valid export bundle of a city's node log is written into a temp dir with
+the project's own code (keys.trust for the signed trust bundle, federation.agreement for the signed
+agreement, keys.dsse for every logged statement, audit.merkle + audit.note for a signed C2SP
+checkpoint every --checkpoint-every entries, audit.bundle.line/b64 for the canonical lines). The
+log holds what a node logs: the agreement it loaded, then repeating groups of 10 entries, namely 3
+exchanges (the broker-signed query and the city-signed result, with cells, that the verifier checks
+against the agreement) and 4 resident consent receipts; one exchange in 50 is a signed refusal
+instead of a result. Every statement is freshly made and signed (distinct payloads, real partner
+tokens in the queries). A prefix of it (--small entries, with its own manifest) is the small bundle.
+
+Measured: `audit.verifier.verify_bundle` in a fresh child process per run (the time of that call
+only, `summary.signatures_verified` / time = signatures/s), against the baseline: raw Ed25519
+verification (`cryptography` Ed25519PublicKey.verify, one thread, in this process) of exactly the
+same (key, signature, message) triples the bundle holds: every entry's DSSE PAE and every checkpoint
+body, the same count as the verifier reports. Runs alternate (raw, verifier, raw, ...) and the
+median of --repeats runs of each is reported. Memory: the verifier child's peak RSS (ru_maxrss)
+and, in a separate untimed child, the tracemalloc peak of the verify_bundle call, for the small and
+the large bundle, to show whether memory grows with the bundle size.
+
+Output: tables, bench/results/<name>.json (the shared figure format, see bench/common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+NAME = "verify_bundle"
+GOAL_RATIO = 0.70
+CITY, BROKER, PARTNER = "aurora", "broker-1", "northwind-mobility"
+ORIGIN = f"citybroker/node/{CITY}"
+PURPOSE = "urban-mobility-planning"
+GROUP = 10  # entries per repeating group: 3 exchanges (query + result) and 4 consent receipts
+REFUSAL_EVERY = 50  # one exchange in this many is a refusal instead of a result
+MODES = ("bike", "bus", "car", "ferry", "metro", "scooter", "train", "tram", "walk")
+
+
+# -- the worker: one verification in a fresh process ------------------------------------------------
+
+
+def worker(bundle: Path, authority_b64: str, trace: bool) -> int:
+    """Verify `bundle` once; print one JSON line with the time, counts and memory figures."""
+    import gc
+    import tracemalloc
+
+    from audit.verifier import verify_bundle
+    from keys.ed25519 import PublicKey
+
+    authority = PublicKey.from_b64(authority_b64)
+    gc.collect()
+    rss_before_kb = _current_rss_kb()
+    if trace:
+        tracemalloc.start()
+    started = time.perf_counter()
+    summary = verify_bundle(bundle, authority)
+    elapsed = time.perf_counter() - started
+    traced_peak = tracemalloc.get_traced_memory()[1] if trace else None
+    if trace:
+        tracemalloc.stop()
+    print(
+        json.dumps(
+            {
+                "elapsed_s": elapsed,
+                "entries": summary.size,
+                "signatures_verified": summary.signatures_verified,
+                "checkpoints_verified": summary.checkpoints_verified,
+                "results": len(summary.results),
+                "rss_before_kb": rss_before_kb,
+                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "tracemalloc_peak_bytes": traced_peak,
+            }
+        )
+    )
+    return 0
+
+
+def _current_rss_kb() -> int:
+    """Resident set size now (Linux /proc), in KiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def run_worker(bundle: Path, authority_b64: str, trace: bool = False) -> dict[str, Any]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(bundle)]
+    argv += ["--authority", authority_b64] + (["--trace"] if trace else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"verification of {bundle} failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+# -- the synthetic bundle -----------------------------------------------------------------------
+
+
+@dataclass
+class Generated:
+    root: Path
+    size: int
+    authority_b64: str
+    # (public key object, signature, message) of every signature the verifier counts, in order.
+    triples: list[tuple[Any, bytes, bytes]]
+    kinds: dict[str, int] = field(default_factory=dict)
+    entry_bytes: int = 0
+    checkpoint_sizes: list[int] = field(default_factory=list)
+    generate_s: float = 0.0
+
+
+def generate(root: Path, size: int, every: int) -> Generated:
+    """Write a valid node-log bundle of `size` entries with a checkpoint every `every` entries."""
+    from audit import bundle as layout
+    from audit.merkle import CompactRange, leaf_hash
+    from audit.note import checkpoint_body, sign_note
+    from federation import agreement as agreement_doc
+    from federation import statements
+    from federation.agreement import Agreement, Appearance, FieldTerms
+    from federation.query import Dimension, Measure, MeasureKind, Query
+    from keys import dsse, timefmt, tokens, trust
+    from keys.ed25519 import Signer
+    from keys.trust import KeyGrant, Party, Role, TrustBundle
+
+    started = time.perf_counter()
+    authority, city, broker, partner = (Signer.generate() for _ in range(4))
+    now = timefmt.now()
+    window = (now - timedelta(days=1), now + timedelta(days=365))
+    tb = TrustBundle(
+        "citybroker-bench",
+        1,
+        now - timedelta(days=1),
+        {
+            CITY: Party(CITY, Role.CITY, "Aurora", "EU-FI", "", (KeyGrant(city.public, *window),)),
+            BROKER: Party(
+                BROKER, Role.BROKER, "Broker", "EU", "", (KeyGrant(broker.public, *window),)
+            ),
+            PARTNER: Party(
+                PARTNER, Role.PARTNER, "Northwind", "EU", "", (KeyGrant(partner.public, *window),)
+            ),
+        },
+    )
+    base = now - timedelta(hours=3)
+    agreement = Agreement(
+        agreement_id=f"{CITY}--{PARTNER}",
+        version=1,
+        provider=CITY,
+        consumer=PARTNER,
+        purposes=frozenset({PURPOSE}),
+        datasets={
+            "mobility": {
+                "district": FieldTerms(Appearance.RAW),
+                "mode": FieldTerms(Appearance.RAW),
+                "trip_date": FieldTerms(Appearance.GENERALISED, frozenset({"month", "year"})),
+                "distance_km": FieldTerms(Appearance.AGGREGATE_ONLY),
+            }
+        },
+        min_cell_size=10,
+        valid_from=base - timedelta(minutes=1),
+        valid_until=base + timedelta(days=365),
+        retention_days=90,
+    )
+    agreement_env = agreement_doc.sign(agreement, city, partner)
+    query = Query(
+        "mobility",
+        PURPOSE,
+        (
+            Measure(MeasureKind.COUNT_RECORDS),
+            Measure(MeasureKind.COUNT_RESIDENTS),
+            Measure(MeasureKind.AVG, "distance_km"),
+        ),
+        group_by=(Dimension("mode"),),
+    ).to_payload()
+
+    root.mkdir(parents=True)
+    (root / layout.TRUST_DIR).mkdir()
+    (root / layout.TRUST_DIR / "v1.json").write_bytes(trust.sign_bundle(tb, authority).to_json())
+    (root / layout.AGREEMENTS_DIR).mkdir()
+    (root / layout.AGREEMENTS_DIR / f"{agreement.agreement_id}-v1.json").write_bytes(
+        agreement_env.to_json()
+    )
+    (root / layout.COSIGNATURES).write_bytes(b"")
+
+    keys = {
+        city.keyid: city.public.crypto_key(),
+        broker.keyid: broker.public.crypto_key(),
+        partner.keyid: partner.public.crypto_key(),
+    }
+    city_key = keys[city.keyid]
+    out = Generated(root, size, authority.public.b64, [])
+    entry_triples: list[tuple[Any, bytes, bytes]] = []
+    tree = CompactRange()
+    checkpoints = open(root / layout.CHECKPOINTS, "wb")  # noqa: SIM115 - closed below
+    entries = open(root / layout.ENTRIES, "wb")  # noqa: SIM115 - closed below
+
+    def checkpoint() -> None:
+        body = checkpoint_body(ORIGIN, tree.size, tree.root())
+        checkpoints.write(layout.line({"size": tree.size, "note": sign_note(body, ORIGIN, city)}))
+        # Ed25519 signatures are deterministic: this is the signature inside the note.
+        out.triples.append((city_key, city.sign(body.encode()), body.encode()))
+        out.checkpoint_sizes.append(tree.size)
+
+    def log(env: dsse.Envelope, kind: str) -> None:
+        data = env.to_json()
+        entries.write(layout.line({"index": tree.size, "kind": kind, "entry": layout.b64(data)}))
+        tree.append(leaf_hash(data))
+        message = dsse.pae(env.payload_type, env.payload)
+        for s in env.signatures:
+            entry_triples.append((keys[s.keyid], s.sig, message))
+        out.kinds[env.payload_type] = out.kinds.get(env.payload_type, 0) + 1
+        out.entry_bytes += len(data)
+        if tree.size % every == 0 or tree.size == size:
+            # Entry signatures first, then the checkpoint: the order the verifier meets them in
+            # does not matter for the count, only that every one is there.
+            checkpoint()
+
+    def at(i: int) -> datetime:
+        return base + timedelta(seconds=i // 20)
+
+    try:
+        checkpoint()  # the empty log's checkpoint, as a new MerkleLog publishes it
+        log(agreement_env, "agreement")
+        n = 0
+        while tree.size < size:
+            n += 1
+            slot = n % GROUP
+            when = timefmt.fmt(at(tree.size))
+            if slot in (1, 4, 7) and tree.size + 2 <= size:
+                request_id = f"req-{n:09d}"
+                q = dsse.sign(
+                    statements.QUERY,
+                    {
+                        "request_id": request_id,
+                        "broker": BROKER,
+                        "partner": PARTNER,
+                        "token": tokens.issue(partner, PARTNER, BROKER),
+                        "issued_at": when,
+                        "query": query,
+                    },
+                    broker,
+                )
+                common = {
+                    "request_id": request_id,
+                    "query_digest": statements.digest(q.payload),
+                    "city": CITY,
+                    "broker": BROKER,
+                    "partner": PARTNER,
+                    "issued_at": when,
+                }
+                exchange = (n // GROUP) * 3 + (slot - 1) // 3
+                if exchange % REFUSAL_EVERY == REFUSAL_EVERY - 1:
+                    answer = dsse.sign(
+                        statements.REFUSAL,
+                        {
+                            **common,
+                            "code": "PERMISSION_DENIED",
+                            "reason": "FIELD_NOT_IN_AGREEMENT",
+                            "message": "field income is not in the agreement",
+                        },
+                        city,
+                    )
+                    kind = "refusal"
+                else:
+                    cells = [
+                        {
+                            "key": {"mode": m},
+                            "values": {
+                                "count_records": 40 + (n * 7 + j * 13) % 900,
+                                "count_residents": 12 + (n * 5 + j * 11) % 300,
+                                "avg(distance_km)": round(1 + ((n + j) % 97) / 7, 6),
+                            },
+                            "records": 40 + (n * 7 + j * 13) % 900,
+                        }
+                        for j, m in enumerate(MODES[: 3 + n % 5])
+                    ]
+                    answer = dsse.sign(
+                        statements.RESULT,
+                        {
+                            **common,
+                            "purpose": PURPOSE,
+                            "dataset": "mobility",
+                            "agreement": {"id": agreement.agreement_id, "version": 1},
+                            "min_cell_size": 10,
+                            "cells": cells,
+                            "withheld": [{"mode": MODES[-1]}] if n % 3 == 0 else [],
+                        },
+                        city,
+                    )
+                    kind = "exchange"
+                # A node logs the query and its answer in one atomic append.
+                log(q, kind)
+                log(answer, kind)
+            elif slot in (2, 5, 8):
+                continue  # the second entry of the exchange above
+            else:
+                env = dsse.sign(
+                    "consent-receipt",
+                    {
+                        "city": CITY,
+                        "record_id": f"cr-{n:09d}",
+                        "resident_id": f"res-{(n * 7919) % 1_000_003:07d}",
+                        "purpose": PURPOSE,
+                        "recipient": PARTNER,
+                        "data_category": "mobility",
+                        "valid_from": when,
+                        "valid_until": None,
+                        "event": "given" if n % 9 else "withdrawn",
+                        "actor": "city-portal",
+                        "at": when,
+                    },
+                    city,
+                )
+                log(env, "consent")
+    finally:
+        entries.close()
+        checkpoints.close()
+    (root / layout.MANIFEST).write_bytes(
+        layout.line(
+            {"format": layout.FORMAT, "origin": ORIGIN, "party": CITY, "role": "node", "size": size}
+        )
+    )
+    # The verifier checks every checkpoint before the entries: count them in that order too.
+    out.triples.extend(entry_triples)
+    out.generate_s = time.perf_counter() - started
+    return out
+
+
+def prefix(src: Generated, dst: Path, size: int) -> Generated:
+    """The first `size` entries of `src` as a bundle of their own (`size` must be checkpointed)."""
+    from audit import bundle as layout
+
+    if size not in src.checkpoint_sizes:
+        raise ValueError(f"no checkpoint at size {size}")
+    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns("*.jsonl", layout.MANIFEST))
+    (dst / layout.COSIGNATURES).write_bytes(b"")
+    with (src.root / layout.ENTRIES).open("rb") as f, (dst / layout.ENTRIES).open("wb") as g:
+        for number, raw in enumerate(f):
+            if number >= size:
+                break
+            g.write(raw)
+    with (src.root / layout.CHECKPOINTS).open("rb") as f, (dst / layout.CHECKPOINTS).open("wb") as g:
+        for raw in f:
+            if json.loads(raw)["size"] <= size:
+                g.write(raw)
+    manifest = json.loads((src.root / layout.MANIFEST).read_bytes())
+    (dst / layout.MANIFEST).write_bytes(layout.line({**manifest, "size": size}))
+    return Generated(dst, size, src.authority_b64, [])
+
+
+# -- the baseline -------------------------------------------------------------------------------
+
+
+def raw_verify(triples: list[tuple[Any, bytes, bytes]]) -> float:
+    """Seconds to verify every triple with cryptography's Ed25519, one thread, nothing else."""
+    started = time.perf_counter()
+    for key, sig, message in triples:
+        key.verify(sig, message)
+    return time.perf_counter() - started
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    raw_s: list[float] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def verify_s(self) -> float:
+        return statistics.median(r["elapsed_s"] for r in self.runs)
+
+    @property
+    def raw_median_s(self) -> float:
+        return statistics.median(self.raw_s)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--entries", type=int, default=100_000, help="entries in the large bundle")
+    p.add_argument("--small", type=int, default=10_000, help="entries in the small bundle")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="entries per checkpoint")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each (median reported)")
+    p.add_argument("--no-trace", action="store_true", help="skip the tracemalloc runs")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 10,000 and 2,000 entries, 1 repeat"
+    )
+    p.add_argument("--name", default=NAME, help="result file name under --results")
+    p.add_argument("--results", type=Path, help="where results go (default bench/results)")
+    p.add_argument("--dir", type=Path, help="empty directory for the bundles (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the bundles")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--authority", help=argparse.SUPPRESS)
+    p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.entries, args.small, args.repeats = 10_000, 2_000, 1
+    if args.worker is None:
+        if not 0 < args.small < args.entries or args.checkpoint_every < 1:
+            p.error("need 0 < --small < --entries and --checkpoint-every >= 1")
+        if args.small % args.checkpoint_every or args.repeats < 1:
+            p.error("--small must be a multiple of --checkpoint-every; --repeats at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker(args.worker, args.authority, args.trace)
+
+    from common import RESULTS_DIR, Figure, environment, figures_table, fmt_number, write_figures
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    results_dir = args.results or RESULTS_DIR
+    made = args.dir is None
+    work = args.dir or Path(tempfile.mkdtemp(prefix="citybroker-bench-verify-"))
+    if not made and work.exists() and any(work.iterdir()):
+        raise SystemExit(f"{work} is not empty; the benchmark needs a fresh directory")
+    started = time.monotonic()
+    try:
+        with console.status(f"writing a {args.entries:,}-entry bundle"):
+            big = generate(work / f"bundle-{args.entries}", args.entries, args.checkpoint_every)
+            small = prefix(big, work / f"bundle-{args.small}", args.small)
+        console.print(
+            f"Bundle of {big.size:,} entries ({big.entry_bytes / big.size:.0f} bytes per entry on "
+            f"average, {len(big.checkpoint_sizes)} checkpoints, {len(big.triples):,} signatures) "
+            f"written in {big.generate_s:.1f} s under [bold]{work}[/]."
+        )
+        big_t, small_t = Timed(), Timed()
+        for r in range(args.repeats):
+            with console.status(f"run {r + 1}/{args.repeats}: raw Ed25519 verification"):
+                big_t.raw_s.append(raw_verify(big.triples))
+            with console.status(f"run {r + 1}/{args.repeats}: verify_bundle, {big.size:,}"):
+                big_t.runs.append(run_worker(big.root, big.authority_b64))
+            raw_rate = len(big.triples) / big_t.raw_s[-1]
+            run = big_t.runs[-1]
+            rate = run["signatures_verified"] / run["elapsed_s"]
+            console.print(
+                f"  run {r + 1}: raw {raw_rate:,.0f} sig/s; verify_bundle {rate:,.0f} sig/s "
+                f"({run['elapsed_s']:.2f} s, ratio {rate / raw_rate:.3f}, peak RSS "
+                f"{run['maxrss_kb'] / 1024:.1f} MiB)"
+            )
+            if run["signatures_verified"] != len(big.triples):
+                raise RuntimeError(
+                    f"the verifier counted {run['signatures_verified']} signatures, "
+                    f"the bundle holds {len(big.triples)}"
+                )
+        with console.status(f"verify_bundle, {small.size:,} entries"):
+            small_t.runs = [run_worker(small.root, small.authority_b64) for _ in range(args.repeats)]
+        traced: dict[int, dict[str, Any]] = {}
+        if not args.no_trace:
+            for g in (small, big):
+                with console.status(f"tracemalloc run, {g.size:,} entries (untimed)"):
+                    traced[g.size] = run_worker(g.root, g.authority_b64, trace=True)
+    finally:
+        if made and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    raw_rate = len(big.triples) / big_t.raw_median_s
+    big_sigs = big_t.runs[0]["signatures_verified"]
+    rate = big_sigs / big_t.verify_s
+    ratio = rate / raw_rate
+    small_sigs = small_t.runs[0]["signatures_verified"]
+    small_rate = small_sigs / small_t.verify_s
+    big_rss = max(r["maxrss_kb"] for r in big_t.runs) / 1024
+    small_rss = max(r["maxrss_kb"] for r in small_t.runs) / 1024
+    params: dict[str, Any] = {
+        "benchmark": NAME,
+        "bundle": (
+            f"node log of {CITY}: 1 agreement, then groups of 10 entries (3 exchanges of a "
+            "broker-signed query + a city-signed result checked against the agreement, 4 consent "
+            f"receipts); 1 exchange in {REFUSAL_EVERY} is a refusal"
+        ),
+        "entries": big.size,
+        "signatures": len(big.triples),
+        "statement_types": big.kinds,
+        "mean_entry_bytes": round(big.entry_bytes / big.size, 1),
+        "checkpoint_every": args.checkpoint_every,
+        "checkpoints": len(big.checkpoint_sizes),
+        "results_in_bundle": big_t.runs[0]["results"],
+        "generate_s": round(big.generate_s, 2),
+        "repeats": args.repeats,
+        "statistic": "median of the repeats",
+        "verifier": "audit.verifier.verify_bundle, one call in a fresh child process, timed alone",
+        "verifier_processes": 1,
+        "baseline": (
+            "cryptography Ed25519PublicKey.verify over the same (key, signature, message) triples, "
+            "same count, one thread, keys loaded before timing"
+        ),
+        "raw_s": [round(s, 4) for s in big_t.raw_s],
+        "verify_s": [round(r["elapsed_s"], 4) for r in big_t.runs],
+        "goal_ratio": GOAL_RATIO,
+        **environment(),
+    }
+    figs = [
+        Figure(
+            f"{NAME}.signature_rate.{big.size}",
+            rate,
+            "signatures/s",
+            True,
+            raw_rate,
+            f"{NAME}.raw_ed25519.rate",
+            params,
+        ),
+        Figure(
+            f"{NAME}.rate_ratio.{big.size}",
+            ratio,
+            "ratio",
+            True,
+            1.0,
+            f"{NAME}.raw_ed25519.rate_ratio (the baseline against itself)",
+            params,
+        ),
+        Figure(
+            f"{NAME}.entry_rate.{big.size}",
+            big.size / big_t.verify_s,
+            "entries/s",
+            True,
+            raw_rate * big.size / big_sigs,
+            f"{NAME}.raw_ed25519.entry_rate (raw signatures/s scaled to entries)",
+            params,
+        ),
+        Figure(
+            f"{NAME}.signature_rate.{small.size}",
+            small_rate,
+            "signatures/s",
+            True,
+            raw_rate,
+            f"{NAME}.raw_ed25519.rate",
+            {**params, "entries": small.size, "signatures": small_sigs,
+             "verify_s": [round(r["elapsed_s"], 4) for r in small_t.runs]},
+        ),
+        Figure(
+            f"{NAME}.peak_rss.{big.size}",
+            big_rss,
+            "MiB",
+            False,
+            small_rss,
+            f"{NAME}.peak_rss.{small.size}",
+            {
+                **params,
+                "what": "ru_maxrss of the verifier child (interpreter and imports included); "
+                "the baseline is the same for the small bundle",
+                "rss_before_verify_mib": round(big_t.runs[0]["rss_before_kb"] / 1024, 1),
+                "baseline_entries": small.size,
+            },
+        ),
+    ]
+    if traced:
+        tb, ts = traced[big.size], traced[small.size]
+        figs.append(
+            Figure(
+                f"{NAME}.tracemalloc_peak.{big.size}",
+                tb["tracemalloc_peak_bytes"] / 2**20,
+                "MiB",
+                False,
+                ts["tracemalloc_peak_bytes"] / 2**20,
+                f"{NAME}.tracemalloc_peak.{small.size}",
+                {
+                    **params,
+                    "what": "tracemalloc peak of Python allocations during verify_bundle, "
+                    "separate untimed run",
+                    "baseline_entries": small.size,
+                    "growth_bytes_per_entry": round(
+                        (tb["tracemalloc_peak_bytes"] - ts["tracemalloc_peak_bytes"])
+                        / (big.size - small.size),
+                        1,
+                    ),
+                    "results_in_bundle": tb["results"],
+                    "results_in_baseline_bundle": ts["results"],
+                },
+            )
+        )
+
+    t = Table(title="Bundle verification against raw Ed25519 verification (same run)")
+    for col in ("bundle", "signatures", "verify s", "verify sig/s", "raw sig/s", "ratio",
+                "peak RSS MiB", "tracemalloc peak MiB"):
+        t.add_column(col, justify="right")
+    for g, timed, sigs in ((small, small_t, small_sigs), (big, big_t, big_sigs)):
+        tr = traced.get(g.size)
+        t.add_row(
+            f"{g.size:,} entries",
+            f"{sigs:,}",
+            fmt_number(timed.verify_s, 2),
+            fmt_number(sigs / timed.verify_s, 0),
+            fmt_number(raw_rate, 0),
+            fmt_number(sigs / timed.verify_s / raw_rate, 3),
+            fmt_number(max(r["maxrss_kb"] for r in timed.runs) / 1024),
+            fmt_number(tr["tracemalloc_peak_bytes"] / 2**20, 2) if tr else "-",
+        )
+    console.print(t)
+    console.print(figures_table("Figures", figs))
+    verdict = "[green]meets[/]" if ratio >= GOAL_RATIO else "[red]misses[/]"
+    console.print(
+        f"verify_bundle on {big.size:,} entries: [bold]{rate:,.0f}[/] signatures/s in one process, "
+        f"raw single-thread Ed25519 [bold]{raw_rate:,.0f}[/]/s: ratio [bold]{ratio:.3f}[/], "
+        f"{verdict} the goal of {GOAL_RATIO}. Peak RSS {small_rss:.1f} MiB ({small.size:,}) vs "
+        f"{big_rss:.1f} MiB ({big.size:,})."
+    )
+    out = write_figures(results_dir / f"{args.name}.json", figs)
+    console.print(f"Wrote {out} in {time.monotonic() - started:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
