@@ -439,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         with console.status(f"writing a {args.entries:,}-entry bundle"):
             big = generate(work / f"bundle-{args.entries}", args.entries, args.checkpoint_every)
             small = prefix(big, work / f"bundle-{args.small}", args.small)
+            # So that a kept bundle can be checked by hand: citybroker audit verify --authority-key
+            (work / "authority.pub").write_text(big.authority_b64 + "\n")
         console.print(
             f"Bundle of {big.size:,} entries ({big.entry_bytes / big.size:.0f} bytes per entry on "
             f"average, {len(big.checkpoint_sizes)} checkpoints, {len(big.triples):,} signatures) "

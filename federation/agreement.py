@@ -19,6 +19,7 @@ from keys.trust import Role, TrustBundle
 
 THING = "agreement"
 DEFAULT_K = 10
+MAX_COUNT = 1_000_000
 
 
 class Appearance(StrEnum):
@@ -105,10 +106,18 @@ class Agreement:
             raise VerificationError(
                 "agreement validity ends before it starts", reason="AGREEMENT_DATES_INVALID"
             )
-        if a.min_cell_size < 1:
-            raise VerificationError(
-                "agreement min_cell_size must be at least 1", reason="AGREEMENT_MALFORMED"
-            )
+        # Bounded so that every number canonicalises (RFC 8785 allows at most 2^53 - 1).
+        for name, value in (
+            ("version", a.version),
+            ("min_cell_size", a.min_cell_size),
+            ("retention_days", a.retention_days),
+        ):
+            low = 0 if name == "retention_days" else 1
+            if not low <= value <= MAX_COUNT:
+                raise VerificationError(
+                    f"agreement {name} must be between {low} and {MAX_COUNT}",
+                    reason="AGREEMENT_MALFORMED",
+                )
         return a
 
 
