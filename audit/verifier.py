@@ -48,6 +48,16 @@ STATEMENTS = {
     "receipt": ("broker", "issued_at"),
     "consent-receipt": ("city", "at"),
 }
+# The kinds each statement type is logged under (node/answering.py, node/service.py,
+# broker/exchange.py). A kind lies outside the Merkle leaf, so it is checked against its entry.
+KINDS = {
+    "query": {"exchange", "refusal"},
+    "result": {"exchange"},
+    "refusal": {"refusal"},
+    "receipt": {"exchange"},
+    "consent-receipt": {"consent"},
+    "agreement": {"agreement"},
+}
 
 
 class BundleError(VerificationError):
@@ -396,7 +406,7 @@ def verify_bundle(
         entry = _strict_b64(obj.get("entry"), entries_path, number)
         tree.append(leaf_hash(entry))
         summary.signatures_verified += _verify_entry(
-            entry, number, keys, summary, agreements, entries_path
+            entry, str(obj["kind"]), number, keys, summary, agreements, entries_path
         )
         if tree.size == next_cp[0]:
             if tree.root() != next_cp[1]:
@@ -451,6 +461,7 @@ def _verify_cosignatures(
 
 def _verify_entry(
     entry: bytes,
+    kind: str,
     number: int,
     keys: _Keys,
     summary: BundleSummary,
@@ -486,6 +497,8 @@ def _verify_entry(
         raise fail(f"unknown or malformed {thing} statement", "STATEMENT_UNKNOWN") from None
     except (ValueError, TypeError):
         raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
+    if kind not in KINDS.get(thing, ()):
+        raise fail(f"a {thing} statement is not logged as kind {kind!r}", "ENTRY_KIND_MISMATCH")
     for signer in signers:
         if not any(keys.verify(signer, keyid, at, sig, message) for keyid, sig in sigs):
             raise fail(

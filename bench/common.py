@@ -126,6 +126,22 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores, any process; Linux /proc/stat).
+
+    Compared with the CPU of a benchmark's own processes over the same window it shows how much
+    other load (another test run, a build) competed for the cores while the figures were taken.
+    """
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0
+    # cpu user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    ticks = [int(v) for v in first[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 class Children:
     """Child processes of a benchmark, stopped together: SIGTERM, then SIGKILL after a grace period.
 

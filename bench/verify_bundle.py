@@ -19,7 +19,7 @@ only, `summary.signatures_verified` / time = signatures/s), against the baseline
 verification (`cryptography` Ed25519PublicKey.verify, one thread, in this process) of exactly the
 same (key, signature, message) triples the bundle holds: every entry's DSSE PAE and every checkpoint
 body, the same count as the verifier reports. Runs alternate (raw, verifier, raw, ...) and the
-median of --repeats runs of each is reported. Memory: the verifier child's peak RSS (ru_maxrss)
+median of --repeats runs of each is reported. Memory: the verifier child's peak RSS (VmHWM)
 and, in a separate untimed child, the tracemalloc peak of the verify_bundle call, for the small and
 the large bundle, to show whether memory grows with the bundle size.
 
@@ -29,7 +29,6 @@ Output: tables, bench/results/<name>.json (the shared figure format, see bench/c
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import resource
@@ -85,12 +84,24 @@ def worker(bundle: Path, authority_b64: str, trace: bool) -> int:
                 "checkpoints_verified": summary.checkpoints_verified,
                 "results": len(summary.results),
                 "rss_before_kb": rss_before_kb,
-                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "maxrss_kb": _peak_rss_kb(),
                 "tracemalloc_peak_bytes": traced_peak,
             }
         )
     )
     return 0
+
+
+def _peak_rss_kb() -> int:
+    """Peak resident set size of this process image (VmHWM), in KiB.
+
+    Not ru_maxrss: Linux carries that across fork and exec, so a child would report its parent's
+    peak (the parent holds every signature of the bundle for the baseline).
+    """
+    for row in Path("/proc/self/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _current_rss_kb() -> int:
@@ -354,7 +365,10 @@ def prefix(src: Generated, dst: Path, size: int) -> Generated:
             if number >= size:
                 break
             g.write(raw)
-    with (src.root / layout.CHECKPOINTS).open("rb") as f, (dst / layout.CHECKPOINTS).open("wb") as g:
+    with (
+        (src.root / layout.CHECKPOINTS).open("rb") as f,
+        (dst / layout.CHECKPOINTS).open("wb") as g,
+    ):
         for raw in f:
             if json.loads(raw)["size"] <= size:
                 g.write(raw)
@@ -435,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if not made and work.exists() and any(work.iterdir()):
         raise SystemExit(f"{work} is not empty; the benchmark needs a fresh directory")
     started = time.monotonic()
+    load_before = os.getloadavg()
     try:
         with console.status(f"writing a {args.entries:,}-entry bundle"):
             big = generate(work / f"bundle-{args.entries}", args.entries, args.checkpoint_every)
@@ -466,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"the bundle holds {len(big.triples)}"
                 )
         with console.status(f"verify_bundle, {small.size:,} entries"):
-            small_t.runs = [run_worker(small.root, small.authority_b64) for _ in range(args.repeats)]
+            small_t.runs = [
+                run_worker(small.root, small.authority_b64) for _ in range(args.repeats)
+            ]
         traced: dict[int, dict[str, Any]] = {}
         if not args.no_trace:
             for g in (small, big):
@@ -510,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw_s": [round(s, 4) for s in big_t.raw_s],
         "verify_s": [round(r["elapsed_s"], 4) for r in big_t.runs],
         "goal_ratio": GOAL_RATIO,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         **environment(),
     }
     figs = [
@@ -547,8 +566,12 @@ def main(argv: list[str] | None = None) -> int:
             True,
             raw_rate,
             f"{NAME}.raw_ed25519.rate",
-            {**params, "entries": small.size, "signatures": small_sigs,
-             "verify_s": [round(r["elapsed_s"], 4) for r in small_t.runs]},
+            {
+                **params,
+                "entries": small.size,
+                "signatures": small_sigs,
+                "verify_s": [round(r["elapsed_s"], 4) for r in small_t.runs],
+            },
         ),
         Figure(
             f"{NAME}.peak_rss.{big.size}",
@@ -559,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{NAME}.peak_rss.{small.size}",
             {
                 **params,
-                "what": "ru_maxrss of the verifier child (interpreter and imports included); "
+                "what": "peak RSS (VmHWM) of the verifier child (interpreter and imports included); "
                 "the baseline is the same for the small bundle",
                 "rss_before_verify_mib": round(big_t.runs[0]["rss_before_kb"] / 1024, 1),
                 "baseline_entries": small.size,
@@ -588,13 +611,28 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     "results_in_bundle": tb["results"],
                     "results_in_baseline_bundle": ts["results"],
+                    "growth_bytes_per_result": round(
+                        (tb["tracemalloc_peak_bytes"] - ts["tracemalloc_peak_bytes"])
+                        / max(1, tb["results"] - ts["results"]),
+                        1,
+                    ),
+                    "growth_cause": "BundleSummary.results keeps one ResultRef per released "
+                    "result for reconciliation (verifier.py); the rest of the loop streams",
                 },
             )
         )
 
     t = Table(title="Bundle verification against raw Ed25519 verification (same run)")
-    for col in ("bundle", "signatures", "verify s", "verify sig/s", "raw sig/s", "ratio",
-                "peak RSS MiB", "tracemalloc peak MiB"):
+    for col in (
+        "bundle",
+        "signatures",
+        "verify s",
+        "verify sig/s",
+        "raw sig/s",
+        "ratio",
+        "peak RSS MiB",
+        "tracemalloc peak MiB",
+    ):
         t.add_column(col, justify="right")
     for g, timed, sigs in ((small, small_t, small_sigs), (big, big_t, big_sigs)):
         tr = traced.get(g.size)
@@ -617,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{verdict} the goal of {GOAL_RATIO}. Peak RSS {small_rss:.1f} MiB ({small.size:,}) vs "
         f"{big_rss:.1f} MiB ({big.size:,})."
     )
+    if max(load_before[0], os.getloadavg()[0]) > 1.0:
+        console.print(
+            f"[yellow]Note: load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} "
+            "after: other work on this machine may have disturbed the figures.[/]"
+        )
     out = write_figures(results_dir / f"{args.name}.json", figs)
     console.print(f"Wrote {out} in {time.monotonic() - started:.0f} s.")
     return 0

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from federation.errors import CitybrokerError
@@ -33,8 +34,13 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
+def _error(message: str) -> None:
+    # Messages quote paths and (in audit) bundle content: print them as text, on one line.
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    _error(message)
     return typer.Exit(code)
 
 
@@ -410,7 +416,7 @@ def audit_export(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     engine.dispose()
-    console.print(f"exported {size} entries of {role} {party} to {out}")
+    console.print(escape(f"exported {size} entries of {role} {party} to {out}"), soft_wrap=True)
 
 
 @audit_app.command("verify")
@@ -462,8 +468,8 @@ def audit_verify(
         table.add_column(col)
     for b in result.bundles:
         table.add_row(
-            str(b.path),
-            b.origin,
+            escape(str(b.path)),
+            escape(b.origin),
             str(b.size),
             str(b.signatures_verified),
             str(b.checkpoints_verified),
@@ -478,7 +484,7 @@ def main() -> None:
     try:
         app()
     except CitybrokerError as e:
-        err.print(f"[bold red]error:[/] {e.message} ({e.reason})")
+        _error(f"{e.message} ({e.reason})")
         sys.exit(2)
 
 

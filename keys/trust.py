@@ -46,6 +46,8 @@ class Party:
     jurisdiction: str
     endpoint: str = ""
     keys: tuple[KeyGrant, ...] = ()
+    # Recipient categories the party belongs to (residents may consent to a category).
+    categories: tuple[str, ...] = ()
 
     def key(self, keyid: str, at: datetime) -> PublicKey | None:
         for g in self.keys:
@@ -91,6 +93,7 @@ class TrustBundle:
                     "name": p.name,
                     "jurisdiction": p.jurisdiction,
                     "endpoint": p.endpoint,
+                    "categories": list(p.categories),
                     "keys": [
                         {
                             "keyid": g.public.keyid,
@@ -124,6 +127,7 @@ class TrustBundle:
                     name=str(p["name"]),
                     jurisdiction=str(p["jurisdiction"]),
                     endpoint=str(p.get("endpoint", "")),
+                    categories=tuple(str(c) for c in p.get("categories", [])),
                     keys=tuple(grants),
                 )
                 if party.id in parties:

@@ -12,10 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from federation.query import Dimension, FilterOp, MeasureKind, Query
+from federation.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node.catalogue import DatasetSpec, FieldType
-from node.schema import consent_records
+from node.schema import consent_scopes
 
 VALID_STATES = ("given", "renewed")
 _RESIDENTS, _RECORDS = "_residents", "_records"
@@ -62,9 +62,13 @@ def _generalise(
 
 
 def consent_filter(
-    resident: sa.ColumnElement[Any], purpose: str, recipient: str, category: str, at: datetime
+    resident: sa.ColumnElement[Any],
+    purpose: str,
+    recipients: tuple[str, ...],
+    category: str,
+    at: datetime,
 ) -> sa.ColumnElement[bool]:
-    return _consent_filter(resident, purpose, recipient, category, _at_param(at))
+    return _consent_filter(resident, purpose, recipients, category, _at_param(at))
 
 
 def _at_param(at: datetime | None) -> sa.BindParameter[Any]:
@@ -77,14 +81,16 @@ def _at_param(at: datetime | None) -> sa.BindParameter[Any]:
 def _consent_filter(
     resident: sa.ColumnElement[Any],
     purpose: str,
-    recipient: str,
+    recipients: tuple[str, ...],
     category: str,
     at: sa.BindParameter[Any],
 ) -> sa.ColumnElement[bool]:
-    c = consent_records.c
+    """Residents with a valid consent for this purpose and data category, given to the partner by
+    name or to a recipient category the partner belongs to."""
+    c = consent_scopes.c
     consenting = sa.select(c.resident_id).where(
         c.purpose == purpose,
-        c.recipient == recipient,
+        c.recipient.in_(recipients),
         c.data_category == category,
         c.state.in_(VALID_STATES),
         c.valid_from <= at,
@@ -94,26 +100,56 @@ def _consent_filter(
 
 
 def compile_query(
-    query: Query, ds: DatasetSpec, recipient: str, at: datetime, dialect: str
+    query: Query, ds: DatasetSpec, recipients: tuple[str, ...], at: datetime, dialect: str
 ) -> sa.Select[Any]:
-    return _compile(query, ds, recipient, _at_param(at), dialect)
+    return _compile(query, ds, recipients, _at_param(at), dialect)
 
 
-def _compile(
-    query: Query, ds: DatasetSpec, recipient: str, at: sa.BindParameter[Any], dialect: str
-) -> sa.Select[Any]:
+def _source(
+    query: Query,
+    ds: DatasetSpec,
+    recipients: tuple[str, ...],
+    at: sa.BindParameter[Any],
+    dialect: str,
+) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
+    """The dataset table, the generalised group-by expressions, and the row conditions (consent
+    filter and the query's filters) shared by the aggregate and the contributor list."""
     table = sa.table(
         ds.table, *(sa.column(f.column) for f in ds.fields.values()), sa.column(ds.resident_column)
     )
-    resident = table.c[ds.resident_column]
 
     def col(name: str) -> sa.ColumnElement[Any]:
         return table.c[ds.fields[name].column]
 
     dims = [
-        _generalise(col(d.field), ds.fields[d.field].type, d.generalisation, dialect).label(f"d{i}")
-        for i, d in enumerate(query.group_by)
+        _generalise(col(d.field), ds.fields[d.field].type, d.generalisation, dialect)
+        for d in query.group_by
     ]
+    conditions = [
+        _consent_filter(
+            table.c[ds.resident_column], query.purpose, recipients, ds.data_category, at
+        )
+    ]
+    for f in query.filters:
+        value = sa.cast(col(f.field), sa.String)
+        conditions.append(value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values))
+    return table, dims, conditions
+
+
+def _compile(
+    query: Query,
+    ds: DatasetSpec,
+    recipients: tuple[str, ...],
+    at: sa.BindParameter[Any],
+    dialect: str,
+) -> sa.Select[Any]:
+    table, generalised, conditions = _source(query, ds, recipients, at, dialect)
+    resident = table.c[ds.resident_column]
+
+    def col(name: str) -> sa.ColumnElement[Any]:
+        return table.c[ds.fields[name].column]
+
+    dims = [g.label(f"d{i}") for i, g in enumerate(generalised)]
     measures: list[sa.ColumnElement[Any]] = [
         sa.func.count(sa.distinct(resident)).label(_RESIDENTS),
         sa.func.count().label(_RECORDS),
@@ -133,10 +169,6 @@ def _compile(
             }[m.kind]
             expr = fn(col(m.field))
         measures.append(expr.label(f"m{i}"))
-    conditions = [_consent_filter(resident, query.purpose, recipient, ds.data_category, at)]
-    for f in query.filters:
-        value = sa.cast(col(f.field), sa.String)
-        conditions.append(value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values))
     stmt = sa.select(*dims, *measures).select_from(table).where(*conditions)
     if dims:
         stmt = stmt.group_by(*dims).order_by(*dims)
@@ -153,16 +185,21 @@ def _number(v: Any) -> float | int:
 
 
 def run(
-    conn: sa.Connection, query: Query, ds: DatasetSpec, recipient: str, at: datetime, k: int
+    conn: sa.Connection,
+    query: Query,
+    ds: DatasetSpec,
+    recipients: tuple[str, ...],
+    at: datetime,
+    k: int,
 ) -> AggregateResult:
     """Cells with fewer than k distinct consenting residents are withheld (primary suppression)."""
     dialect = conn.dialect.name
     # Everything the statement is built from except the consent time, which binds at execution.
-    shape = (query, recipient, dialect, ds.name, ds.table, ds.resident_column, ds.data_category)
-    shape += tuple(ds.fields.items())
+    shape: tuple[Any, ...] = (query, recipients, dialect, ds.name, ds.table, ds.resident_column)
+    shape += (ds.data_category, *ds.fields.items())
     stmt = _STATEMENTS.get(shape)
     if stmt is None:
-        stmt = _compile(query, ds, recipient, _at_param(None), dialect)
+        stmt = _compile(query, ds, recipients, _at_param(None), dialect)
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = stmt
@@ -180,5 +217,23 @@ def run(
     return AggregateResult(cells, withheld)
 
 
-def dimension_names(dims: tuple[Dimension, ...]) -> list[str]:
-    return [f"{d.field}:{d.generalisation}" if d.generalisation else d.field for d in dims]
+def contributors(
+    query: Query,
+    ds: DatasetSpec,
+    recipients: tuple[str, ...],
+    at: datetime,
+    dialect: str,
+    withheld: list[dict[str, str]],
+) -> sa.Select[Any]:
+    """The distinct residents whose records went into released cells (withheld ones excluded),
+    for the residents' transparency record."""
+    table, dims, conditions = _source(query, ds, recipients, _at_param(at), dialect)
+    if withheld and not dims:
+        conditions.append(sa.false())  # the single total cell was withheld: nobody's data left
+    for key in withheld if dims else []:
+        conditions.append(
+            sa.not_(
+                sa.and_(*(g == key[d.field] for g, d in zip(dims, query.group_by, strict=True)))
+            )
+        )
+    return sa.select(table.c[ds.resident_column]).distinct().where(*conditions)

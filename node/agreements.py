@@ -17,7 +17,7 @@ from federation.agreement import Agreement
 from federation.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from keys import dsse, timefmt
 from keys.trust import TrustStore
-from node import purposes
+from node import taxonomy
 from node.schema import agreements
 
 ACTIVE = "active"
@@ -48,7 +48,7 @@ class AgreementRegister:
                 f"agreement is provided by {verified.provider}, not this city",
                 reason="AGREEMENT_NOT_FOR_THIS_CITY",
             )
-        unknown = sorted(p for p in verified.purposes if not purposes.is_known(p))
+        unknown = sorted(p for p in verified.purposes if not taxonomy.is_purpose(p))
         if unknown:
             raise InvalidArgument(
                 f"agreement names unknown purposes {unknown}", reason="PURPOSE_UNKNOWN"

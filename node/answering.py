@@ -9,25 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
 from federation import statements
-from federation.agreement import DEFAULT_K
+from federation.agreement import DEFAULT_K, Agreement
 from federation.errors import AuthenticationError, CitybrokerError, PermissionDenied
+from federation.query import Query
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
-from node import aggregate, policy
+from node import aggregate, policy, taxonomy
 from node.agreements import AgreementRegister
 from node.catalogue import Catalogue
+from node.transparency import Exchange, ExchangeRecorder
 
 
 @dataclass(frozen=True)
 class NodeSettings:
     city: str
     k_floor: int = 5
+
+
+@dataclass(frozen=True)
+class _Release:
+    """A signed result and what the transparency record needs about it."""
+
+    result: dsse.Envelope
+    query: Query
+    agreement: Agreement
+    at: datetime
+    contributors: sa.Select[Any]
 
 
 class Answerer:
@@ -40,6 +55,7 @@ class Answerer:
         catalogue: Catalogue,
         data: sa.Engine,
         log: MerkleLog,
+        exchanges: ExchangeRecorder,
     ) -> None:
         self._s, self._signer, self._trust = settings, signer, trust
         self._agreements, self._catalogue, self._data, self._log = (
@@ -48,6 +64,7 @@ class Answerer:
             data,
             log,
         )
+        self._exchanges = exchanges
         self._replay = tokens.ReplayCache()
 
     def _authenticate(
@@ -72,7 +89,7 @@ class Answerer:
         """Answer, or refuse; either way the query and the signed outcome are logged first."""
         request = self._authenticate(envelope, statements.QUERY, peers)
         try:
-            result = self._answer(request)
+            release = self._answer(request)
         except CitybrokerError as refusal:
             signed = statements.sign_refusal(
                 request,
@@ -85,10 +102,31 @@ class Answerer:
             index = self._log.append_many([envelope.to_json(), signed.to_json()], kind="refusal")
             refusal.metadata["log_index"] = str(index[1])
             raise
-        indexes = self._log.append_many([envelope.to_json(), result.to_json()], kind="exchange")
-        return result, indexes[1]
+        indexes = self._log.append_many(
+            [envelope.to_json(), release.result.to_json()], kind="exchange"
+        )
+        self._exchanges.record(
+            Exchange(
+                request.request_id,
+                request.partner,
+                release.query.purpose,
+                release.query.dataset,
+                release.agreement.agreement_id,
+                release.agreement.version,
+                release.at,
+                indexes[1],
+            ),
+            release.contributors,
+        )
+        return release.result, indexes[1]
 
-    def _answer(self, request: statements.BrokerRequest) -> dsse.Envelope:
+    def _recipients(self, partner: str) -> tuple[str, ...]:
+        """The partner by name and every recipient category the trust bundle puts it in."""
+        party = self._trust.current.party(partner)
+        categories = party.categories if party else ()
+        return (partner, *(taxonomy.CATEGORY_PREFIX + c for c in categories))
+
+    def _answer(self, request: statements.BrokerRequest) -> _Release:
         query = request.query
         assert query is not None
         if query.cities and self._s.city not in query.cities:
@@ -106,11 +144,12 @@ class Answerer:
         )
         agreement = permit.agreement
         k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
+        ds = self._catalogue.datasets[query.dataset]
+        recipients = self._recipients(request.partner)
         with self._data.connect() as conn:
-            answer = aggregate.run(
-                conn, query, self._catalogue.datasets[query.dataset], request.partner, started, k
-            )
-        return statements.sign_result(
+            answer = aggregate.run(conn, query, ds, recipients, started, k)
+            dialect = conn.dialect.name
+        result = statements.sign_result(
             request,
             self._s.city,
             (agreement.agreement_id, agreement.version),
@@ -119,6 +158,10 @@ class Answerer:
             answer.withheld,
             self._signer,
         )
+        contributors = aggregate.contributors(
+            query, ds, recipients, started, dialect, answer.withheld
+        )
+        return _Release(result, query, agreement, started, contributors)
 
     def describe_offer(self, envelope: dsse.Envelope, peers: Sequence[str]) -> list[dsse.Envelope]:
         request = self._authenticate(envelope, statements.DESCRIBE, peers)

@@ -1,157 +1,417 @@
-"""Residents' consent: records and their append-only event history, with a signed receipt per event.
+"""Residents' consent: records (ISO/IEC TS 27560 as mapped by W3C DPV), their append-only event
+history, and a signed receipt for every event.
 
-The current state is kept on the record (derived from the events, updated in the same transaction) so
-the query-time consent filter is a single indexed semi-join.
+The record's state is derived from its events (node.consent_lifecycle) and updated in the same
+transaction as each event; the scopes it covers are copied with the state into consent_scopes so the
+query-time consent filter is one indexed semi-join.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
-from federation.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from federation.errors import AlreadyExists, InvalidArgument, NotFound
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
-from node import purposes
-from node.schema import consent_events, consent_records
+from node import taxonomy
+from node.consent_lifecycle import VALID, Actor, Event, State, next_state
+from node.schema import consent_events, consent_records, consent_scopes
 
 RECEIPT = "consent-receipt"
-VALID = frozenset({"given", "renewed"})
 MAX_ID_CHARS = 128
+MAX_SCOPE_ITEMS = 32
+MAX_PAGE = 100
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_NOTICE_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
 class ConsentRecord:
+    """What a resident consented to. `state` is the registry's, not the caller's, to set."""
+
     record_id: str
     resident_id: str
-    purpose: str
-    recipient: str
-    data_category: str
+    purposes: tuple[str, ...]
+    recipients: tuple[str, ...]
+    data_categories: tuple[str, ...]
     valid_from: datetime
-    valid_until: datetime | None
-    state: str = "given"
+    valid_until: datetime | None = None
+    lawful_basis: str = "consent"
+    notice_url: str = ""
+    notice_hash: str = ""
+    language: str = "en"
+    jurisdiction: str = ""
+    retention_days: int = 0
+    collection_method: str = ""
+    withdrawal_method: str = ""
+    state: State = State.GIVEN
 
-    def validate(self) -> ConsentRecord:
-        for name in ("record_id", "resident_id", "recipient", "data_category"):
+    def terms(self) -> dict[str, Any]:
+        """The record's terms as canonical-JSON-ready data (everything but the state)."""
+        return {
+            "record_id": self.record_id,
+            "resident_id": self.resident_id,
+            "purposes": sorted(self.purposes),
+            "recipients": sorted(self.recipients),
+            "data_categories": sorted(self.data_categories),
+            "valid_from": timefmt.fmt(self.valid_from),
+            "valid_until": timefmt.fmt(self.valid_until) if self.valid_until else None,
+            "lawful_basis": self.lawful_basis,
+            "notice_url": self.notice_url,
+            "notice_hash": self.notice_hash,
+            "language": self.language,
+            "jurisdiction": self.jurisdiction,
+            "retention_days": self.retention_days,
+            "collection_method": self.collection_method,
+            "withdrawal_method": self.withdrawal_method,
+        }
+
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(dsse.canonical(self.terms())).hexdigest()
+
+    def scopes(self) -> list[tuple[str, str, str]]:
+        return [
+            (p, r, c)
+            for p in sorted(set(self.purposes))
+            for r in sorted(set(self.recipients))
+            for c in sorted(set(self.data_categories))
+        ]
+
+    def validate(self, known_party: Callable[[str], bool] | None = None) -> ConsentRecord:
+        def bad(message: str, reason: str, **meta: str) -> InvalidArgument:
+            return InvalidArgument(message, reason=reason, **meta)
+
+        for name in ("record_id", "resident_id"):
             v = getattr(self, name)
-            if not v or len(v) > MAX_ID_CHARS:
-                raise InvalidArgument(
+            if not isinstance(v, str) or not v or len(v) > MAX_ID_CHARS:
+                raise bad(
                     f"{name} must be 1 to {MAX_ID_CHARS} characters",
-                    reason="CONSENT_FIELD_INVALID",
+                    "CONSENT_FIELD_INVALID",
                     field=name,
                 )
-        if not purposes.is_known(self.purpose):
-            raise InvalidArgument(
-                f"unknown purpose {self.purpose!r}", reason="PURPOSE_UNKNOWN", purpose=self.purpose
-            )
+        for name in ("purposes", "recipients", "data_categories"):
+            v = getattr(self, name)
+            if (
+                isinstance(v, str)
+                or not v
+                or len(v) > MAX_SCOPE_ITEMS
+                or not all(isinstance(x, str) and 0 < len(x) <= MAX_ID_CHARS for x in v)
+            ):
+                raise bad(
+                    f"{name} must list 1 to {MAX_SCOPE_ITEMS} codes",
+                    "CONSENT_FIELD_INVALID",
+                    field=name,
+                )
+        for p in self.purposes:
+            if not taxonomy.is_purpose(p):
+                raise bad(f"unknown purpose {p!r}", "PURPOSE_UNKNOWN", purpose=p)
+        for c in self.data_categories:
+            if not taxonomy.is_data_category(c):
+                raise bad(f"unknown data category {c!r}", "DATA_CATEGORY_UNKNOWN", category=c)
+        for r in self.recipients:
+            if r.startswith(taxonomy.CATEGORY_PREFIX):
+                if r.removeprefix(taxonomy.CATEGORY_PREFIX) not in taxonomy.RECIPIENT_CATEGORIES:
+                    raise bad(f"unknown recipient category {r!r}", "RECIPIENT_UNKNOWN", recipient=r)
+            elif known_party is not None and not known_party(r):
+                raise bad(
+                    f"recipient {r!r} is not a party of the federation",
+                    "RECIPIENT_UNKNOWN",
+                    recipient=r,
+                )
+        if self.lawful_basis not in taxonomy.LAWFUL_BASES:
+            raise bad(f"unknown lawful basis {self.lawful_basis!r}", "LAWFUL_BASIS_UNKNOWN")
         if self.valid_until is not None and self.valid_until <= self.valid_from:
-            raise InvalidArgument(
-                "valid_until must be after valid_from", reason="CONSENT_DATES_INVALID"
+            raise bad("valid_until must be after valid_from", "CONSENT_DATES_INVALID")
+        if self.notice_url and not re.match(r"^https?://\S{1,500}$", self.notice_url):
+            raise bad(
+                "notice_url must be an http(s) URL", "CONSENT_FIELD_INVALID", field="notice_url"
             )
+        if self.notice_hash and not _NOTICE_HASH.match(self.notice_hash):
+            raise bad(
+                "notice_hash must be sha256:<64 hex digits>",
+                "CONSENT_FIELD_INVALID",
+                field="notice_hash",
+            )
+        if not _LANGUAGE.match(self.language):
+            raise bad(
+                "language must be a BCP 47 tag such as en or fi-FI",
+                "CONSENT_FIELD_INVALID",
+                field="language",
+            )
+        if not 0 <= self.retention_days <= 36_500:
+            raise bad(
+                "retention_days must be 0 to 36500", "CONSENT_FIELD_INVALID", field="retention_days"
+            )
+        for name in ("jurisdiction", "collection_method", "withdrawal_method"):
+            if len(getattr(self, name)) > 64:
+                raise bad(f"{name} is at most 64 characters", "CONSENT_FIELD_INVALID", field=name)
         return self
 
 
-def _naive_utc(t: datetime | None) -> datetime | None:
-    return timefmt.to_db(t) if t else None
+@dataclass(frozen=True)
+class ConsentEvent:
+    event: Event
+    actor: str
+    at: datetime
+    receipt: bytes
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[ConsentRecord]
+    next_page_token: str = ""
+
+
+def page_token(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\x00".join(parts).encode()).decode()
+
+
+def read_page_token(token: str, parts: int) -> list[str]:
+    try:
+        values = base64.urlsafe_b64decode(token.encode()).decode().split("\x00")
+    except (ValueError, UnicodeDecodeError):
+        values = []
+    if len(values) != parts:
+        raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+    return values
+
+
+def page_size(requested: int) -> int:
+    return MAX_PAGE if requested <= 0 else min(requested, MAX_PAGE)
+
+
+def _record_row(record: ConsentRecord, state: State) -> dict[str, Any]:
+    return {
+        "record_id": record.record_id,
+        "resident_id": record.resident_id,
+        "lawful_basis": record.lawful_basis,
+        "notice_url": record.notice_url,
+        "notice_hash": record.notice_hash,
+        "language": record.language,
+        "jurisdiction": record.jurisdiction,
+        "retention_days": record.retention_days,
+        "collection_method": record.collection_method,
+        "withdrawal_method": record.withdrawal_method,
+        "valid_from": timefmt.to_db(record.valid_from),
+        "valid_until": timefmt.to_db(record.valid_until) if record.valid_until else None,
+        "state": state.value,
+        "content_digest": record.digest(),
+    }
+
+
+def _scope_rows(record: ConsentRecord, state: State) -> list[dict[str, Any]]:
+    valid_from = timefmt.to_db(record.valid_from)
+    valid_until = timefmt.to_db(record.valid_until) if record.valid_until else None
+    return [
+        {
+            "record_id": record.record_id,
+            "purpose": p,
+            "recipient": r,
+            "data_category": c,
+            "resident_id": record.resident_id,
+            "state": state.value,
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+        }
+        for p, r, c in record.scopes()
+    ]
 
 
 class ConsentRegistry:
-    def __init__(self, engine: sa.Engine, city: str, signer: Signer) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        city: str,
+        signer: Signer,
+        known_party: Callable[[str], bool] | None = None,
+    ) -> None:
         self._engine, self._city, self._signer = engine, city, signer
+        self._known_party = known_party
 
-    def _receipt(self, record: ConsentRecord, event: str, actor: str, at: datetime) -> bytes:
-        env = dsse.sign(
+    def receipt(
+        self, record: ConsentRecord, event: Event, actor: str, at: datetime, state: State
+    ) -> bytes:
+        """The signed consent receipt of one event (DSSE over canonical JSON)."""
+        return dsse.sign(
             RECEIPT,
             {
                 "city": self._city,
-                "record_id": record.record_id,
-                "resident_id": record.resident_id,
-                "purpose": record.purpose,
-                "recipient": record.recipient,
-                "data_category": record.data_category,
-                "valid_from": timefmt.fmt(record.valid_from),
-                "valid_until": timefmt.fmt(record.valid_until) if record.valid_until else None,
-                "event": event,
+                **record.terms(),
+                "event": event.value,
                 "actor": actor,
                 "at": timefmt.fmt(at),
+                "state": state.value,
+                "terms_digest": record.digest(),
             },
             self._signer,
-        )
-        return env.to_json()
+        ).to_json()
+
+    # -- events ------------------------------------------------------------------------------
 
     def give(self, record: ConsentRecord, actor: str) -> bytes:
-        record.validate()
+        return self._start(record, Event.GIVE, actor)
+
+    def refuse(self, record: ConsentRecord, actor: str) -> bytes:
+        return self._start(record, Event.REFUSE, actor)
+
+    def _start(self, record: ConsentRecord, event: Event, actor: str) -> bytes:
+        """A new record. Giving the same record (same terms) again is a no-op that returns the
+        first receipt, so imports can be retried; other terms under the same id are refused."""
+        record.validate(self._known_party)
+        state = next_state(None, event)
         at = timefmt.now()
-        receipt = self._receipt(record, "given", actor, at)
-        row = {
-            "record_id": record.record_id,
-            "resident_id": record.resident_id,
-            "purpose": record.purpose,
-            "recipient": record.recipient,
-            "data_category": record.data_category,
-            "valid_from": _naive_utc(record.valid_from),
-            "valid_until": _naive_utc(record.valid_until),
-            "state": "given",
-        }
+        receipt = self.receipt(record, event, actor, at, state)
         with self._engine.begin() as conn:
-            existing = (
-                conn.execute(
-                    sa.select(consent_records).where(
-                        consent_records.c.record_id == record.record_id
-                    )
+            existing = conn.execute(
+                sa.select(consent_records.c.content_digest).where(
+                    consent_records.c.record_id == record.record_id
                 )
-                .mappings()
-                .first()
-            )
+            ).first()
             if existing is not None:
-                raise AlreadyExists(
-                    f"consent record {record.record_id} already exists",
-                    reason="CONSENT_RECORD_EXISTS",
-                )
-            conn.execute(consent_records.insert().values(row))
+                if existing[0] != record.digest():
+                    raise AlreadyExists(
+                        f"consent record {record.record_id} exists with different terms",
+                        reason="CONSENT_RECORD_CONFLICT",
+                    )
+                first = conn.execute(
+                    sa.select(consent_events.c.receipt)
+                    .where(consent_events.c.record_id == record.record_id)
+                    .order_by(consent_events.c.event_id)
+                    .limit(1)
+                ).scalar_one()
+                return bytes(first)
+            conn.execute(consent_records.insert().values(_record_row(record, state)))
+            conn.execute(consent_scopes.insert(), _scope_rows(record, state))
             conn.execute(
                 consent_events.insert().values(
                     record_id=record.record_id,
-                    event="given",
+                    event=event.value,
                     actor=actor,
-                    at=_naive_utc(at),
+                    at=timefmt.to_db(at),
                     receipt=receipt,
                 )
             )
         return receipt
 
+    def renew(self, record_id: str, valid_until: datetime | None, actor: str) -> bytes:
+        return self._transition(record_id, Event.RENEW, actor, valid_until=valid_until)
+
     def withdraw(self, record_id: str, actor: str) -> bytes:
+        return self._transition(record_id, Event.WITHDRAW, actor)
+
+    def revoke(self, record_id: str, actor: str) -> bytes:
+        return self._transition(record_id, Event.REVOKE, actor)
+
+    def invalidate(self, record_id: str, actor: str) -> bytes:
+        return self._transition(record_id, Event.INVALIDATE, actor)
+
+    def _transition(
+        self, record_id: str, event: Event, actor: str, valid_until: datetime | None = None
+    ) -> bytes:
         at = timefmt.now()
         with self._engine.begin() as conn:
             record = self._get(conn, record_id)
-            if record.state not in VALID:
-                raise FailedPrecondition(
-                    f"consent {record_id} is {record.state}, not given",
-                    reason="CONSENT_NOT_ACTIVE",
-                    state=record.state,
+            state = next_state(record.state, event)
+            if event is Event.RENEW:
+                if valid_until is not None and valid_until <= record.valid_from:
+                    raise InvalidArgument(
+                        "valid_until must be after valid_from", reason="CONSENT_DATES_INVALID"
+                    )
+                record = replace(record, valid_until=valid_until)
+            receipt = self.receipt(record, event, actor, at, state)
+            values: dict[str, Any] = {"state": state.value}
+            if event is Event.RENEW:
+                values["valid_until"] = timefmt.to_db(valid_until) if valid_until else None
+                conn.execute(
+                    consent_records.update()
+                    .where(consent_records.c.record_id == record_id)
+                    .values(content_digest=record.digest(), **values)
                 )
-            receipt = self._receipt(record, "withdrawn", actor, at)
+            else:
+                conn.execute(
+                    consent_records.update()
+                    .where(consent_records.c.record_id == record_id)
+                    .values(values)
+                )
             conn.execute(
-                consent_records.update()
-                .where(consent_records.c.record_id == record_id)
-                .values(state="withdrawn")
+                consent_scopes.update()
+                .where(consent_scopes.c.record_id == record_id)
+                .values(values)
             )
             conn.execute(
                 consent_events.insert().values(
                     record_id=record_id,
-                    event="withdrawn",
+                    event=event.value,
                     actor=actor,
-                    at=_naive_utc(at),
+                    at=timefmt.to_db(at),
                     receipt=receipt,
                 )
             )
         return receipt
 
+    def expire_due(self, at: datetime | None = None, batch: int = 1000) -> list[bytes]:
+        """Record `expired` for valid consents whose validity has run out; returns receipts."""
+        at = at or timefmt.now()
+        receipts: list[bytes] = []
+        while True:
+            with self._engine.connect() as conn:
+                due = [
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(consent_records.c.record_id)
+                        .where(
+                            consent_records.c.state.in_([s.value for s in VALID]),
+                            consent_records.c.valid_until.is_not(None),
+                            consent_records.c.valid_until <= timefmt.to_db(at),
+                        )
+                        .limit(batch)
+                    )
+                ]
+            if not due:
+                return receipts
+            receipts += [self._transition(r, Event.EXPIRE, Actor.SYSTEM.value) for r in due]
+
+    # -- reading -------------------------------------------------------------------------------
+
     def get(self, record_id: str) -> ConsentRecord:
         with self._engine.connect() as conn:
             return self._get(conn, record_id)
+
+    def history(self, record_id: str) -> list[ConsentEvent]:
+        with self._engine.connect() as conn:
+            self._get(conn, record_id)
+            rows = conn.execute(
+                sa.select(consent_events)
+                .where(consent_events.c.record_id == record_id)
+                .order_by(consent_events.c.event_id)
+            )
+            return [
+                ConsentEvent(Event(r.event), r.actor, timefmt.from_db(r.at), bytes(r.receipt))
+                for r in rows
+            ]
+
+    def list_by_resident(self, resident_id: str, size: int, token: str) -> Page:
+        stmt = sa.select(consent_records.c.record_id).where(
+            consent_records.c.resident_id == resident_id
+        )
+        if token:
+            (after,) = read_page_token(token, 1)
+            stmt = stmt.where(consent_records.c.record_id > after)
+        n = page_size(size)
+        with self._engine.connect() as conn:
+            ids = [
+                r[0] for r in conn.execute(stmt.order_by(consent_records.c.record_id).limit(n + 1))
+            ]
+            records = [self._get(conn, i) for i in ids[:n]]
+        return Page(records, page_token(ids[n - 1]) if len(ids) > n else "")
 
     @staticmethod
     def _get(conn: sa.Connection, record_id: str) -> ConsentRecord:
@@ -162,13 +422,26 @@ class ConsentRegistry:
         )
         if row is None:
             raise NotFound(f"no consent record {record_id!r}", reason="CONSENT_NOT_FOUND")
+        scopes = conn.execute(
+            sa.select(
+                consent_scopes.c.purpose, consent_scopes.c.recipient, consent_scopes.c.data_category
+            ).where(consent_scopes.c.record_id == record_id)
+        ).all()
         return ConsentRecord(
             record_id=row["record_id"],
             resident_id=row["resident_id"],
-            purpose=row["purpose"],
-            recipient=row["recipient"],
-            data_category=row["data_category"],
+            purposes=tuple(sorted({s[0] for s in scopes})),
+            recipients=tuple(sorted({s[1] for s in scopes})),
+            data_categories=tuple(sorted({s[2] for s in scopes})),
             valid_from=timefmt.from_db(row["valid_from"]),
             valid_until=timefmt.from_db(row["valid_until"]) if row["valid_until"] else None,
-            state=row["state"],
+            lawful_basis=row["lawful_basis"],
+            notice_url=row["notice_url"],
+            notice_hash=row["notice_hash"],
+            language=row["language"],
+            jurisdiction=row["jurisdiction"],
+            retention_days=row["retention_days"],
+            collection_method=row["collection_method"],
+            withdrawal_method=row["withdrawal_method"],
+            state=State(row["state"]),
         )

@@ -63,11 +63,12 @@ def consent_record(
     data_category: str,
     valid_from: datetime | None = None,
 ) -> node_pb2.ConsentRecord:
+    """The simplest record: one purpose, one recipient, one data category."""
     return node_pb2.ConsentRecord(
         record_id=record_id,
         resident_id=resident_id,
-        purpose=purpose,
-        recipient=recipient,
-        data_category=data_category,
+        purposes=[purpose],
+        recipients=[recipient],
+        data_categories=[data_category],
         valid_from=timefmt.fmt(valid_from or timefmt.now()),
     )

@@ -13,7 +13,7 @@ from datetime import datetime
 from federation.agreement import Agreement, Appearance
 from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
 from federation.query import FilterOp, Query
-from node import purposes
+from node import taxonomy
 from node.catalogue import Catalogue, FieldType
 
 
@@ -23,7 +23,7 @@ class Permit:
 
 
 def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
-    if not purposes.is_known(query.purpose):
+    if not taxonomy.is_purpose(query.purpose):
         raise InvalidArgument(
             f"unknown purpose {query.purpose!r}", reason="PURPOSE_UNKNOWN", purpose=query.purpose
         )

@@ -7,20 +7,44 @@ import sqlalchemy as sa
 # Datetimes are stored as naive UTC (keys.timefmt.to_db) so SQLite and PostgreSQL compare them alike.
 metadata = sa.MetaData()
 
+# One consent record (ISO/IEC TS 27560 as mapped by W3C DPV). Its state is derived from
+# consent_events and updated in the same transaction as each event.
 consent_records = sa.Table(
     "consent_records",
     metadata,
     sa.Column("record_id", sa.String(128), primary_key=True),
-    sa.Column("resident_id", sa.String(128), nullable=False),
-    sa.Column("purpose", sa.String(128), nullable=False),
-    sa.Column("recipient", sa.String(128), nullable=False),
-    sa.Column("data_category", sa.String(128), nullable=False),
+    sa.Column("resident_id", sa.String(128), nullable=False, index=True),
+    sa.Column("lawful_basis", sa.String(64), nullable=False, server_default="consent"),
+    sa.Column("notice_url", sa.String(512), nullable=False, server_default=""),
+    sa.Column("notice_hash", sa.String(80), nullable=False, server_default=""),
+    sa.Column("language", sa.String(35), nullable=False, server_default="en"),
+    sa.Column("jurisdiction", sa.String(32), nullable=False, server_default=""),
+    sa.Column("retention_days", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("collection_method", sa.String(64), nullable=False, server_default=""),
+    sa.Column("withdrawal_method", sa.String(64), nullable=False, server_default=""),
     sa.Column("valid_from", sa.DateTime(), nullable=False),
     sa.Column("valid_until", sa.DateTime(), nullable=True),
-    # Derived from consent_events, kept here so the consent filter is one indexed semi-join.
     sa.Column("state", sa.String(32), nullable=False),
+    # SHA-256 of the record's terms, so a repeated import is recognised and a conflict refused.
+    sa.Column("content_digest", sa.String(80), nullable=False, server_default=""),
+)
+
+# What a record covers, one row per (purpose, recipient, data category), with the record's
+# resident, state and validity copied in so the query-time consent filter is one indexed semi-join.
+consent_scopes = sa.Table(
+    "consent_scopes",
+    metadata,
+    sa.Column(
+        "record_id", sa.String(128), sa.ForeignKey("consent_records.record_id"), primary_key=True
+    ),
+    sa.Column("purpose", sa.String(128), primary_key=True),
+    sa.Column("recipient", sa.String(128), primary_key=True),
+    sa.Column("data_category", sa.String(128), primary_key=True),
+    sa.Column("resident_id", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("valid_from", sa.DateTime(), nullable=False),
+    sa.Column("valid_until", sa.DateTime(), nullable=True),
     sa.Index("ix_consent_filter", "purpose", "recipient", "data_category", "state", "resident_id"),
-    sa.Index("ix_consent_resident", "resident_id"),
 )
 
 consent_events = sa.Table(
@@ -52,4 +76,26 @@ agreements = sa.Table(
     # The DSSE envelope exactly as both parties signed it.
     sa.Column("envelope", sa.LargeBinary, nullable=False),
     sa.Column("activated_at", sa.DateTime(), nullable=False),
+)
+
+# Which residents' records went into which released result: the node's answer to a resident's
+# "who received data about me?" (GDPR Art. 15). It never leaves the city.
+exchanges = sa.Table(
+    "exchanges",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("partner", sa.String(128), nullable=False),
+    sa.Column("purpose", sa.String(128), nullable=False),
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("agreement_id", sa.String(128), nullable=False),
+    sa.Column("agreement_version", sa.Integer, nullable=False),
+    sa.Column("released_at", sa.DateTime(), nullable=False),
+    sa.Column("log_index", sa.BigInteger, nullable=False),
+)
+
+exchange_residents = sa.Table(
+    "exchange_residents",
+    metadata,
+    sa.Column("resident_id", sa.String(128), primary_key=True),
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("exchanges.request_id"), primary_key=True),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.node.v1 import node_pb2_grpc
 from federation import storage
 from federation.config import Section, load_toml
+from federation.errors import ConfigError
 from federation.rpc import TlsFiles, add_listener, build_server, require_peer, server_credentials
 from keys import dsse, trust
 from keys.ed25519 import Signer
@@ -24,6 +27,10 @@ from node.agreements import AgreementRegister
 from node.answering import Answerer, NodeSettings
 from node.catalogue import Catalogue
 from node.consent import ConsentRegistry
+from node.transparency import ExchangeRecorder
+
+EXPIRY_INTERVAL_S = 60.0
+log = logging.getLogger("citybroker.node")
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,21 @@ class NodeServer:
         data = self.engine if config.data == config.database else storage.create_engine(config.data)
         self.log = MerkleLog(self.engine, origin=f"citybroker/node/{config.city}", signer=signer)
         self.agreements = AgreementRegister(self.engine, config.city, store)
-        self.consents = ConsentRegistry(self.engine, config.city, signer)
+        self.consents = ConsentRegistry(
+            self.engine,
+            config.city,
+            signer,
+            known_party=lambda party_id: store.current.party(party_id) is not None,
+        )
+        self.exchanges = ExchangeRecorder(self.engine, data)
+        own = bundle.party(config.city, Role.CITY)
+        if own is None:
+            raise ConfigError(f"city {config.city} is not a city in the trust bundle")
+        city_name = own.name
+        self._expiry_stop = threading.Event()
+        self._expiry = threading.Thread(
+            target=self._expire_consents, name="consent-expiry", daemon=True
+        )
         answerer = Answerer(
             NodeSettings(config.city, config.k_floor),
             signer,
@@ -84,6 +105,7 @@ class NodeServer:
             config.catalogue,
             data,
             self.log,
+            self.exchanges,
         )
 
         def brokers() -> list[str]:
@@ -106,7 +128,7 @@ class NodeServer:
                 service.QueryServicer(answerer), server
             )
             node_pb2_grpc.add_ConsentServiceServicer_to_server(
-                service.ConsentServicer(self.consents, self.log), server
+                service.ConsentServicer(self.consents, self.log, self.exchanges, city_name), server
             )
             node_pb2_grpc.add_AgreementServiceServicer_to_server(
                 service.AgreementServicer(self.agreements, self.log), server
@@ -138,9 +160,23 @@ class NodeServer:
 
     def start(self) -> NodeServer:
         self.server.start()
+        self._expiry.start()
         return self
+
+    def _expire_consents(self) -> None:
+        """Record `expired` events as validity runs out (queries already ignore expired consent;
+        this makes the history and the log say so), each receipt logged like any other event."""
+        while not self._expiry_stop.wait(EXPIRY_INTERVAL_S):
+            try:
+                for receipt in self.consents.expire_due():
+                    self.log.append(receipt, kind="consent")
+            except Exception:
+                log.exception("consent expiry round failed; retrying next round")
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
+        self._expiry_stop.set()
+        if self._expiry.is_alive():
+            self._expiry.join()
         self.log.close()
         self.engine.dispose()

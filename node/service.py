@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import grpc
 
 from audit.log import MerkleLog
+from citybroker.common.v1 import common_pb2
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
 from federation.errors import InvalidArgument
 from federation.rpc import peer_common_names
@@ -15,14 +17,16 @@ from keys import dsse, timefmt
 from node.agreements import AgreementRegister
 from node.answering import Answerer
 from node.consent import ConsentRecord, ConsentRegistry
+from node.kantara import from_signed_receipt as kantara_receipt
+from node.transparency import ExchangeRecorder
 
 QUERY_SERVICE = node_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 CONSENT_SERVICE = node_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 AGREEMENT_SERVICE = node_pb2.DESCRIPTOR.services_by_name["AgreementService"].full_name
 
 
-def _actor(context: grpc.ServicerContext) -> str:
-    return ",".join(peer_common_names(context)) or "unknown"
+def _actor(on_behalf_of: str, context: grpc.ServicerContext) -> str:
+    return f"{on_behalf_of} via {','.join(peer_common_names(context)) or 'unknown'}"
 
 
 class QueryServicer(node_pb2_grpc.QueryServiceServicer):
@@ -59,56 +63,172 @@ def _record_pb(r: ConsentRecord) -> node_pb2.ConsentRecord:
     return node_pb2.ConsentRecord(
         record_id=r.record_id,
         resident_id=r.resident_id,
-        purpose=r.purpose,
-        recipient=r.recipient,
-        data_category=r.data_category,
+        purposes=r.purposes,
+        recipients=r.recipients,
+        data_categories=r.data_categories,
         valid_from=timefmt.fmt(r.valid_from),
         valid_until=timefmt.fmt(r.valid_until) if r.valid_until else "",
-        state=r.state,
+        state=r.state.value,
+        lawful_basis=r.lawful_basis,
+        notice_url=r.notice_url,
+        notice_hash=r.notice_hash,
+        language=r.language,
+        jurisdiction=r.jurisdiction,
+        retention_days=r.retention_days,
+        collection_method=r.collection_method,
+        withdrawal_method=r.withdrawal_method,
     )
+
+
+def record_from_pb(r: node_pb2.ConsentRecord) -> ConsentRecord:
+    valid_from = _time(r.valid_from, "valid_from", timefmt.now())
+    assert valid_from is not None
+    return ConsentRecord(
+        record_id=r.record_id,
+        resident_id=r.resident_id,
+        purposes=tuple(r.purposes),
+        recipients=tuple(r.recipients),
+        data_categories=tuple(r.data_categories),
+        valid_from=valid_from,
+        valid_until=_time(r.valid_until, "valid_until"),
+        lawful_basis=r.lawful_basis or "consent",
+        notice_url=r.notice_url,
+        notice_hash=r.notice_hash,
+        language=r.language or "en",
+        jurisdiction=r.jurisdiction,
+        retention_days=r.retention_days,
+        collection_method=r.collection_method,
+        withdrawal_method=r.withdrawal_method,
+    )
+
+
+def _receipt_pb(receipt: bytes) -> common_pb2.Envelope:
+    return envelope_to_pb(dsse.Envelope.from_json(receipt))
 
 
 class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
     """Each consent event's signed receipt is also committed to the node's log before the reply:
-    it is the evidence that consent existed when a later result used it."""
+    it is the evidence that consent existed when a later result used it.
 
-    def __init__(self, registry: ConsentRegistry, log: MerkleLog) -> None:
-        self._registry, self._log = registry, log
+    Callers are the city's operators; residents act through them (the portal), so the recorded
+    actor names both: "resident via <operator>" or "city via <operator>".
+    """
+
+    def __init__(
+        self,
+        registry: ConsentRegistry,
+        log: MerkleLog,
+        exchanges: ExchangeRecorder,
+        controller_name: str,
+    ) -> None:
+        self._registry, self._log, self._exchanges = registry, log, exchanges
+        self._controller = controller_name
+
+    def _logged(self, receipt: bytes) -> common_pb2.Envelope:
+        self._log.append(receipt, kind="consent")
+        return _receipt_pb(receipt)
 
     def GiveConsent(
         self, request: node_pb2.GiveConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.GiveConsentResponse:
-        r = request.record
-        valid_from = _time(r.valid_from, "valid_from", timefmt.now())
-        assert valid_from is not None
-        record = ConsentRecord(
-            record_id=r.record_id,
-            resident_id=r.resident_id,
-            purpose=r.purpose,
-            recipient=r.recipient,
-            data_category=r.data_category,
-            valid_from=valid_from,
-            valid_until=_time(r.valid_until, "valid_until"),
+        receipt = self._registry.give(record_from_pb(request.record), _actor("resident", context))
+        return node_pb2.GiveConsentResponse(receipt=self._logged(receipt))
+
+    def RefuseConsent(
+        self, request: node_pb2.RefuseConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RefuseConsentResponse:
+        receipt = self._registry.refuse(record_from_pb(request.record), _actor("resident", context))
+        return node_pb2.RefuseConsentResponse(receipt=self._logged(receipt))
+
+    def RenewConsent(
+        self, request: node_pb2.RenewConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RenewConsentResponse:
+        receipt = self._registry.renew(
+            request.record_id,
+            _time(request.valid_until, "valid_until"),
+            _actor("resident", context),
         )
-        receipt = self._registry.give(record, _actor(context))
-        self._log.append(receipt, kind="consent")
-        return node_pb2.GiveConsentResponse(
-            receipt=envelope_to_pb(dsse.Envelope.from_json(receipt))
-        )
+        return node_pb2.RenewConsentResponse(receipt=self._logged(receipt))
 
     def WithdrawConsent(
         self, request: node_pb2.WithdrawConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.WithdrawConsentResponse:
-        receipt = self._registry.withdraw(request.record_id, _actor(context))
-        self._log.append(receipt, kind="consent")
-        return node_pb2.WithdrawConsentResponse(
-            receipt=envelope_to_pb(dsse.Envelope.from_json(receipt))
-        )
+        receipt = self._registry.withdraw(request.record_id, _actor("resident", context))
+        return node_pb2.WithdrawConsentResponse(receipt=self._logged(receipt))
+
+    def RevokeConsent(
+        self, request: node_pb2.RevokeConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RevokeConsentResponse:
+        receipt = self._registry.revoke(request.record_id, _actor("city", context))
+        return node_pb2.RevokeConsentResponse(receipt=self._logged(receipt))
+
+    def InvalidateConsent(
+        self, request: node_pb2.InvalidateConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.InvalidateConsentResponse:
+        receipt = self._registry.invalidate(request.record_id, _actor("city", context))
+        return node_pb2.InvalidateConsentResponse(receipt=self._logged(receipt))
 
     def GetConsent(
         self, request: node_pb2.GetConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetConsentResponse:
         return node_pb2.GetConsentResponse(record=_record_pb(self._registry.get(request.record_id)))
+
+    def ListResidentConsents(
+        self, request: node_pb2.ListResidentConsentsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListResidentConsentsResponse:
+        page = self._registry.list_by_resident(
+            request.resident_id, request.page_size, request.page_token
+        )
+        return node_pb2.ListResidentConsentsResponse(
+            records=[_record_pb(r) for r in page.records], next_page_token=page.next_page_token
+        )
+
+    def GetConsentHistory(
+        self, request: node_pb2.GetConsentHistoryRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetConsentHistoryResponse:
+        return node_pb2.GetConsentHistoryResponse(
+            events=[
+                node_pb2.ConsentEvent(
+                    event=e.event.value,
+                    actor=e.actor,
+                    at=timefmt.fmt(e.at),
+                    receipt=_receipt_pb(e.receipt),
+                )
+                for e in self._registry.history(request.record_id)
+            ]
+        )
+
+    def ExportConsentReceipt(
+        self, request: node_pb2.ExportConsentReceiptRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ExportConsentReceiptResponse:
+        latest = self._registry.history(request.record_id)[-1]
+        kantara = json.dumps(kantara_receipt(latest.receipt, self._controller), indent=2)
+        return node_pb2.ExportConsentReceiptResponse(
+            kantara_json=kantara, receipt=_receipt_pb(latest.receipt)
+        )
+
+    def ListResidentExchanges(
+        self, request: node_pb2.ListResidentExchangesRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListResidentExchangesResponse:
+        items, token = self._exchanges.for_resident(
+            request.resident_id, request.page_size, request.page_token
+        )
+        return node_pb2.ListResidentExchangesResponse(
+            exchanges=[
+                node_pb2.ResidentExchange(
+                    request_id=e.request_id,
+                    partner=e.partner,
+                    purpose=e.purpose,
+                    dataset=e.dataset,
+                    agreement_id=e.agreement_id,
+                    agreement_version=e.agreement_version,
+                    released_at=timefmt.fmt(e.released_at),
+                    log_index=e.log_index,
+                )
+                for e in items
+            ],
+            next_page_token=token,
+        )
 
 
 class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):

@@ -22,9 +22,7 @@ from tests.conftest import PURPOSE, start_federation, stop_federation
 
 # Small on purpose: each verification of the whole set takes milliseconds.
 RESIDENTS_PER_CITY = 40
-BY_MODE = Query(
-    "mobility", PURPOSE, (Measure(MeasureKind.COUNT_RECORDS),), (Dimension("mode"),)
-)
+BY_MODE = Query("mobility", PURPOSE, (Measure(MeasureKind.COUNT_RECORDS),), (Dimension("mode"),))
 REFUSED = Query(
     "mobility", "direct-marketing", (Measure(MeasureKind.COUNT_RECORDS),), (Dimension("mode"),)
 )
@@ -66,7 +64,9 @@ class Bundles:
 
 
 def cli_export(config: Path, out: Path) -> None:
-    result = CliRunner().invoke(app, ["audit", "export", "--config", str(config), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["audit", "export", "--config", str(config), "--out", str(out)]
+    )
     assert result.exit_code == 0, (result.output, result.exception)
 
 

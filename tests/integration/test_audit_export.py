@@ -192,7 +192,7 @@ def test_an_entry_kind_changed_is_named(work: Bundles, kind: str) -> None:
     objs[j]["kind"] = kind
     _write_lines(path, [layout.line(o) for o in objs])
     e = _fails(work.all, work)
-    assert (e.file, e.entry) == (path, j)
+    assert (e.file, e.entry, e.reason) == (path, j, "ENTRY_KIND_MISMATCH")
 
 
 # -- truncated and missing files ---------------------------------------------------------------
@@ -342,14 +342,18 @@ def test_two_checkpoints_of_one_size_in_one_bundle_are_a_fork(work: Bundles) -> 
     j = len(lines) // 2
     size = json.loads(lines[j])["size"]
     other = hashlib.sha256(b"another tree").digest()
-    note = sign_note(checkpoint_body(_origin(CITY), size, other), _origin(CITY), _signer(work, CITY))
+    note = sign_note(
+        checkpoint_body(_origin(CITY), size, other), _origin(CITY), _signer(work, CITY)
+    )
     lines.insert(j + 1, layout.line({"size": size, "note": note}))
     _write_lines(path, lines)
     e = _fails(work.all, work)
     assert (e.file, e.entry, e.reason) == (path, j + 1, "LOG_FORK")
 
 
-def test_two_bundles_of_one_log_with_different_trees_are_a_fork(work: Bundles, tmp_path: Path) -> None:
+def test_two_bundles_of_one_log_with_different_trees_are_a_fork(
+    work: Bundles, tmp_path: Path
+) -> None:
     """The city shows a second auditor a history with its last two statements swapped: each bundle
     verifies alone (every entry and checkpoint is genuinely signed), together they are a fork."""
     honest = work.nodes[CITY]
@@ -363,7 +367,9 @@ def test_two_bundles_of_one_log_with_different_trees_are_a_fork(work: Bundles, t
     for o in entries:
         tree.append(leaf_hash(base64.b64decode(str(o["entry"]))))
     assert tree.root() != _last_checkpoint(honest)[2]
-    note = sign_note(checkpoint_body(_origin(CITY), n, tree.root()), _origin(CITY), _signer(work, CITY))
+    note = sign_note(
+        checkpoint_body(_origin(CITY), n, tree.root()), _origin(CITY), _signer(work, CITY)
+    )
     kept = [o for o in _objs(forked / layout.CHECKPOINTS) if int(str(o["size"])) <= n - 2]
     _write_lines(
         forked / layout.CHECKPOINTS,

@@ -51,7 +51,7 @@ def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
     consenting = people[::2]
     for r in consenting:
         registry.give(ConsentRecord(f"{r.resident_id}-c1", r.resident_id,
-                                    "urban-mobility-planning", "partner", "mobility",
+                                    ("urban-mobility-planning",), ("partner",), ("mobility",),
                                     timefmt.now(), None), actor="test")
     registry.withdraw(f"{consenting[0].resident_id}-c1", actor="test")
     catalogue = Catalogue.from_config(_catalogue_section())
@@ -59,7 +59,7 @@ def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
                   (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
                   group_by=(Dimension("trip_date", "month"),))
     with engine.connect() as conn:
-        result = aggregate.run(conn, query, catalogue.datasets["mobility"], "partner",
+        result = aggregate.run(conn, query, catalogue.datasets["mobility"], ("partner",),
                                timefmt.now(), k=1)
     allowed = {r.resident_id for r in consenting[1:]}
     rows = list(synthetic.trip_rows(people, 3, date(2026, 8, 1), 60, seed=1))

@@ -73,9 +73,9 @@ def consent_for(resident: str, kind: str) -> ConsentRecord:
     return ConsentRecord(
         f"{resident}-c",
         resident,
-        purpose,
-        recipient,
-        category,
+        (purpose,),
+        (recipient,),
+        (category,),
         starts,
         None if kind == "open-ended" else ends,
     )
@@ -207,7 +207,7 @@ def queries(draw: st.DrawFn) -> Query:
 @given(q=queries(), k=st.integers(1, 6))
 def test_run_matches_the_oracle(world: World, q: Query, k: int) -> None:
     with world.engine.connect() as conn:
-        result = aggregate.run(conn, q, DATASET, PARTNER, NOW, k)
+        result = aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
     expected, expected_withheld = oracle(world, q, k)
 
     def key_of(cell_key: dict[str, str]) -> tuple[str, ...]:
@@ -234,7 +234,7 @@ def test_every_released_cell_has_k_consenting_residents(world: World, q: Query, 
         q.dataset, q.purpose, (Measure(MeasureKind.COUNT_RESIDENTS),), q.group_by, q.filters
     )
     with world.engine.connect() as conn:
-        result = aggregate.run(conn, counted, DATASET, PARTNER, NOW, k)
+        result = aggregate.run(conn, counted, DATASET, (PARTNER,), NOW, k)
     assert all(c.values["count_residents"] >= k for c in result.cells)
 
 

@@ -38,9 +38,9 @@ def node(tmp_path: Path) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
             ConsentRecord(
                 f"{p.resident_id}-c",
                 p.resident_id,
-                PURPOSE,
-                PARTNER,
-                "mobility",
+                (PURPOSE,),
+                (PARTNER,),
+                ("mobility",),
                 now - timedelta(days=1),
                 None,
             ),
@@ -51,7 +51,7 @@ def node(tmp_path: Path) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
 
 def run(engine: sa.Engine, q: Query, k: int = 1) -> aggregate.AggregateResult:
     with engine.connect() as conn:
-        return aggregate.run(conn, q, DATASET, PARTNER, timefmt.now(), k)
+        return aggregate.run(conn, q, DATASET, (PARTNER,), timefmt.now(), k)
 
 
 def trips_of(engine: sa.Engine, resident: str) -> int:
@@ -160,6 +160,6 @@ def test_other_recipient_sees_nobody(node: tuple[sa.Engine, ConsentRegistry, lis
     engine, _, _ = node
     with engine.connect() as conn:
         result = aggregate.run(
-            conn, Query("mobility", PURPOSE, COUNTS), DATASET, "other-partner", timefmt.now(), 1
+            conn, Query("mobility", PURPOSE, COUNTS), DATASET, ("other-partner",), timefmt.now(), 1
         )
     assert result.cells == [] and result.withheld == [{}]

@@ -34,9 +34,9 @@ def record(**changes: Any) -> ConsentRecord:
     r = ConsentRecord(
         record_id="rec-1",
         resident_id="aurora-r000001",
-        purpose="urban-mobility-planning",
-        recipient="northwind",
-        data_category="mobility",
+        purposes=("urban-mobility-planning",),
+        recipients=("northwind",),
+        data_categories=("mobility",),
         valid_from=NOW - timedelta(days=1),
         valid_until=NOW + timedelta(days=30),
     )
@@ -84,10 +84,11 @@ def test_receipt_does_not_verify_with_another_key(registry: ConsentRegistry) -> 
 
 
 def test_give_twice_with_the_same_id(registry: ConsentRegistry) -> None:
-    registry.give(record(), actor="portal")
+    first = registry.give(record(), actor="portal")
+    assert registry.give(record(), actor="portal") == first  # same terms: idempotent
     with pytest.raises(AlreadyExists) as e:
         registry.give(record(resident_id="aurora-r000002"), actor="portal")
-    assert e.value.reason == "CONSENT_RECORD_EXISTS"
+    assert e.value.reason == "CONSENT_RECORD_CONFLICT"
     assert registry.get("rec-1").resident_id == "aurora-r000001"
     assert events(registry, "rec-1") == ["given"]
 
@@ -112,7 +113,7 @@ def test_withdraw_then_withdraw_again(registry: ConsentRegistry) -> None:
 
 def test_unknown_purpose(registry: ConsentRegistry) -> None:
     with pytest.raises(InvalidArgument) as e:
-        registry.give(record(purpose="selling-data"), actor="portal")
+        registry.give(record(purposes=("selling-data",)), actor="portal")
     assert e.value.reason == "PURPOSE_UNKNOWN"
 
 
@@ -125,11 +126,12 @@ def test_dates_in_the_wrong_order(registry: ConsentRegistry, until: object) -> N
         registry.get("rec-1")
 
 
-@pytest.mark.parametrize("field", ["record_id", "resident_id", "recipient", "data_category"])
+@pytest.mark.parametrize("field", ["record_id", "resident_id", "recipients", "data_categories"])
 @pytest.mark.parametrize("value", ["", "x" * (consent.MAX_ID_CHARS + 1)])
 def test_identifier_fields_are_bounded(registry: ConsentRegistry, field: str, value: str) -> None:
+    bad = (value,) if field in ("recipients", "data_categories") else value
     with pytest.raises(InvalidArgument) as e:
-        registry.give(record(**{field: value}), actor="portal")
+        registry.give(record(**{field: bad}), actor="portal")
     assert e.value.reason == "CONSENT_FIELD_INVALID"
     assert e.value.metadata == {"field": field}
 

@@ -34,24 +34,40 @@ class DescribeOfferResponse(_message.Message):
     def __init__(self, agreements: _Optional[_Iterable[_Union[_common_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
 class ConsentRecord(_message.Message):
-    __slots__ = ("record_id", "resident_id", "purpose", "recipient", "data_category", "valid_from", "valid_until", "state")
+    __slots__ = ("record_id", "resident_id", "purposes", "recipients", "data_categories", "valid_from", "valid_until", "state", "lawful_basis", "notice_url", "notice_hash", "language", "jurisdiction", "retention_days", "collection_method", "withdrawal_method")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_ID_FIELD_NUMBER: _ClassVar[int]
-    PURPOSE_FIELD_NUMBER: _ClassVar[int]
-    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
-    DATA_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     VALID_FROM_FIELD_NUMBER: _ClassVar[int]
     VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    LAWFUL_BASIS_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_URL_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_HASH_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    JURISDICTION_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_METHOD_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWAL_METHOD_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     resident_id: str
-    purpose: str
-    recipient: str
-    data_category: str
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    recipients: _containers.RepeatedScalarFieldContainer[str]
+    data_categories: _containers.RepeatedScalarFieldContainer[str]
     valid_from: str
     valid_until: str
     state: str
-    def __init__(self, record_id: _Optional[str] = ..., resident_id: _Optional[str] = ..., purpose: _Optional[str] = ..., recipient: _Optional[str] = ..., data_category: _Optional[str] = ..., valid_from: _Optional[str] = ..., valid_until: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    lawful_basis: str
+    notice_url: str
+    notice_hash: str
+    language: str
+    jurisdiction: str
+    retention_days: int
+    collection_method: str
+    withdrawal_method: str
+    def __init__(self, record_id: _Optional[str] = ..., resident_id: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., recipients: _Optional[_Iterable[str]] = ..., data_categories: _Optional[_Iterable[str]] = ..., valid_from: _Optional[str] = ..., valid_until: _Optional[str] = ..., state: _Optional[str] = ..., lawful_basis: _Optional[str] = ..., notice_url: _Optional[str] = ..., notice_hash: _Optional[str] = ..., language: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., retention_days: _Optional[int] = ..., collection_method: _Optional[str] = ..., withdrawal_method: _Optional[str] = ...) -> None: ...
 
 class GiveConsentRequest(_message.Message):
     __slots__ = ("record",)
@@ -60,6 +76,32 @@ class GiveConsentRequest(_message.Message):
     def __init__(self, record: _Optional[_Union[ConsentRecord, _Mapping]] = ...) -> None: ...
 
 class GiveConsentResponse(_message.Message):
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: _common_pb2.Envelope
+    def __init__(self, receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class RefuseConsentRequest(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: ConsentRecord
+    def __init__(self, record: _Optional[_Union[ConsentRecord, _Mapping]] = ...) -> None: ...
+
+class RefuseConsentResponse(_message.Message):
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: _common_pb2.Envelope
+    def __init__(self, receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class RenewConsentRequest(_message.Message):
+    __slots__ = ("record_id", "valid_until")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    valid_until: str
+    def __init__(self, record_id: _Optional[str] = ..., valid_until: _Optional[str] = ...) -> None: ...
+
+class RenewConsentResponse(_message.Message):
     __slots__ = ("receipt",)
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     receipt: _common_pb2.Envelope
@@ -77,6 +119,30 @@ class WithdrawConsentResponse(_message.Message):
     receipt: _common_pb2.Envelope
     def __init__(self, receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
+class RevokeConsentRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class RevokeConsentResponse(_message.Message):
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: _common_pb2.Envelope
+    def __init__(self, receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class InvalidateConsentRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class InvalidateConsentResponse(_message.Message):
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: _common_pb2.Envelope
+    def __init__(self, receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
 class GetConsentRequest(_message.Message):
     __slots__ = ("record_id",)
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +154,100 @@ class GetConsentResponse(_message.Message):
     RECORD_FIELD_NUMBER: _ClassVar[int]
     record: ConsentRecord
     def __init__(self, record: _Optional[_Union[ConsentRecord, _Mapping]] = ...) -> None: ...
+
+class ListResidentConsentsRequest(_message.Message):
+    __slots__ = ("resident_id", "page_size", "page_token")
+    RESIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resident_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, resident_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListResidentConsentsResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ConsentRecord]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[ConsentRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetConsentHistoryRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class ConsentEvent(_message.Message):
+    __slots__ = ("event", "actor", "at", "receipt")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    actor: str
+    at: str
+    receipt: _common_pb2.Envelope
+    def __init__(self, event: _Optional[str] = ..., actor: _Optional[str] = ..., at: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class GetConsentHistoryResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ConsentEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ConsentEvent, _Mapping]]] = ...) -> None: ...
+
+class ExportConsentReceiptRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class ExportConsentReceiptResponse(_message.Message):
+    __slots__ = ("kantara_json", "receipt")
+    KANTARA_JSON_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    kantara_json: str
+    receipt: _common_pb2.Envelope
+    def __init__(self, kantara_json: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class ListResidentExchangesRequest(_message.Message):
+    __slots__ = ("resident_id", "page_size", "page_token")
+    RESIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resident_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, resident_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ResidentExchange(_message.Message):
+    __slots__ = ("request_id", "partner", "purpose", "dataset", "agreement_id", "agreement_version", "released_at", "log_index")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_AT_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    partner: str
+    purpose: str
+    dataset: str
+    agreement_id: str
+    agreement_version: int
+    released_at: str
+    log_index: int
+    def __init__(self, request_id: _Optional[str] = ..., partner: _Optional[str] = ..., purpose: _Optional[str] = ..., dataset: _Optional[str] = ..., agreement_id: _Optional[str] = ..., agreement_version: _Optional[int] = ..., released_at: _Optional[str] = ..., log_index: _Optional[int] = ...) -> None: ...
+
+class ListResidentExchangesResponse(_message.Message):
+    __slots__ = ("exchanges", "next_page_token")
+    EXCHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    exchanges: _containers.RepeatedCompositeFieldContainer[ResidentExchange]
+    next_page_token: str
+    def __init__(self, exchanges: _Optional[_Iterable[_Union[ResidentExchange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ActivateAgreementRequest(_message.Message):
     __slots__ = ("agreement",)

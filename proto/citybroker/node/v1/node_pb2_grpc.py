@@ -149,7 +149,9 @@ class QueryService:
 
 
 class ConsentServiceStub:
-    """Residents' consent, called by the city's own operators (the residents' portal backend).
+    """Residents' consent (ISO/IEC TS 27560 records as mapped by W3C DPV), called by the city's own
+    operators: the residents' portal backend acting for a resident, or the city's data team.
+    Every event returns the city's signed consent receipt and is committed to the node's log first.
     """
 
     def __init__(self, channel):
@@ -163,36 +165,135 @@ class ConsentServiceStub:
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GiveConsentRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GiveConsentResponse.FromString,
                 _registered_method=True)
+        self.RefuseConsent = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/RefuseConsent',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RefuseConsentRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RefuseConsentResponse.FromString,
+                _registered_method=True)
+        self.RenewConsent = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/RenewConsent',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RenewConsentRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RenewConsentResponse.FromString,
+                _registered_method=True)
         self.WithdrawConsent = channel.unary_unary(
                 '/citybroker.node.v1.ConsentService/WithdrawConsent',
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.WithdrawConsentRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.WithdrawConsentResponse.FromString,
+                _registered_method=True)
+        self.RevokeConsent = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/RevokeConsent',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeConsentRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeConsentResponse.FromString,
+                _registered_method=True)
+        self.InvalidateConsent = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/InvalidateConsent',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.InvalidateConsentRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.InvalidateConsentResponse.FromString,
                 _registered_method=True)
         self.GetConsent = channel.unary_unary(
                 '/citybroker.node.v1.ConsentService/GetConsent',
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentResponse.FromString,
                 _registered_method=True)
+        self.ListResidentConsents = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/ListResidentConsents',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentConsentsRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentConsentsResponse.FromString,
+                _registered_method=True)
+        self.GetConsentHistory = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/GetConsentHistory',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentHistoryRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentHistoryResponse.FromString,
+                _registered_method=True)
+        self.ExportConsentReceipt = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/ExportConsentReceipt',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportConsentReceiptRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportConsentReceiptResponse.FromString,
+                _registered_method=True)
+        self.ListResidentExchanges = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/ListResidentExchanges',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
-    """Residents' consent, called by the city's own operators (the residents' portal backend).
+    """Residents' consent (ISO/IEC TS 27560 records as mapped by W3C DPV), called by the city's own
+    operators: the residents' portal backend acting for a resident, or the city's data team.
+    Every event returns the city's signed consent receipt and is committed to the node's log first.
     """
 
     def GiveConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A resident gives consent: a new record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefuseConsent(self, request, context):
+        """A resident records a refusal: a new record that never lets data out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewConsent(self, request, context):
+        """A resident renews a valid consent, optionally with a new end of validity.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A resident withdraws consent; every query that starts afterwards leaves them out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConsent(self, request, context):
+        """The city revokes a consent (for example when the service ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvalidateConsent(self, request, context):
+        """The city marks a consent invalid (for example obtained improperly).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConsent(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResidentConsents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsentHistory(self, request, context):
+        """Every event of one record, oldest first, each with its signed receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportConsentReceipt(self, request, context):
+        """The receipt of a record's latest event as Kantara Consent Receipt v1.1 JSON.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResidentExchanges(self, request, context):
+        """Which released results included this resident's records (GDPR Art. 15).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -205,15 +306,55 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GiveConsentRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GiveConsentResponse.SerializeToString,
             ),
+            'RefuseConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefuseConsent,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RefuseConsentRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RefuseConsentResponse.SerializeToString,
+            ),
+            'RenewConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewConsent,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RenewConsentRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RenewConsentResponse.SerializeToString,
+            ),
             'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.WithdrawConsent,
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.WithdrawConsentRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.WithdrawConsentResponse.SerializeToString,
             ),
+            'RevokeConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConsent,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeConsentRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeConsentResponse.SerializeToString,
+            ),
+            'InvalidateConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateConsent,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.InvalidateConsentRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.InvalidateConsentResponse.SerializeToString,
+            ),
             'GetConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsent,
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentResponse.SerializeToString,
+            ),
+            'ListResidentConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResidentConsents,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentConsentsRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentConsentsResponse.SerializeToString,
+            ),
+            'GetConsentHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsentHistory,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentHistoryRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentHistoryResponse.SerializeToString,
+            ),
+            'ExportConsentReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportConsentReceipt,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportConsentReceiptRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportConsentReceiptResponse.SerializeToString,
+            ),
+            'ListResidentExchanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResidentExchanges,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,7 +365,9 @@ def add_ConsentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ConsentService:
-    """Residents' consent, called by the city's own operators (the residents' portal backend).
+    """Residents' consent (ISO/IEC TS 27560 records as mapped by W3C DPV), called by the city's own
+    operators: the residents' portal backend acting for a resident, or the city's data team.
+    Every event returns the city's signed consent receipt and is committed to the node's log first.
     """
 
     @staticmethod
@@ -244,6 +387,60 @@ class ConsentService:
             '/citybroker.node.v1.ConsentService/GiveConsent',
             citybroker_dot_node_dot_v1_dot_node__pb2.GiveConsentRequest.SerializeToString,
             citybroker_dot_node_dot_v1_dot_node__pb2.GiveConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefuseConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/RefuseConsent',
+            citybroker_dot_node_dot_v1_dot_node__pb2.RefuseConsentRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.RefuseConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/RenewConsent',
+            citybroker_dot_node_dot_v1_dot_node__pb2.RenewConsentRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.RenewConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -282,6 +479,60 @@ class ConsentService:
             _registered_method=True)
 
     @staticmethod
+    def RevokeConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/RevokeConsent',
+            citybroker_dot_node_dot_v1_dot_node__pb2.RevokeConsentRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.RevokeConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/InvalidateConsent',
+            citybroker_dot_node_dot_v1_dot_node__pb2.InvalidateConsentRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.InvalidateConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetConsent(request,
             target,
             options=(),
@@ -298,6 +549,114 @@ class ConsentService:
             '/citybroker.node.v1.ConsentService/GetConsent',
             citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentRequest.SerializeToString,
             citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResidentConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/ListResidentConsents',
+            citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentConsentsRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsentHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/GetConsentHistory',
+            citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentHistoryRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportConsentReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/ExportConsentReceipt',
+            citybroker_dot_node_dot_v1_dot_node__pb2.ExportConsentReceiptRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.ExportConsentReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResidentExchanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/ListResidentExchanges',
+            citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
