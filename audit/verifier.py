@@ -47,6 +47,7 @@ STATEMENTS = {
     "refusal": ("city", "issued_at"),
     "receipt": ("broker", "issued_at"),
     "consent-receipt": ("city", "at"),
+    "agreement-revocation": ("revoked_by", "at"),
 }
 # The kinds each statement type is logged under (node/answering.py, node/service.py,
 # broker/exchange.py). A kind lies outside the Merkle leaf, so it is checked against its entry.
@@ -57,6 +58,7 @@ KINDS = {
     "receipt": {"exchange"},
     "consent-receipt": {"consent"},
     "agreement": {"agreement"},
+    "agreement-revocation": {"agreement"},
 }
 
 

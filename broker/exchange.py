@@ -172,6 +172,11 @@ class Broker:
                     verified_result=result,
                 )
             )
+
+        def jurisdiction(party_id: str) -> str:
+            party = bundle.party(party_id)
+            return party.jurisdiction if party else ""
+
         cells = merge.merge((o.city, o.verified_result) for o in outcomes if o.verified_result)
         receipt = dsse.sign(
             statements.RECEIPT,
@@ -192,9 +197,11 @@ class Broker:
                         if o.signed_result
                         else None,
                         "node_log_index": o.log_index if o.signed_result else None,
+                        "jurisdiction": jurisdiction(o.city),
                     }
                     for o in outcomes
                 ],
+                "partner_jurisdiction": jurisdiction(caller.issuer),
                 "answer_digest": statements.digest(dsse.canonical(merge.to_payload(cells))),
                 "issued_at": timefmt.fmt(timefmt.now()),
             },

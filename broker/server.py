@@ -35,6 +35,8 @@ class BrokerConfig:
     authority_key: Path
     city_timeout_s: float
     witness_interval_s: float
+    # Second listener, mTLS only, for federation parties (cities, auditors' tools) reading LogService.
+    peer_listen: str
 
     @classmethod
     def load(cls, path: Path) -> BrokerConfig:
@@ -50,6 +52,7 @@ class BrokerConfig:
             authority_key=tr.path_("authority_key"),
             city_timeout_s=top.float("city_timeout_s", 5.0),
             witness_interval_s=top.float("witness_interval_s", 10.0),
+            peer_listen=top.str("peer_listen", ""),
         )
 
 
@@ -99,6 +102,16 @@ class BrokerServer:
         )
         self.port = add_listener(
             self.server, config.listen, server_credentials(config.tls, require_client_cert=False)
+        )
+        # Partners have no certificates, so parties that must present one come in on their own port.
+        self.peer_port = (
+            add_listener(
+                self.server,
+                config.peer_listen,
+                server_credentials(config.tls, require_client_cert=True),
+            )
+            if config.peer_listen
+            else None
         )
 
     def start(self) -> BrokerServer:

@@ -18,6 +18,7 @@ from keys.ed25519 import Signer
 from keys.trust import Role, TrustBundle
 
 THING = "agreement"
+REVOCATION = "agreement-revocation"
 DEFAULT_K = 10
 MAX_COUNT = 1_000_000
 
@@ -46,6 +47,8 @@ class Agreement:
     valid_from: datetime
     valid_until: datetime
     retention_days: int
+    # Legal instruments the transfer relies on (e.g. "scc-2021"), for cross-border rules.
+    legal_instruments: frozenset[str] = frozenset()
 
     def in_force(self, at: datetime) -> bool:
         return self.valid_from <= at < self.valid_until
@@ -71,6 +74,7 @@ class Agreement:
             "valid_from": timefmt.fmt(self.valid_from),
             "valid_until": timefmt.fmt(self.valid_until),
             "retention_days": self.retention_days,
+            "legal_instruments": sorted(self.legal_instruments),
         }
 
     @classmethod
@@ -97,6 +101,7 @@ class Agreement:
                 valid_from=timefmt.parse(obj["valid_from"]),
                 valid_until=timefmt.parse(obj["valid_until"]),
                 retention_days=int(obj.get("retention_days", 0)),
+                legal_instruments=frozenset(str(i) for i in obj.get("legal_instruments", [])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VerificationError(
@@ -125,13 +130,42 @@ def sign(agreement: Agreement, *signers: Signer) -> dsse.Envelope:
     return dsse.sign(THING, agreement.to_payload(), *signers)
 
 
-def verify(envelope: dsse.Envelope, bundle: TrustBundle) -> Agreement:
-    """Accept an agreement only if the provider city and the consumer both signed these exact bytes,
-    with keys the trust bundle lists for them when the agreement starts.
+def unverified_terms(envelope: dsse.Envelope) -> Agreement:
+    """The terms of an agreement whose signatures are not checked yet: only to decide whose
+    signature to check, or to show a proposal to the person about to sign it."""
+    if envelope.payload_type != dsse.media_type(THING):
+        raise VerificationError(
+            f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
+        )
+    try:
+        return Agreement.from_payload(json.loads(envelope.payload))
+    except ValueError:
+        raise VerificationError(
+            "agreement payload is not JSON", reason="AGREEMENT_MALFORMED"
+        ) from None
 
-    The party names are read before the signatures are checked, only to choose whose keys to check
-    them against; nothing else of the payload is used until both signatures verify.
-    """
+
+def verify_signed_by(envelope: dsse.Envelope, bundle: TrustBundle, party: str) -> Agreement:
+    """A proposal: accept it if `party`, one of its two parties, signed these exact bytes."""
+    provider, consumer, starts, unverified = _parties(envelope, bundle)
+    if party not in (provider, consumer):
+        raise VerificationError(
+            f"{party} is not a party to this agreement", reason="AGREEMENT_PARTY_UNKNOWN"
+        )
+    if not dsse.verified_keyids(envelope, bundle.key_lookup(party, starts)):
+        raise VerificationError(
+            f"agreement lacks a valid signature of {party}",
+            reason="AGREEMENT_SIGNATURE_INVALID",
+            party=party,
+        )
+    return Agreement.from_payload(unverified)
+
+
+def _parties(
+    envelope: dsse.Envelope, bundle: TrustBundle
+) -> tuple[str, str, datetime, dict[str, Any]]:
+    """Provider, consumer and start of an unverified agreement, both parties known to the bundle.
+    Only used to choose whose keys to check the signatures against."""
     if envelope.payload_type != dsse.media_type(THING):
         raise VerificationError(
             f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
@@ -154,6 +188,17 @@ def verify(envelope: dsse.Envelope, bundle: TrustBundle) -> Agreement:
             f"agreement consumer {consumer!r} is not in the trust bundle",
             reason="AGREEMENT_PARTY_UNKNOWN",
         )
+    return provider, consumer, starts, unverified
+
+
+def verify(envelope: dsse.Envelope, bundle: TrustBundle) -> Agreement:
+    """Accept an agreement only if the provider city and the consumer both signed these exact bytes,
+    with keys the trust bundle lists for them when the agreement starts.
+
+    The party names are read before the signatures are checked, only to choose whose keys to check
+    them against; nothing else of the payload is used until both signatures verify.
+    """
+    provider, consumer, starts, unverified = _parties(envelope, bundle)
     for party in (provider, consumer):
         if not dsse.verified_keyids(envelope, bundle.key_lookup(party, starts)):
             raise VerificationError(
@@ -162,3 +207,54 @@ def verify(envelope: dsse.Envelope, bundle: TrustBundle) -> Agreement:
                 party=party,
             )
     return Agreement.from_payload(unverified)
+
+
+def sign_revocation(
+    agreement: Agreement, revoked_by: str, reason: str, signer: Signer
+) -> dsse.Envelope:
+    """Either party's signed statement that an agreement ends now."""
+    return dsse.sign(
+        REVOCATION,
+        {
+            "agreement_id": agreement.agreement_id,
+            "version": agreement.version,
+            "provider": agreement.provider,
+            "consumer": agreement.consumer,
+            "revoked_by": revoked_by,
+            "reason": reason,
+            "at": timefmt.fmt(timefmt.now()),
+        },
+        signer,
+    )
+
+
+def verify_revocation(
+    envelope: dsse.Envelope, agreement: Agreement, bundle: TrustBundle
+) -> dict[str, Any]:
+    """A revocation must name this agreement and be signed by the party it says revoked it."""
+    if envelope.payload_type != dsse.media_type(REVOCATION):
+        raise VerificationError(
+            f"expected an agreement revocation, got {envelope.payload_type!r}",
+            reason="PAYLOAD_TYPE_MISMATCH",
+        )
+    try:
+        unverified = json.loads(envelope.payload)
+        by, at = str(unverified["revoked_by"]), timefmt.parse(unverified["at"])
+    except (ValueError, KeyError, TypeError):
+        raise VerificationError(
+            "revocation payload is malformed", reason="REVOCATION_MALFORMED"
+        ) from None
+    if by not in (agreement.provider, agreement.consumer):
+        raise VerificationError(
+            f"{by} is not a party to agreement {agreement.agreement_id}",
+            reason="AGREEMENT_PARTY_UNKNOWN",
+        )
+    payload, _ = dsse.verify(envelope, REVOCATION, bundle.key_lookup(by, at))
+    if (payload.get("agreement_id"), payload.get("version")) != (
+        agreement.agreement_id,
+        agreement.version,
+    ):
+        raise VerificationError(
+            "the revocation is for another agreement", reason="REVOCATION_MISMATCH"
+        )
+    return payload

@@ -292,7 +292,8 @@ def query(
     console.print(table)
     for c in answer.cities:
         if c.status != "answered":
-            console.print(f"[yellow]{c.city}: {c.status} {c.code} {c.reason} {c.message}[/]")
+            line = escape(f"{c.city}: {c.status} {c.code} {c.reason} {c.message}")
+            console.print(f"[yellow]{line}[/]")
     console.print(f"verified {answer.signatures_verified} signatures")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import builtins
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ class Section:
             raise ConfigError(f"{self._where(key)} must be a table")
         return Section(v, self.path, f"{self.prefix}{key}.")
 
-    def keys(self) -> list[builtins.str]:
-        return list(self.data)
+    def __iter__(self) -> Iterator[builtins.str]:
+        """The keys of this table."""
+        return iter(list(self.data))
 
     def database_url(self, key: builtins.str) -> builtins.str:
         """A SQLAlchemy URL; a relative SQLite file is relative to the config file."""

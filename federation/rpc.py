@@ -143,11 +143,14 @@ class TlsFiles:
 
 
 def server_credentials(tls: TlsFiles, require_client_cert: bool) -> grpc.ServerCredentials:
-    """TLS with the federation CA. Without `require_client_cert` a client certificate is still
-    asked for and checked when offered (brokers: partners have none, cities and auditors do)."""
+    """TLS with the federation CA. gRPC either requires a client certificate or never asks for
+    one, so a server that serves both partners (no certificate) and federation parties listens on
+    two ports: one of each."""
     ca, cert, key = tls.read()
     return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=require_client_cert
+        [(key, cert)],
+        root_certificates=ca if require_client_cert else None,
+        require_client_auth=require_client_cert,
     )
 
 

@@ -159,6 +159,7 @@ def create(
         "EU-DE",
         "",
         grant(partner_signer),
+        categories=("public-transport-operator",),
     )
     layouts = {}
     for plan in cities:
@@ -188,7 +189,14 @@ def create(
                     "authority_key": str(authority_pub),
                 },
                 "datasets": {"mobility": synthetic.MOBILITY_CATALOGUE},
+                # Within the EU data may flow; anywhere else only under standard clauses.
+                "transfers": {"EU": "allowed", "*": "instrument:scc-2021"},
             },
+        )
+        # What the city's data team needs to administer its node from the CLI.
+        write_toml(
+            root / f"operator-{plan.id}.toml",
+            {"node": address, "ca_cert": str(ca_cert), "cert": str(op_cert), "key": str(op_key)},
         )
         layouts[plan.id] = CityLayout(plan, address, config, database, signer, op_cert, op_key)
 
@@ -206,6 +214,7 @@ def create(
             "signing_key": str(keys_dir / f"{broker_id}.key"),
             "city_timeout_s": 5.0,
             "witness_interval_s": 1.0,
+            "peer_listen": f"127.0.0.1:{ports.get(broker_id + '.peers') or free_port()}",
             "tls": {"ca_cert": str(ca_cert), "cert": str(cert), "key": str(key)},
             "trust": {"bundle": str(trust_path), "authority_key": str(authority_pub)},
         },

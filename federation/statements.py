@@ -113,7 +113,9 @@ def sign_result(
     cells: list[dict[str, Any]],
     withheld: list[dict[str, str]],
     signer: Signer,
+    jurisdictions: tuple[str, str] = ("", ""),
 ) -> dsse.Envelope:
+    """A city's signed, minimised answer; it states where the data comes from and goes to."""
     assert request.query is not None
     return dsse.sign(
         RESULT,
@@ -129,6 +131,7 @@ def sign_result(
             "min_cell_size": k,
             "cells": cells,
             "withheld": withheld,
+            "jurisdictions": {"provider": jurisdictions[0], "recipient": jurisdictions[1]},
             "issued_at": timefmt.fmt(timefmt.now()),
         },
         signer,

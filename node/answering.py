@@ -25,6 +25,7 @@ from keys.trust import TrustStore
 from node import aggregate, policy, taxonomy
 from node.agreements import AgreementRegister
 from node.catalogue import Catalogue
+from node.transfers import TransferRules
 from node.transparency import Exchange, ExchangeRecorder
 
 
@@ -56,6 +57,7 @@ class Answerer:
         data: sa.Engine,
         log: MerkleLog,
         exchanges: ExchangeRecorder,
+        transfers: TransferRules,
     ) -> None:
         self._s, self._signer, self._trust = settings, signer, trust
         self._agreements, self._catalogue, self._data, self._log = (
@@ -64,7 +66,7 @@ class Answerer:
             data,
             log,
         )
-        self._exchanges = exchanges
+        self._exchanges, self._transfers = exchanges, transfers
         self._replay = tokens.ReplayCache()
 
     def _authenticate(
@@ -120,6 +122,10 @@ class Answerer:
         )
         return release.result, indexes[1]
 
+    def _jurisdiction(self, party_id: str) -> str:
+        party = self._trust.current.party(party_id)
+        return party.jurisdiction if party else ""
+
     def _recipients(self, partner: str) -> tuple[str, ...]:
         """The partner by name and every recipient category the trust bundle puts it in."""
         party = self._trust.current.party(partner)
@@ -141,6 +147,8 @@ class Answerer:
             (a.verified for a in self._agreements.in_force_for(request.partner, started)),
             self._catalogue,
             started,
+            self._transfers,
+            self._jurisdiction(request.partner),
         )
         agreement = permit.agreement
         k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
@@ -157,6 +165,7 @@ class Answerer:
             [{"key": c.key, "values": c.values, "records": c.records} for c in answer.cells],
             answer.withheld,
             self._signer,
+            jurisdictions=(self._transfers.home, self._jurisdiction(request.partner)),
         )
         contributors = aggregate.contributors(
             query, ds, recipients, started, dialect, answer.withheld

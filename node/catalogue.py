@@ -51,11 +51,11 @@ class Catalogue:
     @classmethod
     def from_config(cls, section: Section) -> Catalogue:
         datasets = {}
-        for name in section.keys():  # noqa: SIM118  (Section is not a dict)
+        for name in section:
             ds = section.section(name)
             fields = {}
             fsec = ds.section("fields")
-            for fname in fsec.keys():  # noqa: SIM118
+            for fname in fsec:
                 f = fsec.section(fname)
                 try:
                     ftype = FieldType(f.str("type"))

@@ -15,6 +15,7 @@ from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
 from federation.query import FilterOp, Query
 from node import taxonomy
 from node.catalogue import Catalogue, FieldType
+from node.transfers import TransferRules
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,14 @@ def decide(
     agreements: Iterable[Agreement],
     catalogue: Catalogue,
     at: datetime,
+    transfers: TransferRules | None = None,
+    destination: str = "",
 ) -> Permit:
     """Return the permit (the newest covering agreement in force) or raise the refusal.
 
     Permission comes before existence: a partner with no agreement at all learns nothing about the
-    catalogue.
+    catalogue. With `transfers`, the data may only go to the partner's jurisdiction `destination`
+    as the node operator's rules allow under that agreement.
     """
     # A newer version of an agreement supersedes the older ones even before it comes into force,
     # as AgreementRegister.activate does: a superseded version never authorises anything.
@@ -151,6 +155,11 @@ def decide(
     first_refusal: CitybrokerError | None = None
     for a in in_force:
         refusal = _refusal(query, a)
+        if refusal is None and transfers is not None:
+            try:
+                transfers.check(destination, a)
+            except PermissionDenied as e:
+                refusal = e
         if refusal is None:
             return Permit(a)
         first_refusal = first_refusal or refusal

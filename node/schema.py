@@ -73,9 +73,13 @@ agreements = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("valid_from", sa.DateTime(), nullable=False),
     sa.Column("valid_until", sa.DateTime(), nullable=False),
-    # The DSSE envelope exactly as both parties signed it.
+    # The DSSE envelope exactly as signed (by one party while proposed, by both once active).
     sa.Column("envelope", sa.LargeBinary, nullable=False),
-    sa.Column("activated_at", sa.DateTime(), nullable=False),
+    sa.Column("activated_at", sa.DateTime(), nullable=True),
+    sa.Column("revoked_at", sa.DateTime(), nullable=True),
+    sa.Column("revoked_by", sa.String(128), nullable=True),
+    # The revoking party's signed statement.
+    sa.Column("revocation", sa.LargeBinary, nullable=True),
 )
 
 # Which residents' records went into which released result: the node's answer to a resident's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from node.agreements import AgreementRegister
 from node.answering import Answerer, NodeSettings
 from node.catalogue import Catalogue
 from node.consent import ConsentRegistry
+from node.transfers import TransferRules
 from node.transparency import ExchangeRecorder
 
 EXPIRY_INTERVAL_S = 60.0
@@ -46,6 +48,8 @@ class NodeConfig:
     operators: tuple[str, ...]
     k_floor: int
     catalogue: Catalogue
+    # Home jurisdiction filled in from the trust bundle when the node starts.
+    transfers: TransferRules
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -64,6 +68,7 @@ class NodeConfig:
             operators=tuple(top.strs("operators", [])),
             k_floor=top.int("k_floor", 5),
             catalogue=Catalogue.from_config(top.section("datasets")),
+            transfers=TransferRules.from_config("", top.section("transfers", required=False)),
         )
 
 
@@ -81,7 +86,7 @@ class NodeServer:
         trust_history.record(self.engine, bundle, trust_envelope)
         data = self.engine if config.data == config.database else storage.create_engine(config.data)
         self.log = MerkleLog(self.engine, origin=f"citybroker/node/{config.city}", signer=signer)
-        self.agreements = AgreementRegister(self.engine, config.city, store)
+        self.agreements = AgreementRegister(self.engine, config.city, store, signer)
         self.consents = ConsentRegistry(
             self.engine,
             config.city,
@@ -93,6 +98,7 @@ class NodeServer:
         if own is None:
             raise ConfigError(f"city {config.city} is not a city in the trust bundle")
         city_name = own.name
+        transfers = dataclasses.replace(config.transfers, home=own.jurisdiction)
         self._expiry_stop = threading.Event()
         self._expiry = threading.Thread(
             target=self._expire_consents, name="consent-expiry", daemon=True
@@ -106,6 +112,7 @@ class NodeServer:
             data,
             self.log,
             self.exchanges,
+            transfers,
         )
 
         def brokers() -> list[str]:

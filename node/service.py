@@ -10,11 +10,13 @@ import grpc
 from audit.log import MerkleLog
 from citybroker.common.v1 import common_pb2
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
-from federation.errors import InvalidArgument
+from federation.agreement import Agreement
+from federation.errors import InvalidArgument, VerificationError
+from federation.odrl import to_odrl
 from federation.rpc import peer_common_names
 from federation.wire import envelope_from_pb, envelope_to_pb
 from keys import dsse, timefmt
-from node.agreements import AgreementRegister
+from node.agreements import AgreementRegister, StoredAgreement
 from node.answering import Answerer
 from node.consent import ConsentRecord, ConsentRegistry
 from node.kantara import from_signed_receipt as kantara_receipt
@@ -231,9 +233,46 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
         )
 
 
+def _agreement_pb(a: StoredAgreement) -> node_pb2.GetAgreementResponse:
+    return node_pb2.GetAgreementResponse(
+        agreement=envelope_to_pb(a.envelope), status=a.status_at(timefmt.now())
+    )
+
+
 class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
+    """Agreements in force and their revocations are logged before the reply; proposals, signed
+    by one party only, are not evidence of anything yet."""
+
     def __init__(self, register: AgreementRegister, log: MerkleLog) -> None:
         self._register, self._log = register, log
+
+    def ProposeAgreement(
+        self, request: node_pb2.ProposeAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ProposeAgreementResponse:
+        try:
+            terms = json.loads(request.terms_json)
+        except ValueError:
+            raise InvalidArgument("terms_json is not JSON", reason="AGREEMENT_MALFORMED") from None
+        if not isinstance(terms, dict):
+            raise InvalidArgument("terms_json must be an object", reason="AGREEMENT_MALFORMED")
+        try:
+            agreement = Agreement.from_payload(terms)
+        except VerificationError as e:  # the document's own checks, here about caller input
+            raise InvalidArgument(e.message, reason=e.reason) from None
+        envelope = self._register.propose(agreement)
+        return node_pb2.ProposeAgreementResponse(agreement=envelope_to_pb(envelope))
+
+    def CountersignAgreement(
+        self, request: node_pb2.CountersignAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CountersignAgreementResponse:
+        envelope, agreement = self._register.countersign(envelope_from_pb(request.agreement))
+        in_force_here = agreement.provider == self._register.city
+        if in_force_here:
+            self._log.append(envelope.to_json(), kind="agreement")
+        return node_pb2.CountersignAgreementResponse(
+            agreement=envelope_to_pb(envelope),
+            status="active" if in_force_here else "countersigned",
+        )
 
     def ActivateAgreement(
         self, request: node_pb2.ActivateAgreementRequest, context: grpc.ServicerContext
@@ -243,20 +282,31 @@ class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
         self._log.append(envelope.to_json(), kind="agreement")
         return node_pb2.ActivateAgreementResponse(agreement_id=a.agreement_id, version=a.version)
 
+    def RevokeAgreement(
+        self, request: node_pb2.RevokeAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RevokeAgreementResponse:
+        given = envelope_from_pb(request.revocation) if request.HasField("revocation") else None
+        revocation = self._register.revoke(request.agreement_id, request.reason, given)
+        self._log.append(revocation.to_json(), kind="agreement")
+        return node_pb2.RevokeAgreementResponse(revocation=envelope_to_pb(revocation))
+
     def GetAgreement(
         self, request: node_pb2.GetAgreementRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetAgreementResponse:
-        a = self._register.get(request.agreement_id)
-        return node_pb2.GetAgreementResponse(agreement=envelope_to_pb(a.envelope), status=a.status)
+        return _agreement_pb(self._register.get(request.agreement_id))
 
     def ListAgreements(
         self, request: node_pb2.ListAgreementsRequest, context: grpc.ServicerContext
     ) -> node_pb2.ListAgreementsResponse:
         items, token = self._register.page(request.page_size, request.page_token)
         return node_pb2.ListAgreementsResponse(
-            agreements=[
-                node_pb2.GetAgreementResponse(agreement=envelope_to_pb(a.envelope), status=a.status)
-                for a in items
-            ],
-            next_page_token=token,
+            agreements=[_agreement_pb(a) for a in items], next_page_token=token
+        )
+
+    def ExportAgreementOdrl(
+        self, request: node_pb2.ExportAgreementOdrlRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ExportAgreementOdrlResponse:
+        a = self._register.get(request.agreement_id)
+        return node_pb2.ExportAgreementOdrlResponse(
+            odrl_json=json.dumps(to_odrl(a.verified), indent=2)
         )

@@ -33,12 +33,20 @@ class RunningFederation:
 
     def partner(self) -> PartnerClient:
         f = self.fed
-        return PartnerClient.connect(f.broker_address, f.broker_id, f.partner_id,
-                                     f.partner_signer, f.ca_cert, f.trust_bundle, f.authority_key)
+        return PartnerClient.connect(
+            f.broker_address,
+            f.broker_id,
+            f.partner_id,
+            f.partner_signer,
+            f.ca_cert,
+            f.trust_bundle,
+            f.authority_key,
+        )
 
 
-def start_federation(root: Path, residents_per_city: int = 200,
-                     consent_share: float = 0.7) -> RunningFederation:
+def start_federation(
+    root: Path, residents_per_city: int = 200, consent_share: float = 0.7
+) -> RunningFederation:
     fed = sandbox.create(root)
     consenting: dict[str, list[synthetic.Resident]] = {}
     people: dict[str, list[synthetic.Resident]] = {}
@@ -48,19 +56,27 @@ def start_federation(root: Path, residents_per_city: int = 200,
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, i)
         synthetic.load_trips(engine, synthetic.trip_rows(people[city], 4, date(2026, 8, 1), 92, i))
         engine.dispose()
-    nodes = {c: NodeServer(NodeConfig.load(layout.config)).start()
-             for c, layout in fed.cities.items()}
+    nodes = {
+        c: NodeServer(NodeConfig.load(layout.config)).start() for c, layout in fed.cities.items()
+    }
     broker = BrokerServer(BrokerConfig.load(fed.broker_config)).start()
     operators = {}
     for city, layout in fed.cities.items():
         op = OperatorClient(layout.address, fed.ca_cert, layout.operator_cert, layout.operator_key)
         operators[city] = op
-        op.activate_agreement(agreement_doc.sign(fed.agreement(city), layout.signer,
-                                                 fed.partner_signer))
+        op.activate_agreement(
+            agreement_doc.sign(fed.agreement(city), layout.signer, fed.partner_signer)
+        )
         rng = random.Random(city)
         consenting[city] = [r for r in people[city] if rng.random() < consent_share]
-        op.give_consents([consent_record(f"{r.resident_id}-c1", r.resident_id, PURPOSE,
-                                         fed.partner_id, "mobility") for r in consenting[city]])
+        op.give_consents(
+            [
+                consent_record(
+                    f"{r.resident_id}-c1", r.resident_id, PURPOSE, fed.partner_id, "mobility"
+                )
+                for r in consenting[city]
+            ]
+        )
     return RunningFederation(fed, nodes, broker, operators, consenting)
 
 

@@ -57,6 +57,7 @@ def impatient_broker(fresh_federation: RunningFederation, tmp_path: Path) -> Ite
     config = dataclasses.replace(
         BrokerConfig.load(fresh_federation.fed.broker_config),
         listen="127.0.0.1:0",
+        peer_listen="",
         database=f"sqlite:///{tmp_path / 'impatient-broker.db'}",
         city_timeout_s=1.5,
     )

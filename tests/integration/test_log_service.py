@@ -4,7 +4,7 @@ inclusion and consistency proofs that verify against the signed roots; strangers
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +20,6 @@ from federation.rpc import CHANNEL_OPTIONS, remote_error
 from tests.conftest import PURPOSE, RunningFederation, start_federation, stop_federation
 
 BY_MODE = Query("mobility", PURPOSE, (Measure(MeasureKind.COUNT_RECORDS),), (Dimension("mode"),))
-
-# Known bug: the broker listens with require_client_auth=False, and gRPC then never asks for a client
-# certificate (GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE), so the LogService guard never sees the
-# city's certificate and refuses everyone. Remove this mark once the broker admits federation peers.
-BROKER_LOG_UNREACHABLE = pytest.mark.xfail(
-    strict=True,
-    raises=(grpc.RpcError, AssertionError),
-    reason="the broker never requests client certificates, so its LogService refuses every city",
-)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +61,11 @@ class Channels:
     def log(self, party: str, identity: str | None) -> Log:
         fed = self.rf.fed
         if party == fed.broker_id:
-            address, origin, key = (
-                fed.broker_address,
-                f"citybroker/broker/{party}",
-                fed.broker_signer,
+            # Partners (no certificate) use the broker's main port; parties its mTLS peer port.
+            address = (
+                fed.broker_address if identity is None else f"127.0.0.1:{self.rf.broker.peer_port}"
             )
+            origin, key = f"citybroker/broker/{party}", fed.broker_signer
         else:
             layout = fed.cities[party]
             address, origin, key = layout.address, f"citybroker/node/{party}", layout.signer
@@ -97,11 +88,11 @@ READERS = [
     pytest.param("aurora", "aurora.operator", id="aurora-read-by-its-operator"),
     pytest.param("aurora", "broker-1", id="aurora-read-by-the-broker"),
     pytest.param("aurora", "borealis", id="aurora-read-by-another-city"),
-    pytest.param("broker-1", "cascadia", id="broker-read-by-a-city", marks=BROKER_LOG_UNREACHABLE),
+    pytest.param("broker-1", "cascadia", id="broker-read-by-a-city"),
 ]
 NODE_AND_BROKER = [
     pytest.param("aurora", id="node"),
-    pytest.param("broker-1", id="broker", marks=BROKER_LOG_UNREACHABLE),
+    pytest.param("broker-1", id="broker"),
 ]
 
 
@@ -178,7 +169,7 @@ def test_inclusion_and_consistency_proofs_verify(
     "party",
     [
         pytest.param("cascadia", id="node"),
-        pytest.param("broker-1", id="broker", marks=BROKER_LOG_UNREACHABLE),
+        pytest.param("broker-1", id="broker"),
     ],
 )
 def test_consistency_between_two_signed_checkpoints(
@@ -233,7 +224,7 @@ def test_a_bad_page_token_is_invalid_argument(channels: Channels, party: str, to
 def test_proofs_outside_the_log_are_invalid_argument(channels: Channels, party: str) -> None:
     log = channels.log(party, "cascadia")
     size, _ = _checkpoint(log)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: log.stub.GetInclusionProof(
             audit_pb2.GetInclusionProofRequest(index=size, tree_size=size), timeout=10
         ),
@@ -267,13 +258,14 @@ def test_proofs_outside_the_log_are_invalid_argument(channels: Channels, party: 
 )
 def test_strangers_are_refused(channels: Channels, party: str, identity: str | None) -> None:
     log = channels.log(party, identity)
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: log.stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=10),
         lambda: log.stub.ListEntries(audit_pb2.ListEntriesRequest(), timeout=10),
         lambda: log.stub.GetConsistencyProof(
             audit_pb2.GetConsistencyProofRequest(from_size=1, to_size=1), timeout=10
         ),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(grpc.RpcError) as info:
             call()
         err = remote_error(info.value)

@@ -16,8 +16,15 @@ from node import aggregate, synthetic
 from node.catalogue import Catalogue
 from node.consent import ConsentRecord, ConsentRegistry
 
-TABLES = {"consent_records", "consent_events", "agreements", "log_entries", "log_nodes",
-          "log_checkpoints", "alembic_version"}
+TABLES = {
+    "consent_records",
+    "consent_events",
+    "agreements",
+    "log_entries",
+    "log_nodes",
+    "log_checkpoints",
+    "alembic_version",
+}
 
 
 def _engine(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> sa.Engine:
@@ -43,24 +50,38 @@ def test_migrations_upgrade_empty_database_to_head_and_back(engine: sa.Engine) -
 
 
 def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
-        engine: sa.Engine) -> None:
+    engine: sa.Engine,
+) -> None:
     storage.upgrade(engine)
     people = synthetic.residents("c", ("North", "South"), 60, seed=1)
     synthetic.load_trips(engine, synthetic.trip_rows(people, 3, date(2026, 8, 1), 60, seed=1))
     registry = ConsentRegistry(engine, "c", Signer.generate())
     consenting = people[::2]
     for r in consenting:
-        registry.give(ConsentRecord(f"{r.resident_id}-c1", r.resident_id,
-                                    ("urban-mobility-planning",), ("partner",), ("mobility",),
-                                    timefmt.now(), None), actor="test")
+        registry.give(
+            ConsentRecord(
+                f"{r.resident_id}-c1",
+                r.resident_id,
+                ("urban-mobility-planning",),
+                ("partner",),
+                ("mobility",),
+                timefmt.now(),
+                None,
+            ),
+            actor="test",
+        )
     registry.withdraw(f"{consenting[0].resident_id}-c1", actor="test")
     catalogue = Catalogue.from_config(_catalogue_section())
-    query = Query("mobility", "urban-mobility-planning",
-                  (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
-                  group_by=(Dimension("trip_date", "month"),))
+    query = Query(
+        "mobility",
+        "urban-mobility-planning",
+        (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
+        group_by=(Dimension("trip_date", "month"),),
+    )
     with engine.connect() as conn:
-        result = aggregate.run(conn, query, catalogue.datasets["mobility"], ("partner",),
-                               timefmt.now(), k=1)
+        result = aggregate.run(
+            conn, query, catalogue.datasets["mobility"], ("partner",), timefmt.now(), k=1
+        )
     allowed = {r.resident_id for r in consenting[1:]}
     rows = list(synthetic.trip_rows(people, 3, date(2026, 8, 1), 60, seed=1))
     expected: dict[str, tuple[int, set[str]]] = {}
@@ -69,8 +90,10 @@ def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
             month = row["trip_date"].strftime("%Y-%m")  # type: ignore[attr-defined]
             n, who = expected.get(month, (0, set()))
             expected[month] = (n + 1, who | {str(row["resident_id"])})
-    got = {c.key["trip_date"]: (c.values["count_records"], c.values["count_residents"])
-           for c in result.cells}
+    got = {
+        c.key["trip_date"]: (c.values["count_records"], c.values["count_residents"])
+        for c in result.cells
+    }
     assert got == {m: (n, len(who)) for m, (n, who) in expected.items()}
 
 

@@ -37,7 +37,7 @@ class Corpus:
 
 
 def _structural(data: bytes) -> tuple[int, ...]:
-    inside = set()
+    inside: set[int] = set()
     for m in ENTRY_VALUE.finditer(data):
         inside.update(range(m.start(1), m.end(1)))
     return tuple(i for i in range(len(data)) if i not in inside)

@@ -249,6 +249,32 @@ class ListResidentExchangesResponse(_message.Message):
     next_page_token: str
     def __init__(self, exchanges: _Optional[_Iterable[_Union[ResidentExchange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class ProposeAgreementRequest(_message.Message):
+    __slots__ = ("terms_json",)
+    TERMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    terms_json: str
+    def __init__(self, terms_json: _Optional[str] = ...) -> None: ...
+
+class ProposeAgreementResponse(_message.Message):
+    __slots__ = ("agreement",)
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    agreement: _common_pb2.Envelope
+    def __init__(self, agreement: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class CountersignAgreementRequest(_message.Message):
+    __slots__ = ("agreement",)
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    agreement: _common_pb2.Envelope
+    def __init__(self, agreement: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class CountersignAgreementResponse(_message.Message):
+    __slots__ = ("agreement", "status")
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    agreement: _common_pb2.Envelope
+    status: str
+    def __init__(self, agreement: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., status: _Optional[str] = ...) -> None: ...
+
 class ActivateAgreementRequest(_message.Message):
     __slots__ = ("agreement",)
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +288,22 @@ class ActivateAgreementResponse(_message.Message):
     agreement_id: str
     version: int
     def __init__(self, agreement_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RevokeAgreementRequest(_message.Message):
+    __slots__ = ("agreement_id", "reason", "revocation")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    reason: str
+    revocation: _common_pb2.Envelope
+    def __init__(self, agreement_id: _Optional[str] = ..., reason: _Optional[str] = ..., revocation: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class RevokeAgreementResponse(_message.Message):
+    __slots__ = ("revocation",)
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    revocation: _common_pb2.Envelope
+    def __init__(self, revocation: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class GetAgreementRequest(_message.Message):
     __slots__ = ("agreement_id",)
@@ -292,3 +334,15 @@ class ListAgreementsResponse(_message.Message):
     agreements: _containers.RepeatedCompositeFieldContainer[GetAgreementResponse]
     next_page_token: str
     def __init__(self, agreements: _Optional[_Iterable[_Union[GetAgreementResponse, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ExportAgreementOdrlRequest(_message.Message):
+    __slots__ = ("agreement_id",)
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    def __init__(self, agreement_id: _Optional[str] = ...) -> None: ...
+
+class ExportAgreementOdrlResponse(_message.Message):
+    __slots__ = ("odrl_json",)
+    ODRL_JSON_FIELD_NUMBER: _ClassVar[int]
+    odrl_json: str
+    def __init__(self, odrl_json: _Optional[str] = ...) -> None: ...

@@ -669,7 +669,9 @@ class ConsentService:
 
 
 class AgreementServiceStub:
-    """Data-sharing agreements, called by the city's own operators.
+    """Data-sharing agreements, called by the city's own operators. Lifecycle: proposed -> active
+    (once both parties signed; the other party's signature is checked against the trust bundle) ->
+    superseded by a newer version | revoked by either party | expired.
     """
 
     def __init__(self, channel):
@@ -678,10 +680,25 @@ class AgreementServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ProposeAgreement = channel.unary_unary(
+                '/citybroker.node.v1.AgreementService/ProposeAgreement',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ProposeAgreementRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ProposeAgreementResponse.FromString,
+                _registered_method=True)
+        self.CountersignAgreement = channel.unary_unary(
+                '/citybroker.node.v1.AgreementService/CountersignAgreement',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.CountersignAgreementRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.CountersignAgreementResponse.FromString,
+                _registered_method=True)
         self.ActivateAgreement = channel.unary_unary(
                 '/citybroker.node.v1.AgreementService/ActivateAgreement',
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ActivateAgreementRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ActivateAgreementResponse.FromString,
+                _registered_method=True)
+        self.RevokeAgreement = channel.unary_unary(
+                '/citybroker.node.v1.AgreementService/RevokeAgreement',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeAgreementRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeAgreementResponse.FromString,
                 _registered_method=True)
         self.GetAgreement = channel.unary_unary(
                 '/citybroker.node.v1.AgreementService/GetAgreement',
@@ -693,14 +710,44 @@ class AgreementServiceStub:
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListAgreementsRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListAgreementsResponse.FromString,
                 _registered_method=True)
+        self.ExportAgreementOdrl = channel.unary_unary(
+                '/citybroker.node.v1.AgreementService/ExportAgreementOdrl',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportAgreementOdrlRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportAgreementOdrlResponse.FromString,
+                _registered_method=True)
 
 
 class AgreementServiceServicer:
-    """Data-sharing agreements, called by the city's own operators.
+    """Data-sharing agreements, called by the city's own operators. Lifecycle: proposed -> active
+    (once both parties signed; the other party's signature is checked against the trust bundle) ->
+    superseded by a newer version | revoked by either party | expired.
     """
 
+    def ProposeAgreement(self, request, context):
+        """This city signs new terms. As the provider it keeps the proposal until the consumer's
+        countersigned copy is activated; as the consumer it sends the proposal to the provider.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountersignAgreement(self, request, context):
+        """This city adds its signature to a proposal the other party signed (received as a file);
+        if this city provides the data the agreement is in force at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ActivateAgreement(self, request, context):
-        """Stores an agreement signed by both parties; it is in force from its validity window on.
+        """Puts in force an agreement both parties signed; older versions become superseded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAgreement(self, request, context):
+        """Ends the active version at once: revoked by this city, or by the consumer's signed revocation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -718,13 +765,35 @@ class AgreementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAgreementOdrl(self, request, context):
+        """The agreement as a W3C ODRL 2.2 policy (JSON-LD) for dataspace connectors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgreementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ProposeAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeAgreement,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ProposeAgreementRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ProposeAgreementResponse.SerializeToString,
+            ),
+            'CountersignAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountersignAgreement,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.CountersignAgreementRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.CountersignAgreementResponse.SerializeToString,
+            ),
             'ActivateAgreement': grpc.unary_unary_rpc_method_handler(
                     servicer.ActivateAgreement,
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ActivateAgreementRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ActivateAgreementResponse.SerializeToString,
+            ),
+            'RevokeAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgreement,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeAgreementRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.RevokeAgreementResponse.SerializeToString,
             ),
             'GetAgreement': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAgreement,
@@ -736,6 +805,11 @@ def add_AgreementServiceServicer_to_server(servicer, server):
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListAgreementsRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListAgreementsResponse.SerializeToString,
             ),
+            'ExportAgreementOdrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAgreementOdrl,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportAgreementOdrlRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ExportAgreementOdrlResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'citybroker.node.v1.AgreementService', rpc_method_handlers)
@@ -745,8 +819,64 @@ def add_AgreementServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgreementService:
-    """Data-sharing agreements, called by the city's own operators.
+    """Data-sharing agreements, called by the city's own operators. Lifecycle: proposed -> active
+    (once both parties signed; the other party's signature is checked against the trust bundle) ->
+    superseded by a newer version | revoked by either party | expired.
     """
+
+    @staticmethod
+    def ProposeAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.AgreementService/ProposeAgreement',
+            citybroker_dot_node_dot_v1_dot_node__pb2.ProposeAgreementRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.ProposeAgreementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountersignAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.AgreementService/CountersignAgreement',
+            citybroker_dot_node_dot_v1_dot_node__pb2.CountersignAgreementRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.CountersignAgreementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ActivateAgreement(request,
@@ -765,6 +895,33 @@ class AgreementService:
             '/citybroker.node.v1.AgreementService/ActivateAgreement',
             citybroker_dot_node_dot_v1_dot_node__pb2.ActivateAgreementRequest.SerializeToString,
             citybroker_dot_node_dot_v1_dot_node__pb2.ActivateAgreementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.AgreementService/RevokeAgreement',
+            citybroker_dot_node_dot_v1_dot_node__pb2.RevokeAgreementRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.RevokeAgreementResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -819,6 +976,33 @@ class AgreementService:
             '/citybroker.node.v1.AgreementService/ListAgreements',
             citybroker_dot_node_dot_v1_dot_node__pb2.ListAgreementsRequest.SerializeToString,
             citybroker_dot_node_dot_v1_dot_node__pb2.ListAgreementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAgreementOdrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.AgreementService/ExportAgreementOdrl',
+            citybroker_dot_node_dot_v1_dot_node__pb2.ExportAgreementOdrlRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.ExportAgreementOdrlResponse.FromString,
             options,
             channel_credentials,
             insecure,
