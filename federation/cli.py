@@ -11,10 +11,11 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from federation.agreement_cli import agreement_app, node_agreement_app
+from federation.cli_output import console, err, error, fail
 from federation.errors import CitybrokerError
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 
@@ -27,21 +28,11 @@ node_app = typer.Typer(help="Run and administer a city's node.", no_args_is_help
 broker_app = typer.Typer(help="Run a federation broker.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(broker_app, name="broker")
+node_app.add_typer(node_agreement_app, name="agreement")
+app.add_typer(agreement_app, name="agreement")
 audit_app = typer.Typer(help="Export and verify audit bundles, offline.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-# Wide enough for the demo tables when output is not a terminal (CI logs, pipes).
-console = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
-
-
-def _error(message: str) -> None:
-    # Messages quote paths and (in audit) bundle content: print them as text, on one line.
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    _error(message)
-    return typer.Exit(code)
+_error, _fail = error, fail
 
 
 def _serve_until_signalled(start: Any, stop: Any, what: str) -> None:

@@ -196,7 +196,13 @@ def create(
         # What the city's data team needs to administer its node from the CLI.
         write_toml(
             root / f"operator-{plan.id}.toml",
-            {"node": address, "ca_cert": str(ca_cert), "cert": str(op_cert), "key": str(op_key)},
+            {
+                "city": plan.id,
+                "node": address,
+                "ca_cert": str(ca_cert),
+                "cert": str(op_cert),
+                "key": str(op_key),
+            },
         )
         layouts[plan.id] = CityLayout(plan, address, config, database, signer, op_cert, op_key)
 
