@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -75,7 +75,7 @@ class ConsentRecord:
         }
 
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(dsse.canonical(self.terms())).hexdigest()
+        return terms_digest(self.terms())
 
     def scopes(self) -> list[tuple[str, str, str]]:
         return [
@@ -188,7 +188,29 @@ def page_size(requested: int) -> int:
     return MAX_PAGE if requested <= 0 else min(requested, MAX_PAGE)
 
 
-def _record_row(record: ConsentRecord, state: State) -> dict[str, Any]:
+def terms_digest(terms: dict[str, Any]) -> str:
+    """The content digest of a record's terms (`ConsentRecord.terms()`)."""
+    return "sha256:" + hashlib.sha256(dsse.canonical(terms)).hexdigest()
+
+
+def receipt_payload(
+    city: str, record: ConsentRecord, event: Event, actor: str, at: datetime, state: State
+) -> dict[str, Any]:
+    """What a consent receipt signs: the city, the record's terms and the event."""
+    terms = record.terms()
+    return {
+        "city": city,
+        **terms,
+        "event": event.value,
+        "actor": actor,
+        "at": timefmt.fmt(at),
+        "state": state.value,
+        "terms_digest": terms_digest(terms),
+    }
+
+
+def record_row(record: ConsentRecord, state: State, digest: str | None = None) -> dict[str, Any]:
+    """The consent_records row of a record (`digest`: its precomputed `record.digest()`)."""
     return {
         "record_id": record.record_id,
         "resident_id": record.resident_id,
@@ -203,11 +225,11 @@ def _record_row(record: ConsentRecord, state: State) -> dict[str, Any]:
         "valid_from": timefmt.to_db(record.valid_from),
         "valid_until": timefmt.to_db(record.valid_until) if record.valid_until else None,
         "state": state.value,
-        "content_digest": record.digest(),
+        "content_digest": digest if digest is not None else record.digest(),
     }
 
 
-def _scope_rows(record: ConsentRecord, state: State) -> list[dict[str, Any]]:
+def scope_rows(record: ConsentRecord, state: State) -> list[dict[str, Any]]:
     valid_from = timefmt.to_db(record.valid_from)
     valid_until = timefmt.to_db(record.valid_until) if record.valid_until else None
     return [
@@ -241,17 +263,7 @@ class ConsentRegistry:
     ) -> bytes:
         """The signed consent receipt of one event (DSSE over canonical JSON)."""
         return dsse.sign(
-            RECEIPT,
-            {
-                "city": self._city,
-                **record.terms(),
-                "event": event.value,
-                "actor": actor,
-                "at": timefmt.fmt(at),
-                "state": state.value,
-                "terms_digest": record.digest(),
-            },
-            self._signer,
+            RECEIPT, receipt_payload(self._city, record, event, actor, at, state), self._signer
         ).to_json()
 
     # -- events ------------------------------------------------------------------------------
@@ -288,8 +300,8 @@ class ConsentRegistry:
                     .limit(1)
                 ).scalar_one()
                 return bytes(first)
-            conn.execute(consent_records.insert().values(_record_row(record, state)))
-            conn.execute(consent_scopes.insert(), _scope_rows(record, state))
+            conn.execute(consent_records.insert().values(record_row(record, state)))
+            conn.execute(consent_scopes.insert(), scope_rows(record, state))
             conn.execute(
                 consent_events.insert().values(
                     record_id=record.record_id,
@@ -427,21 +439,29 @@ class ConsentRegistry:
                 consent_scopes.c.purpose, consent_scopes.c.recipient, consent_scopes.c.data_category
             ).where(consent_scopes.c.record_id == record_id)
         ).all()
-        return ConsentRecord(
-            record_id=row["record_id"],
-            resident_id=row["resident_id"],
-            purposes=tuple(sorted({s[0] for s in scopes})),
-            recipients=tuple(sorted({s[1] for s in scopes})),
-            data_categories=tuple(sorted({s[2] for s in scopes})),
-            valid_from=timefmt.from_db(row["valid_from"]),
-            valid_until=timefmt.from_db(row["valid_until"]) if row["valid_until"] else None,
-            lawful_basis=row["lawful_basis"],
-            notice_url=row["notice_url"],
-            notice_hash=row["notice_hash"],
-            language=row["language"],
-            jurisdiction=row["jurisdiction"],
-            retention_days=row["retention_days"],
-            collection_method=row["collection_method"],
-            withdrawal_method=row["withdrawal_method"],
-            state=State(row["state"]),
-        )
+        return record_from_row(row, [(s[0], s[1], s[2]) for s in scopes])
+
+
+def record_from_row(
+    row: Mapping[Any, Any], scopes: Iterable[tuple[str, str, str]]
+) -> ConsentRecord:
+    """A stored record: its consent_records row and its (purpose, recipient, category) scopes."""
+    covered = list(scopes)
+    return ConsentRecord(
+        record_id=row["record_id"],
+        resident_id=row["resident_id"],
+        purposes=tuple(sorted({s[0] for s in covered})),
+        recipients=tuple(sorted({s[1] for s in covered})),
+        data_categories=tuple(sorted({s[2] for s in covered})),
+        valid_from=timefmt.from_db(row["valid_from"]),
+        valid_until=timefmt.from_db(row["valid_until"]) if row["valid_until"] else None,
+        lawful_basis=row["lawful_basis"],
+        notice_url=row["notice_url"],
+        notice_hash=row["notice_hash"],
+        language=row["language"],
+        jurisdiction=row["jurisdiction"],
+        retention_days=row["retention_days"],
+        collection_method=row["collection_method"],
+        withdrawal_method=row["withdrawal_method"],
+        state=State(row["state"]),
+    )
