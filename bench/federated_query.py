@@ -152,6 +152,10 @@ class Level:
         return 1000 * self.cpu_s.get(role, 0.0) / self.completed if self.completed else 0.0
 
     @property
+    def cpu_ms_per_query_total(self) -> float:
+        return sum(self.cpu_ms_per_query(role) for role in ("broker", "nodes", "generator"))
+
+    @property
     def other_load(self) -> float:
         """Cores busy with anything but this benchmark's processes during the window."""
         ours = sum(v for role, v in self.cpu_s.items() if role != "machine")
@@ -379,6 +383,9 @@ def noop_topology(fed: sandbox.LocalFederation) -> Iterator[dict[str, list[int]]
 # -- reporting -----------------------------------------------------------------------------------
 
 
+ROLES = ("broker", "nodes", "generator")
+
+
 def levels_table(real: list[Level], noop: list[Level]) -> Table:
     t = Table(title="Federated query: real topology against bare gRPC fan-out (same run)")
     for col in (
@@ -390,9 +397,7 @@ def levels_table(real: list[Level], noop: list[Level]) -> Table:
         "real p99 ms",
         "no-op p50 ms",
         "no-op p99 ms",
-        "real CPU ms/q\nbroker | nodes | gen",
-        "no-op CPU ms/q\nbroker | nodes | gen",
-        "other load, cores\nreal | no-op",
+        "other load\nreal | no-op",
     ):
         t.add_column(col, justify="right")
     for r, n in zip(real, noop, strict=True):
@@ -405,17 +410,38 @@ def levels_table(real: list[Level], noop: list[Level]) -> Table:
             fmt_number(r.p99),
             fmt_number(n.p50, 2),
             fmt_number(n.p99, 2),
-            cpu_cell(r),
-            cpu_cell(n),
             f"{r.other_load:.2f} | {n.other_load:.2f}",
         )
+    t.caption = "other load: cores kept busy by processes outside the benchmark during the window"
     return t
 
 
-def cpu_cell(level: Level) -> str:
-    return " | ".join(
-        f"{level.cpu_ms_per_query(role):.2f}" for role in ("broker", "nodes", "generator")
+def cpu_table(real: list[Level], noop: list[Level]) -> Table:
+    t = Table(title="CPU per query, ms (user + system, all threads of each process)")
+    t.add_column("concurrency", justify="right")
+    for who in ("real", "no-op"):
+        for role in (*ROLES, "total"):
+            t.add_column(f"{who}\n{role}", justify="right")
+    t.add_column("no-op total /\nreal total", justify="right")
+    for r, n in zip(real, noop, strict=True):
+        t.add_row(
+            str(r.concurrency),
+            *(f"{r.cpu_ms_per_query(role):.2f}" for role in ROLES),
+            f"{r.cpu_ms_per_query_total:.2f}",
+            *(f"{n.cpu_ms_per_query(role):.2f}" for role in ROLES),
+            f"{n.cpu_ms_per_query_total:.2f}",
+            fmt_number(cpu_ratio(r, n), 3),
+        )
+    t.caption = (
+        "no-op total / real total is the throughput ratio a CPU-bound machine allows, and does "
+        "not depend on what else ran"
     )
+    return t
+
+
+def cpu_ratio(real: Level, noop: Level) -> float | None:
+    total = real.cpu_ms_per_query_total
+    return noop.cpu_ms_per_query_total / total if total else None
 
 
 def figures(real: list[Level], noop: list[Level], params: dict[str, Any]) -> list[Figure]:
@@ -490,22 +516,47 @@ def figures(real: list[Level], noop: list[Level], params: dict[str, Any]) -> lis
             p,
         )
     )
-    for role in ("broker", "nodes", "generator"):
+    for role in (*ROLES, "total"):
+        real_ms = (
+            best_r.cpu_ms_per_query_total if role == "total" else best_r.cpu_ms_per_query(role)
+        )
+        noop_ms = (
+            same_c.cpu_ms_per_query_total if role == "total" else same_c.cpu_ms_per_query(role)
+        )
+        what = "broker, nodes and load generator" if role == "total" else f"the {role}"
         out.append(
             Figure(
                 f"{NAME}.cpu_per_query.{role}.c{best_r.concurrency}",
-                best_r.cpu_ms_per_query(role),
+                real_ms,
                 "ms",
                 False,
-                same_c.cpu_ms_per_query(role),
+                noop_ms,
                 f"{NAME}.{NOOP}.cpu_per_query.{role}.c{same_c.concurrency}",
                 {
                     **params,
                     "concurrency": best_r.concurrency,
-                    "what": f"CPU time (user+system, all threads) of the {role} per completed query",
+                    "what": f"CPU time (user+system, all threads) of {what} per completed query",
                 },
             )
         )
+    # Throughput ratio a CPU-bound machine allows (no-op CPU per query / real CPU per query): what
+    # the throughput ratio tends to when nothing else competes for the cores.
+    out.append(
+        Figure(
+            f"{NAME}.cpu_ratio.c{best_r.concurrency}",
+            cpu_ratio(best_r, same_c) or 0.0,
+            "ratio",
+            True,
+            1.0,
+            f"{NAME}.{NOOP}.cpu_ratio.c{same_c.concurrency} (the baseline against itself)",
+            {
+                **params,
+                "concurrency": best_r.concurrency,
+                "what": "no-op CPU per query / real CPU per query (broker + nodes + generator)",
+                "goal_ratio": GOAL_RATIO,
+            },
+        )
+    )
     return out
 
 
@@ -626,11 +677,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     figs = figures(real, noop, params)
     console.print(levels_table(real, noop))
+    console.print(cpu_table(real, noop))
     best = next(f for f in figs if f.name == f"{NAME}.throughput_ratio.best")
     console.print(
         figures_table(
             "Headline figures",
-            [f for f in figs if ".best" in f.name or ".cpu_per_query." in f.name],
+            [f for f in figs if ".best" in f.name or ".cpu_" in f.name],
         )
     )
     verdict = "[green]meets[/]" if best.value >= GOAL_RATIO else "[red]misses[/]"
@@ -638,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Best real throughput / best baseline throughput = [bold]{best.value:.3f}[/] "
         f"(real best at c={best.parameters['concurrency']}, baseline best at "
         f"c={best.parameters['baseline_concurrency']}); {verdict} the goal of {GOAL_RATIO}."
+    )
+    by_cpu = next(f for f in figs if f.name.startswith(f"{NAME}.cpu_ratio."))
+    console.print(
+        f"By CPU per query at c={by_cpu.parameters['concurrency']} (independent of other load): "
+        f"no-op / real = [bold]{by_cpu.value:.3f}[/]."
     )
     busiest = max(real + noop, key=lambda lv: lv.other_load)
     if busiest.other_load > OTHER_LOAD_WARN:

@@ -26,34 +26,54 @@ def media_type(thing: str) -> str:
 
 
 def canonical(obj: Any) -> bytes:
-    """RFC 8785 canonical JSON. Values the standard library's encoder already writes canonically
-    (see `_plain`) take its C fast path; anything else goes through `rfc8785`."""
-    if _plain(obj):
-        text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        return text.encode()
-    return rfc8785.dumps(obj)
+    """RFC 8785 canonical JSON. Values the standard library's encoder writes canonically (see
+    `_plain`) take its C fast path; anything else goes through `rfc8785`."""
+    try:
+        plain = _plain(obj)
+    except _NotPlain:
+        return rfc8785.dumps(obj)
+    return json.dumps(plain, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
 _SAFE_INT = 2**53 - 1  # RFC 8785's integer domain; rfc8785 refuses larger magnitudes
 
 
-def _plain(obj: Any) -> bool:
-    """True if `json.dumps` writes `obj` byte for byte as RFC 8785 does: exact built-in types only;
-    ASCII strings and keys (same escapes, and key order by code point equals order by UTF-16 unit);
-    integers in the safe domain; finite floats that are not whole numbers and not below 1e-4 in
-    magnitude (there Python's repr and ECMAScript's number format agree, both shortest round-trip)."""
+class _NotPlain(Exception):
+    pass
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as `json.dumps` writes byte for byte as RFC 8785 does, or _NotPlain. Exact built-in
+    types only; ASCII strings and keys (the same escapes, and key order by code point is order by
+    UTF-16 unit); integers in the safe domain; whole floats in that domain as integers (ECMAScript
+    writes 3.0 as 3); other finite floats not below 1e-4 in magnitude (there Python's repr and
+    ECMAScript's number format agree: the same shortest round-trip digits, no exponent)."""
     t = type(obj)
     if t is str:
-        return obj.isascii()  # type: ignore[no-any-return]
-    if t is int:
-        return -_SAFE_INT <= obj <= _SAFE_INT  # type: ignore[no-any-return]
-    if t is dict:
-        return all(type(k) is str and k.isascii() and _plain(v) for k, v in obj.items())
-    if t is list or t is tuple:
-        return all(_plain(v) for v in obj)
-    if t is float:
-        return math.isfinite(obj) and not obj.is_integer() and abs(obj) >= 1e-4
-    return obj is None or t is bool
+        if obj.isascii():
+            return obj
+    elif t is int:
+        if -_SAFE_INT <= obj <= _SAFE_INT:
+            return obj
+    elif t is dict:
+        out = {}
+        for k, v in obj.items():
+            if type(k) is not str or not k.isascii():
+                raise _NotPlain
+            out[k] = _plain(v)
+        return out
+    elif t is list or t is tuple:
+        return [_plain(v) for v in obj]
+    elif t is float:
+        if math.isfinite(obj):
+            if not obj.is_integer():
+                if abs(obj) >= 1e-4:
+                    return obj
+            elif -_SAFE_INT <= obj <= _SAFE_INT:
+                return int(obj)
+    elif obj is None or t is bool:
+        return obj
+    raise _NotPlain
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

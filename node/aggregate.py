@@ -17,7 +17,7 @@ from keys import timefmt
 from node.catalogue import DatasetSpec, FieldType
 from node.schema import consent_scopes
 
-VALID_STATES = ("given", "renewed")
+VALID_STATES = ("given", "renewed", "withdrawn")
 _RESIDENTS, _RECORDS = "_residents", "_records"
 # The time consent must be valid at: the one value of a compiled query that changes between runs.
 _AT = "consent_at"

@@ -31,6 +31,9 @@ MAX_SCOPE_ITEMS = 32
 MAX_PAGE = 100
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 _NOTICE_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+# The widths of the consent_records columns (node.schema): longer values are refused, not cut.
+MAX_LANGUAGE_CHARS = 35
+_TEXT_LIMITS = {"jurisdiction": 32, "collection_method": 64, "withdrawal_method": 64}
 
 
 @dataclass(frozen=True)
@@ -130,17 +133,17 @@ class ConsentRecord:
             raise bad(f"unknown lawful basis {self.lawful_basis!r}", "LAWFUL_BASIS_UNKNOWN")
         if self.valid_until is not None and self.valid_until <= self.valid_from:
             raise bad("valid_until must be after valid_from", "CONSENT_DATES_INVALID")
-        if self.notice_url and not re.match(r"^https?://\S{1,500}$", self.notice_url):
+        if self.notice_url and not re.fullmatch(r"https?://\S{1,500}", self.notice_url):
             raise bad(
                 "notice_url must be an http(s) URL", "CONSENT_FIELD_INVALID", field="notice_url"
             )
-        if self.notice_hash and not _NOTICE_HASH.match(self.notice_hash):
+        if self.notice_hash and not _NOTICE_HASH.fullmatch(self.notice_hash):
             raise bad(
                 "notice_hash must be sha256:<64 hex digits>",
                 "CONSENT_FIELD_INVALID",
                 field="notice_hash",
             )
-        if not _LANGUAGE.match(self.language):
+        if len(self.language) > MAX_LANGUAGE_CHARS or not _LANGUAGE.fullmatch(self.language):
             raise bad(
                 "language must be a BCP 47 tag such as en or fi-FI",
                 "CONSENT_FIELD_INVALID",
@@ -150,9 +153,11 @@ class ConsentRecord:
             raise bad(
                 "retention_days must be 0 to 36500", "CONSENT_FIELD_INVALID", field="retention_days"
             )
-        for name in ("jurisdiction", "collection_method", "withdrawal_method"):
-            if len(getattr(self, name)) > 64:
-                raise bad(f"{name} is at most 64 characters", "CONSENT_FIELD_INVALID", field=name)
+        for name, limit in _TEXT_LIMITS.items():
+            if len(getattr(self, name)) > limit:
+                raise bad(
+                    f"{name} is at most {limit} characters", "CONSENT_FIELD_INVALID", field=name
+                )
         return self
 
 
@@ -294,12 +299,18 @@ class ConsentRegistry:
                         reason="CONSENT_RECORD_CONFLICT",
                     )
                 first = conn.execute(
-                    sa.select(consent_events.c.receipt)
+                    sa.select(consent_events.c.event, consent_events.c.receipt)
                     .where(consent_events.c.record_id == record.record_id)
                     .order_by(consent_events.c.event_id)
                     .limit(1)
-                ).scalar_one()
-                return bytes(first)
+                ).one()
+                # A retry of the same decision is a no-op; the opposite decision is not.
+                if first.event != event.value:
+                    raise AlreadyExists(
+                        f"consent record {record.record_id} was {first.event}, not {event.value}",
+                        reason="CONSENT_RECORD_CONFLICT",
+                    )
+                return bytes(first.receipt)
             conn.execute(consent_records.insert().values(record_row(record, state)))
             conn.execute(consent_scopes.insert(), scope_rows(record, state))
             conn.execute(

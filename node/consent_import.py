@@ -1,0 +1,1482 @@
+"""Bulk import of consent events from CSV or JSONL (`citybroker node consent import FILE`).
+
+The file is streamed in fixed-size batches and its rows are applied in file order, with the same
+rules as the ConsentService API:
+
+- `given` / `refused` create a record, validated by `ConsentRecord.validate` (with the trust
+  bundle's parties as known recipients when run with a node config). A record id that exists with
+  the same terms (as they were when the record was created) is already applied: counted as a
+  duplicate, nothing written. Other terms under that id are an error row
+  (CONSENT_RECORD_CONFLICT).
+- `renewed` / `withdrawn` / `revoked` / `invalidated` follow `node.consent_lifecycle.next_state`.
+  An event the record's history already holds is already applied (for the end events that is the
+  state the record is in; for `renewed`, a renewal to the same `valid_until`), so importing the same
+  file again changes nothing. One limit follows: a file that renews a record to a date, then to
+  another, then back to the first, imports the third renewal as a duplicate.
+- Every other problem is an error row (row, record id, reason, message) that never stops the rest.
+
+Each batch's good rows commit in one transaction: a database failure rolls the whole batch back and
+reports each of its rows (BATCH_FAILED); nothing is ever partly applied. Every applied event gets
+the API's signed consent receipt (`node.consent.receipt_payload`, DSSE with the city's key), stored
+in consent_events; once the batch has committed its receipts are appended, in file order, to the
+node's Merkle log (`MerkleLog.append_many`, kind "consent") before the next batch is written.
+
+Throughput: signing is the expensive part, so parsing, validation, row building and receipt
+signing of `given`/`refused` rows run in a process pool (`ImportLimits.workers`) while this
+process reads the file, resolves rows against the database, writes the previous batch and feeds
+the log. Rows are written with executemany (on SQLite straight to the driver, the values
+processed as SQLAlchemy would). Several batches are never in flight at once, so memory stays
+bounded whatever the file size.
+
+The import may run while the node serves: before writing, a batch takes the database's write
+lock and checks that the records it changes are still as it read them; if the API changed one in
+the meantime the batch is resolved again (from the same parsed rows) before it is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit.log import MerkleLog
+from federation.errors import CitybrokerError, InvalidArgument, StoreError
+from keys import dsse, timefmt
+from keys.ed25519 import Signer
+from node.consent import (
+    MAX_ID_CHARS,
+    RECEIPT,
+    ConsentRecord,
+    receipt_payload,
+    record_from_row,
+    record_row,
+    scope_rows,
+)
+from node.consent_lifecycle import STARTING, Event, State, next_state
+from node.schema import consent_events, consent_records, consent_scopes
+
+# The input's columns (CSV header names, JSONL keys), in the order rows travel internally.
+COLUMNS = (
+    "event",
+    "record_id",
+    "resident_id",
+    "purposes",
+    "recipients",
+    "data_categories",
+    "valid_from",
+    "valid_until",
+    "lawful_basis",
+    "notice_url",
+    "notice_hash",
+    "language",
+    "jurisdiction",
+    "retention_days",
+    "collection_method",
+    "withdrawal_method",
+    "actor",
+)
+REQUIRED_COLUMNS = ("event", "record_id")
+LIST_SEPARATOR = ";"
+# Events a file may carry; `expired` is the node's own to record, as time runs out.
+IMPORTABLE: dict[str, Event] = {
+    e.value: e
+    for e in (
+        Event.GIVE,
+        Event.REFUSE,
+        Event.RENEW,
+        Event.WITHDRAW,
+        Event.REVOKE,
+        Event.INVALIDATE,
+    )
+}
+BATCH_FAILED = "BATCH_FAILED"
+ROW_MALFORMED = "ROW_MALFORMED"
+ERROR_REPORT_COLUMNS = ("row", "record_id", "reason", "message")
+LOG_KIND = "consent"
+
+(
+    _EVENT,
+    _RECORD_ID,
+    _RESIDENT_ID,
+    _PURPOSES,
+    _RECIPIENTS,
+    _CATEGORIES,
+    _VALID_FROM,
+    _VALID_UNTIL,
+    _LAWFUL_BASIS,
+    _NOTICE_URL,
+    _NOTICE_HASH,
+    _LANGUAGE,
+    _JURISDICTION,
+    _RETENTION_DAYS,
+    _COLLECTION_METHOD,
+    _WITHDRAWAL_METHOD,
+    _ACTOR,
+) = range(len(COLUMNS))
+_WHOLE_NUMBER = re.compile(r"^-?[0-9]{1,9}$")
+
+
+class ImportFormat(StrEnum):
+    CSV = "csv"
+    JSONL = "jsonl"
+
+    @classmethod
+    def of(cls, path: Path) -> ImportFormat:
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return cls.CSV
+        if suffix in (".jsonl", ".ndjson"):
+            return cls.JSONL
+        raise InputError(
+            f"cannot tell the format of {path.name} from its extension; "
+            "name it .csv or .jsonl, or give --format csv|jsonl"
+        )
+
+
+class InputError(InvalidArgument):
+    """The input cannot be imported at all (missing or unreadable file, bad CSV header)."""
+
+    default_reason = "IMPORT_INPUT_INVALID"
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """How an import runs. `workers`: processes that parse, validate and sign (None: one per
+    CPU once the input turns out to be larger than one batch; 0: everything in this process)."""
+
+    batch_size: int = 5000
+    workers: int | None = None
+    max_line_bytes: int = 1 << 20
+    # Attempts at writing one batch when a concurrent writer changed the records it touches.
+    write_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 50_000:
+            raise InvalidArgument("batch size must be 1 to 50000")
+        if self.workers is not None and not 0 <= self.workers <= 64:
+            raise InvalidArgument("workers must be 0 to 64")
+        if self.max_line_bytes < 1024 or self.write_attempts < 1:
+            raise InvalidArgument("import limits are too small")
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One row that was not applied: the file line it starts on, its record id, why."""
+
+    row: int
+    record_id: str
+    reason: str
+    message: str
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    failed_batches: int = 0
+    bytes_read: int = 0
+
+    @property
+    def error_rows(self) -> int:
+        return sum(self.errors.values())
+
+
+ErrorSink = Callable[[RowError], None]
+Progress = Callable[[ImportReport], None]
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class _Bad(NamedTuple):
+    """A row the reader could not turn into values."""
+
+    record_id: str
+    reason: str
+    message: str
+
+
+RawRow = tuple[int, "tuple[Any, ...] | _Bad"]
+
+
+class _Lines:
+    """Binary lines decoded one at a time: counts bytes, bounds line length, notes bad UTF-8."""
+
+    def __init__(self, f: IO[bytes], max_bytes: int) -> None:
+        self._f, self._max = f, max_bytes
+        self.bytes = 0
+        self.line = 0
+        self.problems: dict[int, str] = {}
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self._f.readline(self._max)
+        if not raw:
+            raise StopIteration
+        self.bytes += len(raw)
+        self.line += 1
+        if len(raw) == self._max and not raw.endswith(b"\n"):
+            while True:  # skip the rest of an over-long line without holding it
+                more = self._f.readline(self._max)
+                self.bytes += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            self.problems[self.line] = f"line is longer than {self._max} bytes"
+            return "\n"
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.problems[self.line] = "line is not valid UTF-8"
+            return raw.decode("utf-8", "replace")
+
+
+class RowReader:
+    """Rows of a CSV (with a header) or JSONL file as (line, values in COLUMNS order), streamed.
+
+    Absent values are None (an empty CSV cell is ""). A row that cannot be read is a `_Bad`.
+    Opening checks the file and the header, raising InputError for unusable input.
+    """
+
+    def __init__(self, path: Path, fmt: ImportFormat, max_line_bytes: int = 1 << 20) -> None:
+        self.path, self.format = path, fmt
+        try:
+            self.size = path.stat().st_size
+            self._file: IO[bytes] = path.open("rb")
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror}") from None
+        if path.is_dir():
+            self._file.close()
+            raise InputError(f"{path} is a directory")
+        self._lines = _Lines(self._file, max_line_bytes)
+        try:
+            self._rows = self._csv() if fmt is ImportFormat.CSV else self._jsonl()
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def bytes_read(self) -> int:
+        return self._lines.bytes
+
+    def __iter__(self) -> Iterator[RawRow]:
+        return self._rows
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _csv(self) -> Iterator[RawRow]:
+        lines = self._lines
+        reader = csv.reader(lines, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as e:
+            raise InputError(f"{self.path.name}: the CSV header cannot be read: {e}") from None
+        if header is None:
+            raise InputError(f"{self.path.name} is empty: a CSV import needs a header row")
+        if lines.problems:
+            raise InputError(f"{self.path.name}: header: {next(iter(lines.problems.values()))}")
+        names = [h.strip().lstrip("\ufeff").strip() for h in header]
+        unknown = [n for n in names if n not in COLUMNS]
+        if unknown:
+            raise InputError(
+                f"{self.path.name}: unknown column(s) {', '.join(map(repr, unknown))} in the "
+                f"header; the columns are {', '.join(COLUMNS)}"
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InputError(f"{self.path.name}: column(s) {', '.join(repeated)} repeated")
+        missing = [n for n in REQUIRED_COLUMNS if n not in names]
+        if missing:
+            raise InputError(
+                f"{self.path.name}: the header lacks {', '.join(missing)} "
+                f"(it has {', '.join(names) or 'no columns'})"
+            )
+        return self._csv_rows(reader, names)
+
+    def _csv_rows(self, reader: Any, names: list[str]) -> Iterator[RawRow]:
+        problems = self._lines.problems
+        width = len(names)
+        # Absent columns read the None appended to each row.
+        pick = _itemgetter([names.index(c) if c in names else width for c in COLUMNS])
+        id_at = names.index("record_id")
+        ended = reader.line_num
+        while True:
+            start = ended + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                yield from _lone_problems(problems, None)
+                return
+            except csv.Error as e:
+                ended = reader.line_num
+                yield from _lone_problems(problems, start)
+                _take_problem(problems, start, ended)
+                yield start, _Bad("", ROW_MALFORMED, f"CSV syntax: {e}")
+                continue
+            ended = reader.line_num
+            rid = fields[id_at] if len(fields) > id_at else ""
+            if problems:
+                yield from _lone_problems(problems, start)
+                problem = _take_problem(problems, start, ended)
+                if problem:
+                    yield start, _Bad(rid, ROW_MALFORMED, problem)
+                    continue
+            if not fields:
+                continue  # a blank line
+            if len(fields) != width:
+                yield (
+                    start,
+                    _Bad(rid, ROW_MALFORMED, f"row has {len(fields)} fields, the header {width}"),
+                )
+                continue
+            fields.append(None)
+            yield start, pick(fields)
+
+    def _jsonl(self) -> Iterator[RawRow]:
+        known = frozenset(COLUMNS)
+        lines = self._lines
+        for text in lines:
+            line = lines.line
+            if line in lines.problems:
+                yield line, _Bad("", ROW_MALFORMED, lines.problems.pop(line))
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError as e:
+                yield line, _Bad("", ROW_MALFORMED, f"not JSON: {e}")
+                continue
+            if not isinstance(obj, dict):
+                yield line, _Bad("", ROW_MALFORMED, "a JSONL row must be a JSON object")
+                continue
+            if not obj.keys() <= known:
+                rid = obj.get("record_id")
+                extra = sorted(k for k in obj if k not in known)
+                yield (
+                    line,
+                    _Bad(
+                        rid if isinstance(rid, str) else "",
+                        ROW_MALFORMED,
+                        f"unknown key(s) {', '.join(map(repr, extra))}",
+                    ),
+                )
+                continue
+            get = obj.get
+            yield line, tuple([get(c) for c in COLUMNS])
+
+
+def _itemgetter(positions: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    import operator
+
+    getter = operator.itemgetter(*positions)
+    return getter
+
+
+def _lone_problems(problems: dict[int, str], before: int | None) -> Iterator[RawRow]:
+    """Unreadable lines before line `before` (None: all) that no row covered: rows of their own."""
+    for line in sorted(n for n in problems if before is None or n < before):
+        yield line, _Bad("", ROW_MALFORMED, problems.pop(line))
+
+
+def _take_problem(problems: dict[int, str], start: int, end: int) -> str | None:
+    """The first problem on the lines [start, end] of one row, removing them all."""
+    found = None
+    for line in sorted(n for n in problems if start <= n <= end):
+        message = problems.pop(line)
+        if found is None:
+            found = message if line == start else f"line {line}: {message}"
+    return found
+
+
+# -- one row: parse, validate, build rows, sign (in a worker process or here) -----------------
+
+
+class _RowFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def _text(values: tuple[Any, ...], i: int, default: str = "") -> str:
+    v = values[i]
+    if v is None or v == "":
+        return default
+    if not isinstance(v, str):
+        raise _RowFailure("CONSENT_FIELD_INVALID", f"{COLUMNS[i]} must be a string")
+    return v
+
+
+def _codes(values: tuple[Any, ...], i: int) -> tuple[str, ...]:
+    v = values[i]
+    if v is None:
+        return ()
+    if isinstance(v, str):  # CSV: "a;b;c"
+        return tuple(s for s in (p.strip() for p in v.split(LIST_SEPARATOR)) if s)
+    if isinstance(v, list):
+        return tuple(v)
+    raise _RowFailure("CONSENT_FIELD_INVALID", f"{COLUMNS[i]} must be an array of codes")
+
+
+def _time(values: tuple[Any, ...], i: int, required: bool) -> datetime | None:
+    v = values[i]
+    if v is None or v == "":
+        if required:
+            raise _RowFailure("TIMESTAMP_INVALID", f"{COLUMNS[i]} is required (RFC 3339)")
+        return None
+    if not isinstance(v, str):
+        raise _RowFailure("TIMESTAMP_INVALID", f"{COLUMNS[i]} must be an RFC 3339 string")
+    try:
+        return timefmt.parse(v)
+    except ValueError as e:
+        raise _RowFailure("TIMESTAMP_INVALID", f"{COLUMNS[i]}: {e}") from None
+
+
+def _whole(values: tuple[Any, ...], i: int) -> int:
+    v = values[i]
+    if v is None or v == "":
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise _RowFailure("CONSENT_FIELD_INVALID", f"{COLUMNS[i]} must be a whole number")
+    if isinstance(v, int):
+        return v
+    if not _WHOLE_NUMBER.match(v.strip()):
+        raise _RowFailure("CONSENT_FIELD_INVALID", f"{COLUMNS[i]} must be a whole number")
+    return int(v)
+
+
+def parse_record(values: tuple[Any, ...]) -> ConsentRecord:
+    """The record a `given`/`refused` row describes (unvalidated), with the API's defaults."""
+    valid_from = _time(values, _VALID_FROM, required=True)
+    assert valid_from is not None
+    return ConsentRecord(
+        record_id=_text(values, _RECORD_ID),
+        resident_id=_text(values, _RESIDENT_ID),
+        purposes=_codes(values, _PURPOSES),
+        recipients=_codes(values, _RECIPIENTS),
+        data_categories=_codes(values, _CATEGORIES),
+        valid_from=valid_from,
+        valid_until=_time(values, _VALID_UNTIL, required=False),
+        lawful_basis=_text(values, _LAWFUL_BASIS, "consent"),
+        notice_url=_text(values, _NOTICE_URL),
+        notice_hash=_text(values, _NOTICE_HASH),
+        language=_text(values, _LANGUAGE, "en"),
+        jurisdiction=_text(values, _JURISDICTION),
+        retention_days=_whole(values, _RETENTION_DAYS),
+        collection_method=_text(values, _COLLECTION_METHOD),
+        withdrawal_method=_text(values, _WITHDRAWAL_METHOD),
+    )
+
+
+# What a row becomes. Tuples, since they cross process boundaries by the million.
+ERR, START, MOVE = 0, 1, 2
+# (ERR, line, record_id, reason, message)
+# (START, line, event, record_id, digest, actor, record_tuple, scope_tuples, receipt | None)
+# (MOVE, line, event, record_id, valid_until | None, actor)
+Prepared = tuple[Any, ...]
+
+_RECORD_COLUMNS = tuple(c.name for c in consent_records.columns)
+_SCOPE_COLUMNS = tuple(c.name for c in consent_scopes.columns)
+_EVENT_COLUMNS = ("record_id", "event", "actor", "at", "receipt")
+_R_STATE = _RECORD_COLUMNS.index("state")
+_R_FROM = _RECORD_COLUMNS.index("valid_from")
+_R_UNTIL = _RECORD_COLUMNS.index("valid_until")
+_R_DIGEST = _RECORD_COLUMNS.index("content_digest")
+_S_STATE = _SCOPE_COLUMNS.index("state")
+_S_UNTIL = _SCOPE_COLUMNS.index("valid_until")
+
+
+class _Codec:
+    """Row values as the database driver gets them. On SQLite the rows go straight to the
+    driver's executemany, so datetimes are turned into text here, exactly as SQLAlchemy's SQLite
+    DATETIME type does; elsewhere they stay Python values for a SQLAlchemy Core executemany."""
+
+    def __init__(self, driver_level: bool) -> None:
+        self.driver_level = driver_level
+        self.dt: Callable[[Any], Any] = _identity
+        if driver_level:
+            from sqlalchemy.dialects import sqlite
+
+            dialect = sqlite.dialect()
+            proc = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                self.dt = proc
+
+    def record(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        out = [row[c] for c in _RECORD_COLUMNS]
+        out[_R_FROM] = self.dt(out[_R_FROM])
+        out[_R_UNTIL] = self.dt(out[_R_UNTIL])
+        return tuple(out)
+
+    def scopes(self, rows: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
+        if not rows:
+            return ()
+        dt = self.dt
+        first = rows[0]
+        valid_from, valid_until = dt(first["valid_from"]), dt(first["valid_until"])
+        return tuple(
+            (
+                r["record_id"],
+                r["purpose"],
+                r["recipient"],
+                r["data_category"],
+                r["resident_id"],
+                r["state"],
+                valid_from,
+                valid_until,
+            )
+            for r in rows
+        )
+
+
+assert _SCOPE_COLUMNS == (
+    "record_id",
+    "purpose",
+    "recipient",
+    "data_category",
+    "resident_id",
+    "state",
+    "valid_from",
+    "valid_until",
+)
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a worker needs; sent once to each worker process."""
+
+    city: str
+    private_key: bytes  # raw Ed25519 private key, never written anywhere
+    known_parties: frozenset[str] | None
+    default_actor: str
+    driver_level: bool
+
+
+class _Preparer:
+    """Parses, validates, builds rows and signs, one row at a time."""
+
+    def __init__(self, setup: _Setup) -> None:
+        self.city = setup.city
+        self.signer = Signer(Ed25519PrivateKey.from_private_bytes(setup.private_key))
+        self.known_party = (
+            setup.known_parties.__contains__ if setup.known_parties is not None else None
+        )
+        self.default_actor = setup.default_actor
+        self.codec = _Codec(setup.driver_level)
+
+    def record(self, values: tuple[Any, ...]) -> ConsentRecord:
+        return parse_record(values).validate(self.known_party)
+
+    def sign(self, payload: dict[str, Any]) -> bytes:
+        return dsse.sign(RECEIPT, payload, self.signer).to_json()
+
+    def prepare(
+        self, line: int, values: tuple[Any, ...] | _Bad, sign: bool, at: datetime
+    ) -> Prepared:
+        if isinstance(values, _Bad):
+            return (ERR, line, values.record_id, values.reason, values.message)
+        rid = values[_RECORD_ID]
+        rid_text = rid if isinstance(rid, str) else ""
+        try:
+            name = values[_EVENT]
+            event = IMPORTABLE.get(name) if isinstance(name, str) else None
+            if event is None:
+                if name == Event.EXPIRE.value:
+                    raise _RowFailure(
+                        "CONSENT_EVENT_NOT_ALLOWED", "expired is recorded by the node itself"
+                    )
+                raise _RowFailure(
+                    "CONSENT_EVENT_UNKNOWN",
+                    f"event must be one of {', '.join(IMPORTABLE)}, not {name!r}",
+                )
+            actor = _text(values, _ACTOR, self.default_actor)
+            if len(actor) > MAX_ID_CHARS:
+                raise _RowFailure(
+                    "CONSENT_FIELD_INVALID", f"actor must be at most {MAX_ID_CHARS} characters"
+                )
+            if event in STARTING:
+                record = self.record(values)
+                state = State(event.value)
+                payload = receipt_payload(self.city, record, event, actor, at, state)
+                digest = payload["terms_digest"]
+                return (
+                    START,
+                    line,
+                    event.value,
+                    rid,
+                    digest,
+                    actor,
+                    self.codec.record(record_row(record, state, digest)),
+                    self.codec.scopes(scope_rows(record, state)),
+                    self.sign(payload) if sign else None,
+                )
+            if not rid_text or len(rid_text) > MAX_ID_CHARS:
+                raise _RowFailure(
+                    "CONSENT_FIELD_INVALID", f"record_id must be 1 to {MAX_ID_CHARS} characters"
+                )
+            until = _time(values, _VALID_UNTIL, required=False) if event is Event.RENEW else None
+            return (MOVE, line, event.value, rid, until, actor)
+        except _RowFailure as e:
+            return (ERR, line, rid_text, e.reason, e.message)
+        except CitybrokerError as e:
+            return (ERR, line, rid_text, e.reason, e.message)
+
+
+_WORKER: _Preparer | None = None
+
+
+def _init_worker(setup: _Setup) -> None:
+    global _WORKER
+    _WORKER = _Preparer(setup)
+
+
+def _prepare_chunk(
+    rows: Sequence[tuple[int, tuple[Any, ...] | _Bad, bool]], at: datetime
+) -> list[Prepared]:
+    worker = _WORKER
+    assert worker is not None, "worker not initialised"
+    return [worker.prepare(line, values, sign, at) for line, values, sign in rows]
+
+
+def _sign_chunk(payloads: Sequence[dict[str, Any]]) -> list[bytes]:
+    worker = _WORKER
+    assert worker is not None, "worker not initialised"
+    return [worker.sign(p) for p in payloads]
+
+
+# -- resolving a batch against the stored state -----------------------------------------------
+
+
+class _Rec:
+    """What the import knows of one record while resolving a batch."""
+
+    __slots__ = (
+        "state",
+        "digest",
+        "until",
+        "record",
+        "values",
+        "first_digest",
+        "renewals",
+        "created",
+        "expect",
+    )
+
+    def __init__(
+        self,
+        state: State,
+        digest: str,
+        until: str | None,
+        record: ConsentRecord | None = None,
+        values: tuple[Any, ...] | None = None,
+        first_digest: str | None = None,
+        renewals: set[str | None] | None = None,
+        created: bool = False,
+    ) -> None:
+        self.state, self.digest, self.until = state, digest, until
+        self.record, self.values = record, values
+        self.first_digest = first_digest  # terms digest when the record was created; None: unknown
+        self.renewals = renewals  # valid_until (RFC 3339) of every renewal; None: unknown
+        self.created = created  # created by this batch
+        # (state, digest) the batch expects to find stored, for records it changes.
+        self.expect: tuple[str, str] | None = None
+
+    def copy(self) -> _Rec:
+        r = _Rec(
+            self.state,
+            self.digest,
+            self.until,
+            self.record,
+            self.values,
+            self.first_digest,
+            set(self.renewals) if self.renewals is not None else None,
+        )
+        r.expect = (self.state.value, self.digest)
+        return r
+
+
+class _Event:
+    __slots__ = ("line", "record_id", "event", "actor", "receipt", "payload")
+
+    def __init__(
+        self,
+        line: int,
+        record_id: str,
+        event: str,
+        actor: str,
+        receipt: bytes | None,
+        payload: dict[str, Any] | None,
+    ) -> None:
+        self.line, self.record_id, self.event, self.actor = line, record_id, event, actor
+        self.receipt, self.payload = receipt, payload
+
+
+@dataclass
+class _Batch:
+    index: int
+    rows: list[RawRow]
+    at: datetime
+    bytes_read: int
+    prepared: list[Prepared] = field(default_factory=list)
+    # Outcome of resolution:
+    view: dict[str, _Rec] = field(default_factory=dict)
+    creates: dict[str, list[Any]] = field(default_factory=dict)  # id -> [record, scopes]
+    changes: dict[str, _Rec] = field(default_factory=dict)  # stored records this batch changes
+    events: list[_Event] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    duplicates: int = 0
+    signing: list[tuple[list[_Event], Future[list[bytes]]]] = field(default_factory=list)
+    failure: str = ""
+
+    @property
+    def first_line(self) -> int:
+        return self.rows[0][0] if self.rows else 0
+
+    @property
+    def last_line(self) -> int:
+        return self.rows[-1][0] if self.rows else 0
+
+
+class _Stale(Exception):
+    """A record the batch changes was changed by someone else since the batch read it."""
+
+
+@dataclass
+class _Stored:
+    """Stored records looked up for one batch: rows by id, their scopes."""
+
+    rows: dict[str, Any]
+    scopes: dict[str, list[tuple[str, str, str]]]
+
+
+class ConsentImporter:
+    """Imports consent event files into one node database. Not thread-safe; one run at a time."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        city: str,
+        signer: Signer,
+        log: MerkleLog,
+        known_parties: frozenset[str] | None = None,
+        limits: ImportLimits | None = None,
+    ) -> None:
+        self._engine, self._city, self._signer, self._log = engine, city, signer, log
+        self._known_parties = known_parties
+        self._limits = limits or ImportLimits()
+        self._codec = _Codec(engine.dialect.name == "sqlite")
+        self._inserts = {
+            name: _Insert(table, cols, engine.dialect, self._codec.driver_level)
+            for name, table, cols in (
+                ("records", consent_records, _RECORD_COLUMNS),
+                ("scopes", consent_scopes, _SCOPE_COLUMNS),
+                ("events", consent_events, _EVENT_COLUMNS),
+            )
+        }
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        path: Path,
+        fmt: ImportFormat | None = None,
+        on_error: ErrorSink | None = None,
+        progress: Progress | None = None,
+        actor: str | None = None,
+    ) -> ImportReport:
+        """Import one file; returns the counts. Error rows go to `on_error` in file order."""
+        with open_rows(path, fmt, self._limits) as reader:
+            return self.run_rows(reader, on_error, progress, actor)
+
+    def run_rows(
+        self,
+        reader: RowReader,
+        on_error: ErrorSink | None = None,
+        progress: Progress | None = None,
+        actor: str | None = None,
+    ) -> ImportReport:
+        """Import the rows of an opened file (see `open_rows`)."""
+        default_actor = actor or f"import via {reader.path.name}"
+        return _Run(self, reader, default_actor, on_error, progress).run()
+
+    def _setup(self, default_actor: str) -> _Setup:
+        raw = self._signer.crypto_key().private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return _Setup(self._city, raw, self._known_parties, default_actor, self._codec.driver_level)
+
+
+def open_rows(
+    path: Path, fmt: ImportFormat | None = None, limits: ImportLimits | None = None
+) -> RowReader:
+    """Open an input file, checking it (and a CSV header) first: InputError if unusable."""
+    limits = limits or ImportLimits()
+    return RowReader(path, fmt or ImportFormat.of(path), limits.max_line_bytes)
+
+
+def import_file(
+    config_path: Path,
+    path: Path,
+    fmt: ImportFormat | None = None,
+    limits: ImportLimits | None = None,
+    on_error: ErrorSink | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """What `citybroker node consent import` does: import a file into the node its config names.
+
+    The input is checked before anything else is opened. The node's database is migrated if it
+    needs to be (as the node does on start), recipients are checked against the trust bundle,
+    receipts are signed with the city's key and logged in the node's log.
+    """
+    from audit import trust_history
+    from federation import storage
+    from federation.errors import ConfigError
+    from keys import trust
+    from keys.trust import TrustStore
+    from node.server import NodeConfig
+
+    limits = limits or ImportLimits()
+    with open_rows(path, fmt, limits) as reader:
+        config = NodeConfig.load(config_path)
+        signer = Signer.load(config.signing_key)
+        store = TrustStore(trust.load_authority_key(config.authority_key))
+        try:
+            envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read trust bundle {config.trust_bundle}: {e.strerror}"
+            ) from None
+        bundle = store.install(envelope)
+        engine = storage.create_engine(config.database)
+        try:
+            storage.upgrade(engine)
+            trust_history.record(engine, bundle, envelope)
+            log = MerkleLog(engine, origin=f"citybroker/node/{config.city}", signer=signer)
+            try:
+                importer = ConsentImporter(
+                    engine, config.city, signer, log, frozenset(bundle.parties), limits
+                )
+                return importer.run_rows(reader, on_error, progress)
+            finally:
+                log.close()
+        finally:
+            engine.dispose()
+
+
+class _Run:
+    """One import run: the batch pipeline."""
+
+    def __init__(
+        self,
+        importer: ConsentImporter,
+        reader: RowReader,
+        default_actor: str,
+        on_error: ErrorSink | None,
+        progress: Progress | None,
+    ) -> None:
+        self.imp = importer
+        self.limits = importer._limits
+        self.engine = importer._engine
+        self.reader = reader
+        self.setup = importer._setup(default_actor)
+        self.local = _Preparer(self.setup)
+        self.on_error = on_error
+        self.progress = progress
+        self.report = ImportReport()
+        self.pool: Executor | None = None
+        self.logger = ThreadPoolExecutor(1, thread_name_prefix="consent-import-log")
+        self.logging: Future[None] | None = None
+        self.logging_batch: _Batch | None = None
+
+    def run(self) -> ImportReport:
+        try:
+            previous: _Batch | None = None
+            for batch in self._batches():
+                if self.pool is None and self._want_pool(batch.index):
+                    self.pool = self._start_pool()
+                stored = self._lookup(batch)
+                overlay = previous.view if previous is not None else {}
+                pending = self._dispatch(batch, stored, overlay)
+                if previous is not None:
+                    self._finish(previous)
+                    if previous.failure:
+                        stored = self._lookup(batch)
+                    # What the previous batch left (nothing if it failed; it may have been
+                    # resolved again while being written).
+                    overlay = previous.view
+                batch.prepared = self._collect(batch, pending)
+                self._resolve(batch, stored, overlay)
+                self._sign_async(batch)
+                previous = batch
+            if previous is not None:
+                self._finish(previous)
+            self._wait_log()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+            self.logger.shutdown(wait=True)
+        return self.report
+
+    def _batches(self) -> Iterator[_Batch]:
+        size = self.limits.batch_size
+        rows: list[RawRow] = []
+        index = 0
+        for row in self.reader:
+            rows.append(row)
+            if len(rows) >= size:
+                yield _Batch(index, rows, timefmt.now(), self.reader.bytes_read)
+                index += 1
+                rows = []
+        if rows:
+            yield _Batch(index, rows, timefmt.now(), self.reader.bytes_read)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _want_pool(self, index: int) -> bool:
+        workers = self.limits.workers
+        if workers == 0:
+            return False
+        return workers is not None or index >= 1
+
+    def _worker_count(self) -> int:
+        return self.limits.workers or max(1, os.cpu_count() or 1)
+
+    def _start_pool(self) -> Executor:
+        # spawn: a fresh interpreter, never a fork of this process and its log writer thread.
+        return ProcessPoolExecutor(
+            self._worker_count(),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.setup,),
+        )
+
+    def _dispatch(
+        self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]
+    ) -> list[Future[list[Prepared]]] | None:
+        """Start preparing the batch: speculatively sign creations of records not stored yet."""
+        seen: set[str] = set()
+        rows: list[tuple[int, tuple[Any, ...] | _Bad, bool]] = []
+        for line, values in batch.rows:
+            sign = False
+            if not isinstance(values, _Bad) and values[_EVENT] in ("given", "refused"):
+                rid = values[_RECORD_ID]
+                if isinstance(rid, str) and rid not in seen:
+                    seen.add(rid)
+                    sign = rid not in stored.rows and rid not in overlay
+            rows.append((line, values, sign))
+        if self.pool is None:
+            batch.prepared = _prepare_local(self.local, rows, batch.at)
+            return None
+        parts = self._worker_count() * 2
+        step = max(1, -(-len(rows) // parts))
+        return [
+            self.pool.submit(_prepare_chunk, rows[i : i + step], batch.at)
+            for i in range(0, len(rows), step)
+        ]
+
+    def _collect(
+        self, batch: _Batch, pending: list[Future[list[Prepared]]] | None
+    ) -> list[Prepared]:
+        if pending is None:
+            return batch.prepared
+        out: list[Prepared] = []
+        for f in pending:
+            out.extend(_result(f))
+        return out
+
+    def _sign_async(self, batch: _Batch) -> None:
+        todo = [e for e in batch.events if e.receipt is None]
+        if not todo:
+            return
+        if self.pool is None:
+            for e in todo:
+                assert e.payload is not None
+                e.receipt = self.local.sign(e.payload)
+            return
+        step = max(64, -(-len(todo) // self._worker_count()))
+        for i in range(0, len(todo), step):
+            part = todo[i : i + step]
+            batch.signing.append(
+                (part, self.pool.submit(_sign_chunk, [e.payload for e in part]))  # type: ignore[misc]
+            )
+
+    def _await_signatures(self, batch: _Batch) -> None:
+        for part, future in batch.signing:
+            for e, receipt in zip(part, _result(future), strict=True):
+                e.receipt = receipt
+        batch.signing = []
+        for e in batch.events:  # anything left (a batch resolved again) is signed here
+            if e.receipt is None:
+                assert e.payload is not None
+                e.receipt = self.local.sign(e.payload)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _lookup(self, batch: _Batch) -> _Stored:
+        ids = sorted(
+            {
+                v[_RECORD_ID]
+                for _, v in batch.rows
+                if not isinstance(v, _Bad) and isinstance(v[_RECORD_ID], str)
+            }
+        )
+        rows: dict[str, Any] = {}
+        scopes: dict[str, list[tuple[str, str, str]]] = {}
+        try:
+            with self.engine.connect() as conn:
+                for part in _chunks(ids, 500):
+                    for r in conn.execute(
+                        sa.select(consent_records).where(consent_records.c.record_id.in_(part))
+                    ).mappings():
+                        rows[r["record_id"]] = r
+                for part in _chunks(sorted(rows), 500):
+                    for s in conn.execute(
+                        sa.select(
+                            consent_scopes.c.record_id,
+                            consent_scopes.c.purpose,
+                            consent_scopes.c.recipient,
+                            consent_scopes.c.data_category,
+                        ).where(consent_scopes.c.record_id.in_(part))
+                    ):
+                        scopes.setdefault(s[0], []).append((s[1], s[2], s[3]))
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreError(f"cannot read the consent records: {_db_message(e)}") from None
+        return _Stored(rows, scopes)
+
+    def _first_digest(self, record_id: str) -> str:
+        """The terms digest the record was created with (in its first event's receipt)."""
+        with self.engine.connect() as conn:
+            receipt = conn.execute(
+                sa.select(consent_events.c.receipt)
+                .where(consent_events.c.record_id == record_id)
+                .order_by(consent_events.c.event_id)
+                .limit(1)
+            ).scalar_one_or_none()
+        if receipt is None:
+            return ""
+        return str(_receipt_payload(bytes(receipt)).get("terms_digest", ""))
+
+    def _renewals(self, record_id: str) -> set[str | None]:
+        with self.engine.connect() as conn:
+            receipts = conn.execute(
+                sa.select(consent_events.c.receipt).where(
+                    consent_events.c.record_id == record_id,
+                    consent_events.c.event == Event.RENEW.value,
+                )
+            ).scalars()
+            return {_receipt_payload(bytes(r)).get("valid_until") for r in receipts}
+
+    def _resolve(self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]) -> None:
+        """Apply the batch's rows in file order to what is stored (plus the previous batch)."""
+        batch.view, batch.creates, batch.changes = {}, {}, {}
+        batch.events, batch.errors, batch.duplicates = [], [], 0
+        view = batch.view
+        city, at = self.imp._city, batch.at
+        values_at = {line: values for line, values in batch.rows}
+
+        def get(rid: str) -> _Rec | None:
+            rec = view.get(rid)
+            if rec is not None:
+                return rec
+            known = overlay.get(rid)
+            if known is not None:
+                rec = known.copy()
+            else:
+                row = stored.rows.get(rid)
+                if row is None:
+                    return None
+                rec = _Rec(
+                    State(row["state"]),
+                    row["content_digest"],
+                    timefmt.fmt(timefmt.from_db(row["valid_until"]))
+                    if row["valid_until"]
+                    else None,
+                    record=record_from_row(row, stored.scopes.get(rid, ())),
+                )
+                if rec.state in (State.GIVEN, State.REFUSED):
+                    rec.renewals = set()  # never renewed, or it would be in another state
+                rec.expect = (rec.state.value, rec.digest)
+            view[rid] = rec
+            return rec
+
+        def fail(line: int, rid: str, reason: str, message: str) -> None:
+            batch.errors.append(RowError(line, rid, reason, message))
+
+        for item in batch.prepared:
+            kind = item[0]
+            if kind == START:
+                _, line, event, rid, digest, actor, rec_row, scopes, receipt = item
+                rec = get(rid)
+                if rec is None:
+                    # `until` matters only once renewed, and a renewal sets it.
+                    view[rid] = _Rec(
+                        State(event),
+                        digest,
+                        None,
+                        values=values_at[line],
+                        first_digest=digest,
+                        renewals=set(),
+                        created=True,
+                    )
+                    batch.creates[rid] = [rec_row, scopes]
+                    payload = None
+                    if receipt is None:
+                        record = self.local.record(values_at[line])
+                        payload = receipt_payload(
+                            city, record, Event(event), actor, at, State(event)
+                        )
+                    batch.events.append(_Event(line, rid, event, actor, receipt, payload))
+                    continue
+                if digest == rec.digest or digest == self._created_digest(rid, rec):
+                    batch.duplicates += 1
+                else:
+                    fail(
+                        line,
+                        rid,
+                        "CONSENT_RECORD_CONFLICT",
+                        f"consent record {rid} exists with different terms",
+                    )
+            elif kind == MOVE:
+                _, line, name, rid, until, actor = item
+                event = Event(name)
+                rec = get(rid)
+                if rec is None:
+                    fail(line, rid, "CONSENT_NOT_FOUND", f"no consent record {rid!r}")
+                    continue
+                until_text = timefmt.fmt(until) if until is not None else None
+                if event is Event.RENEW:
+                    if (rec.state is State.RENEWED and rec.until == until_text) or (
+                        until_text in self._known_renewals(rid, rec)
+                    ):
+                        batch.duplicates += 1
+                        continue
+                elif rec.state.value == event.value:
+                    batch.duplicates += 1
+                    continue
+                try:
+                    state = next_state(rec.state, event)
+                except CitybrokerError as e:
+                    fail(line, rid, e.reason, e.message)
+                    continue
+                record = self._record(rec)
+                if event is Event.RENEW:
+                    if until is not None and until <= record.valid_from:
+                        fail(
+                            line,
+                            rid,
+                            "CONSENT_DATES_INVALID",
+                            "valid_until must be after valid_from",
+                        )
+                        continue
+                    record = replace(record, valid_until=until)
+                payload = receipt_payload(city, record, event, actor, at, state)
+                rec.state = state
+                if event is Event.RENEW:
+                    rec.record, rec.digest, rec.until = record, payload["terms_digest"], until_text
+                    self._known_renewals(rid, rec).add(until_text)
+                if not rec.created:
+                    batch.changes[rid] = rec
+                batch.events.append(_Event(line, rid, name, actor, None, payload))
+            else:
+                _, line, rid, reason, message = item
+                fail(line, rid, reason, message)
+        # Records created and then changed in this batch are inserted as they end up.
+        for rid, rec in view.items():
+            if rec.created:
+                batch.creates[rid] = self._final_rows(rec, *batch.creates[rid])
+
+    def _final_rows(
+        self, rec: _Rec, record: tuple[Any, ...], scopes: tuple[tuple[Any, ...], ...]
+    ) -> list[Any]:
+        renewed = record[_R_DIGEST] != rec.digest
+        if record[_R_STATE] == rec.state.value and not renewed:
+            return [record, scopes]
+        new = list(record)
+        new[_R_STATE] = rec.state.value
+        until = record[_R_UNTIL]
+        if renewed:
+            assert rec.record is not None
+            valid_until = rec.record.valid_until
+            until = self.imp._codec.dt(timefmt.to_db(valid_until) if valid_until else None)
+            new[_R_UNTIL], new[_R_DIGEST] = until, rec.digest
+        changed = []
+        for scope in scopes:
+            row = list(scope)
+            row[_S_STATE], row[_S_UNTIL] = rec.state.value, until
+            changed.append(tuple(row))
+        return [tuple(new), tuple(changed)]
+
+    def _record(self, rec: _Rec) -> ConsentRecord:
+        if rec.record is None:
+            assert rec.values is not None
+            rec.record = self.local.record(rec.values)
+        return rec.record
+
+    def _created_digest(self, rid: str, rec: _Rec) -> str:
+        if rec.first_digest is None:
+            rec.first_digest = self._first_digest(rid)
+        return rec.first_digest
+
+    def _known_renewals(self, rid: str, rec: _Rec) -> set[str | None]:
+        if rec.renewals is None:
+            rec.renewals = self._renewals(rid)
+        return rec.renewals
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _finish(self, batch: _Batch) -> None:
+        """Write a resolved batch, then hand its receipts to the log; report its rows."""
+        self._await_signatures(batch)
+        self._wait_log()  # the log's transaction and ours take turns, never wait on each other
+        if batch.events:
+            for attempt in range(self.limits.write_attempts):
+                try:
+                    self._write(batch)
+                    break
+                except (_Stale, sa.exc.IntegrityError) as e:
+                    if attempt + 1 == self.limits.write_attempts:
+                        batch.failure = (
+                            "the records kept changing under the import"
+                            if isinstance(e, _Stale)
+                            else _db_message(e)
+                        )
+                        break
+                    # Someone else wrote these records meanwhile: resolve again, from the store.
+                    self._resolve(batch, self._lookup(batch), {})
+                    self._await_signatures(batch)
+                except sa.exc.SQLAlchemyError as e:
+                    batch.failure = _db_message(e)
+                    break
+        report = self.report
+        report.batches += 1
+        report.rows += len(batch.rows)
+        report.duplicates += batch.duplicates
+        report.bytes_read = batch.bytes_read
+        errors = batch.errors
+        if batch.failure:
+            report.failed_batches += 1
+            message = (
+                f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) was "
+                f"rolled back, nothing of it applied: {batch.failure}"
+            )
+            errors = sorted(
+                [
+                    *errors,
+                    *(RowError(e.line, e.record_id, BATCH_FAILED, message) for e in batch.events),
+                ],
+                key=lambda e: e.row,
+            )
+            batch.view = {}  # nothing of it is stored: the next batch must not build on it
+        else:
+            report.applied += len(batch.events)
+            if batch.events:
+                self.logging_batch = batch
+                receipts = [e.receipt for e in batch.events if e.receipt is not None]
+                assert len(receipts) == len(batch.events)
+                self.logging = self.logger.submit(self._append_log, receipts)
+        for error in errors:
+            report.errors[error.reason] += 1
+            if self.on_error is not None:
+                self.on_error(error)
+        batch.prepared, batch.events, batch.errors, batch.creates = [], [], [], {}
+        batch.rows = batch.rows[:1] + batch.rows[-1:]  # keep the line range for messages
+        if self.progress is not None:
+            self.progress(report)
+
+    def _write(self, batch: _Batch) -> None:
+        inserts = self.imp._inserts
+        with self.engine.begin() as conn:
+            _lock(conn)
+            self._check_unchanged(conn, batch)
+            if batch.creates:
+                creates = batch.creates.values()
+                inserts["records"].run(conn, [c[0] for c in creates])
+                inserts["scopes"].run(conn, [s for c in creates for s in c[1]])
+            self._apply_changes(conn, batch.changes)
+            at = self.imp._codec.dt(timefmt.to_db(batch.at))
+            inserts["events"].run(
+                conn, [(e.record_id, e.event, e.actor, at, e.receipt) for e in batch.events]
+            )
+
+    def _check_unchanged(self, conn: sa.Connection, batch: _Batch) -> None:
+        expected = {rid: rec.expect for rid, rec in batch.changes.items()}
+        if not expected:
+            return
+        for part in _chunks(sorted(expected), 500):
+            stmt = sa.select(
+                consent_records.c.record_id,
+                consent_records.c.state,
+                consent_records.c.content_digest,
+            ).where(consent_records.c.record_id.in_(part))
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            for rid, state, digest in conn.execute(stmt):
+                if expected.get(rid) != (state, digest):
+                    raise _Stale(rid)
+
+    def _apply_changes(self, conn: sa.Connection, changes: dict[str, _Rec]) -> None:
+        """Update stored records (and their scopes) to the state this batch leaves them in."""
+        moved: list[dict[str, Any]] = []
+        renewed: list[dict[str, Any]] = []
+        for rid, rec in changes.items():
+            assert rec.expect is not None
+            if rec.digest == rec.expect[1]:
+                moved.append({"b_id": rid, "b_state": rec.state.value})
+            else:
+                assert rec.record is not None
+                until = rec.record.valid_until
+                renewed.append(
+                    {
+                        "b_id": rid,
+                        "b_state": rec.state.value,
+                        "b_until": timefmt.to_db(until) if until else None,
+                        "b_digest": rec.digest,
+                    }
+                )
+        r, s = consent_records, consent_scopes
+        p_id = sa.bindparam("b_id", type_=sa.String())
+        p_state = sa.bindparam("b_state", type_=sa.String())
+        p_until = sa.bindparam("b_until", type_=sa.DateTime())
+        if moved:
+            for t in (r, s):
+                conn.execute(t.update().where(t.c.record_id == p_id).values(state=p_state), moved)
+        if renewed:
+            conn.execute(
+                r.update()
+                .where(r.c.record_id == p_id)
+                .values(
+                    state=p_state, valid_until=p_until, content_digest=sa.bindparam("b_digest")
+                ),
+                renewed,
+            )
+            conn.execute(
+                s.update().where(s.c.record_id == p_id).values(state=p_state, valid_until=p_until),
+                [{k: v for k, v in row.items() if k != "b_digest"} for row in renewed],
+            )
+
+    # -- the log ------------------------------------------------------------------------------
+
+    def _append_log(self, receipts: list[bytes]) -> None:
+        chunk: list[bytes] = []
+        size = 0
+        for receipt in receipts:
+            if chunk and (len(chunk) >= 4096 or size + len(receipt) > 32 << 20):
+                self.imp._log.append_many(chunk, LOG_KIND)
+                chunk, size = [], 0
+            chunk.append(receipt)
+            size += len(receipt)
+        if chunk:
+            self.imp._log.append_many(chunk, LOG_KIND)
+
+    def _wait_log(self) -> None:
+        if self.logging is None:
+            return
+        future, batch = self.logging, self.logging_batch
+        self.logging = self.logging_batch = None
+        try:
+            future.result()
+        except CitybrokerError as e:
+            assert batch is not None
+            raise StoreError(
+                f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) is "
+                f"stored, but its receipts could not be appended to the node's log: {e.message}",
+                reason="IMPORT_LOG_FAILED",
+            ) from None
+
+
+def _prepare_local(
+    preparer: _Preparer, rows: Sequence[tuple[int, tuple[Any, ...] | _Bad, bool]], at: datetime
+) -> list[Prepared]:
+    return [preparer.prepare(line, values, sign, at) for line, values, sign in rows]
+
+
+def _result(future: Future[Any]) -> Any:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise StoreError(
+            "a signing worker process died (out of memory?); nothing of the current batch "
+            "was written",
+            reason="IMPORT_WORKER_FAILED",
+        ) from None
+
+
+def _receipt_payload(receipt: bytes) -> dict[str, Any]:
+    """The payload of a receipt this node stored (its own signature; only read, not trusted)."""
+    try:
+        payload = json.loads(dsse.Envelope.from_json(receipt).payload)
+    except (CitybrokerError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _lock(conn: sa.Connection) -> None:
+    """Take the database's write lock first, so what the batch checks stays true until commit."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(consent_events.delete().where(consent_events.c.event_id < 0))
+
+
+def _db_message(e: sa.exc.SQLAlchemyError) -> str:
+    orig = getattr(e, "orig", None)
+    detail = str(orig) if orig is not None else str(e).splitlines()[0]
+    return f"{type(orig or e).__name__}: {detail}"
+
+
+class _Insert:
+    """One executemany INSERT: straight to the driver on SQLite, SQLAlchemy Core elsewhere."""
+
+    def __init__(
+        self, table: sa.Table, columns: Sequence[str], dialect: sa.Dialect, driver_level: bool
+    ) -> None:
+        self.columns = tuple(columns)
+        self.stmt = table.insert()
+        compiled = self.stmt.compile(dialect=dialect, column_keys=list(columns))
+        self.driver_level = driver_level
+        if driver_level and list(compiled.positiontup or ()) != list(columns):
+            raise AssertionError(f"unexpected parameter order for {table.name}")
+        self.sql = str(compiled)
+
+    def run(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self.driver_level:
+            conn.exec_driver_sql(self.sql, list(rows))
+        else:
+            conn.execute(self.stmt, [dict(zip(self.columns, r, strict=True)) for r in rows])
