@@ -95,6 +95,9 @@ def _load_city_data(
         engine = storage.create_engine(f"sqlite:///{layout.database}")
         storage.upgrade(engine)
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, seed=i)
+        synthetic.load_traffic(
+            engine, synthetic.traffic_rows(layout.plan.districts, 2, date(2026, 8, 1), 92, i)
+        )
         synthetic.load_trips(
             engine,
             synthetic.trip_rows(
@@ -262,10 +265,30 @@ def run_examples(
         )
         console.print(
             _answer_table(
-                f"3b. ... after {len(withdrawing)} residents of {district} withdrew consent",
+                f"3b. ... after {len(withdrawing)} residents of {district} withdrew consent "
+                "(one more district is withheld too, so the city total cannot reveal it)",
                 after,
                 dims,
                 measures,
+            )
+        )
+
+        # Observational data from public space: no residents, so no consent filter; the
+        # agreement and minimisation still apply (k counts camera-hours).
+        traffic = Query(
+            "traffic",
+            PURPOSE,
+            (Measure(MeasureKind.SUM, "vehicles"), Measure(MeasureKind.SUM, "cyclists")),
+            group_by=(Dimension("observed_on", "month"),),
+        )
+        answer = client.query(traffic)
+        verified += answer.signatures_verified
+        console.print(
+            _answer_table(
+                "4. Traffic-camera counts by month across three cities (sensor data)",
+                answer,
+                ["observed_on"],
+                ["sum(vehicles)", "sum(cyclists)"],
             )
         )
     console.print(

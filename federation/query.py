@@ -55,9 +55,14 @@ class Dimension:
 
 @dataclass(frozen=True)
 class Filter:
+    """Keeps rows whose field, generalised as given, equals one of the values. Filters compare
+    generalised values only (a month, a band), never exact dates or numbers, so that two answers
+    cannot be subtracted to single out one resident."""
+
     field: str
     op: FilterOp
     values: tuple[str, ...]
+    generalisation: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class Query:
         names = [self.dataset, self.purpose, *self.cities]
         names += [m.field for m in self.measures] + [d.field for d in self.group_by]
         names += [d.generalisation for d in self.group_by] + [f.field for f in self.filters]
+        names += [f.generalisation for f in self.filters] + [
+            v for f in self.filters for v in f.values
+        ]
         if any(len(n) > MAX_NAME_CHARS for n in names):
             raise TooLarge(
                 f"names are at most {MAX_NAME_CHARS} characters", reason="QUERY_TOO_LARGE"
@@ -124,7 +132,13 @@ class Query:
                 {"field": d.field, "generalisation": d.generalisation} for d in self.group_by
             ],
             "filters": [
-                {"field": f.field, "op": f.op.value, "values": list(f.values)} for f in self.filters
+                {
+                    "field": f.field,
+                    "op": f.op.value,
+                    "values": list(f.values),
+                    "generalisation": f.generalisation,
+                }
+                for f in self.filters
             ],
             "cities": list(self.cities),
         }
@@ -142,7 +156,12 @@ class Query:
                     Dimension(str(d["field"]), str(d["generalisation"])) for d in obj["group_by"]
                 ),
                 filters=tuple(
-                    Filter(str(f["field"]), FilterOp(f["op"]), tuple(str(v) for v in f["values"]))
+                    Filter(
+                        str(f["field"]),
+                        FilterOp(f["op"]),
+                        tuple(str(v) for v in f["values"]),
+                        str(f.get("generalisation", "")),
+                    )
                     for f in obj["filters"]
                 ),
                 cities=tuple(str(c) for c in obj["cities"]),

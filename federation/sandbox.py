@@ -91,12 +91,18 @@ class LocalFederation:
             consumer=self.partner_id,
             purposes=frozenset(purposes),
             datasets={
+                "traffic": {
+                    "district": FieldTerms(Appearance.RAW),
+                    "observed_on": FieldTerms(Appearance.GENERALISED, frozenset({"week", "month"})),
+                    "vehicles": FieldTerms(Appearance.AGGREGATE_ONLY),
+                    "cyclists": FieldTerms(Appearance.AGGREGATE_ONLY),
+                },
                 "mobility": {
                     "district": FieldTerms(Appearance.RAW),
                     "mode": FieldTerms(Appearance.RAW),
                     "trip_date": FieldTerms(Appearance.GENERALISED, frozenset({"month", "year"})),
                     "distance_km": FieldTerms(Appearance.AGGREGATE_ONLY),
-                }
+                },
             },
             min_cell_size=k,
             valid_from=now - timedelta(minutes=1),
@@ -188,7 +194,10 @@ def create(
                     "bundle": str(root / "trust-bundle.json"),
                     "authority_key": str(authority_pub),
                 },
-                "datasets": {"mobility": synthetic.MOBILITY_CATALOGUE},
+                "datasets": {
+                    "mobility": synthetic.MOBILITY_CATALOGUE,
+                    "traffic": synthetic.TRAFFIC_CATALOGUE,
+                },
                 # Within the EU data may flow; anywhere else only under standard clauses.
                 "transfers": {"EU": "allowed", "*": "instrument:scc-2021"},
             },

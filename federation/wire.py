@@ -51,7 +51,7 @@ def query_from_pb(pb: common_pb2.Query) -> Query:
             raise InvalidArgument(
                 f"unknown filter operator {f.operator} on {f.field}", reason="OPERATOR_UNKNOWN"
             )
-        filters.append(Filter(f.field, op, tuple(f.values)))
+        filters.append(Filter(f.field, op, tuple(f.values), f.generalisation))
     return Query(
         dataset=pb.dataset,
         purpose=pb.purpose,
@@ -71,7 +71,12 @@ def query_to_pb(q: Query) -> common_pb2.Query:
             common_pb2.Dimension(field=d.field, generalisation=d.generalisation) for d in q.group_by
         ],
         filters=[
-            common_pb2.Filter(field=f.field, operator=_OPS_PB[f.op], values=list(f.values))
+            common_pb2.Filter(
+                field=f.field,
+                operator=_OPS_PB[f.op],
+                values=list(f.values),
+                generalisation=f.generalisation,
+            )
             for f in q.filters
         ],
         cities=list(q.cities),

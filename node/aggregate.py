@@ -12,12 +12,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from federation.errors import PermissionDenied
 from federation.query import FilterOp, MeasureKind, Query
 from keys import timefmt
+from node import disclosure
 from node.catalogue import DatasetSpec, FieldType
 from node.schema import consent_scopes
 
-VALID_STATES = ("given", "renewed", "withdrawn")
+VALID_STATES = ("given", "renewed")
 _RESIDENTS, _RECORDS = "_residents", "_records"
 # The time consent must be valid at: the one value of a compiled query that changes between runs.
 _AT = "consent_at"
@@ -45,6 +47,14 @@ def _generalise(
 ) -> sa.ColumnElement[Any]:
     if how == "":
         return sa.cast(col, sa.String)
+    if ftype is FieldType.DATE and how == "week":
+        # ISO 8601 week ("2026-W01"); SQLite before 3.46 has no %G/%V, so go through the
+        # week's Thursday, which always lies in the ISO year the week belongs to.
+        if dialect == "sqlite":
+            thursday = sa.func.date(col, "-3 days", "weekday 4")
+            week = (sa.cast(sa.func.strftime("%j", thursday), sa.Integer) - 1) / 7 + 1
+            return sa.func.printf("%s-W%02d", sa.func.strftime("%Y", thursday), week)
+        return sa.func.to_char(col, 'IYYY-"W"IW')
     if ftype is FieldType.DATE:
         fmt = {
             "day": ("%Y-%m-%d", "YYYY-MM-DD"),
@@ -113,10 +123,11 @@ def _source(
     dialect: str,
 ) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
     """The dataset table, the generalised group-by expressions, and the row conditions (consent
-    filter and the query's filters) shared by the aggregate and the contributor list."""
-    table = sa.table(
-        ds.table, *(sa.column(f.column) for f in ds.fields.values()), sa.column(ds.resident_column)
-    )
+    filter for resident-linked data, and the query's filters) shared by every statement."""
+    columns: list[sa.ColumnClause[Any]] = [sa.column(f.column) for f in ds.fields.values()]
+    if ds.resident_linked:
+        columns.append(sa.column(ds.resident_column))
+    table = sa.table(ds.table, *columns)
 
     def col(name: str) -> sa.ColumnElement[Any]:
         return table.c[ds.fields[name].column]
@@ -125,15 +136,25 @@ def _source(
         _generalise(col(d.field), ds.fields[d.field].type, d.generalisation, dialect)
         for d in query.group_by
     ]
-    conditions = [
-        _consent_filter(
-            table.c[ds.resident_column], query.purpose, recipients, ds.data_category, at
+    conditions = []
+    if ds.resident_linked:
+        conditions.append(
+            _consent_filter(
+                table.c[ds.resident_column], query.purpose, recipients, ds.data_category, at
+            )
         )
-    ]
     for f in query.filters:
-        value = sa.cast(col(f.field), sa.String)
+        spec = ds.fields[f.field]
+        value = _generalise(col(f.field), spec.type, f.generalisation, dialect)
         conditions.append(value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values))
     return table, dims, conditions
+
+
+def _people(table: sa.TableClause, ds: DatasetSpec) -> sa.ColumnElement[Any]:
+    """What k counts: distinct residents, or records of observational data."""
+    if ds.resident_linked:
+        return sa.func.count(sa.distinct(table.c[ds.resident_column]))
+    return sa.func.count()
 
 
 def _compile(
@@ -144,22 +165,21 @@ def _compile(
     dialect: str,
 ) -> sa.Select[Any]:
     table, generalised, conditions = _source(query, ds, recipients, at, dialect)
-    resident = table.c[ds.resident_column]
 
     def col(name: str) -> sa.ColumnElement[Any]:
         return table.c[ds.fields[name].column]
 
     dims = [g.label(f"d{i}") for i, g in enumerate(generalised)]
     measures: list[sa.ColumnElement[Any]] = [
-        sa.func.count(sa.distinct(resident)).label(_RESIDENTS),
+        _people(table, ds).label(_RESIDENTS),
         sa.func.count().label(_RECORDS),
     ]
     for i, m in enumerate(query.measures):
         expr: sa.ColumnElement[Any]
         if m.kind is MeasureKind.COUNT_RECORDS:
             expr = sa.func.count()
-        elif m.kind is MeasureKind.COUNT_RESIDENTS:
-            expr = sa.func.count(sa.distinct(resident))
+        elif m.kind is MeasureKind.COUNT_RESIDENTS:  # policy allows it on linked data only
+            expr = sa.func.count(sa.distinct(table.c[ds.resident_column]))
         else:
             fn: Any = {
                 MeasureKind.SUM: sa.func.sum,
@@ -192,7 +212,9 @@ def run(
     at: datetime,
     k: int,
 ) -> AggregateResult:
-    """Cells with fewer than k distinct consenting residents are withheld (primary suppression)."""
+    """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
+    distinct consenting residents, and enough others that none can be recovered from margins.
+    A query whose whole population is under k is refused."""
     dialect = conn.dialect.name
     # Everything the statement is built from except the consent time, which binds at execution.
     shape: tuple[Any, ...] = (query, recipients, dialect, ds.name, ds.table, ds.resident_column)
@@ -203,18 +225,36 @@ def run(
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = stmt
+    names = [m.name for m in query.measures]
+    rows = conn.execute(stmt, {_AT: timefmt.to_db(at)}).mappings().all()
+    keys = [tuple(str(row[f"d{i}"]) for i in range(len(query.group_by))) for row in rows]
+    population = [int(row[_RESIDENTS]) for row in rows]
+    if max(population, default=0) < k and _population(conn, query, ds, recipients, at) < k:
+        # Two answers over populations this small could be subtracted to isolate someone.
+        raise PermissionDenied(
+            f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
+        )
+    hidden = disclosure.suppress(keys, population, k)
     cells: list[Cell] = []
     withheld: list[dict[str, str]] = []
-    names = [m.name for m in query.measures]
-    for row in conn.execute(stmt, {_AT: timefmt.to_db(at)}).mappings():
-        key = {d.field: str(row[f"d{i}"]) for i, d in enumerate(query.group_by)}
-        if row[_RESIDENTS] < k:
+    for i, row in enumerate(rows):
+        key = {d.field: keys[i][j] for j, d in enumerate(query.group_by)}
+        if i in hidden:
             withheld.append(key)
             continue
         cells.append(
-            Cell(key, {n: _number(row[f"m{i}"]) for i, n in enumerate(names)}, int(row[_RECORDS]))
+            Cell(key, {n: _number(row[f"m{j}"]) for j, n in enumerate(names)}, int(row[_RECORDS]))
         )
     return AggregateResult(cells, withheld)
+
+
+def _population(
+    conn: sa.Connection, query: Query, ds: DatasetSpec, recipients: tuple[str, ...], at: datetime
+) -> int:
+    """Distinct people in the query's population; asked only when every cell is under k."""
+    table, _, conditions = _source(query, ds, recipients, _at_param(at), conn.dialect.name)
+    stmt = sa.select(_people(table, ds)).select_from(table).where(*conditions)
+    return int(conn.execute(stmt).scalar_one())
 
 
 def contributors(
@@ -224,9 +264,11 @@ def contributors(
     at: datetime,
     dialect: str,
     withheld: list[dict[str, str]],
-) -> sa.Select[Any]:
+) -> sa.Select[Any] | None:
     """The distinct residents whose records went into released cells (withheld ones excluded),
-    for the residents' transparency record."""
+    for the residents' transparency record; None for observational data, which has no residents."""
+    if not ds.resident_linked:
+        return None
     table, dims, conditions = _source(query, ds, recipients, _at_param(at), dialect)
     if withheld and not dims:
         conditions.append(sa.false())  # the single total cell was withheld: nobody's data left

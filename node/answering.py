@@ -43,7 +43,7 @@ class _Release:
     query: Query
     agreement: Agreement
     at: datetime
-    contributors: sa.Select[Any]
+    contributors: sa.Select[Any] | None
 
 
 class Answerer:

@@ -23,7 +23,7 @@ class FieldType(StrEnum):
 GENERALISATIONS: dict[FieldType, frozenset[str]] = {
     FieldType.STRING: frozenset({""}),
     FieldType.NUMBER: frozenset({"", "band5", "band10"}),
-    FieldType.DATE: frozenset({"", "day", "month", "year"}),
+    FieldType.DATE: frozenset({"", "day", "week", "month", "year"}),
 }
 
 
@@ -37,11 +37,16 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A dataset is resident-linked (each row belongs to a resident: the consent filter applies
+    and k counts distinct residents) or observational (public-space observations such as traffic
+    counts, with no resident id: agreements and minimisation apply, k counts records)."""
+
     name: str
     table: str
     resident_column: str
     data_category: str
     fields: dict[str, FieldSpec]
+    resident_linked: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,17 @@ class Catalogue:
                 fields[fname] = FieldSpec(fname, f.str("column", fname), ftype, gens)
             if not fields:
                 raise ConfigError(f"{section.path}: dataset {name} has no fields")
+            kind = ds.str("kind", "resident-linked")
+            if kind not in ("resident-linked", "observational"):
+                raise ConfigError(
+                    f"{section.path}: datasets.{name}.kind must be resident-linked or observational"
+                )
+            linked = kind == "resident-linked"
             datasets[name] = DatasetSpec(
                 name=name,
                 table=ds.str("table"),
-                resident_column=ds.str("resident_column"),
+                resident_column=ds.str("resident_column") if linked else "",
+                resident_linked=linked,
                 data_category=ds.str("data_category"),
                 fields=fields,
             )

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from federation.agreement import Agreement, Appearance
 from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from federation.query import FilterOp, Query
+from federation.query import FilterOp, MeasureKind, Query
 from node import taxonomy
 from node.catalogue import Catalogue, FieldType
 from node.transfers import TransferRules
@@ -41,6 +41,11 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
                 f"dataset {ds.name} has no field {name!r}", reason="FIELD_UNKNOWN", field=name
             )
     for m in query.measures:
+        if m.kind is MeasureKind.COUNT_RESIDENTS and not ds.resident_linked:
+            raise InvalidArgument(
+                f"dataset {ds.name} is observational: it has no residents to count",
+                reason="MEASURE_INVALID",
+            )
         if m.kind.needs_field and ds.fields[m.field].type is not FieldType.NUMBER:
             raise InvalidArgument(
                 f"{m.kind.value} needs a numeric field; {m.field} is not",
@@ -57,6 +62,20 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
     for f in query.filters:
         if f.op not in (FilterOp.EQUALS, FilterOp.IN):
             raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
+        spec = ds.fields[f.field]
+        if f.generalisation not in spec.generalisations:
+            raise InvalidArgument(
+                f"field {f.field} has no generalisation {f.generalisation or 'raw'!r}",
+                reason="GENERALISATION_UNKNOWN",
+                field=f.field,
+            )
+        if spec.type is not FieldType.STRING and not f.generalisation:
+            raise InvalidArgument(
+                f"filters on {f.field} must use a generalisation "
+                f"({', '.join(sorted(g for g in spec.generalisations if g))}), not exact values",
+                reason="FILTER_ON_RAW_VALUE",
+                field=f.field,
+            )
 
 
 def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
@@ -110,7 +129,11 @@ def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
             )
     for f in query.filters:
         t = terms.get(f.field)
-        if t is None or t.appearance is not Appearance.RAW:
+        allowed = t is not None and (
+            t.appearance is Appearance.RAW
+            or (t.appearance is Appearance.GENERALISED and f.generalisation in t.generalisations)
+        )
+        if not allowed:
             return PermissionDenied(
                 f"filtering on {f.field} is not allowed by agreement {a.agreement_id}",
                 reason="FILTER_NOT_IN_AGREEMENT",

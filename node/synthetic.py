@@ -33,12 +33,67 @@ MOBILITY_CATALOGUE = {
     "resident_column": "resident_id",
     "data_category": "mobility",
     "fields": {
-        "trip_date": {"type": "date", "generalisations": ["day", "month", "year"]},
+        "trip_date": {"type": "date", "generalisations": ["day", "week", "month", "year"]},
         "mode": {"type": "string"},
         "district": {"type": "string"},
         "distance_km": {"type": "number", "generalisations": ["", "band5", "band10"]},
     },
 }
+
+
+TRAFFIC_TABLE = "traffic_counts"
+traffic = sa.Table(
+    TRAFFIC_TABLE,
+    trips_metadata,
+    sa.Column("observation_id", sa.Integer, primary_key=True),
+    sa.Column("camera_id", sa.String(32), nullable=False),
+    sa.Column("district", sa.String(64), nullable=False),
+    sa.Column("observed_on", sa.Date, nullable=False),
+    sa.Column("hour", sa.Integer, nullable=False),
+    sa.Column("vehicles", sa.Integer, nullable=False),
+    sa.Column("cyclists", sa.Integer, nullable=False),
+)
+
+# Observational data from public space (hourly camera counts): no resident id, no consent filter;
+# agreements and minimisation still apply, and k counts observations.
+TRAFFIC_CATALOGUE = {
+    "kind": "observational",
+    "table": TRAFFIC_TABLE,
+    "data_category": "location",
+    "fields": {
+        "district": {"type": "string"},
+        "observed_on": {"type": "date", "generalisations": ["day", "week", "month"]},
+        "hour": {"type": "number", "generalisations": ["", "band5"]},
+        "vehicles": {"type": "number"},
+        "cyclists": {"type": "number"},
+    },
+}
+
+
+def traffic_rows(
+    districts: tuple[str, ...], cameras_per_district: int, start: date, days: int, seed: int
+) -> Iterator[dict[str, object]]:
+    rng = random.Random(f"{seed}:traffic")
+    n = 0
+    for district in districts:
+        for camera in range(cameras_per_district):
+            for day in range(days):
+                for hour in range(6, 22):
+                    n += 1
+                    rush = 3 if hour in (7, 8, 16, 17) else 1
+                    yield {
+                        "observation_id": n,
+                        "camera_id": f"{district[:3].lower()}-{camera}",
+                        "district": district,
+                        "observed_on": start + timedelta(days=day),
+                        "hour": hour,
+                        "vehicles": rng.randint(20, 120) * rush,
+                        "cyclists": rng.randint(0, 40) * rush,
+                    }
+
+
+def load_traffic(engine: sa.Engine, rows: Iterator[dict[str, object]]) -> int:
+    return _load(engine, traffic, rows)
 
 
 @dataclass(frozen=True)
@@ -71,6 +126,12 @@ def trip_rows(
 
 
 def load_trips(engine: sa.Engine, rows: Iterator[dict[str, object]], batch: int = 10_000) -> int:
+    return _load(engine, trips, rows, batch)
+
+
+def _load(
+    engine: sa.Engine, table: sa.Table, rows: Iterator[dict[str, object]], batch: int = 10_000
+) -> int:
     trips_metadata.create_all(engine)
     n = 0
     chunk: list[dict[str, object]] = []
@@ -78,10 +139,10 @@ def load_trips(engine: sa.Engine, rows: Iterator[dict[str, object]], batch: int 
         for row in rows:
             chunk.append(row)
             if len(chunk) >= batch:
-                conn.execute(trips.insert(), chunk)
+                conn.execute(table.insert(), chunk)
                 n += len(chunk)
                 chunk = []
         if chunk:
-            conn.execute(trips.insert(), chunk)
+            conn.execute(table.insert(), chunk)
             n += len(chunk)
     return n

@@ -36,12 +36,14 @@ class ExchangeRecorder:
     def __init__(self, node: sa.Engine, data: sa.Engine) -> None:
         self._node, self._data = node, data
 
-    def record(self, exchange: Exchange, contributors: sa.Select[Any]) -> None:
+    def record(self, exchange: Exchange, contributors: sa.Select[Any] | None) -> None:
         """Store the exchange and every resident in `contributors` (a select of resident ids)."""
         row = {**exchange.__dict__, "released_at": timefmt.to_db(exchange.released_at)}
         rid = sa.literal(exchange.request_id, type_=sa.String)
         with self._node.begin() as conn:
             conn.execute(exchanges.insert().values(row))
+            if contributors is None:
+                return
             if self._data is self._node:
                 sub = contributors.subquery()
                 conn.execute(

@@ -55,6 +55,9 @@ def start_federation(
         storage.upgrade(engine)
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, i)
         synthetic.load_trips(engine, synthetic.trip_rows(people[city], 4, date(2026, 8, 1), 92, i))
+        synthetic.load_traffic(
+            engine, synthetic.traffic_rows(layout.plan.districts, 1, date(2026, 8, 1), 31, i)
+        )
         engine.dispose()
     nodes = {
         c: NodeServer(NodeConfig.load(layout.config)).start() for c, layout in fed.cities.items()

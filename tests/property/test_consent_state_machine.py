@@ -89,11 +89,7 @@ class Model:
 
     def valid_at(self, t: datetime) -> bool:
         until = self.terms.valid_until
-        return (
-            self.state in VALID
-            and self.terms.valid_from <= t
-            and (until is None or t < until)
-        )
+        return self.state in VALID and self.terms.valid_from <= t and (until is None or t < until)
 
 
 class ConsentLifecycle(RuleBasedStateMachine):
@@ -160,9 +156,7 @@ class ConsentLifecycle(RuleBasedStateMachine):
             # Idempotent: the same decision on the same terms returns the first receipt.
             assert call(r, "resident") == self.receipts[record_id][0]
         else:
-            self.expect_error(
-                AlreadyExists, "CONSENT_RECORD_CONFLICT", lambda: call(r, "resident")
-            )
+            self.expect_error(AlreadyExists, "CONSENT_RECORD_CONFLICT", lambda: call(r, "resident"))
 
     @rule(record_id=st.sampled_from(sorted(RECORDS)), until=st.sampled_from(UNTIL))
     def give(self, record_id: str, until: float | None) -> None:
@@ -216,9 +210,7 @@ class ConsentLifecycle(RuleBasedStateMachine):
         due = sorted(
             rid
             for rid, m in self.model.items()
-            if m.state in VALID
-            and m.terms.valid_until is not None
-            and m.terms.valid_until <= now
+            if m.state in VALID and m.terms.valid_until is not None and m.terms.valid_until <= now
         )
         receipts = self.registry.expire_due(now, batch=2)
         assert len(receipts) == len(due)
@@ -256,9 +248,7 @@ class ConsentLifecycle(RuleBasedStateMachine):
             assert [e.event.value for e in history] == m.events
             # The receipts returned when each event happened are stored unchanged, in order.
             assert [e.receipt for e in history] == self.receipts[rid]
-            assert all(
-                e.actor == "system" for e in history if e.event is Event.EXPIRE
-            )
+            assert all(e.actor == "system" for e in history if e.event is Event.EXPIRE)
 
     @invariant()
     def consent_filter_admits_exactly_the_valid(self) -> None:

@@ -22,7 +22,9 @@ def test_only_given_and_renewed_are_valid() -> None:
     }
 
 
-@pytest.mark.parametrize(("event", "state"), [(Event.GIVE, State.GIVEN), (Event.REFUSE, State.REFUSED)])
+@pytest.mark.parametrize(
+    ("event", "state"), [(Event.GIVE, State.GIVEN), (Event.REFUSE, State.REFUSED)]
+)
 def test_a_record_starts_given_or_refused(event: Event, state: State) -> None:
     assert next_state(None, event) is state
 
@@ -51,9 +53,7 @@ def test_a_valid_consent_can_be_renewed_again_and_again(current: State) -> None:
 
 @pytest.mark.parametrize("current", sorted(VALID))
 @pytest.mark.parametrize("event", ENDING)
-def test_a_valid_consent_ends_in_the_state_named_by_the_event(
-    current: State, event: Event
-) -> None:
+def test_a_valid_consent_ends_in_the_state_named_by_the_event(current: State, event: Event) -> None:
     after = next_state(current, event)
     assert after.value == event.value
     assert after not in VALID

@@ -68,14 +68,16 @@ class Dimension(_message.Message):
     def __init__(self, field: _Optional[str] = ..., generalisation: _Optional[str] = ...) -> None: ...
 
 class Filter(_message.Message):
-    __slots__ = ("field", "operator", "values")
+    __slots__ = ("field", "operator", "values", "generalisation")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    GENERALISATION_FIELD_NUMBER: _ClassVar[int]
     field: str
     operator: FilterOperator
     values: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, field: _Optional[str] = ..., operator: _Optional[_Union[FilterOperator, str]] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+    generalisation: str
+    def __init__(self, field: _Optional[str] = ..., operator: _Optional[_Union[FilterOperator, str]] = ..., values: _Optional[_Iterable[str]] = ..., generalisation: _Optional[str] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("dataset", "purpose", "measures", "group_by", "filters", "cities")
