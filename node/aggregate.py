@@ -88,23 +88,74 @@ def _at_param(at: datetime | None) -> sa.BindParameter[Any]:
     return sa.bindparam(_AT, timefmt.to_db(at), type_=sa.DateTime())
 
 
-def _consent_filter(
-    resident: sa.ColumnElement[Any],
+# Consenting residents pushed into the data's own database (a temporary table) when the data does
+# not live beside the consents, so the consent filter still runs where the data lives.
+PUSHED = sa.table("citybroker_consenting", sa.column("resident_id"))
+_PUSH_CHUNK = 10_000
+
+
+def push_consenting(
+    data: sa.Connection,
+    consents: sa.Engine,
     purpose: str,
     recipients: tuple[str, ...],
     category: str,
-    at: sa.BindParameter[Any],
-) -> sa.ColumnElement[bool]:
-    """Residents with a valid consent for this purpose and data category, given to the partner by
-    name or to a recipient category the partner belongs to."""
+    at: datetime,
+) -> int:
+    """Copy the ids of residents with valid consent into PUSHED on `data`, streaming in chunks;
+    returns how many. The table is temporary: it lives as long as the connection's session."""
+    data.execute(
+        sa.text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {PUSHED.name} (resident_id VARCHAR(128))")
+    )
+    data.execute(sa.text(f"DELETE FROM {PUSHED.name}"))
     c = consent_scopes.c
-    consenting = sa.select(c.resident_id).where(
+    valid = (
+        sa.select(c.resident_id)
+        .distinct()
+        .where(*_consent_conditions(purpose, recipients, category, _at_param(at)))
+    )
+    n = 0
+    with consents.connect() as source:
+        for chunk in (
+            source.execution_options(stream_results=True).execute(valid).partitions(_PUSH_CHUNK)
+        ):
+            data.execute(
+                sa.text(f"INSERT INTO {PUSHED.name} (resident_id) VALUES (:r)"),
+                [{"r": row[0]} for row in chunk],
+            )
+            n += len(chunk)
+    return n
+
+
+def _consent_conditions(
+    purpose: str, recipients: tuple[str, ...], category: str, at: sa.BindParameter[Any]
+) -> list[sa.ColumnElement[bool]]:
+    c = consent_scopes.c
+    return [
         c.purpose == purpose,
         c.recipient.in_(recipients),
         c.data_category == category,
         c.state.in_(VALID_STATES),
         c.valid_from <= at,
         sa.or_(c.valid_until.is_(None), c.valid_until > at),
+    ]
+
+
+def _consent_filter(
+    resident: sa.ColumnElement[Any],
+    purpose: str,
+    recipients: tuple[str, ...],
+    category: str,
+    at: sa.BindParameter[Any],
+    pushed: bool = False,
+) -> sa.ColumnElement[bool]:
+    """Residents with a valid consent for this purpose and data category, given to the partner by
+    name or to a recipient category the partner belongs to (or, `pushed`, those in PUSHED)."""
+    if pushed:
+        return resident.in_(sa.select(PUSHED.c.resident_id))
+    c = consent_scopes.c
+    consenting = sa.select(c.resident_id).where(
+        *_consent_conditions(purpose, recipients, category, at)
     )
     return resident.in_(consenting)
 
@@ -121,6 +172,7 @@ def _source(
     recipients: tuple[str, ...],
     at: sa.BindParameter[Any],
     dialect: str,
+    pushed: bool = False,
 ) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
     """The dataset table, the generalised group-by expressions, and the row conditions (consent
     filter for resident-linked data, and the query's filters) shared by every statement."""
@@ -140,7 +192,12 @@ def _source(
     if ds.resident_linked:
         conditions.append(
             _consent_filter(
-                table.c[ds.resident_column], query.purpose, recipients, ds.data_category, at
+                table.c[ds.resident_column],
+                query.purpose,
+                recipients,
+                ds.data_category,
+                at,
+                pushed,
             )
         )
     for f in query.filters:
@@ -163,8 +220,9 @@ def _compile(
     recipients: tuple[str, ...],
     at: sa.BindParameter[Any],
     dialect: str,
+    pushed: bool = False,
 ) -> sa.Select[Any]:
-    table, generalised, conditions = _source(query, ds, recipients, at, dialect)
+    table, generalised, conditions = _source(query, ds, recipients, at, dialect, pushed)
 
     def col(name: str) -> sa.ColumnElement[Any]:
         return table.c[ds.fields[name].column]
@@ -211,17 +269,26 @@ def run(
     recipients: tuple[str, ...],
     at: datetime,
     k: int,
+    pushed: bool = False,
 ) -> AggregateResult:
     """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
     distinct consenting residents, and enough others that none can be recovered from margins.
     A query whose whole population is under k is refused."""
     dialect = conn.dialect.name
     # Everything the statement is built from except the consent time, which binds at execution.
-    shape: tuple[Any, ...] = (query, recipients, dialect, ds.name, ds.table, ds.resident_column)
+    shape: tuple[Any, ...] = (
+        query,
+        recipients,
+        pushed,
+        dialect,
+        ds.name,
+        ds.table,
+        ds.resident_column,
+    )
     shape += (ds.data_category, *ds.fields.items())
     stmt = _STATEMENTS.get(shape)
     if stmt is None:
-        stmt = _compile(query, ds, recipients, _at_param(None), dialect)
+        stmt = _compile(query, ds, recipients, _at_param(None), dialect, pushed)
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = stmt
@@ -229,7 +296,7 @@ def run(
     rows = conn.execute(stmt, {_AT: timefmt.to_db(at)}).mappings().all()
     keys = [tuple(str(row[f"d{i}"]) for i in range(len(query.group_by))) for row in rows]
     population = [int(row[_RESIDENTS]) for row in rows]
-    if max(population, default=0) < k and _population(conn, query, ds, recipients, at) < k:
+    if max(population, default=0) < k and _population(conn, query, ds, recipients, at, pushed) < k:
         # Two answers over populations this small could be subtracted to isolate someone.
         raise PermissionDenied(
             f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
@@ -249,10 +316,15 @@ def run(
 
 
 def _population(
-    conn: sa.Connection, query: Query, ds: DatasetSpec, recipients: tuple[str, ...], at: datetime
+    conn: sa.Connection,
+    query: Query,
+    ds: DatasetSpec,
+    recipients: tuple[str, ...],
+    at: datetime,
+    pushed: bool,
 ) -> int:
     """Distinct people in the query's population; asked only when every cell is under k."""
-    table, _, conditions = _source(query, ds, recipients, _at_param(at), conn.dialect.name)
+    table, _, conditions = _source(query, ds, recipients, _at_param(at), conn.dialect.name, pushed)
     stmt = sa.select(_people(table, ds)).select_from(table).where(*conditions)
     return int(conn.execute(stmt).scalar_one())
 
@@ -264,12 +336,13 @@ def contributors(
     at: datetime,
     dialect: str,
     withheld: list[dict[str, str]],
+    pushed: bool = False,
 ) -> sa.Select[Any] | None:
     """The distinct residents whose records went into released cells (withheld ones excluded),
     for the residents' transparency record; None for observational data, which has no residents."""
     if not ds.resident_linked:
         return None
-    table, dims, conditions = _source(query, ds, recipients, _at_param(at), dialect)
+    table, dims, conditions = _source(query, ds, recipients, _at_param(at), dialect, pushed)
     if withheld and not dims:
         conditions.append(sa.false())  # the single total cell was withheld: nobody's data left
     for key in withheld if dims else []:

@@ -58,6 +58,7 @@ class Answerer:
         log: MerkleLog,
         exchanges: ExchangeRecorder,
         transfers: TransferRules,
+        consents: sa.Engine,
     ) -> None:
         self._s, self._signer, self._trust = settings, signer, trust
         self._agreements, self._catalogue, self._data, self._log = (
@@ -66,7 +67,7 @@ class Answerer:
             data,
             log,
         )
-        self._exchanges, self._transfers = exchanges, transfers
+        self._exchanges, self._transfers, self._consents = exchanges, transfers, consents
         self._replay = tokens.ReplayCache()
 
     def _authenticate(
@@ -90,8 +91,16 @@ class Answerer:
     def run_query(self, envelope: dsse.Envelope, peers: Sequence[str]) -> tuple[dsse.Envelope, int]:
         """Answer, or refuse; either way the query and the signed outcome are logged first."""
         request = self._authenticate(envelope, statements.QUERY, peers)
+        # One data connection for answering and for the transparency record: consents pushed
+        # into a separate data database live in that connection's session.
+        with self._data.connect() as data:
+            return self._run(request, envelope, data)
+
+    def _run(
+        self, request: statements.BrokerRequest, envelope: dsse.Envelope, data: sa.Connection
+    ) -> tuple[dsse.Envelope, int]:
         try:
-            release = self._answer(request)
+            release = self._answer(request, data)
         except CitybrokerError as refusal:
             signed = statements.sign_refusal(
                 request,
@@ -119,6 +128,7 @@ class Answerer:
                 indexes[1],
             ),
             release.contributors,
+            data,
         )
         return release.result, indexes[1]
 
@@ -132,7 +142,7 @@ class Answerer:
         categories = party.categories if party else ()
         return (partner, *(taxonomy.CATEGORY_PREFIX + c for c in categories))
 
-    def _answer(self, request: statements.BrokerRequest) -> _Release:
+    def _answer(self, request: statements.BrokerRequest, conn: sa.Connection) -> _Release:
         query = request.query
         assert query is not None
         if query.cities and self._s.city not in query.cities:
@@ -154,9 +164,13 @@ class Answerer:
         k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
         ds = self._catalogue.datasets[query.dataset]
         recipients = self._recipients(request.partner)
-        with self._data.connect() as conn:
-            answer = aggregate.run(conn, query, ds, recipients, started, k)
-            dialect = conn.dialect.name
+        pushed = ds.resident_linked and self._data is not self._consents
+        if pushed:
+            aggregate.push_consenting(
+                conn, self._consents, query.purpose, recipients, ds.data_category, started
+            )
+        answer = aggregate.run(conn, query, ds, recipients, started, k, pushed)
+        dialect = conn.dialect.name
         result = statements.sign_result(
             request,
             self._s.city,
@@ -168,7 +182,7 @@ class Answerer:
             jurisdictions=(self._transfers.home, self._jurisdiction(request.partner)),
         )
         contributors = aggregate.contributors(
-            query, ds, recipients, started, dialect, answer.withheld
+            query, ds, recipients, started, dialect, answer.withheld, pushed
         )
         return _Release(result, query, agreement, started, contributors)
 

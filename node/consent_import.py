@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import re
+from base64 import b64encode
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -129,6 +130,9 @@ LOG_KIND = "consent"
     _ACTOR,
 ) = range(len(COLUMNS))
 _WHOLE_NUMBER = re.compile(r"^-?[0-9]{1,9}$")
+_STARTING_NAMES = frozenset(e.value for e in STARTING)
+_IN_CHUNK = 500  # ids per IN (...) query
+_LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
 
 class ImportFormat(StrEnum):
@@ -509,6 +513,14 @@ _R_FROM = _RECORD_COLUMNS.index("valid_from")
 _R_UNTIL = _RECORD_COLUMNS.index("valid_until")
 _R_DIGEST = _RECORD_COLUMNS.index("content_digest")
 _S_STATE = _SCOPE_COLUMNS.index("state")
+_IDS: sa.BindParameter[str] = sa.bindparam("ids", expanding=True)
+_SELECT_RECORDS = sa.select(consent_records).where(consent_records.c.record_id.in_(_IDS))
+_SELECT_SCOPES = sa.select(
+    consent_scopes.c.record_id,
+    consent_scopes.c.purpose,
+    consent_scopes.c.recipient,
+    consent_scopes.c.data_category,
+).where(consent_scopes.c.record_id.in_(_IDS))
 _S_UNTIL = _SCOPE_COLUMNS.index("valid_until")
 
 
@@ -571,6 +583,27 @@ def _identity(v: Any) -> Any:
     return v
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+_RECEIPT_TYPE = dsse.media_type(RECEIPT)
+_RECEIPT_TYPE_BYTES = _RECEIPT_TYPE.encode()
+# Envelope.to_json of a one-signature envelope: keys in order, values base64, hex or the
+# media type, none of which JSON escapes.
+_ENVELOPE = b'{"payload":"%s","payloadType":"%s","signatures":[{"keyid":"%s","sig":"%s"}]}'
+
+
+def _receipt_json(obj: Any) -> bytes:
+    """`dsse.canonical` for a receipt payload or a record's terms, without its generic type walk.
+
+    Their values are only strings, integers from 0 to 36500, None and lists of strings, built
+    here from a validated record. For those, when every string is ASCII (so is the output), the
+    standard library's encoder writes exactly RFC 8785, the same reasoning as dsse.canonical's
+    own fast path; anything else goes through dsse.canonical. Tests compare the receipts with
+    ConsentRegistry.receipt byte for byte.
+    """
+    text = _JSON.encode(obj)
+    return text.encode() if text.isascii() else dsse.canonical(obj)
+
+
 @dataclass(frozen=True)
 class _Setup:
     """What a worker needs; sent once to each worker process."""
@@ -593,12 +626,21 @@ class _Preparer:
         )
         self.default_actor = setup.default_actor
         self.codec = _Codec(setup.driver_level)
+        self.keyid = self.signer.keyid.encode()
 
     def record(self, values: tuple[Any, ...]) -> ConsentRecord:
         return parse_record(values).validate(self.known_party)
 
+    def payload(
+        self, record: ConsentRecord, event: Event, actor: str, at: datetime, state: State
+    ) -> dict[str, Any]:
+        return receipt_payload(self.city, record, event, actor, at, state, _receipt_json)
+
     def sign(self, payload: dict[str, Any]) -> bytes:
-        return dsse.sign(RECEIPT, payload, self.signer).to_json()
+        """The receipt `ConsentRegistry.receipt` makes: a DSSE envelope as `Envelope.to_json`."""
+        body = _receipt_json(payload)
+        sig = self.signer.sign(dsse.pae(_RECEIPT_TYPE, body))
+        return _ENVELOPE % (b64encode(body), _RECEIPT_TYPE_BYTES, self.keyid, b64encode(sig))
 
     def prepare(
         self, line: int, values: tuple[Any, ...] | _Bad, sign: bool, at: datetime
@@ -627,7 +669,7 @@ class _Preparer:
             if event in STARTING:
                 record = self.record(values)
                 state = State(event.value)
-                payload = receipt_payload(self.city, record, event, actor, at, state)
+                payload = self.payload(record, event, actor, at, state)
                 digest = payload["terms_digest"]
                 return (
                     START,
@@ -896,7 +938,13 @@ def import_file(
 
 
 class _Run:
-    """One import run: the batch pipeline."""
+    """One import run: the batch pipeline.
+
+    This thread reads, looks up, hands rows to the workers and resolves; a writer thread writes
+    the batch before (one transaction) and appends its receipts to the log, meanwhile. A batch is
+    resolved on top of the one being written (`_Batch.view`); if that one fails, or had to be
+    resolved again, the next is resolved again from the store before it is handed over.
+    """
 
     def __init__(
         self,
@@ -916,37 +964,34 @@ class _Run:
         self.progress = progress
         self.report = ImportReport()
         self.pool: Executor | None = None
-        self.logger = ThreadPoolExecutor(1, thread_name_prefix="consent-import-log")
-        self.logging: Future[None] | None = None
-        self.logging_batch: _Batch | None = None
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="consent-import-writer")
 
     def run(self) -> ImportReport:
         try:
-            previous: _Batch | None = None
+            writing: tuple[_Batch, Future[None]] | None = None
             for batch in self._batches():
                 if self.pool is None and self._want_pool(batch.index):
                     self.pool = self._start_pool()
                 stored = self._lookup(batch)
-                overlay = previous.view if previous is not None else {}
+                overlay = writing[0].view if writing is not None else {}
                 pending = self._dispatch(batch, stored, overlay)
-                if previous is not None:
-                    self._finish(previous)
-                    if previous.failure:
-                        stored = self._lookup(batch)
-                    # What the previous batch left (nothing if it failed; it may have been
-                    # resolved again while being written).
-                    overlay = previous.view
                 batch.prepared = self._collect(batch, pending)
                 self._resolve(batch, stored, overlay)
                 self._sign_async(batch)
-                previous = batch
-            if previous is not None:
-                self._finish(previous)
-            self._wait_log()
+                if writing is not None:
+                    self._settle(*writing)
+                    if writing[0].view is not overlay:
+                        # It failed (nothing of it stored) or was resolved again: start over
+                        # from what is stored now.
+                        self._resolve(batch, self._lookup(batch), {})
+                        self._sign_async(batch)
+                writing = (batch, self.writer.submit(self._write_and_log, batch))
+            if writing is not None:
+                self._settle(*writing)
         finally:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
-            self.logger.shutdown(wait=True)
+            self.writer.shutdown(wait=True, cancel_futures=True)
         return self.report
 
     def _batches(self) -> Iterator[_Batch]:
@@ -974,7 +1019,7 @@ class _Run:
         return self.limits.workers or max(1, os.cpu_count() or 1)
 
     def _start_pool(self) -> Executor:
-        # spawn: a fresh interpreter, never a fork of this process and its log writer thread.
+        # spawn: a fresh interpreter, never a fork of this process and its threads.
         return ProcessPoolExecutor(
             self._worker_count(),
             mp_context=multiprocessing.get_context("spawn"),
@@ -984,21 +1029,22 @@ class _Run:
 
     def _dispatch(
         self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]
-    ) -> list[Future[list[Prepared]]] | None:
-        """Start preparing the batch: speculatively sign creations of records not stored yet."""
+    ) -> list[Future[list[Prepared]]]:
+        """Start preparing the batch, signing the creations of records not stored yet (the
+        rare creation this guesses wrong is signed later, when resolving finds it)."""
         seen: set[str] = set()
         rows: list[tuple[int, tuple[Any, ...] | _Bad, bool]] = []
+        known = stored.rows
         for line, values in batch.rows:
             sign = False
-            if not isinstance(values, _Bad) and values[_EVENT] in ("given", "refused"):
+            if values[_EVENT] in _STARTING_NAMES and not isinstance(values, _Bad):
                 rid = values[_RECORD_ID]
-                if isinstance(rid, str) and rid not in seen:
+                if rid not in seen and isinstance(rid, str):
                     seen.add(rid)
-                    sign = rid not in stored.rows and rid not in overlay
+                    sign = rid not in known and rid not in overlay
             rows.append((line, values, sign))
         if self.pool is None:
-            batch.prepared = _prepare_local(self.local, rows, batch.at)
-            return None
+            return [_done(_prepare_local(self.local, rows, batch.at))]
         parts = self._worker_count() * 2
         step = max(1, -(-len(rows) // parts))
         return [
@@ -1006,11 +1052,7 @@ class _Run:
             for i in range(0, len(rows), step)
         ]
 
-    def _collect(
-        self, batch: _Batch, pending: list[Future[list[Prepared]]] | None
-    ) -> list[Prepared]:
-        if pending is None:
-            return batch.prepared
+    def _collect(self, batch: _Batch, pending: list[Future[list[Prepared]]]) -> list[Prepared]:
         out: list[Prepared] = []
         for f in pending:
             out.extend(_result(f))
@@ -1018,26 +1060,21 @@ class _Run:
 
     def _sign_async(self, batch: _Batch) -> None:
         todo = [e for e in batch.events if e.receipt is None]
-        if not todo:
-            return
-        if self.pool is None:
-            for e in todo:
-                assert e.payload is not None
-                e.receipt = self.local.sign(e.payload)
-            return
+        batch.signing = []
+        if not todo or self.pool is None:
+            return  # signed here, by the writer (_await_signatures)
         step = max(64, -(-len(todo) // self._worker_count()))
         for i in range(0, len(todo), step):
             part = todo[i : i + step]
-            batch.signing.append(
-                (part, self.pool.submit(_sign_chunk, [e.payload for e in part]))  # type: ignore[misc]
-            )
+            payloads = [e.payload for e in part if e.payload is not None]
+            batch.signing.append((part, self.pool.submit(_sign_chunk, payloads)))
 
     def _await_signatures(self, batch: _Batch) -> None:
         for part, future in batch.signing:
             for e, receipt in zip(part, _result(future), strict=True):
                 e.receipt = receipt
         batch.signing = []
-        for e in batch.events:  # anything left (a batch resolved again) is signed here
+        for e in batch.events:
             if e.receipt is None:
                 assert e.payload is not None
                 e.receipt = self.local.sign(e.payload)
@@ -1056,21 +1093,14 @@ class _Run:
         scopes: dict[str, list[tuple[str, str, str]]] = {}
         try:
             with self.engine.connect() as conn:
-                for part in _chunks(ids, 500):
-                    for r in conn.execute(
-                        sa.select(consent_records).where(consent_records.c.record_id.in_(part))
-                    ).mappings():
+                for part in _chunks(ids, _IN_CHUNK):
+                    for r in conn.execute(_SELECT_RECORDS, {"ids": part}).mappings():
                         rows[r["record_id"]] = r
-                for part in _chunks(sorted(rows), 500):
-                    for s in conn.execute(
-                        sa.select(
-                            consent_scopes.c.record_id,
-                            consent_scopes.c.purpose,
-                            consent_scopes.c.recipient,
-                            consent_scopes.c.data_category,
-                        ).where(consent_scopes.c.record_id.in_(part))
+                for part in _chunks(sorted(rows), _IN_CHUNK):
+                    for rid, purpose, recipient, category in conn.execute(
+                        _SELECT_SCOPES, {"ids": part}
                     ):
-                        scopes.setdefault(s[0], []).append((s[1], s[2], s[3]))
+                        scopes.setdefault(rid, []).append((purpose, recipient, category))
         except sa.exc.SQLAlchemyError as e:
             raise StoreError(f"cannot read the consent records: {_db_message(e)}") from None
         return _Stored(rows, scopes)
@@ -1086,7 +1116,7 @@ class _Run:
             ).scalar_one_or_none()
         if receipt is None:
             return ""
-        return str(_receipt_payload(bytes(receipt)).get("terms_digest", ""))
+        return str(_stored_payload(bytes(receipt)).get("terms_digest", ""))
 
     def _renewals(self, record_id: str) -> set[str | None]:
         with self.engine.connect() as conn:
@@ -1096,14 +1126,14 @@ class _Run:
                     consent_events.c.event == Event.RENEW.value,
                 )
             ).scalars()
-            return {_receipt_payload(bytes(r)).get("valid_until") for r in receipts}
+            return {_stored_payload(bytes(r)).get("valid_until") for r in receipts}
 
     def _resolve(self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]) -> None:
-        """Apply the batch's rows in file order to what is stored (plus the previous batch)."""
+        """Apply the batch's rows in file order to what is stored (and the batch before)."""
         batch.view, batch.creates, batch.changes = {}, {}, {}
         batch.events, batch.errors, batch.duplicates = [], [], 0
         view = batch.view
-        city, at = self.imp._city, batch.at
+        at = batch.at
         values_at = {line: values for line, values in batch.rows}
 
         def get(rid: str) -> _Rec | None:
@@ -1134,6 +1164,7 @@ class _Run:
         def fail(line: int, rid: str, reason: str, message: str) -> None:
             batch.errors.append(RowError(line, rid, reason, message))
 
+        changed_creations: list[str] = []
         for item in batch.prepared:
             kind = item[0]
             if kind == START:
@@ -1154,12 +1185,9 @@ class _Run:
                     payload = None
                     if receipt is None:
                         record = self.local.record(values_at[line])
-                        payload = receipt_payload(
-                            city, record, Event(event), actor, at, State(event)
-                        )
+                        payload = self.local.payload(record, Event(event), actor, at, State(event))
                     batch.events.append(_Event(line, rid, event, actor, receipt, payload))
-                    continue
-                if digest == rec.digest or digest == self._created_digest(rid, rec):
+                elif digest == rec.digest or digest == self._created_digest(rid, rec):
                     batch.duplicates += 1
                 else:
                     fail(
@@ -1182,7 +1210,7 @@ class _Run:
                     ):
                         batch.duplicates += 1
                         continue
-                elif rec.state.value == event.value:
+                elif rec.state.value == name:
                     batch.duplicates += 1
                     continue
                 try:
@@ -1201,28 +1229,27 @@ class _Run:
                         )
                         continue
                     record = replace(record, valid_until=until)
-                payload = receipt_payload(city, record, event, actor, at, state)
+                payload = self.local.payload(record, event, actor, at, state)
                 rec.state = state
                 if event is Event.RENEW:
                     rec.record, rec.digest, rec.until = record, payload["terms_digest"], until_text
                     self._known_renewals(rid, rec).add(until_text)
-                if not rec.created:
+                if rec.created:
+                    changed_creations.append(rid)
+                else:
                     batch.changes[rid] = rec
                 batch.events.append(_Event(line, rid, name, actor, None, payload))
             else:
                 _, line, rid, reason, message = item
                 fail(line, rid, reason, message)
         # Records created and then changed in this batch are inserted as they end up.
-        for rid, rec in view.items():
-            if rec.created:
-                batch.creates[rid] = self._final_rows(rec, *batch.creates[rid])
+        for rid in changed_creations:
+            batch.creates[rid] = self._final_rows(view[rid], *batch.creates[rid])
 
     def _final_rows(
         self, rec: _Rec, record: tuple[Any, ...], scopes: tuple[tuple[Any, ...], ...]
     ) -> list[Any]:
         renewed = record[_R_DIGEST] != rec.digest
-        if record[_R_STATE] == rec.state.value and not renewed:
-            return [record, scopes]
         new = list(record)
         new[_R_STATE] = rec.state.value
         until = record[_R_UNTIL]
@@ -1254,66 +1281,44 @@ class _Run:
             rec.renewals = self._renewals(rid)
         return rec.renewals
 
-    # -- writing ------------------------------------------------------------------------------
+    # -- writing (in the writer thread) -------------------------------------------------------
 
-    def _finish(self, batch: _Batch) -> None:
-        """Write a resolved batch, then hand its receipts to the log; report its rows."""
+    def _write_and_log(self, batch: _Batch) -> None:
+        """Write the batch in one transaction; once committed, append its receipts to the log."""
         self._await_signatures(batch)
-        self._wait_log()  # the log's transaction and ours take turns, never wait on each other
-        if batch.events:
-            for attempt in range(self.limits.write_attempts):
-                try:
-                    self._write(batch)
+        if not batch.events:
+            return
+        for attempt in range(self.limits.write_attempts):
+            try:
+                self._write(batch)
+                break
+            except (_Stale, sa.exc.IntegrityError) as e:
+                if attempt + 1 == self.limits.write_attempts:
+                    batch.failure = (
+                        "the records kept changing under the import"
+                        if isinstance(e, _Stale)
+                        else _db_message(e)
+                    )
                     break
-                except (_Stale, sa.exc.IntegrityError) as e:
-                    if attempt + 1 == self.limits.write_attempts:
-                        batch.failure = (
-                            "the records kept changing under the import"
-                            if isinstance(e, _Stale)
-                            else _db_message(e)
-                        )
-                        break
-                    # Someone else wrote these records meanwhile: resolve again, from the store.
-                    self._resolve(batch, self._lookup(batch), {})
-                    self._await_signatures(batch)
-                except sa.exc.SQLAlchemyError as e:
-                    batch.failure = _db_message(e)
-                    break
-        report = self.report
-        report.batches += 1
-        report.rows += len(batch.rows)
-        report.duplicates += batch.duplicates
-        report.bytes_read = batch.bytes_read
-        errors = batch.errors
+                # Someone else wrote these records meanwhile: resolve again, from the store.
+                self._resolve(batch, self._lookup(batch), {})
+                self._await_signatures(batch)
+            except sa.exc.SQLAlchemyError as e:
+                batch.failure = _db_message(e)
+                break
         if batch.failure:
-            report.failed_batches += 1
-            message = (
-                f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) was "
-                f"rolled back, nothing of it applied: {batch.failure}"
-            )
-            errors = sorted(
-                [
-                    *errors,
-                    *(RowError(e.line, e.record_id, BATCH_FAILED, message) for e in batch.events),
-                ],
-                key=lambda e: e.row,
-            )
             batch.view = {}  # nothing of it is stored: the next batch must not build on it
-        else:
-            report.applied += len(batch.events)
-            if batch.events:
-                self.logging_batch = batch
-                receipts = [e.receipt for e in batch.events if e.receipt is not None]
-                assert len(receipts) == len(batch.events)
-                self.logging = self.logger.submit(self._append_log, receipts)
-        for error in errors:
-            report.errors[error.reason] += 1
-            if self.on_error is not None:
-                self.on_error(error)
-        batch.prepared, batch.events, batch.errors, batch.creates = [], [], [], {}
-        batch.rows = batch.rows[:1] + batch.rows[-1:]  # keep the line range for messages
-        if self.progress is not None:
-            self.progress(report)
+            return
+        receipts = [e.receipt for e in batch.events if e.receipt is not None]
+        assert len(receipts) == len(batch.events)
+        try:
+            self._append_log(receipts)
+        except CitybrokerError as e:
+            raise StoreError(
+                f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) is "
+                f"stored, but its receipts could not be appended to the node's log: {e.message}",
+                reason="IMPORT_LOG_FAILED",
+            ) from None
 
     def _write(self, batch: _Batch) -> None:
         inserts = self.imp._inserts
@@ -1334,7 +1339,7 @@ class _Run:
         expected = {rid: rec.expect for rid, rec in batch.changes.items()}
         if not expected:
             return
-        for part in _chunks(sorted(expected), 500):
+        for part in _chunks(sorted(expected), _IN_CHUNK):
             stmt = sa.select(
                 consent_records.c.record_id,
                 consent_records.c.state,
@@ -1386,40 +1391,67 @@ class _Run:
                 [{k: v for k, v in row.items() if k != "b_digest"} for row in renewed],
             )
 
-    # -- the log ------------------------------------------------------------------------------
-
     def _append_log(self, receipts: list[bytes]) -> None:
+        log = self.imp._log
         chunk: list[bytes] = []
         size = 0
         for receipt in receipts:
-            if chunk and (len(chunk) >= 4096 or size + len(receipt) > 32 << 20):
-                self.imp._log.append_many(chunk, LOG_KIND)
+            if chunk and (len(chunk) >= _LOG_CHUNK or size + len(receipt) > _LOG_CHUNK_BYTES):
+                log.append_many(chunk, LOG_KIND)
                 chunk, size = [], 0
             chunk.append(receipt)
             size += len(receipt)
         if chunk:
-            self.imp._log.append_many(chunk, LOG_KIND)
+            log.append_many(chunk, LOG_KIND)
 
-    def _wait_log(self) -> None:
-        if self.logging is None:
-            return
-        future, batch = self.logging, self.logging_batch
-        self.logging = self.logging_batch = None
-        try:
-            future.result()
-        except CitybrokerError as e:
-            assert batch is not None
-            raise StoreError(
-                f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) is "
-                f"stored, but its receipts could not be appended to the node's log: {e.message}",
-                reason="IMPORT_LOG_FAILED",
-            ) from None
+    # -- reporting (in this thread) -----------------------------------------------------------
+
+    def _settle(self, batch: _Batch, writing: Future[None]) -> None:
+        """Wait for the writer to finish a batch; count and report its rows."""
+        writing.result()  # a log failure is fatal: raised here
+        report = self.report
+        report.batches += 1
+        report.rows += len(batch.rows)
+        report.duplicates += batch.duplicates
+        report.bytes_read = batch.bytes_read
+        errors = batch.errors
+        if batch.failure:
+            report.failed_batches += 1
+            message = (
+                f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) was "
+                f"rolled back, nothing of it applied: {batch.failure}"
+            )
+            failed = [RowError(e.line, e.record_id, BATCH_FAILED, message) for e in batch.events]
+            errors = sorted([*errors, *failed], key=lambda e: e.row)
+        else:
+            report.applied += len(batch.events)
+        for error in errors:
+            report.errors[error.reason] += 1
+            if self.on_error is not None:
+                self.on_error(error)
+        # Only the view stays, for the next batch; the rest can go.
+        batch.prepared, batch.events, batch.errors, batch.creates, batch.changes = (
+            [],
+            [],
+            [],
+            {},
+            {},
+        )
+        batch.rows = batch.rows[:1] + batch.rows[-1:]
+        if self.progress is not None:
+            self.progress(report)
 
 
 def _prepare_local(
     preparer: _Preparer, rows: Sequence[tuple[int, tuple[Any, ...] | _Bad, bool]], at: datetime
 ) -> list[Prepared]:
     return [preparer.prepare(line, values, sign, at) for line, values, sign in rows]
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
 
 
 def _result(future: Future[Any]) -> Any:
@@ -1433,7 +1465,7 @@ def _result(future: Future[Any]) -> Any:
         ) from None
 
 
-def _receipt_payload(receipt: bytes) -> dict[str, Any]:
+def _stored_payload(receipt: bytes) -> dict[str, Any]:
     """The payload of a receipt this node stored (its own signature; only read, not trusted)."""
     try:
         payload = json.loads(dsse.Envelope.from_json(receipt).payload)

@@ -113,6 +113,7 @@ class NodeServer:
             self.log,
             self.exchanges,
             transfers,
+            self.engine,
         )
 
         def brokers() -> list[str]:

@@ -36,8 +36,14 @@ class ExchangeRecorder:
     def __init__(self, node: sa.Engine, data: sa.Engine) -> None:
         self._node, self._data = node, data
 
-    def record(self, exchange: Exchange, contributors: sa.Select[Any] | None) -> None:
-        """Store the exchange and every resident in `contributors` (a select of resident ids)."""
+    def record(
+        self,
+        exchange: Exchange,
+        contributors: sa.Select[Any] | None,
+        data: sa.Connection | None = None,
+    ) -> None:
+        """Store the exchange and every resident in `contributors` (a select of resident ids, run
+        on `data` when given: the connection the answer was computed on)."""
         row = {**exchange.__dict__, "released_at": timefmt.to_db(exchange.released_at)}
         rid = sa.literal(exchange.request_id, type_=sa.String)
         with self._node.begin() as conn:
@@ -53,13 +59,22 @@ class ExchangeRecorder:
                 )
                 return
             # Data elsewhere: stream the ids across, never holding them all in memory.
-            with self._data.connect() as data:
-                result = data.execution_options(stream_results=True).execute(contributors)
-                for chunk in result.partitions(_CHUNK):
-                    conn.execute(
-                        exchange_residents.insert(),
-                        [{"resident_id": r[0], "request_id": exchange.request_id} for r in chunk],
-                    )
+            if data is None:
+                with self._data.connect() as own:
+                    self._copy(conn, own, contributors, exchange.request_id)
+            else:
+                self._copy(conn, data, contributors, exchange.request_id)
+
+    @staticmethod
+    def _copy(
+        node: sa.Connection, data: sa.Connection, contributors: sa.Select[Any], request_id: str
+    ) -> None:
+        result = data.execution_options(stream_results=True).execute(contributors)
+        for chunk in result.partitions(_CHUNK):
+            node.execute(
+                exchange_residents.insert(),
+                [{"resident_id": r[0], "request_id": request_id} for r in chunk],
+            )
 
     def for_resident(self, resident_id: str, size: int, token: str) -> tuple[list[Exchange], str]:
         """Newest first, paginated."""

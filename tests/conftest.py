@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -45,14 +46,24 @@ class RunningFederation:
 
 
 def start_federation(
-    root: Path, residents_per_city: int = 200, consent_share: float = 0.7
+    root: Path,
+    residents_per_city: int = 200,
+    consent_share: float = 0.7,
+    data_urls: dict[str, str] | None = None,
 ) -> RunningFederation:
+    """`data_urls` puts a city's datasets in a database of their own (not beside its consents)."""
     fed = sandbox.create(root)
     consenting: dict[str, list[synthetic.Resident]] = {}
     people: dict[str, list[synthetic.Resident]] = {}
     for i, (city, layout) in enumerate(fed.cities.items()):
-        engine = storage.create_engine(f"sqlite:///{layout.database}")
-        storage.upgrade(engine)
+        node_engine = storage.create_engine(f"sqlite:///{layout.database}")
+        storage.upgrade(node_engine)
+        node_engine.dispose()
+        data_url = (data_urls or {}).get(city)
+        if data_url:
+            config = tomllib.loads(layout.config.read_text())
+            sandbox.write_toml(layout.config, {**config, "data": data_url})
+        engine = storage.create_engine(data_url or f"sqlite:///{layout.database}")
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, i)
         synthetic.load_trips(engine, synthetic.trip_rows(people[city], 4, date(2026, 8, 1), 92, i))
         synthetic.load_traffic(
