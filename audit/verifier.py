@@ -15,7 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import multiprocessing
+import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +39,13 @@ from federation.errors import VerificationError
 from keys import dsse, timefmt, trust
 from keys.ed25519 import PublicKey
 from keys.trust import Role, TrustBundle
+
+# Bundles of at least this many entries check their entries' signatures in worker processes (one
+# per CPU) while this process reads, parses and checks everything else; smaller ones, inline.
+PARALLEL_MIN_ENTRIES = 20_000
+MAX_WORKERS = 8
+_BATCH = 256  # signature checks sent to a worker at once
+_IN_FLIGHT = 4  # batches in flight per worker, so memory stays bounded whatever the bundle size
 
 ROLE_OF_ORIGIN = {"node": Role.CITY, "broker": Role.BROKER}
 # A node result must be receipted if the broker logged receipts this long after it.
@@ -103,6 +114,7 @@ class BundleSummary:
     signatures_verified: int = 0
     checkpoints_verified: int = 0
     cosignatures_verified: int = 0
+    dp_spent: dict[tuple[str, int], float] = field(default_factory=dict)
     results: list[ResultRef] = field(default_factory=list)
     receipts: list[ReceiptRef] = field(default_factory=list)
     checkpoint_roots: dict[int, bytes] = field(default_factory=dict)
@@ -138,15 +150,22 @@ class _Keys:
                     if not any(w[:2] == window[:2] for w in grants):
                         grants.append(window)
 
-    def verify(self, party: str, keyid: str, at: datetime, sig: bytes, message: bytes) -> bool:
+    def key_at(self, party: str, keyid: str, at: datetime) -> Ed25519PublicKey | None:
+        """The party's key with this id in force at `at`, if any."""
         for start, end, key in self._grants.get((party, keyid), ()):
             if start <= at <= end:
-                try:
-                    key.verify(sig, message)
-                    return True
-                except InvalidSignature:
-                    return False
-        return False
+                return key
+        return None
+
+    def verify(self, party: str, keyid: str, at: datetime, sig: bytes, message: bytes) -> bool:
+        key = self.key_at(party, keyid, at)
+        if key is None:
+            return False
+        try:
+            key.verify(sig, message)
+            return True
+        except InvalidSignature:
+            return False
 
     def public_keys(self, party: str) -> list[PublicKey]:
         seen: dict[str, PublicKey] = {}
@@ -255,9 +274,13 @@ def _load_agreements(root: Path, keys: _Keys) -> dict[tuple[str, int], Agreement
 
 
 def _check_result(
-    result: dict[str, Any], agreements: dict[tuple[str, int], Agreement], path: Path, number: int
+    result: dict[str, Any],
+    agreements: dict[tuple[str, int], Agreement],
+    path: Path,
+    number: int,
+    dp_spent: dict[tuple[str, int], float],
 ) -> None:
-    """A released result must stay within the agreement it names."""
+    """A released result must stay within the agreement it names, and within its privacy budget."""
 
     def fail(message: str) -> BundleError:
         return BundleError(message, "RESULT_BREAKS_AGREEMENT", path, number)
@@ -292,12 +315,171 @@ def _check_result(
             inner = name[name.find("(") + 1 : -1] if "(" in name else None
             if inner is not None and inner not in terms:
                 raise fail(f"measure {name} uses a field outside the agreement")
+    if a.dp is not None:
+        spent = (result.get("privacy") or {}).get("epsilon")
+        if spent != a.dp.epsilon_per_query:
+            raise fail("released without the differential privacy the agreement requires")
+        key = (a.agreement_id, a.version)
+        dp_spent[key] = dp_spent.get(key, 0.0) + float(spent)
+        if dp_spent[key] > a.dp.total_epsilon + 1e-9:
+            raise fail(f"released beyond the agreement's privacy budget of {a.dp.total_epsilon}")
+
+
+# One signature check for a worker: for each signer, the (raw public key, signature) pairs that
+# may carry its signature (its keys in force at the time, by key id), and the signed message.
+_SigJob = tuple[tuple[tuple[tuple[bytes, bytes], ...], ...], bytes]
+_worker_keys: dict[bytes, Ed25519PublicKey] = {}
+
+
+def _check_batch(jobs: list[_SigJob]) -> tuple[int, int] | None:
+    """In a worker process: (job, signer) of the first signer without a valid signature, or None."""
+    for j, (signers, message) in enumerate(jobs):
+        for s, candidates in enumerate(signers):
+            if not any(_verify_raw(raw, sig, message) for raw, sig in candidates):
+                return j, s
+    return None
+
+
+def _verify_raw(raw: bytes, sig: bytes, message: bytes) -> bool:
+    key = _worker_keys.get(raw)
+    if key is None:
+        key = _worker_keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
+    try:
+        key.verify(sig, message)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def _default_workers(size: int) -> int:
+    if size < PARALLEL_MIN_ENTRIES:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+class _SignatureChecks:
+    """The entries' signature checks, inline or in worker processes.
+
+    Either way the bundle fails at its first bad entry, with the same error: with workers, an
+    error found while the checks of earlier entries are still running is raised only once they
+    have all passed (`first_failure`), and a bad signature is reported for the entry it is in.
+    """
+
+    def __init__(self, keys: _Keys, path: Path, workers: int) -> None:
+        self._keys, self._path = keys, path
+        self._pool = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1
+            else None
+        )
+        self._limit = _IN_FLIGHT * workers
+        self._jobs: list[_SigJob] = []
+        self._where: list[tuple[int, str, list[str], datetime]] = []
+        self._in_flight: deque[
+            tuple[Future[tuple[int, int] | None], list[tuple[int, str, list[str], datetime]]]
+        ] = deque()
+        self._raw: dict[int, bytes] = {}
+        self._failure: BundleError | None = None
+
+    def __enter__(self) -> _SignatureChecks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def require(
+        self,
+        number: int,
+        thing: str,
+        signers: list[str],
+        at: datetime,
+        sigs: list[tuple[str, bytes]],
+        message: bytes,
+    ) -> None:
+        """Each signer must have signed `message` with a key in force at `at`."""
+        if self._pool is None:
+            for signer in signers:
+                if not any(
+                    self._keys.verify(signer, keyid, at, sig, message) for keyid, sig in sigs
+                ):
+                    raise self._error(number, thing, signer, at)
+            return
+        candidates = []
+        for signer in signers:
+            mine = []
+            for keyid, sig in sigs:
+                key = self._keys.key_at(signer, keyid, at)
+                if key is not None:
+                    raw = self._raw.get(id(key))
+                    if raw is None:
+                        raw = self._raw[id(key)] = key.public_bytes_raw()
+                    mine.append((raw, sig))
+            candidates.append(tuple(mine))
+        self._jobs.append((tuple(candidates), message))
+        self._where.append((number, thing, signers, at))
+        if len(self._jobs) >= _BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        assert self._pool is not None
+        if self._jobs:
+            self._in_flight.append((self._pool.submit(_check_batch, self._jobs), self._where))
+            self._jobs, self._where = [], []
+        while len(self._in_flight) > self._limit:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        future, where = self._in_flight.popleft()
+        failed = future.result()
+        if failed is not None:
+            number, thing, signers, at = where[failed[0]]
+            self._failure = self._error(number, thing, signers[failed[1]], at)
+            raise self._failure
+
+    def drain(self) -> None:
+        """Wait for every check required so far; raise for the first that failed."""
+        if self._failure is not None:
+            raise self._failure
+        if self._pool is None:
+            return
+        self._submit()
+        while self._in_flight:
+            self._settle_oldest()
+
+    def first_failure(self) -> BundleError | None:
+        """After an error: the bad signature of an earlier entry (or this one), if there is one."""
+        try:
+            self.drain()
+        except BundleError as e:
+            return e
+        return None
+
+    def _error(self, number: int, thing: str, signer: str, at: datetime) -> BundleError:
+        return BundleError(
+            f"{thing} lacks a valid signature of {signer} with a key in force at {timefmt.fmt(at)}",
+            "SIGNATURE_INVALID",
+            self._path,
+            number,
+        )
 
 
 def verify_bundle(
-    root: Path, authority: PublicKey, progress: Callable[[int, int], None] | None = None
+    root: Path,
+    authority: PublicKey,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    workers: int | None = None,
 ) -> BundleSummary:
-    """Verify one bundle; raise BundleError naming the first failing file and entry."""
+    """Verify one bundle; raise BundleError naming the first failing file and entry.
+
+    `workers`: processes that check the entries' signatures while this one checks the rest;
+    1 checks them inline. By default, one per CPU for bundles of PARALLEL_MIN_ENTRIES or more.
+    """
     manifest_path = root / layout.MANIFEST
     try:
         raw = manifest_path.read_bytes()
@@ -396,33 +578,47 @@ def verify_bundle(
             )
         summary.checkpoints_verified += 1
         next_cp = next(pending, (-1, b""))
-    for number, obj in _read_canonical_lines(entries_path, "entries"):
-        if number >= size:
-            raise BundleError(
-                "more entries than the signed log holds", "ENTRY_EXTRA", entries_path, number
-            )
-        if obj.get("index") != number or not isinstance(obj.get("kind"), str):
-            raise BundleError(
-                f"expected entry index {number}", "ENTRY_OUT_OF_ORDER", entries_path, number
-            )
-        entry = _strict_b64(obj.get("entry"), entries_path, number)
-        tree.append(leaf_hash(entry))
-        summary.signatures_verified += _verify_entry(
-            entry, str(obj["kind"]), number, keys, summary, agreements, entries_path
-        )
-        if tree.size == next_cp[0]:
-            if tree.root() != next_cp[1]:
-                raise BundleError(
-                    f"entries up to here do not give the root signed for size {tree.size}",
-                    "CHECKPOINT_ROOT_MISMATCH",
-                    entries_path,
-                    number,
+    workers = _default_workers(size) if workers is None else max(1, workers)
+    with _SignatureChecks(keys, entries_path, workers) as checks:
+        try:
+            for number, obj in _read_canonical_lines(entries_path, "entries"):
+                if number >= size:
+                    raise BundleError(
+                        "more entries than the signed log holds",
+                        "ENTRY_EXTRA",
+                        entries_path,
+                        number,
+                    )
+                if obj.get("index") != number or not isinstance(obj.get("kind"), str):
+                    raise BundleError(
+                        f"expected entry index {number}", "ENTRY_OUT_OF_ORDER", entries_path, number
+                    )
+                entry = _strict_b64(obj.get("entry"), entries_path, number)
+                tree.append(leaf_hash(entry))
+                summary.signatures_verified += _verify_entry(
+                    entry, str(obj["kind"]), number, keys, summary, agreements, entries_path, checks
                 )
-            summary.checkpoints_verified += 1
-            summary.checkpoint_roots[tree.size] = next_cp[1]
-            next_cp = next(pending, (-1, b""))
-        if progress and number % 1000 == 0:
-            progress(number, size)
+                if tree.size == next_cp[0]:
+                    if tree.root() != next_cp[1]:
+                        raise BundleError(
+                            f"entries up to here do not give the root signed for size {tree.size}",
+                            "CHECKPOINT_ROOT_MISMATCH",
+                            entries_path,
+                            number,
+                        )
+                    summary.checkpoints_verified += 1
+                    summary.checkpoint_roots[tree.size] = next_cp[1]
+                    next_cp = next(pending, (-1, b""))
+                if progress and number % 1000 == 0:
+                    progress(number, size)
+            checks.drain()
+        except Exception as failure:
+            # Signature checks still running belong to earlier entries (or this one, whose
+            # signature comes first): a bad one among them is the first failure.
+            first = checks.first_failure()
+            if first is not None and first is not failure:
+                raise first from None
+            raise
     if tree.size != size:
         raise BundleError(
             f"{tree.size} entries, but the log signed {size}",
@@ -469,6 +665,7 @@ def _verify_entry(
     summary: BundleSummary,
     agreements: dict[tuple[str, int], Agreement],
     path: Path,
+    checks: _SignatureChecks,
 ) -> int:
     """Verify one logged statement; return how many signatures were checked."""
 
@@ -501,19 +698,15 @@ def _verify_entry(
         raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
     if kind not in KINDS.get(thing, ()):
         raise fail(f"a {thing} statement is not logged as kind {kind!r}", "ENTRY_KIND_MISMATCH")
-    for signer in signers:
-        if not any(keys.verify(signer, keyid, at, sig, message) for keyid, sig in sigs):
-            raise fail(
-                f"{thing} lacks a valid signature of {signer} with a key in force at "
-                f"{timefmt.fmt(at)}",
-                "SIGNATURE_INVALID",
-            )
-    statement = unverified  # verified from here on
+    checks.require(number, thing, signers, at, sigs, message)
+    # Verified from here on; with worker processes, possibly still being verified, and then an
+    # error below is raised only once this entry's signatures (and all before) have verified.
+    statement = unverified
     try:
         if thing == "result":
             if statement["city"] != summary.party:
                 raise fail("a city's log holds another city's result", "STATEMENT_MISPLACED")
-            _check_result(statement, agreements, path, number)
+            _check_result(statement, agreements, path, number, summary.dp_spent)
             summary.results.append(
                 ResultRef(
                     summary.party,

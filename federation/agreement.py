@@ -36,6 +36,36 @@ class FieldTerms:
 
 
 @dataclass(frozen=True)
+class DpTerms:
+    """Differential privacy the agreement requires: every answer spends `epsilon_per_query` of a
+    `total_epsilon` budget; sums are clamped to declared `bounds` per field."""
+
+    epsilon_per_query: float
+    total_epsilon: float
+    bounds: dict[str, tuple[float, float]]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "epsilon_per_query": self.epsilon_per_query,
+            "total_epsilon": self.total_epsilon,
+            "bounds": {f: [lo, hi] for f, (lo, hi) in sorted(self.bounds.items())},
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> DpTerms:
+        terms = cls(
+            float(obj["epsilon_per_query"]),
+            float(obj["total_epsilon"]),
+            {str(f): (float(b[0]), float(b[1])) for f, b in obj.get("bounds", {}).items()},
+        )
+        if not 0 < terms.epsilon_per_query <= terms.total_epsilon <= 1000:
+            raise ValueError("dp needs 0 < epsilon_per_query <= total_epsilon <= 1000")
+        if any(lo >= hi for lo, hi in terms.bounds.values()):
+            raise ValueError("dp bounds must be [low, high] with low < high")
+        return terms
+
+
+@dataclass(frozen=True)
 class Agreement:
     agreement_id: str
     version: int
@@ -49,6 +79,7 @@ class Agreement:
     retention_days: int
     # Legal instruments the transfer relies on (e.g. "scc-2021"), for cross-border rules.
     legal_instruments: frozenset[str] = frozenset()
+    dp: DpTerms | None = None
 
     def in_force(self, at: datetime) -> bool:
         return self.valid_from <= at < self.valid_until
@@ -75,6 +106,7 @@ class Agreement:
             "valid_until": timefmt.fmt(self.valid_until),
             "retention_days": self.retention_days,
             "legal_instruments": sorted(self.legal_instruments),
+            "dp": self.dp.to_payload() if self.dp else None,
         }
 
     @classmethod
@@ -102,6 +134,7 @@ class Agreement:
                 valid_until=timefmt.parse(obj["valid_until"]),
                 retention_days=int(obj.get("retention_days", 0)),
                 legal_instruments=frozenset(str(i) for i in obj.get("legal_instruments", [])),
+                dp=DpTerms.from_payload(obj["dp"]) if obj.get("dp") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VerificationError(

@@ -61,6 +61,115 @@ def node_serve(config: Annotated[Path, typer.Option(help="Node config file (TOML
     )
 
 
+node_consent_app = typer.Typer(help="Residents' consent records.", no_args_is_help=True)
+node_app.add_typer(node_consent_app, name="consent")
+
+
+@node_consent_app.command("import")
+def node_consent_import(
+    file: Annotated[Path, typer.Argument(help="Consent events: CSV with a header, or JSONL.")],
+    config: Annotated[Path, typer.Option(help="Node config file (TOML).")],
+    errors: Annotated[
+        Path | None,
+        typer.Option(help="Per-row error report to write if rows fail (default FILE.errors.csv)."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows per transaction.", min=1, max=50_000)
+    ] = 5000,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="csv or jsonl (default: from the extension).")
+    ] = None,
+) -> None:
+    """Import consent events in bulk, in file order, with the API's validation and receipts.
+
+    Idempotent by record id (a second run applies nothing), one transaction per batch, and a bad
+    row never stops the good ones. Exit status: 0 all applied, 1 some rows failed (see the error
+    report), 2 unusable input.
+    """
+    import csv
+    import os
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from node.consent_import import (
+        ERROR_REPORT_COLUMNS,
+        ImportFormat,
+        ImportLimits,
+        ImportReport,
+        InputError,
+        RowError,
+        import_file,
+        open_rows,
+    )
+
+    try:
+        fmt = ImportFormat(format_.lower()) if format_ else None
+    except ValueError:
+        raise _fail(f"--format must be csv or jsonl, not {format_!r}") from None
+    report_path = errors or file.with_name(file.name + ".errors.csv")
+    if not os.access(report_path.parent.resolve(), os.W_OK):
+        raise _fail(f"cannot write the error report in {report_path.parent}")
+    opened: list[Any] = []  # the report file and its writer, once there is an error
+
+    def on_error(e: RowError) -> None:
+        if not opened:
+            f = report_path.open("w", newline="", encoding="utf-8")
+            opened.extend([f, csv.writer(f)])
+            opened[1].writerow(ERROR_REPORT_COLUMNS)
+        opened[1].writerow([e.row, e.record_id, e.reason, e.message])
+
+    try:
+        open_rows(file, fmt).close()  # unusable input fails here, before any output
+    except InputError as e:
+        raise _fail(e.message) from None
+    started = time.monotonic()
+    columns = (
+        TextColumn("importing {task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            total = file.stat().st_size if file.is_file() else None
+            task = bar.add_task(escape(file.name), total=total, rows=0, rate=0.0)
+
+            def progress(r: ImportReport) -> None:
+                rate = r.rows / max(time.monotonic() - started, 1e-6)
+                bar.update(task, completed=r.bytes_read, rows=r.rows, rate=rate)
+
+            result = import_file(
+                config, file, fmt, ImportLimits(batch_size=batch_size), on_error, progress
+            )
+    except InputError as e:
+        raise _fail(e.message) from None
+    finally:
+        if opened:
+            opened[0].close()
+    seconds = time.monotonic() - started
+    table = Table(title=escape(f"consent import of {file.name}"))
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{result.rows:,}")
+    table.add_row("applied", f"{result.applied:,}")
+    table.add_row("already applied (duplicates)", f"{result.duplicates:,}")
+    for reason, count in sorted(result.errors.items()):
+        table.add_row(f"[red]error {reason}[/]", f"{count:,}")
+    console.print(table)
+    rolled_back = f", {result.failed_batches} rolled back" if result.failed_batches else ""
+    console.print(
+        f"{result.rows:,} rows in {seconds:.1f} s ({result.rows / max(seconds, 1e-6):,.0f} rows/s), "
+        f"{result.batches} batches{rolled_back}"
+    )
+    if result.error_rows:
+        console.print(
+            escape(f"{result.error_rows:,} rows not applied; error report: {report_path}"),
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
 @broker_app.command("serve")
 def broker_serve(config: Annotated[Path, typer.Option(help="Broker config file (TOML).")]) -> None:
     """Run a broker until SIGTERM/SIGINT."""

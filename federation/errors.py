@@ -30,6 +30,13 @@ class TooLarge(CitybrokerError):
     default_reason = "REQUEST_TOO_LARGE"
 
 
+class BudgetExhausted(CitybrokerError):
+    """The agreement's differential-privacy budget cannot pay for this answer."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "BUDGET_EXHAUSTED"
+
+
 class AuthenticationError(CitybrokerError):
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"

@@ -114,6 +114,7 @@ def sign_result(
     withheld: list[dict[str, str]],
     signer: Signer,
     jurisdictions: tuple[str, str] = ("", ""),
+    privacy: dict[str, Any] | None = None,
 ) -> dsse.Envelope:
     """A city's signed, minimised answer; it states where the data comes from and goes to."""
     assert request.query is not None
@@ -132,6 +133,8 @@ def sign_result(
             "cells": cells,
             "withheld": withheld,
             "jurisdictions": {"provider": jurisdictions[0], "recipient": jurisdictions[1]},
+            # Differential privacy applied (mechanism, epsilon spent, budget left), if any.
+            "privacy": privacy,
             "issued_at": timefmt.fmt(timefmt.now()),
         },
         signer,

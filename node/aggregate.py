@@ -207,6 +207,18 @@ def _source(
     return table, dims, conditions
 
 
+# Per-field (name, low, high) clamps for sums under differential privacy.
+Bounds = tuple[tuple[str, float, float], ...]
+
+
+def _clamp(
+    value: sa.ColumnElement[Any], lo: float, hi: float, dialect: str
+) -> sa.ColumnElement[Any]:
+    if dialect == "sqlite":  # SQLite's two-argument min/max are scalar functions
+        return sa.func.min(sa.func.max(value, lo), hi)
+    return sa.func.least(sa.func.greatest(value, lo), hi)
+
+
 def _people(table: sa.TableClause, ds: DatasetSpec) -> sa.ColumnElement[Any]:
     """What k counts: distinct residents, or records of observational data."""
     if ds.resident_linked:
@@ -221,6 +233,7 @@ def _compile(
     at: sa.BindParameter[Any],
     dialect: str,
     pushed: bool = False,
+    bounds: Bounds = (),
 ) -> sa.Select[Any]:
     table, generalised, conditions = _source(query, ds, recipients, at, dialect, pushed)
 
@@ -245,7 +258,8 @@ def _compile(
                 MeasureKind.MIN: sa.func.min,
                 MeasureKind.MAX: sa.func.max,
             }[m.kind]
-            expr = fn(col(m.field))
+            bound = next(((lo, hi) for f, lo, hi in bounds if f == m.field), None)
+            expr = fn(col(m.field) if bound is None else _clamp(col(m.field), *bound, dialect))
         measures.append(expr.label(f"m{i}"))
     stmt = sa.select(*dims, *measures).select_from(table).where(*conditions)
     if dims:
@@ -270,6 +284,7 @@ def run(
     at: datetime,
     k: int,
     pushed: bool = False,
+    bounds: Bounds = (),
 ) -> AggregateResult:
     """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
     distinct consenting residents, and enough others that none can be recovered from margins.
@@ -280,6 +295,7 @@ def run(
         query,
         recipients,
         pushed,
+        bounds,
         dialect,
         ds.name,
         ds.table,
@@ -288,7 +304,7 @@ def run(
     shape += (ds.data_category, *ds.fields.items())
     stmt = _STATEMENTS.get(shape)
     if stmt is None:
-        stmt = _compile(query, ds, recipients, _at_param(None), dialect, pushed)
+        stmt = _compile(query, ds, recipients, _at_param(None), dialect, pushed, bounds)
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = stmt

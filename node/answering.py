@@ -22,7 +22,7 @@ from federation.query import Query
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
-from node import aggregate, policy, taxonomy
+from node import aggregate, policy, privacy, taxonomy
 from node.agreements import AgreementRegister
 from node.catalogue import Catalogue
 from node.transfers import TransferRules
@@ -60,6 +60,7 @@ class Answerer:
         transfers: TransferRules,
         consents: sa.Engine,
     ) -> None:
+        self._ledger = privacy.BudgetLedger(consents)
         self._s, self._signer, self._trust = settings, signer, trust
         self._agreements, self._catalogue, self._data, self._log = (
             agreements,
@@ -169,17 +170,36 @@ class Answerer:
             aggregate.push_consenting(
                 conn, self._consents, query.purpose, recipients, ds.data_category, started
             )
-        answer = aggregate.run(conn, query, ds, recipients, started, k, pushed)
+        terms = agreement.dp
+        if terms is not None:
+            privacy.check_query(query, terms)
+        bounds = tuple(sorted((f, lo, hi) for f, (lo, hi) in terms.bounds.items())) if terms else ()
+        answer = aggregate.run(conn, query, ds, recipients, started, k, pushed, bounds)
         dialect = conn.dialect.name
+        cells: list[dict[str, Any]] = [
+            {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells
+        ]
+        spend = None
+        if terms is not None:
+            # Charged before anything is released; an exhausted budget refuses the answer.
+            spend = self._ledger.charge(agreement, request.request_id)
+            share = spend.epsilon / len(query.measures)
+            for cell in cells:
+                cell["values"] = {
+                    m.name: privacy.noisy(cell["values"][m.name], m.kind, m.field, terms, share)
+                    for m in query.measures
+                }
+                cell["records"] = 0  # exact counts must not travel beside noisy ones
         result = statements.sign_result(
             request,
             self._s.city,
             (agreement.agreement_id, agreement.version),
             k,
-            [{"key": c.key, "values": c.values, "records": c.records} for c in answer.cells],
+            cells,
             answer.withheld,
             self._signer,
             jurisdictions=(self._transfers.home, self._jurisdiction(request.partner)),
+            privacy=spend.statement() if spend else None,
         )
         contributors = aggregate.contributors(
             query, ds, recipients, started, dialect, answer.withheld, pushed

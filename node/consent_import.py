@@ -130,6 +130,7 @@ LOG_KIND = "consent"
     _ACTOR,
 ) = range(len(COLUMNS))
 _WHOLE_NUMBER = re.compile(r"^-?[0-9]{1,9}$")
+_LIST_FIELDS = (_PURPOSES, _RECIPIENTS, _CATEGORIES)
 _STARTING_NAMES = frozenset(e.value for e in STARTING)
 _IN_CHUNK = 500  # ids per IN (...) query
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
@@ -392,8 +393,21 @@ class RowReader:
                     ),
                 )
                 continue
-            get = obj.get
-            yield line, tuple([get(c) for c in COLUMNS])
+            values = tuple([obj.get(c) for c in COLUMNS])
+            for i in _LIST_FIELDS:
+                if values[i] is not None and not isinstance(values[i], list):
+                    rid = values[_RECORD_ID]
+                    yield (
+                        line,
+                        _Bad(
+                            rid if isinstance(rid, str) else "",
+                            "CONSENT_FIELD_INVALID",
+                            f"{COLUMNS[i]} must be an array of codes",
+                        ),
+                    )
+                    break
+            else:
+                yield line, values
 
 
 def _itemgetter(positions: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:

@@ -103,3 +103,24 @@ exchange_residents = sa.Table(
     sa.Column("resident_id", sa.String(128), primary_key=True),
     sa.Column("request_id", sa.String(64), sa.ForeignKey("exchanges.request_id"), primary_key=True),
 )
+
+# Differential-privacy budgets: what each agreement version has spent, charged (with a ledger row
+# naming the answer) in one transaction before the answer is released, never after.
+dp_budgets = sa.Table(
+    "dp_budgets",
+    metadata,
+    sa.Column("agreement_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("total_epsilon", sa.Float, nullable=False),
+    sa.Column("spent_epsilon", sa.Float, nullable=False),
+)
+
+dp_ledger = sa.Table(
+    "dp_ledger",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("agreement_id", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("epsilon", sa.Float, nullable=False),
+    sa.Column("charged_at", sa.DateTime(), nullable=False),
+)
