@@ -25,6 +25,7 @@ from broker import merge
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from federation import statements
 from federation.errors import VerificationError
+from federation.plan import is_coarsening
 from federation.query import Query
 from federation.rpc import CHANNEL_OPTIONS, RemoteError, client_credentials, remote_error
 from federation.wire import envelope_from_pb, query_to_pb
@@ -62,6 +63,9 @@ class Answer:
     cities: list[CityAnswer]
     receipt: dict[str, Any]
     signatures_verified: int
+    # What negotiation changed and why (signed by the broker), and the query the cities answered.
+    negotiation: tuple[str, ...] = ()
+    answered_query: Query | None = None
 
 
 class PartnerClient:
@@ -112,10 +116,12 @@ class PartnerClient:
         token = tokens.issue(self._key, self.partner_id, self.broker_id, lifetime_s=60)
         return [("authorization", f"Bearer {token}")]
 
-    def query(self, query: Query, timeout_s: float = 15.0) -> Answer:
+    def query(self, query: Query, timeout_s: float = 15.0, negotiate: bool = False) -> Answer:
+        """Ask; with `negotiate` the broker may coarsen generalisations to the finest shape every
+        asked city allows (Answer.negotiation says what changed, signed by the broker)."""
         try:
             response = self._stub.Query(
-                broker_pb2.QueryRequest(query=query_to_pb(query)),
+                broker_pb2.QueryRequest(query=query_to_pb(query), negotiate=negotiate),
                 metadata=self._metadata(),
                 timeout=timeout_s,
             )
@@ -141,7 +147,9 @@ class PartnerClient:
             raise VerificationError(
                 "the broker signed a query for another party", reason="QUERY_MISMATCH"
             )
-        if request.query != asked:
+        assert request.query is not None
+        negotiated = request.asked == asked and is_coarsening(asked, request.query)
+        if request.query != asked and not negotiated:
             raise VerificationError(
                 "the broker sent the cities a different query", reason="QUERY_MISMATCH"
             )
@@ -190,4 +198,18 @@ class PartnerClient:
             raise VerificationError(
                 "the broker's merged cells differ from the signed results", reason="ANSWER_MISMATCH"
             )
-        return Answer(response.query_id, cells, cities, receipt, verified)
+        return Answer(
+            response.query_id, cells, cities, receipt, verified, request.negotiation, request.query
+        )
+
+    def plan(self, query: Query, timeout_s: float = 15.0) -> broker_pb2.PlanQueryResponse:
+        """A dry run: each city's plan and the shape negotiation would choose. Reads no data."""
+        try:
+            response: broker_pb2.PlanQueryResponse = self._stub.PlanQuery(
+                broker_pb2.PlanQueryRequest(query=query_to_pb(query)),
+                metadata=self._metadata(),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return response

@@ -19,8 +19,9 @@ from federation import agreement as agreement_doc
 from federation import statements
 from federation.agreement import Agreement
 from federation.errors import InvalidArgument, VerificationError
+from federation.plan import QueryPlan, negotiate
 from federation.query import Query
-from federation.wire import envelope_from_pb, envelope_to_pb
+from federation.wire import envelope_from_pb, envelope_to_pb, plan_from_pb
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.tokens import VerifiedToken
@@ -66,6 +67,14 @@ class Exchange:
     outcomes: list[CityOutcome]
     signed_query: dsse.Envelope
     receipt: dsse.Envelope
+    negotiation: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CityPlan:
+    city: str
+    outcome: CityOutcome
+    plan: QueryPlan | None
 
 
 @dataclass
@@ -131,11 +140,56 @@ class Broker:
             targets[c] = party.endpoint
         return targets
 
-    def query(self, caller: VerifiedToken, query: Query, deadline_s: float | None) -> Exchange:
+    def plan(
+        self, caller: VerifiedToken, query: Query, deadline_s: float | None
+    ) -> tuple[Query, list[str], list[CityPlan]]:
+        """Ask every city for its dry-run plan; negotiate the finest shape they all allow."""
+        targets = self._targets(query.cities)
+        signed = statements.sign_request(
+            statements.PLAN,
+            str(uuid.uuid4()),
+            self.id,
+            caller.issuer,
+            caller.raw,
+            query,
+            self._signer,
+        )
+        request = node_pb2.PlanQueryRequest(signed_request=envelope_to_pb(signed))
+        timeout = self._city_timeout(deadline_s)
+        replies = fan_out(
+            targets, lambda stub: stub.PlanQuery.future(request, timeout=timeout), self._channels
+        )
+        cities = [
+            CityPlan(r.city, _failure(r.city, r.error), None)
+            if r.error is not None
+            else CityPlan(r.city, CityOutcome(r.city, ANSWERED), plan_from_pb(r.response.plan))
+            for r in replies
+        ]
+        negotiated, notes = negotiate(query, {c.city: c.plan for c in cities if c.plan})
+        return negotiated, notes, cities
+
+    def query(
+        self,
+        caller: VerifiedToken,
+        query: Query,
+        deadline_s: float | None,
+        negotiate_shape: bool = False,
+    ) -> Exchange:
+        asked, notes = query, list[str]()
+        if negotiate_shape:
+            query, notes, _ = self.plan(caller, query, deadline_s)
         targets = self._targets(query.cities)
         request_id = str(uuid.uuid4())
         signed = statements.sign_request(
-            statements.QUERY, request_id, self.id, caller.issuer, caller.raw, query, self._signer
+            statements.QUERY,
+            request_id,
+            self.id,
+            caller.issuer,
+            caller.raw,
+            query,
+            self._signer,
+            asked=asked,
+            negotiation=notes,
         )
         request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(signed))
         timeout = self._city_timeout(deadline_s)
@@ -203,6 +257,7 @@ class Broker:
                 ],
                 "partner_jurisdiction": jurisdiction(caller.issuer),
                 "answer_digest": statements.digest(dsse.canonical(merge.to_payload(cells))),
+                "negotiation": notes,
                 "issued_at": timefmt.fmt(timefmt.now()),
             },
             self._signer,
@@ -210,7 +265,7 @@ class Broker:
         # One batch: the query as sent and the receipt of what came back, durable before replying.
         self._log.append_many([signed.to_json(), receipt.to_json()], kind="exchange")
         self._after_log()
-        return Exchange(request_id, cells, outcomes, signed, receipt)
+        return Exchange(request_id, cells, outcomes, signed, receipt, notes)
 
     def describe(self, caller: VerifiedToken, deadline_s: float | None) -> list[CityOffer]:
         bundle = self._trust.current

@@ -11,7 +11,7 @@ from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from citybroker.common.v1 import common_pb2
 from federation.errors import AuthenticationError
 from federation.rpc import CALLER, Guard
-from federation.wire import envelope_to_pb, query_from_pb
+from federation.wire import envelope_to_pb, plan_to_pb, query_from_pb, query_to_pb
 from keys import timefmt, tokens
 from keys.tokens import VerifiedToken
 from keys.trust import TrustStore
@@ -107,7 +107,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     ) -> broker_pb2.QueryResponse:
         caller = cast(VerifiedToken, CALLER.get())
         exchange = self._broker.query(
-            caller, query_from_pb(request.query), context.time_remaining()
+            caller, query_from_pb(request.query), context.time_remaining(), request.negotiate
         )
         return broker_pb2.QueryResponse(
             query_id=exchange.request_id,
@@ -124,6 +124,27 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             cities=[_outcome_pb(o) for o in exchange.outcomes],
             signed_query=envelope_to_pb(exchange.signed_query),
             receipt=envelope_to_pb(exchange.receipt),
+            negotiation_notes=exchange.negotiation,
+        )
+
+    def PlanQuery(
+        self, request: broker_pb2.PlanQueryRequest, context: grpc.ServicerContext
+    ) -> broker_pb2.PlanQueryResponse:
+        caller = cast(VerifiedToken, CALLER.get())
+        negotiated, notes, cities = self._broker.plan(
+            caller, query_from_pb(request.query), context.time_remaining()
+        )
+        return broker_pb2.PlanQueryResponse(
+            negotiated=query_to_pb(negotiated),
+            notes=notes,
+            cities=[
+                broker_pb2.CityPlan(
+                    city_id=c.city,
+                    outcome=_outcome_pb(c.outcome),
+                    plan=plan_to_pb(c.plan) if c.plan else None,
+                )
+                for c in cities
+            ],
         )
 
     def DescribeFederation(

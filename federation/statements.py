@@ -19,7 +19,9 @@ from keys.ed25519 import Signer
 from keys.errors import SignatureError
 from keys.trust import Role, TrustBundle
 
-QUERY, DESCRIBE, RESULT, REFUSAL, RECEIPT = "query", "describe", "result", "refusal", "receipt"
+QUERY, PLAN, DESCRIBE = "query", "plan", "describe"
+RESULT, REFUSAL, RECEIPT = "result", "refusal", "receipt"
+WITH_QUERY = frozenset({QUERY, PLAN})
 
 
 def digest(payload: bytes) -> str:
@@ -65,6 +67,9 @@ class BrokerRequest:
     issued_at: datetime
     query: Query | None
     digest: str
+    # The partner's own query and the negotiation notes, when negotiation changed it.
+    asked: Query | None = None
+    negotiation: tuple[str, ...] = ()
 
 
 def sign_request(
@@ -75,7 +80,11 @@ def sign_request(
     token: str,
     query: Query | None,
     signer: Signer,
+    asked: Query | None = None,
+    negotiation: list[str] | None = None,
 ) -> dsse.Envelope:
+    """A broker's request to the cities. When negotiation changed the partner's query, `asked` is
+    the query as the partner asked it and `negotiation` says what changed and why."""
     payload: dict[str, Any] = {
         "request_id": request_id,
         "broker": broker,
@@ -85,13 +94,16 @@ def sign_request(
     }
     if query is not None:
         payload["query"] = query.to_payload()
+    if asked is not None and asked != query:
+        payload["asked"] = asked.to_payload()
+        payload["negotiation"] = list(negotiation or [])
     return dsse.sign(thing, payload, signer)
 
 
 def verify_request(envelope: dsse.Envelope, thing: str, bundle: TrustBundle) -> BrokerRequest:
     payload, broker = verify_from(envelope, thing, bundle, "broker", Role.BROKER, "issued_at")
     try:
-        query = Query.from_payload(payload["query"]) if thing == QUERY else None
+        query = Query.from_payload(payload["query"]) if thing in WITH_QUERY else None
         return BrokerRequest(
             str(payload["request_id"]),
             broker,
@@ -100,6 +112,8 @@ def verify_request(envelope: dsse.Envelope, thing: str, bundle: TrustBundle) -> 
             timefmt.parse(payload["issued_at"]),
             query,
             digest(envelope.payload),
+            Query.from_payload(payload["asked"]) if "asked" in payload else None,
+            tuple(str(n) for n in payload.get("negotiation", [])),
         )
     except (KeyError, TypeError, ValueError):
         raise SignatureError(f"{thing} payload is malformed", reason="PAYLOAD_MALFORMED") from None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from citybroker.common.v1 import common_pb2
+from federation.agreement import Appearance, FieldTerms
 from federation.errors import InvalidArgument
+from federation.plan import QueryPlan
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from keys import dsse
 
@@ -80,4 +82,44 @@ def query_to_pb(q: Query) -> common_pb2.Query:
             for f in q.filters
         ],
         cities=list(q.cities),
+    )
+
+
+def plan_to_pb(p: QueryPlan) -> common_pb2.QueryPlan:
+    return common_pb2.QueryPlan(
+        allowed=p.allowed,
+        code=p.code,
+        reason=p.reason,
+        message=p.message,
+        agreement_id=p.agreement_id,
+        agreement_version=p.agreement_version,
+        fields=[
+            common_pb2.FieldPlan(
+                field=f, appearance=t.appearance.value, generalisations=sorted(t.generalisations)
+            )
+            for f, t in sorted(p.fields.items())
+        ],
+        min_cell_size=p.min_cell_size,
+        epsilon_per_query=p.epsilon_per_query,
+    )
+
+
+def plan_from_pb(pb: common_pb2.QueryPlan) -> QueryPlan:
+    fields = {}
+    for f in pb.fields:
+        try:
+            appearance = Appearance(f.appearance)
+        except ValueError:
+            continue  # a shape this broker does not know cannot be negotiated to
+        fields[f.field] = FieldTerms(appearance, frozenset(f.generalisations))
+    return QueryPlan(
+        pb.allowed,
+        pb.code,
+        pb.reason,
+        pb.message,
+        pb.agreement_id,
+        pb.agreement_version,
+        fields,
+        pb.min_cell_size,
+        pb.epsilon_per_query,
     )

@@ -138,9 +138,11 @@ class ReplayCache:
         self._lock = threading.Lock()
         self._next_sweep = 0.0
 
-    def consume(self, token: VerifiedToken) -> None:
+    def consume(self, token: VerifiedToken, use: str = "") -> None:
+        """Refuse a second use; `use` separates kinds of use one token may have once each
+        (a broker's dry-run plan and the query it prepares)."""
         now = time.time()
-        key = f"{token.issuer}\x00{token.jti}"
+        key = f"{token.issuer}\x00{token.jti}\x00{use}"
         with self._lock:
             if now >= self._next_sweep:
                 self._seen = {k: t for k, t in self._seen.items() if t > now}

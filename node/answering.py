@@ -18,6 +18,7 @@ from audit.log import MerkleLog
 from federation import statements
 from federation.agreement import DEFAULT_K, Agreement
 from federation.errors import AuthenticationError, CitybrokerError, PermissionDenied
+from federation.plan import QueryPlan
 from federation.query import Query
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
@@ -86,7 +87,7 @@ class Answerer:
             raise AuthenticationError(
                 "the partner token was issued by another party", reason="TOKEN_PARTNER_MISMATCH"
             )
-        self._replay.consume(token)
+        self._replay.consume(token, use=thing)
         return request
 
     def run_query(self, envelope: dsse.Envelope, peers: Sequence[str]) -> tuple[dsse.Envelope, int]:
@@ -205,6 +206,47 @@ class Answerer:
             query, ds, recipients, started, dialect, answer.withheld, pushed
         )
         return _Release(result, query, agreement, started, contributors)
+
+    def plan(self, envelope: dsse.Envelope, peers: Sequence[str]) -> QueryPlan:
+        """A dry run: would this city answer, and under which terms? No data is read."""
+        request = self._authenticate(envelope, statements.PLAN, peers)
+        query = request.query
+        assert query is not None
+        at = timefmt.now()
+        in_force = [a.verified for a in self._agreements.in_force_for(request.partner, at)]
+        covering = sorted(
+            (a for a in in_force if query.purpose in a.purposes and query.dataset in a.datasets),
+            key=lambda a: (a.agreement_id, -a.version),
+        )
+        terms = covering[0] if covering else None
+        try:
+            permit = policy.decide(
+                query,
+                request.partner,
+                self._s.city,
+                in_force,
+                self._catalogue,
+                at,
+                self._transfers,
+                self._jurisdiction(request.partner),
+            )
+            terms, refusal = permit.agreement, None
+        except CitybrokerError as e:
+            refusal = e
+        if terms is None:  # no agreement covers purpose and dataset: decide refused
+            assert refusal is not None
+            return QueryPlan(False, refusal.code.name, refusal.reason, refusal.message)
+        return QueryPlan(
+            allowed=refusal is None,
+            code=refusal.code.name if refusal else "",
+            reason=refusal.reason if refusal else "",
+            message=refusal.message if refusal else "",
+            agreement_id=terms.agreement_id,
+            agreement_version=terms.version,
+            fields=dict(terms.datasets[query.dataset]),
+            min_cell_size=max(terms.min_cell_size, self._s.k_floor),
+            epsilon_per_query=terms.dp.epsilon_per_query if terms.dp else 0.0,
+        )
 
     def describe_offer(self, envelope: dsse.Envelope, peers: Sequence[str]) -> list[dsse.Envelope]:
         request = self._authenticate(envelope, statements.DESCRIBE, peers)

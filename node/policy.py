@@ -63,17 +63,19 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
         if f.op not in (FilterOp.EQUALS, FilterOp.IN):
             raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
         spec = ds.fields[f.field]
-        if f.generalisation not in spec.generalisations:
-            raise InvalidArgument(
-                f"field {f.field} has no generalisation {f.generalisation or 'raw'!r}",
-                reason="GENERALISATION_UNKNOWN",
-                field=f.field,
-            )
+        # Checked first: a raw date or number filter is refused as such whatever the catalogue
+        # offers, with the generalisations it could use instead.
         if spec.type is not FieldType.STRING and not f.generalisation:
             raise InvalidArgument(
                 f"filters on {f.field} must use a generalisation "
                 f"({', '.join(sorted(g for g in spec.generalisations if g))}), not exact values",
                 reason="FILTER_ON_RAW_VALUE",
+                field=f.field,
+            )
+        if f.generalisation not in spec.generalisations:
+            raise InvalidArgument(
+                f"field {f.field} has no generalisation {f.generalisation or 'raw'!r}",
+                reason="GENERALISATION_UNKNOWN",
                 field=f.field,
             )
 

@@ -14,7 +14,7 @@ from federation.agreement import Agreement
 from federation.errors import InvalidArgument, VerificationError
 from federation.odrl import to_odrl
 from federation.rpc import peer_common_names
-from federation.wire import envelope_from_pb, envelope_to_pb
+from federation.wire import envelope_from_pb, envelope_to_pb, plan_to_pb
 from keys import dsse, timefmt
 from node.agreements import AgreementRegister, StoredAgreement
 from node.answering import Answerer
@@ -42,6 +42,14 @@ class QueryServicer(node_pb2_grpc.QueryServiceServicer):
             envelope_from_pb(request.signed_query), peer_common_names(context)
         )
         return node_pb2.RunQueryResponse(signed_result=envelope_to_pb(result), log_index=index)
+
+    def PlanQuery(
+        self, request: node_pb2.PlanQueryRequest, context: grpc.ServicerContext
+    ) -> node_pb2.PlanQueryResponse:
+        plan = self._answerer.plan(
+            envelope_from_pb(request.signed_request), peer_common_names(context)
+        )
+        return node_pb2.PlanQueryResponse(plan=plan_to_pb(plan))
 
     def DescribeOffer(
         self, request: node_pb2.DescribeOfferRequest, context: grpc.ServicerContext

@@ -77,7 +77,8 @@ class ExchangeRecorder:
             )
 
     def for_resident(self, resident_id: str, size: int, token: str) -> tuple[list[Exchange], str]:
-        """Newest first, paginated."""
+        """Newest first, paginated. Releases in the same second (timestamps have second
+        precision) are ordered by their place in the node's log."""
         n = page_size(size)
         stmt = (
             sa.select(exchanges)
@@ -85,18 +86,21 @@ class ExchangeRecorder:
             .where(exchange_residents.c.resident_id == resident_id)
         )
         if token:
-            released, request_id = read_page_token(token, 2)
+            released, last_index = read_page_token(token, 2)
             try:
                 after = timefmt.to_db(timefmt.parse(released))
+                index = int(last_index)
+                if not 0 <= index < 2**63:
+                    raise ValueError(last_index)
             except ValueError:
                 raise InvalidArgument(
                     "page_token is not valid", reason="PAGE_TOKEN_INVALID"
                 ) from None
             stmt = stmt.where(
-                sa.tuple_(exchanges.c.released_at, exchanges.c.request_id)
-                < sa.tuple_(sa.literal(after), sa.literal(request_id))
+                sa.tuple_(exchanges.c.released_at, exchanges.c.log_index)
+                < sa.tuple_(sa.literal(after), sa.literal(index))
             )
-        stmt = stmt.order_by(exchanges.c.released_at.desc(), exchanges.c.request_id.desc())
+        stmt = stmt.order_by(exchanges.c.released_at.desc(), exchanges.c.log_index.desc())
         with self._node.connect() as conn:
             rows = conn.execute(stmt.limit(n + 1)).mappings().all()
         items = [
@@ -115,5 +119,5 @@ class ExchangeRecorder:
         next_token = ""
         if len(rows) > n:
             last = items[-1]
-            next_token = page_token(timefmt.fmt(last.released_at), last.request_id)
+            next_token = page_token(timefmt.fmt(last.released_at), str(last.log_index))
         return items, next_token

@@ -24,10 +24,38 @@ CITY_STATUS_TIMED_OUT: CityStatus
 CITY_STATUS_UNVERIFIED: CityStatus
 
 class QueryRequest(_message.Message):
+    __slots__ = ("query", "negotiate")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    NEGOTIATE_FIELD_NUMBER: _ClassVar[int]
+    query: _common_pb2.Query
+    negotiate: bool
+    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., negotiate: _Optional[bool] = ...) -> None: ...
+
+class PlanQueryRequest(_message.Message):
     __slots__ = ("query",)
     QUERY_FIELD_NUMBER: _ClassVar[int]
     query: _common_pb2.Query
     def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ...) -> None: ...
+
+class CityPlan(_message.Message):
+    __slots__ = ("city_id", "outcome", "plan")
+    CITY_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    city_id: str
+    outcome: CityOutcome
+    plan: _common_pb2.QueryPlan
+    def __init__(self, city_id: _Optional[str] = ..., outcome: _Optional[_Union[CityOutcome, _Mapping]] = ..., plan: _Optional[_Union[_common_pb2.QueryPlan, _Mapping]] = ...) -> None: ...
+
+class PlanQueryResponse(_message.Message):
+    __slots__ = ("negotiated", "notes", "cities")
+    NEGOTIATED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    CITIES_FIELD_NUMBER: _ClassVar[int]
+    negotiated: _common_pb2.Query
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    cities: _containers.RepeatedCompositeFieldContainer[CityPlan]
+    def __init__(self, negotiated: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., cities: _Optional[_Iterable[_Union[CityPlan, _Mapping]]] = ...) -> None: ...
 
 class CityOutcome(_message.Message):
     __slots__ = ("city_id", "status", "code", "reason", "message", "signed_result", "log_index")
@@ -48,18 +76,20 @@ class CityOutcome(_message.Message):
     def __init__(self, city_id: _Optional[str] = ..., status: _Optional[_Union[CityStatus, str]] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., signed_result: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "cells", "cities", "signed_query", "receipt")
+    __slots__ = ("query_id", "cells", "cities", "signed_query", "receipt", "negotiation_notes")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
     CITIES_FIELD_NUMBER: _ClassVar[int]
     SIGNED_QUERY_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    NEGOTIATION_NOTES_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     cells: _containers.RepeatedCompositeFieldContainer[_common_pb2.Cell]
     cities: _containers.RepeatedCompositeFieldContainer[CityOutcome]
     signed_query: _common_pb2.Envelope
     receipt: _common_pb2.Envelope
-    def __init__(self, query_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[_common_pb2.Cell, _Mapping]]] = ..., cities: _Optional[_Iterable[_Union[CityOutcome, _Mapping]]] = ..., signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+    negotiation_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[_common_pb2.Cell, _Mapping]]] = ..., cities: _Optional[_Iterable[_Union[CityOutcome, _Mapping]]] = ..., signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., negotiation_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeFederationRequest(_message.Message):
     __slots__ = ()

@@ -46,6 +46,11 @@ class BrokerServiceStub:
                 request_serializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.DescribeFederationRequest.SerializeToString,
                 response_deserializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.DescribeFederationResponse.FromString,
                 _registered_method=True)
+        self.PlanQuery = channel.unary_unary(
+                '/citybroker.broker.v1.BrokerService/PlanQuery',
+                request_serializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.PlanQueryRequest.SerializeToString,
+                response_deserializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.PlanQueryResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -68,6 +73,13 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanQuery(self, request, context):
+        """A dry run of Query: each city's plan and the shape negotiation would choose. No data is read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +92,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.DescribeFederation,
                     request_deserializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.DescribeFederationRequest.FromString,
                     response_serializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.DescribeFederationResponse.SerializeToString,
+            ),
+            'PlanQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanQuery,
+                    request_deserializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.PlanQueryRequest.FromString,
+                    response_serializer=citybroker_dot_broker_dot_v1_dot_broker__pb2.PlanQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +155,33 @@ class BrokerService:
             '/citybroker.broker.v1.BrokerService/DescribeFederation',
             citybroker_dot_broker_dot_v1_dot_broker__pb2.DescribeFederationRequest.SerializeToString,
             citybroker_dot_broker_dot_v1_dot_broker__pb2.DescribeFederationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.broker.v1.BrokerService/PlanQuery',
+            citybroker_dot_broker_dot_v1_dot_broker__pb2.PlanQueryRequest.SerializeToString,
+            citybroker_dot_broker_dot_v1_dot_broker__pb2.PlanQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

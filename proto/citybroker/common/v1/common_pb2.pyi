@@ -95,6 +95,38 @@ class Query(_message.Message):
     cities: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., measures: _Optional[_Iterable[_Union[Measure, _Mapping]]] = ..., group_by: _Optional[_Iterable[_Union[Dimension, _Mapping]]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., cities: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class FieldPlan(_message.Message):
+    __slots__ = ("field", "appearance", "generalisations")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    APPEARANCE_FIELD_NUMBER: _ClassVar[int]
+    GENERALISATIONS_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    appearance: str
+    generalisations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, field: _Optional[str] = ..., appearance: _Optional[str] = ..., generalisations: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryPlan(_message.Message):
+    __slots__ = ("allowed", "code", "reason", "message", "agreement_id", "agreement_version", "fields", "min_cell_size", "epsilon_per_query")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CELL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    code: str
+    reason: str
+    message: str
+    agreement_id: str
+    agreement_version: int
+    fields: _containers.RepeatedCompositeFieldContainer[FieldPlan]
+    min_cell_size: int
+    epsilon_per_query: float
+    def __init__(self, allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., agreement_id: _Optional[str] = ..., agreement_version: _Optional[int] = ..., fields: _Optional[_Iterable[_Union[FieldPlan, _Mapping]]] = ..., min_cell_size: _Optional[int] = ..., epsilon_per_query: _Optional[float] = ...) -> None: ...
+
 class Cell(_message.Message):
     __slots__ = ("key", "values", "withheld", "contributing_cities", "withholding_cities")
     class KeyEntry(_message.Message):

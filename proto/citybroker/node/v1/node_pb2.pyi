@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PlanQueryRequest(_message.Message):
+    __slots__ = ("signed_request",)
+    SIGNED_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    signed_request: _common_pb2.Envelope
+    def __init__(self, signed_request: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class PlanQueryResponse(_message.Message):
+    __slots__ = ("plan",)
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    plan: _common_pb2.QueryPlan
+    def __init__(self, plan: _Optional[_Union[_common_pb2.QueryPlan, _Mapping]] = ...) -> None: ...
+
 class RunQueryRequest(_message.Message):
     __slots__ = ("signed_query",)
     SIGNED_QUERY_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class QueryServiceStub:
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.DescribeOfferRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.DescribeOfferResponse.FromString,
                 _registered_method=True)
+        self.PlanQuery = channel.unary_unary(
+                '/citybroker.node.v1.QueryService/PlanQuery',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.PlanQueryRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.PlanQueryResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -67,6 +72,14 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanQuery(self, request, context):
+        """A dry run: whether this city would answer the query, and the shape its agreement allows
+        (fields, generalisations, k, differential privacy). Touches no data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.DescribeOffer,
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.DescribeOfferRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.DescribeOfferResponse.SerializeToString,
+            ),
+            'PlanQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanQuery,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.PlanQueryRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.PlanQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class QueryService:
             '/citybroker.node.v1.QueryService/DescribeOffer',
             citybroker_dot_node_dot_v1_dot_node__pb2.DescribeOfferRequest.SerializeToString,
             citybroker_dot_node_dot_v1_dot_node__pb2.DescribeOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.QueryService/PlanQuery',
+            citybroker_dot_node_dot_v1_dot_node__pb2.PlanQueryRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.PlanQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,
