@@ -322,6 +322,19 @@ def query(
         list[str] | None, typer.Option(help="City to ask; repeatable (default: all).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    negotiate: Annotated[
+        bool,
+        typer.Option(
+            help="Let the broker coarsen generalisations to the "
+            "finest shape every asked city allows."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Only show each city's plan and the negotiated shape (PlanQuery); no data is read."
+        ),
+    ] = False,
     demo_json: DemoOpt = None,
     broker: BrokerOpt = None,
     broker_id: BrokerIdOpt = None,
@@ -347,7 +360,10 @@ def query(
         with _client(
             demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
         ) as client:
-            answer = client.query(q)
+            if dry_run:
+                _print_plan(client.plan(q), as_json)
+                return
+            answer = client.query(q, negotiate=negotiate)
     except CallFailed as e:
         raise _fail(
             f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
@@ -394,7 +410,38 @@ def query(
         if c.status != "answered":
             line = escape(f"{c.city}: {c.status} {c.code} {c.reason} {c.message}")
             console.print(f"[yellow]{line}[/]")
+    for note in answer.negotiation:
+        console.print(f"negotiated: {escape(note)}")
     console.print(f"verified {answer.signatures_verified} signatures")
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    from google.protobuf import json_format
+
+    if as_json:
+        print(json_format.MessageToJson(plan))
+        return
+    table = Table(title="Plan (dry run)")
+    for col in ("city", "would answer", "why not", "agreement", "k", "epsilon"):
+        table.add_column(col, overflow="fold")
+    for c in plan.cities:
+        p = c.plan
+        table.add_row(
+            c.city_id,
+            "yes" if p.allowed else "no",
+            escape(f"{p.reason} {p.message}".strip() or c.outcome.reason),
+            f"{p.agreement_id} v{p.agreement_version}" if p.agreement_id else "",
+            str(p.min_cell_size or ""),
+            f"{p.epsilon_per_query:g}" if p.epsilon_per_query else "",
+        )
+    console.print(table)
+    dims = ", ".join(
+        f"{d.field}:{d.generalisation}" if d.generalisation else d.field
+        for d in plan.negotiated.group_by
+    )
+    console.print(f"negotiated group-by: {dims or '(none)'}")
+    for note in plan.notes:
+        console.print(f"  {escape(note)}")
 
 
 @app.command()
