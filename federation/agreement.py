@@ -80,6 +80,8 @@ class Agreement:
     # Legal instruments the transfer relies on (e.g. "scc-2021"), for cross-border rules.
     legal_instruments: frozenset[str] = frozenset()
     dp: DpTerms | None = None
+    # Kinds of query allowed: aggregate, attribute_check, record_release.
+    query_kinds: frozenset[str] = frozenset({"aggregate"})
 
     def in_force(self, at: datetime) -> bool:
         return self.valid_from <= at < self.valid_until
@@ -107,6 +109,7 @@ class Agreement:
             "retention_days": self.retention_days,
             "legal_instruments": sorted(self.legal_instruments),
             "dp": self.dp.to_payload() if self.dp else None,
+            "query_kinds": sorted(self.query_kinds),
         }
 
     @classmethod
@@ -135,6 +138,7 @@ class Agreement:
                 retention_days=int(obj.get("retention_days", 0)),
                 legal_instruments=frozenset(str(i) for i in obj.get("legal_instruments", [])),
                 dp=DpTerms.from_payload(obj["dp"]) if obj.get("dp") else None,
+                query_kinds=frozenset(str(k) for k in obj.get("query_kinds", ["aggregate"])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VerificationError(

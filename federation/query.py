@@ -35,6 +35,18 @@ class MeasureKind(StrEnum):
 class FilterOp(StrEnum):
     EQUALS = "equals"
     IN = "in"
+    # Comparisons, for attribute checks only ("is 65 or older").
+    AT_LEAST = "at_least"
+    AT_MOST = "at_most"
+
+
+class QueryKind(StrEnum):
+    # Cells of counts and sums over consenting residents.
+    AGGREGATE = "aggregate"
+    # Yes or no about one consenting resident (`subject`), e.g. for a transit discount.
+    ATTRIBUTE_CHECK = "attribute_check"
+    # Consenting residents' records, allowed fields only, residents pseudonymised per agreement.
+    RECORD_RELEASE = "record_release"
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,10 @@ class Query:
     group_by: tuple[Dimension, ...] = ()
     filters: tuple[Filter, ...] = ()
     cities: tuple[str, ...] = field(default=())
+    # What kind of answer; `group_by` are the released columns of a record release, and `subject`
+    # the resident (the city's pseudonym, given by the resident) of an attribute check.
+    kind: QueryKind = QueryKind.AGGREGATE
+    subject: str = ""
 
     def validate(self) -> Query:
         """Shape checks every party can do without a catalogue; raises a clear error."""
@@ -80,8 +96,7 @@ class Query:
             raise InvalidArgument("the query names no dataset", reason="DATASET_MISSING")
         if not self.purpose:
             raise InvalidArgument("the query declares no purpose", reason="PURPOSE_MISSING")
-        if not self.measures:
-            raise InvalidArgument("the query asks for no measure", reason="MEASURE_MISSING")
+        self._validate_kind()
         for n, limit, what in (
             (len(self.measures), MAX_MEASURES, "measures"),
             (len(self.group_by), MAX_GROUP_BY, "group-by dimensions"),
@@ -92,7 +107,7 @@ class Query:
                 raise TooLarge(
                     f"at most {limit} {what} per query, got {n}", reason="QUERY_TOO_LARGE"
                 )
-        names = [self.dataset, self.purpose, *self.cities]
+        names = [self.dataset, self.purpose, self.subject, *self.cities]
         names += [m.field for m in self.measures] + [d.field for d in self.group_by]
         names += [d.generalisation for d in self.group_by] + [f.field for f in self.filters]
         names += [f.generalisation for f in self.filters] + [
@@ -117,11 +132,46 @@ class Query:
                     f"filter on {f.field} needs 1 to {MAX_FILTER_VALUES} values",
                     reason="FILTER_INVALID",
                 )
-            if f.op is FilterOp.EQUALS and len(f.values) != 1:
+            if f.op is not FilterOp.IN and len(f.values) != 1:
                 raise InvalidArgument(
-                    f"equals filter on {f.field} takes one value", reason="FILTER_INVALID"
+                    f"{f.op.value} filter on {f.field} takes one value", reason="FILTER_INVALID"
                 )
+            if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST):
+                if self.kind is not QueryKind.ATTRIBUTE_CHECK:
+                    raise InvalidArgument(
+                        f"{f.op.value} is only for attribute checks",
+                        reason="OPERATOR_NOT_ALLOWED",
+                        field=f.field,
+                    )
+                try:
+                    float(f.values[0])
+                except ValueError:
+                    raise InvalidArgument(
+                        f"{f.op.value} on {f.field} needs a number",
+                        reason="FILTER_INVALID",
+                        field=f.field,
+                    ) from None
         return self
+
+    def _validate_kind(self) -> None:
+        def bad(message: str) -> InvalidArgument:
+            return InvalidArgument(message, reason="QUERY_SHAPE_INVALID", kind=self.kind.value)
+
+        if self.kind is QueryKind.AGGREGATE:
+            if not self.measures:
+                raise InvalidArgument("the query asks for no measure", reason="MEASURE_MISSING")
+            if self.subject:
+                raise bad("an aggregate query has no subject")
+            return
+        if self.measures:
+            raise bad(f"a {self.kind.value} has no measures")
+        if self.kind is QueryKind.ATTRIBUTE_CHECK:
+            if not self.subject or not self.filters or self.group_by:
+                raise bad("an attribute check names a subject and conditions, and no columns")
+            if len(self.cities) != 1:
+                raise bad("an attribute check asks exactly the resident's city")
+        elif not self.group_by or self.subject:
+            raise bad("a record release names the columns to release (group_by) and no subject")
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -141,6 +191,8 @@ class Query:
                 for f in self.filters
             ],
             "cities": list(self.cities),
+            "kind": self.kind.value,
+            "subject": self.subject,
         }
 
     @classmethod
@@ -165,6 +217,8 @@ class Query:
                     for f in obj["filters"]
                 ),
                 cities=tuple(str(c) for c in obj["cities"]),
+                kind=QueryKind(obj.get("kind", QueryKind.AGGREGATE.value)),
+                subject=str(obj.get("subject", "")),
             ).validate()
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidArgument(f"malformed query: {e}", reason="QUERY_MALFORMED") from None

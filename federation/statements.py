@@ -129,6 +129,7 @@ def sign_result(
     signer: Signer,
     jurisdictions: tuple[str, str] = ("", ""),
     privacy: dict[str, Any] | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> dsse.Envelope:
     """A city's signed, minimised answer; it states where the data comes from and goes to."""
     assert request.query is not None
@@ -149,6 +150,9 @@ def sign_result(
             "jurisdictions": {"provider": jurisdictions[0], "recipient": jurisdictions[1]},
             # Differential privacy applied (mechanism, epsilon spent, budget left), if any.
             "privacy": privacy,
+            "kind": request.query.kind.value,
+            # A record release's records: allowed fields, residents pseudonymised per agreement.
+            "records": records if records is not None else [],
             "issued_at": timefmt.fmt(timefmt.now()),
         },
         signer,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from citybroker.common.v1 import common_pb2
 from federation.agreement import Appearance, FieldTerms
 from federation.errors import InvalidArgument
 from federation.plan import QueryPlan
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query, QueryKind
 from keys import dsse
 
 _MEASURES = {
@@ -21,8 +23,19 @@ _MEASURES_PB = {v: k for k, v in _MEASURES.items()}
 _OPS = {
     common_pb2.FILTER_OPERATOR_EQUALS: FilterOp.EQUALS,
     common_pb2.FILTER_OPERATOR_IN: FilterOp.IN,
+    common_pb2.FILTER_OPERATOR_AT_LEAST: FilterOp.AT_LEAST,
+    common_pb2.FILTER_OPERATOR_AT_MOST: FilterOp.AT_MOST,
+}
+_KINDS: dict[int, QueryKind] = {
+    common_pb2.QUERY_KIND_UNSPECIFIED: QueryKind.AGGREGATE,
+    common_pb2.QUERY_KIND_AGGREGATE: QueryKind.AGGREGATE,
+    common_pb2.QUERY_KIND_ATTRIBUTE_CHECK: QueryKind.ATTRIBUTE_CHECK,
+    common_pb2.QUERY_KIND_RECORD_RELEASE: QueryKind.RECORD_RELEASE,
 }
 _OPS_PB = {v: k for k, v in _OPS.items()}
+_KINDS_PB: dict[QueryKind, Any] = {
+    v: k for k, v in _KINDS.items() if k != common_pb2.QUERY_KIND_UNSPECIFIED
+}
 
 
 def envelope_to_pb(env: dsse.Envelope) -> common_pb2.Envelope:
@@ -61,7 +74,16 @@ def query_from_pb(pb: common_pb2.Query) -> Query:
         group_by=tuple(Dimension(d.field, d.generalisation) for d in pb.group_by),
         filters=tuple(filters),
         cities=tuple(pb.cities),
+        kind=_query_kind(pb.kind),
+        subject=pb.subject,
     ).validate()
+
+
+def _query_kind(value: int) -> QueryKind:
+    kind = _KINDS.get(value)
+    if kind is None:
+        raise InvalidArgument(f"unknown query kind {value}", reason="QUERY_SHAPE_INVALID")
+    return kind
 
 
 def query_to_pb(q: Query) -> common_pb2.Query:
@@ -82,6 +104,8 @@ def query_to_pb(q: Query) -> common_pb2.Query:
             for f in q.filters
         ],
         cities=list(q.cities),
+        kind=_KINDS_PB[q.kind],
+        subject=q.subject,
     )
 
 

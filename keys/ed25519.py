@@ -11,8 +11,9 @@ from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keys.errors import KeyFileError
 
@@ -81,6 +82,16 @@ class Signer:
 
     def crypto_key(self) -> Ed25519PrivateKey:
         return self._private
+
+    def derive_secret(self, info: bytes) -> bytes:
+        """A 32-byte secret bound to this key and `info` (HKDF-SHA256), so that secrets such as
+        per-agreement pseudonym keys need no key files of their own."""
+        raw = self._private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
 
     def save(self, path: Path) -> None:
         """Write the key as PKCS#8 PEM, created with mode 0600 so it is never readable by others."""

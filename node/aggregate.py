@@ -6,13 +6,15 @@ ever read into an aggregate; nothing but the aggregated cells comes back to Pyth
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from federation.errors import PermissionDenied
+from federation.errors import PermissionDenied, TooLarge
 from federation.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node import disclosure
@@ -173,6 +175,7 @@ def _source(
     at: sa.BindParameter[Any],
     dialect: str,
     pushed: bool = False,
+    consent_filter: bool = True,
 ) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
     """The dataset table, the generalised group-by expressions, and the row conditions (consent
     filter for resident-linked data, and the query's filters) shared by every statement."""
@@ -189,7 +192,7 @@ def _source(
         for d in query.group_by
     ]
     conditions = []
-    if ds.resident_linked:
+    if ds.resident_linked and consent_filter:
         conditions.append(
             _consent_filter(
                 table.c[ds.resident_column],
@@ -202,8 +205,15 @@ def _source(
         )
     for f in query.filters:
         spec = ds.fields[f.field]
-        value = _generalise(col(f.field), spec.type, f.generalisation, dialect)
-        conditions.append(value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values))
+        if f.op is FilterOp.AT_LEAST:
+            conditions.append(col(f.field) >= float(f.values[0]))
+        elif f.op is FilterOp.AT_MOST:
+            conditions.append(col(f.field) <= float(f.values[0]))
+        else:
+            value = _generalise(col(f.field), spec.type, f.generalisation, dialect)
+            conditions.append(
+                value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values)
+            )
     return table, dims, conditions
 
 
@@ -368,3 +378,77 @@ def contributors(
             )
         )
     return sa.select(table.c[ds.resident_column]).distinct().where(*conditions)
+
+
+MAX_RELEASED_RECORDS = 10_000
+
+
+def has_consent(
+    consents: sa.Connection,
+    subject: str,
+    purpose: str,
+    recipients: tuple[str, ...],
+    category: str,
+    at: datetime,
+) -> bool:
+    """Whether one resident holds a valid consent for this purpose, recipient and category."""
+    c = consent_scopes.c
+    stmt = (
+        sa.select(c.resident_id)
+        .where(
+            c.resident_id == subject,
+            *_consent_conditions(purpose, recipients, category, _at_param(at)),
+        )
+        .limit(1)
+    )
+    return consents.execute(stmt).first() is not None
+
+
+def attribute_check(conn: sa.Connection, query: Query, ds: DatasetSpec, at: datetime) -> bool:
+    """Yes if the subject's records meet every condition. Consent is checked by the caller; this
+    reads only the subject's own rows."""
+    table, _, conditions = _source(
+        query, ds, (), _at_param(at), conn.dialect.name, consent_filter=False
+    )
+    stmt = (
+        sa.select(sa.literal(1))
+        .select_from(table)
+        .where(table.c[ds.resident_column] == query.subject, *conditions)
+        .limit(1)
+    )
+    return conn.execute(stmt).first() is not None
+
+
+def release_records(
+    conn: sa.Connection,
+    query: Query,
+    ds: DatasetSpec,
+    recipients: tuple[str, ...],
+    at: datetime,
+    pseudonym_key: bytes,
+    pushed: bool = False,
+) -> list[dict[str, Any]]:
+    """Consenting residents' records: only the requested (allowed) columns, generalised as asked,
+    and the resident id replaced by HMAC-SHA256 under a key unique to the agreement."""
+    table, dims, conditions = _source(
+        query, ds, recipients, _at_param(at), conn.dialect.name, pushed
+    )
+    stmt = (
+        sa.select(table.c[ds.resident_column], *dims)
+        .where(*conditions)
+        .limit(MAX_RELEASED_RECORDS + 1)
+    )
+    rows = conn.execute(stmt).all()
+    if len(rows) > MAX_RELEASED_RECORDS:
+        raise TooLarge(
+            f"a release holds at most {MAX_RELEASED_RECORDS} records; narrow the filters",
+            reason="RELEASE_TOO_LARGE",
+        )
+    names = [d.field for d in query.group_by]
+    return [
+        {
+            "pseudonym": hmac.new(pseudonym_key, str(r[0]).encode(), hashlib.sha256).hexdigest(),
+            "fields": {n: str(v) for n, v in zip(names, r[1:], strict=True)},
+        }
+        for r in rows
+    ]

@@ -19,13 +19,13 @@ from federation import statements
 from federation.agreement import DEFAULT_K, Agreement
 from federation.errors import AuthenticationError, CitybrokerError, PermissionDenied
 from federation.plan import QueryPlan
-from federation.query import Query
+from federation.query import Query, QueryKind
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
 from node import aggregate, policy, privacy, taxonomy
 from node.agreements import AgreementRegister
-from node.catalogue import Catalogue
+from node.catalogue import Catalogue, DatasetSpec
 from node.transfers import TransferRules
 from node.transparency import Exchange, ExchangeRecorder
 
@@ -166,17 +166,87 @@ class Answerer:
         k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
         ds = self._catalogue.datasets[query.dataset]
         recipients = self._recipients(request.partner)
+        jurisdictions = (self._transfers.home, self._jurisdiction(request.partner))
+        if agreement.dp is not None:
+            privacy.check_query(query, agreement.dp)
+        if query.kind is QueryKind.ATTRIBUTE_CHECK:
+            with self._consents.connect() as consents:
+                if not aggregate.has_consent(
+                    consents, query.subject, query.purpose, recipients, ds.data_category, started
+                ):
+                    raise PermissionDenied(
+                        "this resident gave no valid consent for this purpose and recipient",
+                        reason="CONSENT_MISSING",
+                    )
+            match = aggregate.attribute_check(conn, query, ds, started)
+            result = statements.sign_result(
+                request,
+                self._s.city,
+                (agreement.agreement_id, agreement.version),
+                k,
+                [{"key": {}, "values": {"match": int(match)}, "records": 0}],
+                [],
+                self._signer,
+                jurisdictions=jurisdictions,
+            )
+            return _Release(
+                result,
+                query,
+                agreement,
+                started,
+                sa.select(sa.literal(query.subject, type_=sa.String)),
+            )
         pushed = ds.resident_linked and self._data is not self._consents
         if pushed:
             aggregate.push_consenting(
                 conn, self._consents, query.purpose, recipients, ds.data_category, started
             )
+        if query.kind is QueryKind.RECORD_RELEASE:
+            # A pseudonym key per agreement, so releases under different agreements never link.
+            key = self._signer.derive_secret(
+                f"citybroker pseudonyms\0{agreement.agreement_id}\0{agreement.version}".encode()
+            )
+            released = aggregate.release_records(conn, query, ds, recipients, started, key, pushed)
+            result = statements.sign_result(
+                request,
+                self._s.city,
+                (agreement.agreement_id, agreement.version),
+                k,
+                [],
+                [],
+                self._signer,
+                jurisdictions=jurisdictions,
+                records=released,
+            )
+            return _Release(
+                result,
+                query,
+                agreement,
+                started,
+                aggregate.contributors(
+                    query, ds, recipients, started, conn.dialect.name, [], pushed
+                ),
+            )
+        return self._aggregate(
+            request, conn, query, ds, agreement, recipients, started, k, pushed, jurisdictions
+        )
+
+    def _aggregate(
+        self,
+        request: statements.BrokerRequest,
+        conn: sa.Connection,
+        query: Query,
+        ds: DatasetSpec,
+        agreement: Agreement,
+        recipients: tuple[str, ...],
+        started: datetime,
+        k: int,
+        pushed: bool,
+        jurisdictions: tuple[str, str],
+    ) -> _Release:
         terms = agreement.dp
-        if terms is not None:
-            privacy.check_query(query, terms)
         bounds = tuple(sorted((f, lo, hi) for f, (lo, hi) in terms.bounds.items())) if terms else ()
         answer = aggregate.run(conn, query, ds, recipients, started, k, pushed, bounds)
-        dialect = conn.dialect.name
         cells: list[dict[str, Any]] = [
             {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells
         ]
@@ -199,11 +269,11 @@ class Answerer:
             cells,
             answer.withheld,
             self._signer,
-            jurisdictions=(self._transfers.home, self._jurisdiction(request.partner)),
+            jurisdictions=jurisdictions,
             privacy=spend.statement() if spend else None,
         )
         contributors = aggregate.contributors(
-            query, ds, recipients, started, dialect, answer.withheld, pushed
+            query, ds, recipients, started, conn.dialect.name, answer.withheld, pushed
         )
         return _Release(result, query, agreement, started, contributors)
 

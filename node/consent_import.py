@@ -169,6 +169,8 @@ class ImportLimits:
     max_line_bytes: int = 1 << 20
     # Attempts at writing one batch when a concurrent writer changed the records it touches.
     write_attempts: int = 3
+    # SQLite page cache of the connection that writes (KiB).
+    cache_kib: int = 64 << 10
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 50_000:
@@ -979,6 +981,7 @@ class _Run:
         self.report = ImportReport()
         self.pool: Executor | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="consent-import-writer")
+        self.conn: sa.Connection | None = None  # the writer's
 
     def run(self) -> ImportReport:
         try:
@@ -1006,6 +1009,7 @@ class _Run:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
             self.writer.shutdown(wait=True, cancel_futures=True)
+            self._close_connection()
         return self.report
 
     def _batches(self) -> Iterator[_Batch]:
@@ -1334,9 +1338,30 @@ class _Run:
                 reason="IMPORT_LOG_FAILED",
             ) from None
 
+    def _connection(self) -> sa.Connection:
+        """The writer's own connection, for the whole run (on SQLite with a larger page cache:
+        inserting at random keys into indexes bigger than the default 2 MB cache is slow)."""
+        if self.conn is None:
+            self.conn = self.engine.connect()
+            if self.engine.dialect.name == "sqlite":
+                self.conn.exec_driver_sql(f"PRAGMA cache_size=-{self.limits.cache_kib}")
+                self.conn.commit()
+        return self.conn
+
+    def _close_connection(self) -> None:
+        if self.conn is not None:
+            try:
+                if self.engine.dialect.name == "sqlite":  # give the memory back to the pool
+                    self.conn.exec_driver_sql("PRAGMA cache_size=-2000")
+                    self.conn.commit()
+            finally:
+                self.conn.close()
+                self.conn = None
+
     def _write(self, batch: _Batch) -> None:
         inserts = self.imp._inserts
-        with self.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             _lock(conn)
             self._check_unchanged(conn, batch)
             if batch.creates:

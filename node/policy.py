@@ -12,7 +12,7 @@ from datetime import datetime
 
 from federation.agreement import Agreement, Appearance
 from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from federation.query import FilterOp, MeasureKind, Query
+from federation.query import FilterOp, MeasureKind, Query, QueryKind
 from node import taxonomy
 from node.catalogue import Catalogue, FieldType
 from node.transfers import TransferRules
@@ -60,12 +60,21 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
                 field=d.field,
             )
     for f in query.filters:
-        if f.op not in (FilterOp.EQUALS, FilterOp.IN):
+        if f.op not in FilterOp:
             raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
         spec = ds.fields[f.field]
         # Checked first: a raw date or number filter is refused as such whatever the catalogue
         # offers, with the generalisations it could use instead.
-        if spec.type is not FieldType.STRING and not f.generalisation:
+        if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST) and spec.type is not FieldType.NUMBER:
+            raise InvalidArgument(
+                f"{f.op.value} needs a numeric field; {f.field} is not",
+                reason="FILTER_INVALID",
+                field=f.field,
+            )
+        # An attribute check answers about one consenting resident; only aggregates could be
+        # subtracted from each other, so only they are held to generalised filter values.
+        is_check = query.kind is QueryKind.ATTRIBUTE_CHECK
+        if spec.type is not FieldType.STRING and not f.generalisation and not is_check:
             raise InvalidArgument(
                 f"filters on {f.field} must use a generalisation "
                 f"({', '.join(sorted(g for g in spec.generalisations if g))}), not exact values",
@@ -82,6 +91,12 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
 
 def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
     """Why agreement `a` does not cover the query, or None if it does."""
+    if query.kind.value not in a.query_kinds:
+        return PermissionDenied(
+            f"agreement {a.agreement_id} does not allow {query.kind.value} queries",
+            reason="QUERY_KIND_NOT_IN_AGREEMENT",
+            agreement=a.agreement_id,
+        )
     if query.purpose not in a.purposes:
         return PermissionDenied(
             f"purpose {query.purpose} is not in agreement {a.agreement_id}",
