@@ -76,20 +76,22 @@ class CityOutcome(_message.Message):
     def __init__(self, city_id: _Optional[str] = ..., status: _Optional[_Union[CityStatus, str]] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., signed_result: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "cells", "cities", "signed_query", "receipt", "negotiation_notes")
+    __slots__ = ("query_id", "cells", "cities", "signed_query", "receipt", "negotiation_notes", "records")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
     CITIES_FIELD_NUMBER: _ClassVar[int]
     SIGNED_QUERY_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     NEGOTIATION_NOTES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     cells: _containers.RepeatedCompositeFieldContainer[_common_pb2.Cell]
     cities: _containers.RepeatedCompositeFieldContainer[CityOutcome]
     signed_query: _common_pb2.Envelope
     receipt: _common_pb2.Envelope
     negotiation_notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, query_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[_common_pb2.Cell, _Mapping]]] = ..., cities: _Optional[_Iterable[_Union[CityOutcome, _Mapping]]] = ..., signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., negotiation_notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    records: _containers.RepeatedCompositeFieldContainer[_common_pb2.ReleasedRecord]
+    def __init__(self, query_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[_common_pb2.Cell, _Mapping]]] = ..., cities: _Optional[_Iterable[_Union[CityOutcome, _Mapping]]] = ..., signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., negotiation_notes: _Optional[_Iterable[str]] = ..., records: _Optional[_Iterable[_Union[_common_pb2.ReleasedRecord, _Mapping]]] = ...) -> None: ...
 
 class DescribeFederationRequest(_message.Message):
     __slots__ = ()

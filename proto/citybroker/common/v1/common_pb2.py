@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!citybroker/common/v1/common.proto\x12\x14\x63itybroker.common.v1\"f\n\x08\x45nvelope\x12\x14\n\x0cpayload_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x33\n\nsignatures\x18\x03 \x03(\x0b\x32\x1f.citybroker.common.v1.Signature\"\'\n\tSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"I\n\x07Measure\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.citybroker.common.v1.MeasureKind\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"2\n\tDimension\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x16\n\x0egeneralisation\x18\x02 \x01(\t\"w\n\x06\x46ilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x36\n\x08operator\x18\x02 \x01(\x0e\x32$.citybroker.common.v1.FilterOperator\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x16\n\x0egeneralisation\x18\x04 \x01(\t\"\xcc\x01\n\x05Query\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12/\n\x08measures\x18\x03 \x03(\x0b\x32\x1d.citybroker.common.v1.Measure\x12\x31\n\x08group_by\x18\x04 \x03(\x0b\x32\x1f.citybroker.common.v1.Dimension\x12-\n\x07\x66ilters\x18\x05 \x03(\x0b\x32\x1c.citybroker.common.v1.Filter\x12\x0e\n\x06\x63ities\x18\x06 \x03(\t\"G\n\tFieldPlan\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\nappearance\x18\x02 \x01(\t\x12\x17\n\x0fgeneralisations\x18\x03 \x03(\t\"\xdf\x01\n\tQueryPlan\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x05 \x01(\t\x12\x19\n\x11\x61greement_version\x18\x06 \x01(\r\x12/\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x1f.citybroker.common.v1.FieldPlan\x12\x15\n\rmin_cell_size\x18\x08 \x01(\r\x12\x19\n\x11\x65psilon_per_query\x18\t \x01(\x01\"\x96\x02\n\x04\x43\x65ll\x12\x30\n\x03key\x18\x01 \x03(\x0b\x32#.citybroker.common.v1.Cell.KeyEntry\x12\x36\n\x06values\x18\x02 \x03(\x0b\x32&.citybroker.common.v1.Cell.ValuesEntry\x12\x10\n\x08withheld\x18\x03 \x01(\x08\x12\x1b\n\x13\x63ontributing_cities\x18\x04 \x03(\t\x12\x1a\n\x12withholding_cities\x18\x05 \x03(\t\x1a*\n\x08KeyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xc5\x01\n\x0bMeasureKind\x12\x1c\n\x18MEASURE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMEASURE_KIND_COUNT_RECORDS\x10\x01\x12 \n\x1cMEASURE_KIND_COUNT_RESIDENTS\x10\x02\x12\x14\n\x10MEASURE_KIND_SUM\x10\x03\x12\x14\n\x10MEASURE_KIND_AVG\x10\x04\x12\x14\n\x10MEASURE_KIND_MIN\x10\x05\x12\x14\n\x10MEASURE_KIND_MAX\x10\x06*e\n\x0e\x46ilterOperator\x12\x1f\n\x1b\x46ILTER_OPERATOR_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46ILTER_OPERATOR_EQUALS\x10\x01\x12\x16\n\x12\x46ILTER_OPERATOR_IN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!citybroker/common/v1/common.proto\x12\x14\x63itybroker.common.v1\"f\n\x08\x45nvelope\x12\x14\n\x0cpayload_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x33\n\nsignatures\x18\x03 \x03(\x0b\x32\x1f.citybroker.common.v1.Signature\"\'\n\tSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"I\n\x07Measure\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.citybroker.common.v1.MeasureKind\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"2\n\tDimension\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x16\n\x0egeneralisation\x18\x02 \x01(\t\"w\n\x06\x46ilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x36\n\x08operator\x18\x02 \x01(\x0e\x32$.citybroker.common.v1.FilterOperator\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x16\n\x0egeneralisation\x18\x04 \x01(\t\"\x8c\x02\n\x05Query\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12/\n\x08measures\x18\x03 \x03(\x0b\x32\x1d.citybroker.common.v1.Measure\x12\x31\n\x08group_by\x18\x04 \x03(\x0b\x32\x1f.citybroker.common.v1.Dimension\x12-\n\x07\x66ilters\x18\x05 \x03(\x0b\x32\x1c.citybroker.common.v1.Filter\x12\x0e\n\x06\x63ities\x18\x06 \x03(\t\x12-\n\x04kind\x18\x07 \x01(\x0e\x32\x1f.citybroker.common.v1.QueryKind\x12\x0f\n\x07subject\x18\x08 \x01(\t\"\xa5\x01\n\x0eReleasedRecord\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12@\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x30.citybroker.common.v1.ReleasedRecord.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\tFieldPlan\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\nappearance\x18\x02 \x01(\t\x12\x17\n\x0fgeneralisations\x18\x03 \x03(\t\"\xdf\x01\n\tQueryPlan\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x05 \x01(\t\x12\x19\n\x11\x61greement_version\x18\x06 \x01(\r\x12/\n\x06\x66ields\x18\x07 \x03(\x0b\x32\x1f.citybroker.common.v1.FieldPlan\x12\x15\n\rmin_cell_size\x18\x08 \x01(\r\x12\x19\n\x11\x65psilon_per_query\x18\t \x01(\x01\"\x96\x02\n\x04\x43\x65ll\x12\x30\n\x03key\x18\x01 \x03(\x0b\x32#.citybroker.common.v1.Cell.KeyEntry\x12\x36\n\x06values\x18\x02 \x03(\x0b\x32&.citybroker.common.v1.Cell.ValuesEntry\x12\x10\n\x08withheld\x18\x03 \x01(\x08\x12\x1b\n\x13\x63ontributing_cities\x18\x04 \x03(\t\x12\x1a\n\x12withholding_cities\x18\x05 \x03(\t\x1a*\n\x08KeyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xc5\x01\n\x0bMeasureKind\x12\x1c\n\x18MEASURE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMEASURE_KIND_COUNT_RECORDS\x10\x01\x12 \n\x1cMEASURE_KIND_COUNT_RESIDENTS\x10\x02\x12\x14\n\x10MEASURE_KIND_SUM\x10\x03\x12\x14\n\x10MEASURE_KIND_AVG\x10\x04\x12\x14\n\x10MEASURE_KIND_MIN\x10\x05\x12\x14\n\x10MEASURE_KIND_MAX\x10\x06*\xa0\x01\n\x0e\x46ilterOperator\x12\x1f\n\x1b\x46ILTER_OPERATOR_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46ILTER_OPERATOR_EQUALS\x10\x01\x12\x16\n\x12\x46ILTER_OPERATOR_IN\x10\x02\x12\x1c\n\x18\x46ILTER_OPERATOR_AT_LEAST\x10\x03\x12\x1b\n\x17\x46ILTER_OPERATOR_AT_MOST\x10\x04*\x80\x01\n\tQueryKind\x12\x1a\n\x16QUERY_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14QUERY_KIND_AGGREGATE\x10\x01\x12\x1e\n\x1aQUERY_KIND_ATTRIBUTE_CHECK\x10\x02\x12\x1d\n\x19QUERY_KIND_RECORD_RELEASE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'citybroker.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RELEASEDRECORD_FIELDSENTRY']._loaded_options = None
+  _globals['_RELEASEDRECORD_FIELDSENTRY']._serialized_options = b'8\001'
   _globals['_CELL_KEYENTRY']._loaded_options = None
   _globals['_CELL_KEYENTRY']._serialized_options = b'8\001'
   _globals['_CELL_VALUESENTRY']._loaded_options = None
   _globals['_CELL_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_MEASUREKIND']._serialized_start=1240
-  _globals['_MEASUREKIND']._serialized_end=1437
-  _globals['_FILTEROPERATOR']._serialized_start=1439
-  _globals['_FILTEROPERATOR']._serialized_end=1540
+  _globals['_MEASUREKIND']._serialized_start=1472
+  _globals['_MEASUREKIND']._serialized_end=1669
+  _globals['_FILTEROPERATOR']._serialized_start=1672
+  _globals['_FILTEROPERATOR']._serialized_end=1832
+  _globals['_QUERYKIND']._serialized_start=1835
+  _globals['_QUERYKIND']._serialized_end=1963
   _globals['_ENVELOPE']._serialized_start=59
   _globals['_ENVELOPE']._serialized_end=161
   _globals['_SIGNATURE']._serialized_start=163
@@ -50,15 +54,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILTER']._serialized_start=331
   _globals['_FILTER']._serialized_end=450
   _globals['_QUERY']._serialized_start=453
-  _globals['_QUERY']._serialized_end=657
-  _globals['_FIELDPLAN']._serialized_start=659
-  _globals['_FIELDPLAN']._serialized_end=730
-  _globals['_QUERYPLAN']._serialized_start=733
-  _globals['_QUERYPLAN']._serialized_end=956
-  _globals['_CELL']._serialized_start=959
-  _globals['_CELL']._serialized_end=1237
-  _globals['_CELL_KEYENTRY']._serialized_start=1148
-  _globals['_CELL_KEYENTRY']._serialized_end=1190
-  _globals['_CELL_VALUESENTRY']._serialized_start=1192
-  _globals['_CELL_VALUESENTRY']._serialized_end=1237
+  _globals['_QUERY']._serialized_end=721
+  _globals['_RELEASEDRECORD']._serialized_start=724
+  _globals['_RELEASEDRECORD']._serialized_end=889
+  _globals['_RELEASEDRECORD_FIELDSENTRY']._serialized_start=844
+  _globals['_RELEASEDRECORD_FIELDSENTRY']._serialized_end=889
+  _globals['_FIELDPLAN']._serialized_start=891
+  _globals['_FIELDPLAN']._serialized_end=962
+  _globals['_QUERYPLAN']._serialized_start=965
+  _globals['_QUERYPLAN']._serialized_end=1188
+  _globals['_CELL']._serialized_start=1191
+  _globals['_CELL']._serialized_end=1469
+  _globals['_CELL_KEYENTRY']._serialized_start=1380
+  _globals['_CELL_KEYENTRY']._serialized_end=1422
+  _globals['_CELL_VALUESENTRY']._serialized_start=1424
+  _globals['_CELL_VALUESENTRY']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

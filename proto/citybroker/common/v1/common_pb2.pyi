@@ -22,6 +22,15 @@ class FilterOperator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILTER_OPERATOR_UNSPECIFIED: _ClassVar[FilterOperator]
     FILTER_OPERATOR_EQUALS: _ClassVar[FilterOperator]
     FILTER_OPERATOR_IN: _ClassVar[FilterOperator]
+    FILTER_OPERATOR_AT_LEAST: _ClassVar[FilterOperator]
+    FILTER_OPERATOR_AT_MOST: _ClassVar[FilterOperator]
+
+class QueryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUERY_KIND_UNSPECIFIED: _ClassVar[QueryKind]
+    QUERY_KIND_AGGREGATE: _ClassVar[QueryKind]
+    QUERY_KIND_ATTRIBUTE_CHECK: _ClassVar[QueryKind]
+    QUERY_KIND_RECORD_RELEASE: _ClassVar[QueryKind]
 MEASURE_KIND_UNSPECIFIED: MeasureKind
 MEASURE_KIND_COUNT_RECORDS: MeasureKind
 MEASURE_KIND_COUNT_RESIDENTS: MeasureKind
@@ -32,6 +41,12 @@ MEASURE_KIND_MAX: MeasureKind
 FILTER_OPERATOR_UNSPECIFIED: FilterOperator
 FILTER_OPERATOR_EQUALS: FilterOperator
 FILTER_OPERATOR_IN: FilterOperator
+FILTER_OPERATOR_AT_LEAST: FilterOperator
+FILTER_OPERATOR_AT_MOST: FilterOperator
+QUERY_KIND_UNSPECIFIED: QueryKind
+QUERY_KIND_AGGREGATE: QueryKind
+QUERY_KIND_ATTRIBUTE_CHECK: QueryKind
+QUERY_KIND_RECORD_RELEASE: QueryKind
 
 class Envelope(_message.Message):
     __slots__ = ("payload_type", "payload", "signatures")
@@ -80,20 +95,41 @@ class Filter(_message.Message):
     def __init__(self, field: _Optional[str] = ..., operator: _Optional[_Union[FilterOperator, str]] = ..., values: _Optional[_Iterable[str]] = ..., generalisation: _Optional[str] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("dataset", "purpose", "measures", "group_by", "filters", "cities")
+    __slots__ = ("dataset", "purpose", "measures", "group_by", "filters", "cities", "kind", "subject")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     MEASURES_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     CITIES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     purpose: str
     measures: _containers.RepeatedCompositeFieldContainer[Measure]
     group_by: _containers.RepeatedCompositeFieldContainer[Dimension]
     filters: _containers.RepeatedCompositeFieldContainer[Filter]
     cities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., measures: _Optional[_Iterable[_Union[Measure, _Mapping]]] = ..., group_by: _Optional[_Iterable[_Union[Dimension, _Mapping]]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., cities: _Optional[_Iterable[str]] = ...) -> None: ...
+    kind: QueryKind
+    subject: str
+    def __init__(self, dataset: _Optional[str] = ..., purpose: _Optional[str] = ..., measures: _Optional[_Iterable[_Union[Measure, _Mapping]]] = ..., group_by: _Optional[_Iterable[_Union[Dimension, _Mapping]]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., cities: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[QueryKind, str]] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class ReleasedRecord(_message.Message):
+    __slots__ = ("city_id", "pseudonym", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CITY_ID_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    city_id: str
+    pseudonym: str
+    fields: _containers.ScalarMap[str, str]
+    def __init__(self, city_id: _Optional[str] = ..., pseudonym: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FieldPlan(_message.Message):
     __slots__ = ("field", "appearance", "generalisations")
