@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,13 +106,21 @@ class LogRecord:
     created_at: datetime
 
 
-class _Request:
-    __slots__ = ("entries", "kind", "size", "future")
+# Rows the caller wants committed in the same transaction as its entries, written by a callback
+# that gets the connection and the first index of the entries (e.g. the node's transparency record).
+SideWrite = Callable[[Connection, int], None]
 
-    def __init__(self, entries: list[bytes], kind: str, size: int) -> None:
+
+class _Request:
+    __slots__ = ("entries", "kind", "size", "future", "side_write")
+
+    def __init__(
+        self, entries: list[bytes], kind: str, size: int, side_write: SideWrite | None = None
+    ) -> None:
         self.entries = entries
         self.kind = kind
         self.size = size
+        self.side_write = side_write
         self.future: Future[int] = Future()
 
 
@@ -227,15 +235,22 @@ class MerkleLog:
         """Append one entry; return its index once it is committed."""
         return self._submit([entry], kind)
 
-    def append_many(self, entries: Sequence[bytes], kind: str) -> list[int]:
-        """Append entries atomically at consecutive indexes; return them once committed."""
+    def append_many(
+        self, entries: Sequence[bytes], kind: str, side_write: SideWrite | None = None
+    ) -> list[int]:
+        """Append entries atomically at consecutive indexes; return them once committed.
+
+        `side_write` runs inside the same transaction (in the writer thread), so rows that belong
+        with these entries are durable with them at the cost of no extra commit. If it fails, the
+        whole batch it rode in fails and every waiter gets the error.
+        """
         entries = list(entries)
         if not entries:
             return []
-        first = self._submit(entries, kind)
+        first = self._submit(entries, kind, side_write)
         return list(range(first, first + len(entries)))
 
-    def _submit(self, entries: list[bytes], kind: str) -> int:
+    def _submit(self, entries: list[bytes], kind: str, side_write: SideWrite | None = None) -> int:
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
             raise InvalidArgument(f"entry kind must be 1 to {MAX_KIND_LENGTH} characters")
         total = 0
@@ -251,7 +266,7 @@ class MerkleLog:
             raise TooLarge(
                 f"{total} bytes of entries in one call, over {self._limits.max_batch_bytes}"
             )
-        request = _Request(entries, kind, total)
+        request = _Request(entries, kind, total, side_write)
         with self._lock:
             if self._closed:
                 raise StoreError("the Merkle log is closed", reason="LOG_CLOSED")
@@ -352,6 +367,9 @@ class MerkleLog:
             if node_rows:
                 conn.execute(insert(log_nodes), node_rows)
             conn.execute(insert(log_checkpoints), [checkpoint])
+            for request, first in zip(batch, firsts, strict=True):
+                if request.side_write is not None:
+                    request.side_write(conn, first)
         return frontier, firsts
 
     # -- reading ---------------------------------------------------------------------------

@@ -115,10 +115,8 @@ class Answerer:
             index = self._log.append_many([envelope.to_json(), signed.to_json()], kind="refusal")
             refusal.metadata["log_index"] = str(index[1])
             raise
-        indexes = self._log.append_many(
-            [envelope.to_json(), release.result.to_json()], kind="exchange"
-        )
-        self._exchanges.record(
+        # The transparency record commits with the log entries: one transaction, one fsync.
+        side = self._exchanges.side_write(
             Exchange(
                 request.request_id,
                 request.partner,
@@ -127,10 +125,14 @@ class Answerer:
                 release.agreement.agreement_id,
                 release.agreement.version,
                 release.at,
-                indexes[1],
+                log_index=-1,
             ),
             release.contributors,
             data,
+            result_offset=1,
+        )
+        indexes = self._log.append_many(
+            [envelope.to_json(), release.result.to_json()], kind="exchange", side_write=side
         )
         return release.result, indexes[1]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from audit.log import SideWrite
 from federation.errors import InvalidArgument
 from keys import timefmt
 from node.consent import page_size, page_token, read_page_token
@@ -36,45 +37,53 @@ class ExchangeRecorder:
     def __init__(self, node: sa.Engine, data: sa.Engine) -> None:
         self._node, self._data = node, data
 
-    def record(
+    def side_write(
         self,
         exchange: Exchange,
         contributors: sa.Select[Any] | None,
-        data: sa.Connection | None = None,
-    ) -> None:
-        """Store the exchange and every resident in `contributors` (a select of resident ids, run
-        on `data` when given: the connection the answer was computed on)."""
-        row = {**exchange.__dict__, "released_at": timefmt.to_db(exchange.released_at)}
-        rid = sa.literal(exchange.request_id, type_=sa.String)
-        with self._node.begin() as conn:
+        data: sa.Connection,
+        result_offset: int,
+    ) -> SideWrite:
+        """The rows of this exchange, to commit in the log's own transaction (no commit of their
+        own): the exchange, with the log index of its result (`result_offset` after the first
+        entry), and every resident in `contributors`, a select of resident ids run on `data`."""
+        ids: list[str] | None = None
+        if contributors is not None and self._data is not self._node:
+            # Data elsewhere: read the ids now, on the connection the answer was computed on.
+            ids = [str(r[0]) for r in data.execute(contributors)]
+
+        def write(conn: sa.Connection, first_index: int) -> None:
+            row = {
+                **exchange.__dict__,
+                "released_at": timefmt.to_db(exchange.released_at),
+                "log_index": first_index + result_offset,
+            }
             conn.execute(exchanges.insert().values(row))
-            if contributors is None:
-                return
-            if self._data is self._node:
+            rid = exchange.request_id
+            if ids is not None:
+                for start in range(0, len(ids), _CHUNK):
+                    conn.execute(
+                        exchange_residents.insert(),
+                        [
+                            {"resident_id": r, "request_id": rid}
+                            for r in ids[start : start + _CHUNK]
+                        ],
+                    )
+            elif contributors is not None:
                 sub = contributors.subquery()
                 conn.execute(
                     exchange_residents.insert().from_select(
-                        ["resident_id", "request_id"], sa.select(sub.c[0], rid)
+                        ["resident_id", "request_id"],
+                        sa.select(sub.c[0], sa.literal(rid, type_=sa.String)),
                     )
                 )
-                return
-            # Data elsewhere: stream the ids across, never holding them all in memory.
-            if data is None:
-                with self._data.connect() as own:
-                    self._copy(conn, own, contributors, exchange.request_id)
-            else:
-                self._copy(conn, data, contributors, exchange.request_id)
 
-    @staticmethod
-    def _copy(
-        node: sa.Connection, data: sa.Connection, contributors: sa.Select[Any], request_id: str
-    ) -> None:
-        result = data.execution_options(stream_results=True).execute(contributors)
-        for chunk in result.partitions(_CHUNK):
-            node.execute(
-                exchange_residents.insert(),
-                [{"resident_id": r[0], "request_id": request_id} for r in chunk],
-            )
+        return write
+
+    def record(self, exchange: Exchange, contributors: sa.Select[Any] | None) -> None:
+        """Commit one exchange in a transaction of its own (outside a log append)."""
+        with self._data.connect() as data, self._node.begin() as conn:
+            self.side_write(exchange, contributors, data, result_offset=0)(conn, exchange.log_index)
 
     def for_resident(self, resident_id: str, size: int, token: str) -> tuple[list[Exchange], str]:
         """Newest first, paginated. Releases in the same second (timestamps have second
