@@ -113,6 +113,11 @@ class ConsentRecord:
                     "CONSENT_FIELD_INVALID",
                     field=name,
                 )
+            if len(set(v)) != len(v):
+                # The stored record keeps each code once; its terms (and digest) must agree.
+                raise bad(
+                    f"{name} lists a code more than once", "CONSENT_FIELD_INVALID", field=name
+                )
         for p in self.purposes:
             if not taxonomy.is_purpose(p):
                 raise bad(f"unknown purpose {p!r}", "PURPOSE_UNKNOWN", purpose=p)

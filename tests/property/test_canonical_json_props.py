@@ -107,13 +107,13 @@ def _ascii_keys(v: Any) -> Any:
     return v
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(json_values(scalars))
 def test_canonical_is_rfc8785(value: Any) -> None:
     assert dsse.canonical(value) == rfc8785.dumps(value)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(plain_values)
 def test_canonical_is_rfc8785_on_the_fast_path(value: Any) -> None:
     assert dsse.canonical(value) == rfc8785.dumps(value)

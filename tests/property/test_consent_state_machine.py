@@ -17,8 +17,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from federation import storage
-from federation.errors import AlreadyExists, CitybrokerError, FailedPrecondition, InvalidArgument
-from federation.errors import NotFound
+from federation.errors import (
+    AlreadyExists,
+    CitybrokerError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import aggregate, consent

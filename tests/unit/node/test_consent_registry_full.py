@@ -293,6 +293,24 @@ BAD: list[tuple[str, dict[str, Any], str, dict[str, str]]] = [
         "CONSENT_FIELD_INVALID",
         {"field": "data_categories"},
     ),
+    (
+        "a purpose twice",
+        {"purposes": ("urban-mobility-planning", "urban-mobility-planning")},
+        "CONSENT_FIELD_INVALID",
+        {"field": "purposes"},
+    ),
+    (
+        "a recipient twice",
+        {"recipients": (PARTNER, "aurora", PARTNER)},
+        "CONSENT_FIELD_INVALID",
+        {"field": "recipients"},
+    ),
+    (
+        "a category twice",
+        {"data_categories": ("mobility", "mobility")},
+        "CONSENT_FIELD_INVALID",
+        {"field": "data_categories"},
+    ),
     ("empty record id", {"record_id": ""}, "CONSENT_FIELD_INVALID", {"field": "record_id"}),
     (
         "long resident id",
