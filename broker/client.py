@@ -15,7 +15,7 @@ from the verified results; any mismatch raises VerificationError.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class Answer:
     # What negotiation changed and why (signed by the broker), and the query the cities answered.
     negotiation: tuple[str, ...] = ()
     answered_query: Query | None = None
+    # A record release's records from the verified city results: {"city", "pseudonym", "fields"}.
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 class PartnerClient:
@@ -198,8 +200,20 @@ class PartnerClient:
             raise VerificationError(
                 "the broker's merged cells differ from the signed results", reason="ANSWER_MISMATCH"
             )
+        released = [
+            {"city": city, **record}
+            for city, (r, _) in results.items()
+            for record in r.get("records", [])
+        ]
         return Answer(
-            response.query_id, cells, cities, receipt, verified, request.negotiation, request.query
+            response.query_id,
+            cells,
+            cities,
+            receipt,
+            verified,
+            request.negotiation,
+            request.query,
+            released,
         )
 
     def plan(self, query: Query, timeout_s: float = 15.0) -> broker_pb2.PlanQueryResponse:

@@ -125,6 +125,14 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             signed_query=envelope_to_pb(exchange.signed_query),
             receipt=envelope_to_pb(exchange.receipt),
             negotiation_notes=exchange.negotiation,
+            records=[
+                common_pb2.ReleasedRecord(
+                    city_id=o.city, pseudonym=r["pseudonym"], fields=r["fields"]
+                )
+                for o in exchange.outcomes
+                if o.verified_result
+                for r in o.verified_result.get("records", [])
+            ],
         )
 
     def PlanQuery(

@@ -98,6 +98,7 @@ def _load_city_data(
         synthetic.load_traffic(
             engine, synthetic.traffic_rows(layout.plan.districts, 2, date(2026, 8, 1), 92, i)
         )
+        synthetic.load_residents(engine, people[city])
         synthetic.load_trips(
             engine,
             synthetic.trip_rows(

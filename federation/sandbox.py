@@ -197,6 +197,7 @@ def create(
                 "datasets": {
                     "mobility": synthetic.MOBILITY_CATALOGUE,
                     "traffic": synthetic.TRAFFIC_CATALOGUE,
+                    "residents": synthetic.RESIDENTS_CATALOGUE,
                 },
                 # Within the EU data may flow; anywhere else only under standard clauses.
                 "transfers": {"EU": "allowed", "*": "instrument:scc-2021"},

@@ -192,7 +192,8 @@ def decide(
             partner=partner,
         )
     _check_catalogue(query, catalogue)
-    first_refusal: CitybrokerError | None = None
+    # Report the refusal of the agreement closest to covering the query, not merely the first.
+    best: tuple[int, CitybrokerError] | None = None
     for a in in_force:
         refusal = _refusal(query, a)
         if refusal is None and transfers is not None:
@@ -202,6 +203,12 @@ def decide(
                 refusal = e
         if refusal is None:
             return Permit(a)
-        first_refusal = first_refusal or refusal
-    assert first_refusal is not None
-    raise first_refusal
+        closeness = (
+            (query.kind.value in a.query_kinds)
+            + (query.purpose in a.purposes)
+            + (query.dataset in a.datasets)
+        )
+        if best is None or closeness > best[0]:
+            best = (closeness, refusal)
+    assert best is not None
+    raise best[1]

@@ -5,6 +5,7 @@ Deterministic for a given seed, so runs are comparable.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,10 +97,36 @@ def load_traffic(engine: sa.Engine, rows: Iterator[dict[str, object]]) -> int:
     return _load(engine, traffic, rows)
 
 
+RESIDENTS_TABLE = "residents"
+residents_table = sa.Table(
+    RESIDENTS_TABLE,
+    trips_metadata,
+    sa.Column("resident_id", sa.String(64), primary_key=True),
+    sa.Column("age", sa.Integer, nullable=False),
+    sa.Column("district", sa.String(64), nullable=False),
+)
+
+# One row per resident: for attribute checks ("is 65 or older") and pseudonymised releases.
+RESIDENTS_CATALOGUE = {
+    "table": RESIDENTS_TABLE,
+    "resident_column": "resident_id",
+    "data_category": "age",
+    "fields": {
+        "age": {"type": "number", "generalisations": ["", "band5", "band10"]},
+        "district": {"type": "string"},
+    },
+}
+
+
 @dataclass(frozen=True)
 class Resident:
     resident_id: str
     district: str
+
+    @property
+    def age(self) -> int:
+        """A stable synthetic age from 16 to 95."""
+        return 16 + int(hashlib.sha256(self.resident_id.encode()).hexdigest()[:8], 16) % 80
 
 
 def residents(city: str, districts: tuple[str, ...], count: int, seed: int) -> list[Resident]:
@@ -123,6 +150,14 @@ def trip_rows(
                 "district": r.district,
                 "distance_km": round(rng.uniform(0.3, 25.0), 1),
             }
+
+
+def load_residents(engine: sa.Engine, people: list[Resident]) -> int:
+    return _load(
+        engine,
+        residents_table,
+        iter({"resident_id": r.resident_id, "age": r.age, "district": r.district} for r in people),
+    )
 
 
 def load_trips(engine: sa.Engine, rows: Iterator[dict[str, object]], batch: int = 10_000) -> int:

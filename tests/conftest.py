@@ -66,6 +66,7 @@ def start_federation(
         engine = storage.create_engine(data_url or f"sqlite:///{layout.database}")
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, i)
         synthetic.load_trips(engine, synthetic.trip_rows(people[city], 4, date(2026, 8, 1), 92, i))
+        synthetic.load_residents(engine, people[city])
         synthetic.load_traffic(
             engine, synthetic.traffic_rows(layout.plan.districts, 1, date(2026, 8, 1), 31, i)
         )
