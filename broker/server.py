@@ -7,8 +7,6 @@ from pathlib import Path
 
 import grpc
 
-from audit import trust_history
-from audit.log import MerkleLog
 from audit.service import LOG_SERVICE, LogServicer
 from broker.exchange import Broker
 from broker.fanout import CityChannels
@@ -16,12 +14,10 @@ from broker.service import BROKER_SERVICE, BrokerServicer, partner_token_guard
 from broker.witnessing import WitnessCollector
 from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.broker.v1 import broker_pb2_grpc
-from federation import storage
 from federation.config import Section, load_toml
 from federation.rpc import TlsFiles, add_listener, build_server, require_peer, server_credentials
-from keys import dsse, trust
-from keys.ed25519 import Signer
-from keys.trust import Role, TrustStore
+from federation.startup import open_party
+from keys.trust import Role
 
 
 @dataclass(frozen=True)
@@ -59,15 +55,18 @@ class BrokerConfig:
 class BrokerServer:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        signer = Signer.load(config.signing_key)
-        store = TrustStore(trust.load_authority_key(config.authority_key))
-        trust_envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())
-        bundle = store.install(trust_envelope)
-        self.engine = storage.create_engine(config.database)
-        storage.upgrade(self.engine)
-        trust_history.record(self.engine, bundle, trust_envelope)
-        self.log = MerkleLog(
-            self.engine, origin=f"citybroker/broker/{config.broker_id}", signer=signer
+        opened = open_party(
+            config.signing_key,
+            config.authority_key,
+            config.trust_bundle,
+            config.database,
+            f"citybroker/broker/{config.broker_id}",
+        )
+        signer, store, self.engine, self.log = (
+            opened.signer,
+            opened.trust,
+            opened.engine,
+            opened.log,
         )
         self.channels = CityChannels(*config.tls.read())
         self.witnessing = WitnessCollector(

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import grpc
 
-from audit import trust_history
-from audit.log import MerkleLog
 from audit.service import LOG_SERVICE, WITNESS_SERVICE, LogServicer, WitnessServicer
 from audit.witness import Witness
 from citybroker.audit.v1 import audit_pb2_grpc
@@ -20,9 +18,8 @@ from federation import storage
 from federation.config import Section, load_toml
 from federation.errors import ConfigError
 from federation.rpc import TlsFiles, add_listener, build_server, require_peer, server_credentials
-from keys import dsse, trust
-from keys.ed25519 import Signer
-from keys.trust import Role, TrustStore
+from federation.startup import open_party
+from keys.trust import Role
 from node import service
 from node.agreements import AgreementRegister
 from node.answering import Answerer, NodeSettings
@@ -77,15 +74,21 @@ class NodeServer:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        signer = Signer.load(config.signing_key)
-        store = TrustStore(trust.load_authority_key(config.authority_key))
-        trust_envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())
-        bundle = store.install(trust_envelope)
-        self.engine = storage.create_engine(config.database)
-        storage.upgrade(self.engine)
-        trust_history.record(self.engine, bundle, trust_envelope)
+        opened = open_party(
+            config.signing_key,
+            config.authority_key,
+            config.trust_bundle,
+            config.database,
+            f"citybroker/node/{config.city}",
+        )
+        signer, store, self.engine, self.log = (
+            opened.signer,
+            opened.trust,
+            opened.engine,
+            opened.log,
+        )
+        bundle = store.current
         data = self.engine if config.data == config.database else storage.create_engine(config.data)
-        self.log = MerkleLog(self.engine, origin=f"citybroker/node/{config.city}", signer=signer)
         self.agreements = AgreementRegister(self.engine, config.city, store, signer)
         self.consents = ConsentRegistry(
             self.engine,
