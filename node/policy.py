@@ -63,8 +63,6 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
         if f.op not in FilterOp:
             raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
         spec = ds.fields[f.field]
-        # Checked first: a raw date or number filter is refused as such whatever the catalogue
-        # offers, with the generalisations it could use instead.
         if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST) and spec.type is not FieldType.NUMBER:
             raise InvalidArgument(
                 f"{f.op.value} needs a numeric field; {f.field} is not",
@@ -74,10 +72,15 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
         # An attribute check answers about one consenting resident; only aggregates could be
         # subtracted from each other, so only they are held to generalised filter values.
         is_check = query.kind is QueryKind.ATTRIBUTE_CHECK
+        # Before the generalisation is looked up: a raw date or number filter is refused as such,
+        # naming the generalisations it could use instead.
         if spec.type is not FieldType.STRING and not f.generalisation and not is_check:
+            usable = sorted(g for g in spec.generalisations if g)
             raise InvalidArgument(
-                f"filters on {f.field} must use a generalisation "
-                f"({', '.join(sorted(g for g in spec.generalisations if g))}), not exact values",
+                f"filters on {f.field} must use a generalisation ({', '.join(usable)}), "
+                "not exact values"
+                if usable
+                else f"{f.field} has no generalisation, so it cannot be filtered on",
                 reason="FILTER_ON_RAW_VALUE",
                 field=f.field,
             )

@@ -11,6 +11,7 @@ from citybroker.node.v1 import node_pb2
 from federation import storage
 from federation.query import Dimension, Measure, MeasureKind, Query
 from federation.rpc import remote_error
+from node import disclosure
 from node.synthetic import trips
 from tests.conftest import PURPOSE, RunningFederation
 
@@ -85,9 +86,24 @@ def test_withdrawal_pushes_a_small_cell_under_k(fresh_federation: RunningFederat
     assert after[district].withheld
     assert after[district].values == {}
     assert after[district].withholding == [CITY]
+    # Secondary suppression: with one district alone withheld, the city total (a coarser query)
+    # minus the others would give it away, so the smallest other district is withheld as well.
+    keys = sorted(before)
+    populations = [
+        stay if d == district else int(before[d].values["count_residents"]) for d in keys
+    ]
+    k = 10  # the agreement's minimum cell size
+    expected = {keys[i] for i in disclosure.suppress([(d,) for d in keys], populations, k)}
+    smallest_other = min(
+        (d for d in keys if d != district), key=lambda d: populations[keys.index(d)]
+    )
+    assert expected == {district, smallest_other}
+    assert {d for d, c in after.items() if c.withheld} == expected
     for other, cell in before.items():
-        if other != district:
+        if other not in expected:
             assert after[other].values == cell.values
+        else:
+            assert after[other].values == {} and after[other].withholding == [CITY]
 
 
 def test_withdrawal_is_recorded_and_unknown_records_are_not_found(

@@ -29,8 +29,9 @@ def test_describe_federation_lists_the_three_cities(federation: RunningFederatio
         assert a.version == 1
         assert list(a.purposes) == [PURPOSE]
         assert a.min_cell_size == 10
-        (ds,) = a.datasets
-        assert ds.dataset == "mobility"
+        by_name = {d.dataset: d for d in a.datasets}
+        assert set(by_name) == {"mobility", "traffic"}
+        ds = by_name["mobility"]
         terms = {f.field: (f.appearance, list(f.generalisations)) for f in ds.fields}
         assert terms == {
             "distance_km": ("aggregate_only", []),

@@ -70,7 +70,7 @@ def test_broker_reflection(wire: Wire) -> None:
     # The full schema is there: a client can build requests from reflection alone.
     pool = DescriptorPool(db)
     service = pool.FindServiceByName(BROKER_SERVICE)
-    assert {m.name for m in service.methods} == {"Query", "DescribeFederation"}
+    assert {m.name for m in service.methods} == {"Query", "DescribeFederation", "PlanQuery"}
     query = pool.FindMessageTypeByName("citybroker.common.v1.Query")
     assert "measures" in query.fields_by_name
 

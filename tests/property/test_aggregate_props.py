@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from federation import storage
 from federation.config import Section
+from federation.errors import PermissionDenied
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from keys import timefmt
 from keys.ed25519 import Signer
-from node import aggregate, synthetic
+from node import aggregate, disclosure, synthetic
 from node.catalogue import Catalogue, DatasetSpec
 from node.consent import ConsentRecord, ConsentRegistry
 
@@ -139,8 +140,9 @@ GroupKey = tuple[str, ...]
 
 def oracle(
     world: World, q: Query, k: int
-) -> tuple[dict[GroupKey, dict[str, float]], set[GroupKey]]:
-    """The released cells (measure values plus "records") and the withheld keys, by brute force."""
+) -> tuple[dict[GroupKey, dict[str, float]], set[GroupKey]] | None:
+    """The released cells (measure values plus "records") and the withheld keys, by brute force;
+    None when the query must be refused (its whole population is under k)."""
     rows = [
         t
         for t in world.trips
@@ -151,9 +153,15 @@ def oracle(
         groups[()] = []  # an ungrouped aggregate always has its one (maybe empty) cell
     for t in rows:
         groups[tuple(dimension_value(t, d) for d in q.group_by)].append(t)
+    keys = sorted(groups)  # the order the SQL statement returns the cells in
+    populations = [len({t["resident_id"] for t in groups[key]}) for key in keys]
+    if max(populations, default=0) < k and len({t["resident_id"] for t in rows}) < k:
+        return None
+    hidden = disclosure.suppress(keys, populations, k)
     released, withheld = {}, set()
-    for key, members in groups.items():
-        if len({t["resident_id"] for t in members}) < k:
+    for i, key in enumerate(keys):
+        members = groups[key]
+        if i in hidden:
             withheld.add(key)
         else:
             values = {m.name: measure(m, members) for m in q.measures}
@@ -206,9 +214,15 @@ def queries(draw: st.DrawFn) -> Query:
 )
 @given(q=queries(), k=st.integers(1, 6))
 def test_run_matches_the_oracle(world: World, q: Query, k: int) -> None:
+    outcome = oracle(world, q, k)
+    if outcome is None:
+        with world.engine.connect() as conn, pytest.raises(PermissionDenied) as info:
+            aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
+        assert info.value.reason == "POPULATION_BELOW_K"
+        return
     with world.engine.connect() as conn:
         result = aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
-    expected, expected_withheld = oracle(world, q, k)
+    expected, expected_withheld = outcome
 
     def key_of(cell_key: dict[str, str]) -> tuple[str, ...]:
         assert list(cell_key) == [d.field for d in q.group_by]
@@ -234,7 +248,11 @@ def test_every_released_cell_has_k_consenting_residents(world: World, q: Query, 
         q.dataset, q.purpose, (Measure(MeasureKind.COUNT_RESIDENTS),), q.group_by, q.filters
     )
     with world.engine.connect() as conn:
-        result = aggregate.run(conn, counted, DATASET, (PARTNER,), NOW, k)
+        try:
+            result = aggregate.run(conn, counted, DATASET, (PARTNER,), NOW, k)
+        except PermissionDenied as e:
+            assert e.reason == "POPULATION_BELOW_K"
+            return
     assert all(c.values["count_residents"] >= k for c in result.cells)
 
 

@@ -72,7 +72,14 @@ def fits_catalogue(q: Query) -> bool:
         m.kind.needs_field and ds.fields[m.field].type is not FieldType.NUMBER for m in q.measures
     ):
         return False
-    return all(d.generalisation in ds.fields[d.field].generalisations for d in q.group_by)
+    if not all(d.generalisation in ds.fields[d.field].generalisations for d in q.group_by):
+        return False
+    # Filters compare generalised values; only strings may be compared as stored.
+    return all(
+        f.generalisation in ds.fields[f.field].generalisations
+        and (f.generalisation or ds.fields[f.field].type is FieldType.STRING)
+        for f in q.filters
+    )
 
 
 def covers(a: Agreement, q: Query) -> bool:
@@ -87,7 +94,14 @@ def covers(a: Agreement, q: Query) -> bool:
             return False
         if t.appearance is Appearance.GENERALISED and d.generalisation not in t.generalisations:
             return False
-    return all(terms[f.field].appearance is Appearance.RAW for f in q.filters)
+    return all(
+        terms[f.field].appearance is Appearance.RAW
+        or (
+            terms[f.field].appearance is Appearance.GENERALISED
+            and f.generalisation in terms[f.field].generalisations
+        )
+        for f in q.filters
+    )
 
 
 def model(q: Query, agreements: list[Agreement]) -> str:
@@ -161,7 +175,10 @@ def queries(draw: st.DrawFn) -> Query:
         purpose=draw(st.sampled_from([*KNOWN_PURPOSES, "urban-mobility-planning", "unknown"])),
         measures=tuple(measures.values()),
         group_by=tuple(Dimension(f, draw(st.sampled_from(GENERALISATIONS))) for f in group),
-        filters=tuple(Filter(f, FilterOp.EQUALS, ("x",)) for f in filters),
+        filters=tuple(
+            Filter(f, FilterOp.EQUALS, ("x",), draw(st.sampled_from(GENERALISATIONS)))
+            for f in filters
+        ),
     ).validate()
 
 

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from federation import storage
 from federation.config import Section
+from federation.errors import PermissionDenied
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from keys import timefmt
 from keys.ed25519 import Signer
@@ -106,9 +107,18 @@ def test_small_cells_are_withheld_not_released(
     engine, _, people = node
     q = Query("mobility", PURPOSE, COUNTS)
     assert run(engine, q, k=len(people)).cells
-    result = run(engine, q, k=len(people) + 1)
+    # A whole population under k is not even answered with a withheld cell: it is refused.
+    with pytest.raises(PermissionDenied) as info:
+        run(engine, q, k=len(people) + 1)
+    assert info.value.reason == "POPULATION_BELOW_K"
+    # Grouped, the small district is withheld, and so is the other one: it could otherwise be
+    # subtracted from the total (the ungrouped answer above).
+    by_district = Query("mobility", PURPOSE, COUNTS, group_by=(Dimension("district"),))
+    sizes = {c.key["district"]: c.values["count_residents"] for c in run(engine, by_district).cells}
+    assert min(sizes.values()) < max(sizes.values())
+    result = run(engine, by_district, k=int(min(sizes.values())) + 1)
     assert result.cells == []
-    assert result.withheld == [{}]
+    assert sorted(w["district"] for w in result.withheld) == sorted(sizes)
 
 
 INJECTIONS = [
@@ -137,8 +147,11 @@ def test_sql_in_filter_values_is_just_a_string(
             group_by=(Dimension("mode"),),
             filters=(Filter("mode", op, values),),
         )
-        result = run(engine, q)
-        assert result.cells == [] and result.withheld == []
+        # The string matched no row (had it been SQL, it would have matched every row), so the
+        # query's population is empty: refused, not answered.
+        with pytest.raises(PermissionDenied) as info:
+            run(engine, q)
+        assert info.value.reason == "POPULATION_BELOW_K"
     assert table_sizes(engine) == sizes
 
 
@@ -158,8 +171,8 @@ def test_a_real_filter_value_still_matches(
 
 def test_other_recipient_sees_nobody(node: tuple[sa.Engine, ConsentRegistry, list[str]]) -> None:
     engine, _, _ = node
-    with engine.connect() as conn:
-        result = aggregate.run(
+    with engine.connect() as conn, pytest.raises(PermissionDenied) as info:
+        aggregate.run(
             conn, Query("mobility", PURPOSE, COUNTS), DATASET, ("other-partner",), timefmt.now(), 1
         )
-    assert result.cells == [] and result.withheld == [{}]
+    assert info.value.reason == "POPULATION_BELOW_K"

@@ -65,7 +65,7 @@ def refusal(q: Query, *agreements: Agreement, partner: str = PARTNER) -> Citybro
 def test_catalogue_from_the_synthetic_config() -> None:
     fields = CATALOGUE.datasets["mobility"].fields
     assert set(fields) == {"trip_date", "mode", "district", "distance_km"}
-    assert fields["trip_date"].generalisations == frozenset({"day", "month", "year"})
+    assert fields["trip_date"].generalisations == frozenset({"day", "week", "month", "year"})
 
 
 def test_permitted_query() -> None:
@@ -113,6 +113,18 @@ def test_expired_or_future_agreement_is_not_used() -> None:
         (query(measures=(Measure(MeasureKind.SUM, "mode"),)), "MEASURE_INVALID"),
         (query(group_by=(Dimension("trip_date"),)), "GENERALISATION_UNKNOWN"),
         (query(group_by=(Dimension("mode", "month"),)), "GENERALISATION_UNKNOWN"),
+        (
+            query(filters=(Filter("mode", FilterOp.EQUALS, ("2026-08",), "month"),)),
+            "GENERALISATION_UNKNOWN",
+        ),
+        (
+            query(filters=(Filter("trip_date", FilterOp.EQUALS, ("2026-08-01",)),)),
+            "FILTER_ON_RAW_VALUE",
+        ),
+        (
+            query(filters=(Filter("distance_km", FilterOp.EQUALS, ("3.0",)),)),
+            "FILTER_ON_RAW_VALUE",
+        ),
     ],
 )
 def test_catalogue_refusals(q: Query, why: str) -> None:
@@ -133,11 +145,11 @@ def test_catalogue_refusals(q: Query, why: str) -> None:
         (query(group_by=(Dimension("distance_km", "band5"),)), "FIELD_AGGREGATE_ONLY"),
         (query(group_by=(Dimension("trip_date", "day"),)), "GENERALISATION_NOT_IN_AGREEMENT"),
         (
-            query(filters=(Filter("trip_date", FilterOp.EQUALS, ("2026-08-01",)),)),
+            query(filters=(Filter("trip_date", FilterOp.EQUALS, ("2026-08-01",), "day"),)),
             "FILTER_NOT_IN_AGREEMENT",
         ),
         (
-            query(filters=(Filter("distance_km", FilterOp.EQUALS, ("3.0",)),)),
+            query(filters=(Filter("distance_km", FilterOp.EQUALS, ("0-4",), "band5"),)),
             "FILTER_NOT_IN_AGREEMENT",
         ),
     ],

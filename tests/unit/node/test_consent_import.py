@@ -1,0 +1,649 @@
+"""Bulk consent import: parsing, idempotence, conflicts, per-row errors, batch transactions,
+receipts (the API's, byte for byte) and their log entries."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from audit.log import MerkleLog
+from federation import storage
+from federation.errors import FailedPrecondition
+from keys import dsse, timefmt
+from keys.ed25519 import PublicKey, Signer
+from node import consent_import
+from node.consent import RECEIPT, ConsentRecord, ConsentRegistry
+from node.consent_import import (
+    COLUMNS,
+    ConsentImporter,
+    ImportFormat,
+    ImportLimits,
+    ImportReport,
+    InputError,
+    RowError,
+    open_rows,
+)
+from node.consent_lifecycle import Event, State
+from node.schema import consent_events, consent_records, consent_scopes
+
+CITY_KEY = Signer.generate()
+ORIGIN = "citybroker/node/aurora"
+PARTIES = frozenset({"northwind", "borealis"})
+NOW = timefmt.now()
+FROM = timefmt.fmt(NOW - timedelta(days=1))
+UNTIL = timefmt.fmt(NOW + timedelta(days=30))
+LATER = timefmt.fmt(NOW + timedelta(days=90))
+HEADER = (
+    "event,record_id,resident_id,purposes,recipients,data_categories,valid_from,valid_until,actor"
+)
+
+
+def given(rid: str, resident: str = "res-1", **changes: str) -> dict[str, str]:
+    row = {
+        "event": "given",
+        "record_id": rid,
+        "resident_id": resident,
+        "purposes": "urban-mobility-planning",
+        "recipients": "northwind",
+        "data_categories": "mobility;location",
+        "valid_from": FROM,
+        "valid_until": UNTIL,
+        "actor": "",
+    }
+    row.update(changes)
+    return row
+
+
+def event(name: str, rid: str, **changes: str) -> dict[str, str]:
+    return {"event": name, "record_id": rid, **changes}
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], header: str = HEADER) -> Path:
+    names = header.split(",")
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for row in rows:
+            w.writerow([row.get(n, "") for n in names])
+    return path
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    storage.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def log(engine: sa.Engine) -> Iterator[MerkleLog]:
+    with MerkleLog(engine, ORIGIN, CITY_KEY) as log:
+        yield log
+
+
+def importer(
+    engine: sa.Engine, log: MerkleLog, batch_size: int = 3, workers: int = 0
+) -> ConsentImporter:
+    return ConsentImporter(
+        engine,
+        "aurora",
+        CITY_KEY,
+        log,
+        PARTIES,
+        ImportLimits(batch_size=batch_size, workers=workers),
+    )
+
+
+def run(
+    imp: ConsentImporter, path: Path, fmt: ImportFormat | None = None
+) -> tuple[ImportReport, list[RowError]]:
+    errors: list[RowError] = []
+    report = imp.run(path, fmt, on_error=errors.append)
+    return report, errors
+
+
+def rows_of(engine: sa.Engine, table: sa.Table, *order: sa.ColumnElement[Any]) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(table).order_by(*order)).mappings())
+
+
+def history(engine: sa.Engine, rid: str) -> list[str]:
+    with engine.connect() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                sa.select(consent_events.c.event)
+                .where(consent_events.c.record_id == rid)
+                .order_by(consent_events.c.event_id)
+            )
+        ]
+
+
+def city_lookup(kid: str) -> PublicKey | None:
+    return CITY_KEY.public if kid == CITY_KEY.keyid else None
+
+
+def verified(receipt: bytes) -> dict[str, Any]:
+    payload, _ = dsse.verify(dsse.Envelope.from_json(receipt), RECEIPT, city_lookup)
+    return payload
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def read(path: Path, fmt: ImportFormat | None = None) -> list[tuple[int, Any]]:
+    with open_rows(path, fmt) as reader:
+        return list(reader)
+
+
+def test_csv_rows_come_in_column_order_with_absent_columns_none(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    lines = ["\ufeffrecord_id , event,purposes", "r1,given,a;b ; c", "", 'r2,withdrawn,"x;', 'y"']
+    path.write_text("\n".join([*lines, "r3,revoked,"]) + "\n")
+    rows = read(path)
+    assert [line for line, _ in rows] == [2, 4, 6]
+    values = dict(zip(COLUMNS, rows[0][1], strict=True))
+    assert values["record_id"] == "r1" and values["event"] == "given"
+    assert values["purposes"] == "a;b ; c"
+    assert values["resident_id"] is None and values["actor"] is None
+    assert consent_import._codes(rows[0][1], COLUMNS.index("purposes")) == ("a", "b", "c")
+    assert rows[1][1][COLUMNS.index("purposes")] == "x;\ny"
+
+
+def test_jsonl_rows_keep_arrays_and_report_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(
+        b'{"event": "given", "record_id": "r1", "purposes": ["a", "b"], "retention_days": 30}\n'
+        b"\n"
+        b"not json\n"
+        b"[1, 2]\n"
+        b'{"event": "given", "record_id": "r2", "colour": "blue"}\n'
+        b'{"event": "given", "record_id": "r\xff"}\n'
+    )
+    rows = read(path)
+    assert [line for line, _ in rows] == [1, 3, 4, 5, 6]
+    values = dict(zip(COLUMNS, rows[0][1], strict=True))
+    assert values["purposes"] == ["a", "b"] and values["retention_days"] == 30
+    assert values["valid_until"] is None
+    bad = [v for _, v in rows[1:]]
+    assert all(isinstance(v, consent_import._Bad) for v in bad)
+    assert [b.reason for b in bad] == ["ROW_MALFORMED"] * 4
+    assert "not JSON" in bad[0].message
+    assert "JSON object" in bad[1].message
+    assert "'colour'" in bad[2].message and bad[2].record_id == "r2"
+    assert "UTF-8" in bad[3].message
+
+
+def test_csv_rows_with_the_wrong_width_bad_utf8_or_an_over_long_line(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_bytes(
+        b"event,record_id\n"
+        b"given,r1,extra\n"
+        b"given,r\xff\n" + b"given," + b"x" * 2000 + b"\n" + b"given,r4\n"
+    )
+    with open_rows(path, limits=ImportLimits(max_line_bytes=1024)) as reader:
+        rows = list(reader)
+    assert [line for line, _ in rows] == [2, 3, 4, 5]
+    bad = [v for _, v in rows[:3] if isinstance(v, consent_import._Bad)]
+    assert len(bad) == 3
+    assert "3 fields" in bad[0].message and bad[0].record_id == "r1"
+    assert "UTF-8" in bad[1].message
+    assert "longer than 1024 bytes" in bad[2].message
+    assert rows[3][1][:2] == ("given", "r4")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "is empty"),
+        ("record_id,actor\n", "lacks event"),
+        ("event,record_id,colour\n", "unknown column(s) 'colour'"),
+        ("event,record_id,event\n", "event repeated"),
+    ],
+)
+def test_unusable_csv_headers(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text(content)
+    with pytest.raises(InputError) as e:
+        open_rows(path)
+    assert expected in e.value.message
+
+
+def test_unusable_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot read"):
+        open_rows(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="format"):
+        open_rows(tmp_path / "events.txt")
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(InputError, match="directory"):
+        open_rows(tmp_path / "d.csv")
+    assert ImportFormat.of(Path("x.JSONL")) is ImportFormat.JSONL
+    assert ImportFormat.of(Path("x.ndjson")) is ImportFormat.JSONL
+
+
+# -- applying -------------------------------------------------------------------------------------
+
+
+def test_import_stores_records_events_and_receipts_the_api_would(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [
+            given("r1", actor="portal"),
+            given("r2", "res-2", recipients="northwind;category:public-authority"),
+            event("withdrawn", "r1"),
+            event("renewed", "r2", valid_until=LATER),
+            given("r3", "res-3", valid_until=""),
+        ],
+    )
+    report, errors = run(importer(engine, log), path)
+    assert errors == []
+    assert (report.rows, report.applied, report.duplicates, report.batches) == (5, 5, 0, 2)
+
+    records = {r["record_id"]: r for r in rows_of(engine, consent_records)}
+    assert {k: v["state"] for k, v in records.items()} == {
+        "r1": "withdrawn",
+        "r2": "renewed",
+        "r3": "given",
+    }
+    scopes = rows_of(engine, consent_scopes, consent_scopes.c.record_id)
+    assert len(scopes) == 2 + 4 + 2
+    assert {s["state"] for s in scopes if s["record_id"] == "r2"} == {"renewed"}
+    assert {s["valid_until"] for s in scopes if s["record_id"] == "r2"} == {
+        timefmt.to_db(timefmt.parse(LATER))
+    }
+    # What is stored reads back as the registry reads its own records.
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    r2 = registry.get("r2")
+    assert r2.recipients == ("category:public-authority", "northwind")
+    assert r2.valid_until == timefmt.parse(LATER)
+    assert records["r2"]["content_digest"] == r2.digest()
+    assert registry.get("r3").valid_until is None
+
+    events = rows_of(engine, consent_events, consent_events.c.event_id)
+    assert [(e["record_id"], e["event"]) for e in events] == [
+        ("r1", "given"),
+        ("r2", "given"),
+        ("r1", "withdrawn"),
+        ("r2", "renewed"),
+        ("r3", "given"),
+    ]
+    assert events[0]["actor"] == "portal"
+    assert events[1]["actor"] == "import via events.csv"
+    # Receipts verify with the city's key and are exactly what the API signs for that event.
+    for e in events:
+        payload = verified(e["receipt"])
+        assert (payload["record_id"], payload["event"]) == (e["record_id"], e["event"])
+        at = timefmt.parse(payload["at"])
+        assert timefmt.to_db(at) == e["at"]
+        record = registry.get(e["record_id"])
+        if e["event"] == "given":  # the terms as given (before a later renewal)
+            record = record if e["record_id"] != "r2" else _with_until(record, UNTIL)
+        expected = registry.receipt(record, Event(e["event"]), e["actor"], at, State(e["event"]))
+        assert bytes(e["receipt"]) == expected
+    # ... and they are the node's log, in the same order.
+    assert log.size() == 5
+    assert log.entries(0, 5) == [bytes(e["receipt"]) for e in events]
+    assert log.records(0, 1)[0].kind == "consent"
+
+
+def _with_until(record: ConsentRecord, until: str) -> ConsentRecord:
+    import dataclasses
+
+    return dataclasses.replace(record, valid_until=timefmt.parse(until), state=State.GIVEN)
+
+
+def test_importing_the_same_file_again_changes_nothing(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [
+            given("r1"),
+            event("renewed", "r1", valid_until=LATER),
+            event("withdrawn", "r1"),
+            given("r2", "res-2"),
+            event("renewed", "r2", valid_until=LATER),
+            event("renewed", "r2", valid_until=""),
+            given("r3", "res-3"),
+            event("revoked", "r3"),
+            event(
+                "refused",
+                "r4",
+                resident_id="res-4",
+                purposes="scientific-research",
+                recipients="borealis",
+                data_categories="age",
+                valid_from=FROM,
+            ),
+            given("r5", "res-5"),
+        ],
+    )
+    first, errors = run(importer(engine, log), path)
+    assert errors == [] and first.applied == 10
+    events_before = rows_of(engine, consent_events, consent_events.c.event_id)
+    records_before = rows_of(engine, consent_records, consent_records.c.record_id)
+    size = log.size()
+
+    for batch_size in (3, 100):  # wherever the batches split
+        again, errors = run(importer(engine, log, batch_size), path)
+        assert errors == []
+        assert (again.applied, again.duplicates) == (0, 10)
+        assert rows_of(engine, consent_events, consent_events.c.event_id) == events_before
+        assert rows_of(engine, consent_records, consent_records.c.record_id) == records_before
+        assert log.size() == size
+
+
+def test_a_record_id_with_other_terms_is_a_conflict(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    path = write_csv(
+        tmp_path / "events.csv",
+        [
+            given("r1"),
+            given("r1", "someone-else"),
+            given("r1"),  # the same terms again: already applied
+            given("r2", purposes="scientific-research"),
+        ],
+    )
+    report, errors = run(importer(engine, log), path)
+    assert [(e.row, e.record_id, e.reason) for e in errors] == [
+        (3, "r1", "CONSENT_RECORD_CONFLICT")
+    ]
+    assert (report.applied, report.duplicates) == (2, 1)
+    assert registry.get("r1").resident_id == "res-1"
+    # Given through the API first: the same terms are a duplicate there too.
+    conflict = write_csv(
+        tmp_path / "more.csv", [given("r2", purposes="scientific-research", actor="x")]
+    )
+    report, errors = run(importer(engine, log), conflict)
+    assert (report.applied, report.duplicates, errors) == (0, 1, [])
+
+
+def test_bad_rows_are_reported_and_never_stop_the_good_ones(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [
+            given("ok-1"),
+            given("bad-purpose", purposes="selling-data"),
+            given("bad-category", data_categories="mobility;dna"),
+            given("bad-date", valid_from="yesterday"),
+            given("no-date", valid_from=""),
+            given("wrong-order", valid_until=FROM, valid_from=UNTIL),
+            given("stranger", recipients="nobody-we-know"),
+            event("withdrawn", "unknown-record"),
+            event("expired", "ok-1"),
+            event("deleted", "ok-1"),
+            given("ok-1", "someone-else", event="refused"),  # different terms
+            given("ok-2", "res-2"),
+            event("revoked", "ok-2"),
+            event("renewed", "ok-2", valid_until=LATER),  # no longer active
+            event("renewed", "ok-1", valid_until=FROM),  # before valid_from
+            given("", "res-3"),
+            given("ok-3", "res-3"),
+        ],
+    )
+    report, errors = run(importer(engine, log, batch_size=4), path)
+    assert [(e.row, e.record_id, e.reason) for e in errors] == [
+        (3, "bad-purpose", "PURPOSE_UNKNOWN"),
+        (4, "bad-category", "DATA_CATEGORY_UNKNOWN"),
+        (5, "bad-date", "TIMESTAMP_INVALID"),
+        (6, "no-date", "TIMESTAMP_INVALID"),
+        (7, "wrong-order", "CONSENT_DATES_INVALID"),
+        (8, "stranger", "RECIPIENT_UNKNOWN"),
+        (9, "unknown-record", "CONSENT_NOT_FOUND"),
+        (10, "ok-1", "CONSENT_EVENT_NOT_ALLOWED"),
+        (11, "ok-1", "CONSENT_EVENT_UNKNOWN"),
+        (12, "ok-1", "CONSENT_RECORD_CONFLICT"),
+        (15, "ok-2", "CONSENT_NOT_ACTIVE"),
+        (16, "ok-1", "CONSENT_DATES_INVALID"),
+        (17, "", "CONSENT_FIELD_INVALID"),
+    ]
+    assert all(e.message for e in errors)
+    assert "selling-data" in errors[0].message
+    assert report.applied == 4 and report.error_rows == 13
+    assert report.errors["TIMESTAMP_INVALID"] == 2
+    assert {r["record_id"] for r in rows_of(engine, consent_records)} == {"ok-1", "ok-2", "ok-3"}
+    assert history(engine, "ok-2") == ["given", "revoked"]
+
+
+def test_jsonl_import_and_its_type_errors(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    base = {
+        "event": "given",
+        "resident_id": "res-1",
+        "purposes": ["urban-mobility-planning"],
+        "recipients": ["northwind"],
+        "data_categories": ["mobility"],
+        "valid_from": FROM,
+        "retention_days": 90,
+        "language": "fi",
+    }
+    lines = [
+        {**base, "record_id": "j1"},
+        {**base, "record_id": "j2", "purposes": "urban-mobility-planning"},
+        {**base, "record_id": "j3", "retention_days": "ninety"},
+        {**base, "record_id": "j4", "valid_until": 5},
+        {**base, "record_id": "j5", "notice_url": ["x"]},
+        {"event": "withdrawn", "record_id": "j1", "actor": "resident"},
+    ]
+    path = tmp_path / "events.data"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report, errors = run(importer(engine, log), path, ImportFormat.JSONL)
+    assert [(e.row, e.reason) for e in errors] == [
+        (2, "CONSENT_FIELD_INVALID"),
+        (3, "CONSENT_FIELD_INVALID"),
+        (4, "TIMESTAMP_INVALID"),
+        (5, "CONSENT_FIELD_INVALID"),
+    ]
+    assert report.applied == 2
+    stored = ConsentRegistry(engine, "aurora", CITY_KEY).get("j1")
+    assert (stored.retention_days, stored.language, stored.state) == (90, "fi", State.WITHDRAWN)
+
+
+def test_a_database_failure_rolls_back_exactly_one_batch(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    rows = [given(f"r{i}", f"res-{i}") for i in range(9)]
+    rows.insert(7, event("withdrawn", "r4"))  # in batch 3, about a record of batch 2
+    path = write_csv(tmp_path / "events.csv", rows)
+    inserts = {"n": 0}
+
+    def fail_second_batch(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO consent_events"):
+            inserts["n"] += 1
+            if inserts["n"] == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+
+    sa.event.listen(engine, "before_cursor_execute", fail_second_batch)
+    try:
+        report, errors = run(importer(engine, log, batch_size=3), path)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", fail_second_batch)
+    assert (report.batches, report.failed_batches, report.applied) == (4, 1, 6)
+    assert [(e.row, e.record_id, e.reason) for e in errors] == [
+        (5, "r3", "BATCH_FAILED"),
+        (6, "r4", "BATCH_FAILED"),
+        (7, "r5", "BATCH_FAILED"),
+        (9, "r4", "CONSENT_NOT_FOUND"),
+    ]
+    assert "lines 5-7" in errors[0].message and "disk I/O error" in errors[0].message
+    # Nothing of batch 2 is stored anywhere: records, scopes, events or log.
+    stored = {r["record_id"] for r in rows_of(engine, consent_records)}
+    assert stored == {"r0", "r1", "r2", "r6", "r7", "r8"}
+    assert {s["record_id"] for s in rows_of(engine, consent_scopes)} == stored
+    assert log.size() == 6
+    assert {verified(e)["record_id"] for e in log.entries(0, 6)} == stored
+    # Running the file again applies what failed, and only that.
+    report, errors = run(importer(engine, log, batch_size=3), path)
+    assert errors == [] and (report.applied, report.duplicates) == (4, 6)
+    assert history(engine, "r4") == ["given", "withdrawn"]
+    assert log.size() == 10
+
+
+def test_a_change_through_the_api_while_importing_is_respected(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry.give(
+        ConsentRecord(
+            "r1",
+            "res-1",
+            ("urban-mobility-planning",),
+            ("northwind",),
+            ("mobility",),
+            NOW - timedelta(days=1),
+        ),
+        actor="portal",
+    )
+    path = write_csv(tmp_path / "events.csv", [event("withdrawn", "r1"), given("r2")])
+    original = consent_import._Run._write
+    calls = {"n": 0}
+
+    def api_withdraws_first(self: Any, batch: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            registry.withdraw("r1", actor="resident via portal")
+        original(self, batch)
+
+    monkeypatch.setattr(consent_import._Run, "_write", api_withdraws_first)
+    report, errors = run(importer(engine, log), path)
+    assert calls["n"] == 2  # the first attempt found r1 changed and resolved the batch again
+    assert errors == [] and (report.applied, report.duplicates) == (1, 1)
+    assert history(engine, "r1") == ["given", "withdrawn"]
+    with pytest.raises(FailedPrecondition):
+        registry.withdraw("r1", actor="resident")
+
+
+def test_records_given_and_changed_in_one_batch_are_stored_as_they_end_up(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [
+            given("a"),
+            event("renewed", "a", valid_until=LATER),
+            event("invalidated", "a"),
+            given("b", "res-2", valid_until=""),
+            event("renewed", "b", valid_until=LATER),
+        ],
+    )
+    report, errors = run(importer(engine, log, batch_size=10), path)
+    assert errors == [] and report.applied == 5
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    a, b = registry.get("a"), registry.get("b")
+    assert (a.state, a.valid_until) == (State.INVALIDATED, timefmt.parse(LATER))
+    assert (b.state, b.valid_until) == (State.RENEWED, timefmt.parse(LATER))
+    scopes = rows_of(engine, consent_scopes)
+    assert {(s["record_id"], s["state"]) for s in scopes} == {
+        ("a", "invalidated"),
+        ("b", "renewed"),
+    }
+    digests = {r["record_id"]: r["content_digest"] for r in rows_of(engine, consent_records)}
+    assert digests == {"a": a.digest(), "b": b.digest()}
+    receipts = [
+        bytes(e["receipt"]) for e in rows_of(engine, consent_events, consent_events.c.event_id)
+    ]
+    assert [verified(r)["state"] for r in receipts] == [
+        "given",
+        "renewed",
+        "invalidated",
+        "given",
+        "renewed",
+    ]
+    assert verified(receipts[2])["terms_digest"] == a.digest()
+
+
+def test_without_a_trust_bundle_any_recipient_id_passes(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "events.csv", [given("r1", recipients="anyone")])
+    imp = ConsentImporter(engine, "aurora", CITY_KEY, log, None, ImportLimits(workers=0))
+    report, errors = run(imp, path)
+    assert errors == [] and report.applied == 1
+
+
+def test_receipts_match_the_registry_also_for_non_ascii_terms(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [given("r-ä", "asukas-ö", actor="kaupunki € portal")],
+    )
+    report, errors = run(importer(engine, log), path)
+    assert errors == [] and report.applied == 1
+    (stored,) = rows_of(engine, consent_events)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    at = timefmt.parse(verified(stored["receipt"])["at"])
+    expected = registry.receipt(
+        registry.get("r-ä"), Event.GIVE, "kaupunki € portal", at, State.GIVEN
+    )
+    assert bytes(stored["receipt"]) == expected
+
+
+def test_worker_processes_give_the_same_result(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    rows: list[dict[str, str]] = []
+    for i in range(120):
+        rows.append(given(f"r{i}", f"res-{i}"))
+        if i % 7 == 3:
+            rows.append(event("withdrawn", f"r{i - 2}"))
+        if i % 11 == 5 and (i - 3) % 7 != 1:  # not one withdrawn already
+            rows.append(event("renewed", f"r{i - 3}", valid_until=LATER))
+    rows.append(given("bad", purposes="nope"))
+    path = write_csv(tmp_path / "events.csv", rows)
+    report, errors = run(importer(engine, log, batch_size=25, workers=2), path)
+    assert [e.reason for e in errors] == ["PURPOSE_UNKNOWN"]
+    assert report.applied == len(rows) - 1
+    events = rows_of(engine, consent_events, consent_events.c.event_id)
+    assert len(events) == report.applied
+    assert all(verified(e["receipt"])["record_id"] == e["record_id"] for e in events)
+    assert log.entries(0, log.size()) == [bytes(e["receipt"]) for e in events]
+    again, errors = run(importer(engine, log, batch_size=25, workers=2), path)
+    assert (again.applied, again.duplicates, len(errors)) == (0, len(rows) - 1, 1)
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(Exception, match="batch size"):
+        ImportLimits(batch_size=0)
+    with pytest.raises(Exception, match="workers"):
+        ImportLimits(workers=-1)
+
+
+def test_stored_rows_are_the_rows_the_registry_stores(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [given("r1", recipients="northwind;category:public-authority", valid_until="")],
+    )
+    run(importer(engine, log), path)
+    other = storage.create_engine(f"sqlite:///{tmp_path / 'api.db'}")
+    storage.upgrade(other)
+    try:
+        registry = ConsentRegistry(other, "aurora", CITY_KEY)
+        registry.give(ConsentRegistry(engine, "aurora", CITY_KEY).get("r1"), actor="portal")
+        for table, order in (
+            (consent_records, consent_records.c.record_id),
+            (consent_scopes, sa.text("purpose, recipient, data_category")),
+        ):
+            with engine.connect() as a, other.connect() as b:
+                query = sa.text(f"SELECT * FROM {table.name} ORDER BY {order}")
+                assert list(a.execute(query)) == list(b.execute(query))
+    finally:
+        other.dispose()
