@@ -57,16 +57,25 @@ MAX_KIND_LENGTH = 64
 _PG_LOCK_KEY = 0x63697479_6C6F67  # "citylog"
 
 
+# Statements of every append, built once: SQLAlchemy then reuses their cache keys and compiled forms.
+# Any write statement takes SQLite's single RESERVED lock, even one that changes nothing.
+_LOCK_SQLITE = log_checkpoints.delete().where(log_checkpoints.c.tree_size < 0)
+_LOCK_POSTGRESQL = select(func.pg_advisory_xact_lock(_PG_LOCK_KEY))
+_MAX_INDEX = select(func.max(log_entries.c.idx))
+_INSERT_ENTRIES = insert(log_entries)
+_INSERT_NODES = insert(log_nodes)
+_INSERT_CHECKPOINT = insert(log_checkpoints)
+
+
 def _lock_log(conn: Connection) -> bool:
     """Take the database's write lock for this transaction; False where no such lock is known
     (then concurrent writers rely on the primary-key conflict and retry)."""
     dialect = conn.dialect.name
     if dialect == "sqlite":
-        # Any write statement takes SQLite's single RESERVED lock, even one that changes nothing.
-        conn.execute(log_checkpoints.delete().where(log_checkpoints.c.tree_size < 0))
+        conn.execute(_LOCK_SQLITE)
         return True
     if dialect == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+        conn.execute(_LOCK_POSTGRESQL)
         return True
     return False
 
@@ -299,12 +308,14 @@ class MerkleLog:
 
     def _write_batch(self, batch: list[_Request]) -> None:
         error: CitybrokerError | None = None
-        for _ in range(self._limits.conflict_retries):
+        for attempt in range(self._limits.conflict_retries):
             try:
                 if self._frontier is None:
                     with self._engine.connect() as conn:
                         self._frontier = self._load_frontier(conn)
-                frontier, firsts = self._commit_batch(self._frontier, batch)
+                # First try on this writer's own view of the tree: if another writer appended
+                # since, the entries' primary keys conflict and the retry checks under the lock.
+                frontier, firsts = self._commit_batch(self._frontier, batch, attempt > 0)
             except IntegrityError:
                 # A different writer appended first; our view of the tree is stale.
                 self._frontier = None
@@ -333,12 +344,12 @@ class MerkleLog:
             request.future.set_exception(error)
 
     def _commit_batch(
-        self, committed: CompactRange, batch: list[_Request]
+        self, committed: CompactRange, batch: list[_Request], check_size: bool = True
     ) -> tuple[CompactRange, list[int]]:
         with self._engine.begin() as conn:
             # Holding the write lock from the first statement, a stale view (another writer on
             # the same database appended) is refreshed here instead of failing and retrying.
-            if _lock_log(conn) and self._stored_size(conn) != committed.size:
+            if _lock_log(conn) and check_size and self._stored_size(conn) != committed.size:
                 committed = self._load_frontier(conn)
             now = datetime.now(UTC)
             frontier = committed.copy()
@@ -363,10 +374,10 @@ class MerkleLog:
             # Signed before commit but published only after it: if the commit fails the note is
             # dropped, so no one ever sees a checkpoint for a tree that is not stored.
             checkpoint = self._checkpoint_row(frontier)
-            conn.execute(insert(log_entries), entry_rows)
+            conn.execute(_INSERT_ENTRIES, entry_rows)
             if node_rows:
-                conn.execute(insert(log_nodes), node_rows)
-            conn.execute(insert(log_checkpoints), [checkpoint])
+                conn.execute(_INSERT_NODES, node_rows)
+            conn.execute(_INSERT_CHECKPOINT, [checkpoint])
             for request, first in zip(batch, firsts, strict=True):
                 if request.side_write is not None:
                     request.side_write(conn, first)
@@ -476,7 +487,7 @@ class MerkleLog:
 
     @staticmethod
     def _stored_size(conn: Connection) -> int:
-        last = conn.execute(select(func.max(log_entries.c.idx))).scalar_one_or_none()
+        last = conn.execute(_MAX_INDEX).scalar_one_or_none()
         return 0 if last is None else int(last) + 1
 
     @staticmethod

@@ -17,6 +17,7 @@ be collected, compared across runs and plotted by one tool.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
@@ -53,8 +54,12 @@ class Figure:
         return self.value / self.baseline if self.baseline else None
 
     def to_json(self) -> dict[str, Any]:
+        """As a JSON object; a number that could not be measured (NaN) is null."""
         out = asdict(self)
         out["ratio"] = self.ratio
+        for key in ("value", "baseline", "ratio"):
+            if isinstance(out[key], float) and not math.isfinite(out[key]):
+                out[key] = None
         return out
 
 

@@ -37,6 +37,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -87,6 +88,24 @@ raw_entries = sa.Table(
     sa.Column("kind", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+def measured_source(relative: str) -> dict[str, Any]:
+    """Which code was measured: the file's SHA-256 and the git commit, with local changes flagged
+    (several people work in this tree at once)."""
+    root = Path(__file__).resolve().parent.parent
+    data = (root / relative).read_bytes()
+
+    def git(*argv: str) -> str:
+        proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {
+        "file": relative,
+        "sha256": hashlib.sha256(data).hexdigest()[:16],
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "changed_since_head": bool(git("status", "--porcelain", "--", relative)),
+    }
 
 
 # -- entries --------------------------------------------------------------------------------------
@@ -610,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in load_before],
         "sqlite_version": sqlite3.sqlite_version,
         "sqlalchemy": sa.__version__,
+        "measured": measured_source("audit/log.py"),
         **environment(),
     }
     figs: list[Figure] = []
@@ -689,10 +709,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if verdict:
         console.print(verdict)
-    if max(load_before[0], os.getloadavg()[0]) > 1.0:
+    if load_before[0] > 1.0:
+        # Only the load before the run says something: the benchmark itself keeps cores busy.
         console.print(
-            f"[yellow]Note: load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} "
-            "after: other work on this machine may have disturbed the figures.[/]"
+            f"[yellow]Note: load average {load_before[0]:.2f} when the run started: other work "
+            "on this machine may have disturbed the figures.[/]"
         )
     out = write_figures(args.results / f"{args.name}.json", figs)
     console.print(f"Wrote {out} in {time.monotonic() - started:.0f} s.")

@@ -48,6 +48,7 @@ JWT = "JWT (PyJWT, Python)"
 SQL = "SQL: SQLite engine + SQLAlchemy"
 COMMIT = "SQLite commit: fdatasync/pwrite (kernel)"
 MERKLE = "Merkle log append (Python: hand-off, tree, SQL rows, checkpoint)"
+TRANSPARENCY = "residents' transparency record (Python: SQL rows)"
 JSON = "JSON: canonical form (RFC 8785) and parsing"
 PROTOBUF = "protobuf (upb + conversions)"
 GRPC = "gRPC: core, TLS, socket I/O, Python layer"
@@ -61,6 +62,7 @@ CATEGORIES = [
     SQL,
     COMMIT,
     MERKLE,
+    TRANSPARENCY,
     JSON,
     PROTOBUF,
     GRPC,
@@ -202,6 +204,8 @@ PY_RULES: list[tuple[str, str, str]] = [
     ("concurrent/futures", "", THREADS),
     ("hashlib", "", HASHING),
 ]
+# Project modules whose Python time is one activity whatever they call (SQLAlchemy, threading).
+WHOLE_ACTIVITIES = [("audit/log.py", MERKLE), ("node/transparency.py", TRANSPARENCY)]
 # The project's own packages, as py-spy shows their paths (relative, or absolute when installed).
 PROJECT_PACKAGES = ("broker/", "node/", "keys/", "federation/", "audit/", "citybroker/")
 # Leaves that are calls into native code perf already counts (py-spy sees the GIL held there).
@@ -228,8 +232,10 @@ def classify_python(stack: list[str]) -> str | None:
         fn, path = frames[0]
         if any(path.endswith(p) and fn == f for p, f in NATIVE_LEAVES):
             return None
-    if any("audit/" in path for _, path in frames):
-        return MERKLE  # appending (hand-off, tree, rows, checkpoint), whichever library it calls
+    # Whole activities, whichever libraries they call: by the project module they run under.
+    for fragment, cat in WHOLE_ACTIVITIES:
+        if any(fragment in path for _, path in frames):
+            return cat
     # The innermost frame that is either a known library or the project's own code decides;
     # stdlib helpers in between (contextlib, enum, re, datetime ...) count for their caller.
     for fn, path in frames:
@@ -241,9 +247,21 @@ def classify_python(stack: list[str]) -> str | None:
     return PYTHON
 
 
-def pyspy_breakdown(raw: Path) -> tuple[Counter[str], Counter[str], int]:
+def project_module(stack: list[str]) -> str:
+    """The innermost frame of the project's own code: which of our functions the time is under."""
+    for text in reversed(stack):
+        fn, path = _py_frame(text)
+        for p in PROJECT_PACKAGES:
+            at = path.find(p)
+            if at == 0 or (at > 0 and path[at - 1] == "/"):
+                return f"{path[at:]}: {fn.split('.<locals>')[0]}"
+    return "(outside the project: gRPC threads, stdlib)"
+
+
+def pyspy_breakdown(raw: Path) -> tuple[Counter[str], Counter[str], Counter[str], int]:
     cats: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
+    modules: Counter[str] = Counter()
     native = 0
     for line in raw.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
@@ -257,7 +275,8 @@ def pyspy_breakdown(raw: Path) -> tuple[Counter[str], Counter[str], int]:
             continue
         cats[cat] += n
         leaves[stack[-1]] += n
-    return cats, leaves, native
+        modules[project_module(stack)] += n
+    return cats, leaves, modules, native
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -271,6 +290,7 @@ class Profiled:
     perf_syms: Counter[str] = field(default_factory=Counter)
     py_cats: Counter[str] = field(default_factory=Counter)
     py_leaves: Counter[str] = field(default_factory=Counter)
+    py_modules: Counter[str] = field(default_factory=Counter)
     py_native: int = 0
 
     def combined(self) -> dict[str, float]:
@@ -444,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         raw = args.out / f"{t.role}.pyspy.txt"
         if raw.exists():
-            t.py_cats, t.py_leaves, t.py_native = pyspy_breakdown(raw)
+            t.py_cats, t.py_leaves, t.py_modules, t.py_native = pyspy_breakdown(raw)
         data = args.out / f"{t.role}.perf.data"
         if use_perf and data.exists():
             t.perf_cats, t.perf_syms = perf_breakdown(data)
@@ -480,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         if t.perf_syms:
             console.print(top_table(f"{t.role}: hottest native symbols (perf)", t.perf_syms))
         console.print(top_table(f"{t.role}: hottest Python leaves (py-spy, GIL held)", t.py_leaves))
+        console.print(
+            top_table(f"{t.role}: Python time by project function (innermost)", t.py_modules)
+        )
     summary = {
         "name": NAME,
         "concurrency": args.concurrency,
@@ -496,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         "pyspy_native_leaf_samples": {t.role: t.py_native for t in targets},
         "top_native_symbols": {t.role: t.perf_syms.most_common(25) for t in targets},
         "top_python_leaves": {t.role: t.py_leaves.most_common(25) for t in targets},
+        "python_by_project_function": {t.role: t.py_modules.most_common(25) for t in targets},
         "parameters": {
             "residents_per_city": args.residents,
             "query": fq.QUERY_TEXT,
@@ -511,4 +535,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every process this run started has been stopped", file=sys.stderr)
+        sys.exit(130)

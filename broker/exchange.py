@@ -6,6 +6,9 @@ inside its signed request, verifies what comes back, merges, and signs what it d
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +87,26 @@ class CityOffer:
     jurisdiction: str
     outcome: CityOutcome
     agreements: list[tuple[Agreement, dsse.Envelope]] = field(default_factory=list)
+
+
+_ID_LOCK = threading.Lock()
+_last_id = [0, 0]  # unix milliseconds and counter of the latest request id
+
+
+def new_request_id() -> str:
+    """A UUIDv7 (RFC 9562): unix milliseconds, a 12-bit counter, 62 random bits. Ids of one
+    broker increase with time, so each node, which files its residents' transparency records
+    under the request id, appends a new exchange after the earlier ones instead of scattering
+    it through its index (fewer pages written per commit)."""
+    with _ID_LOCK:
+        ms, counter = time.time_ns() // 1_000_000, 0
+        if ms <= _last_id[0]:  # same millisecond, or the clock stepped back
+            ms, counter = _last_id[0], _last_id[1] + 1
+            if counter > 0xFFF:
+                ms, counter = ms + 1, 0
+        _last_id[0], _last_id[1] = ms, counter
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62
+    return str(uuid.UUID(int=value | secrets.randbits(62)))
 
 
 def _failure(city: str, error: Any) -> CityOutcome:
@@ -179,7 +202,7 @@ class Broker:
         if negotiate_shape:
             query, notes, _ = self.plan(caller, query, deadline_s)
         targets = self._targets(query.cities)
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         signed = statements.sign_request(
             statements.QUERY,
             request_id,

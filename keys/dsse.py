@@ -152,6 +152,22 @@ def verify(
 
     Returns the parsed payload and the key ids that verified.
     """
+    good = verify_signatures(envelope, thing, lookup, required)
+    try:
+        payload = json.loads(envelope.payload)
+    except ValueError:
+        raise SignatureError(f"{thing} payload is not JSON", reason="PAYLOAD_MALFORMED") from None
+    if not isinstance(payload, dict):
+        raise SignatureError(f"{thing} payload is not an object", reason="PAYLOAD_MALFORMED")
+    return payload, good
+
+
+def verify_signatures(
+    envelope: Envelope, thing: str, lookup: KeyLookup, required: Iterable[str] = ()
+) -> set[str]:
+    """`verify` without the parse, for a caller that already holds the payload parsed from these
+    exact bytes: the payload type and signatures are checked the same way. Returns the key ids
+    that verified."""
     if envelope.payload_type != media_type(thing):
         raise SignatureError(
             f"expected a {media_type(thing)} envelope, got {envelope.payload_type!r}",
@@ -164,10 +180,4 @@ def verify(
             f"{thing} envelope lacks a valid signature from a trusted key",
             reason="SIGNATURE_INVALID",
         )
-    try:
-        payload = json.loads(envelope.payload)
-    except ValueError:
-        raise SignatureError(f"{thing} payload is not JSON", reason="PAYLOAD_MALFORMED") from None
-    if not isinstance(payload, dict):
-        raise SignatureError(f"{thing} payload is not an object", reason="PAYLOAD_MALFORMED")
-    return payload, good
+    return good

@@ -7,11 +7,15 @@ remember a `jti`.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import jwt
 
@@ -58,26 +62,61 @@ def _fail(message: str, reason: str) -> AuthenticationError:
     return AuthenticationError(message, reason=reason)
 
 
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims as PyJWT parses them, signature unchecked (the checks of
+    get_unverified_header and of an unverified decode together); TOKEN_MALFORMED if it cannot."""
+    try:
+        unverified = jwt.decode_complete(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _fail("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
+    return unverified["header"], unverified["payload"]
+
+
+def _segment(text: str) -> Any:
+    raw = text.encode("ascii")
+    return json.loads(base64.b64decode(raw + b"=" * (-len(raw) % 4), b"-_", validate=True))
+
+
+def _quick_parse(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Header and claims of a plain compact JWS by the standard library, or None for anything
+    else. Only chooses the key: the verified decode parses again, strictly, and a token that
+    PyJWT would not parse is refused as malformed all the same (see `verify`)."""
+    parts = token.split(".")
+    if len(parts) != 3 or "=" in token:
+        return None
+    try:
+        header, claims = _segment(parts[0]), _segment(parts[1])
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):
+        return None
+    if type(header) is not dict or type(claims) is not dict or "b64" in header:
+        return None
+    return header, claims
+
+
 def verify(
     token: str, bundle: TrustBundle, audience: str, at: datetime | None = None
 ) -> VerifiedToken:
     """Check signature, algorithm, issuer, audience, expiry and lifetime. Replay is `ReplayCache`'s job."""
-    try:
-        # One parse for header and claims (the checks of get_unverified_header and of an
-        # unverified decode together); only to choose the key, the verified decode below re-checks.
-        unverified = jwt.decode_complete(token, options={"verify_signature": False})
-        header, unverified_claims = unverified["header"], unverified["payload"]
-    except jwt.PyJWTError:
-        raise _fail("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
+    # The verified decode below parses the token (strictly) anyway, so the key is chosen from a
+    # cheap parse; PyJWT's own unverified parse runs only when that fails or the token is refused,
+    # so that a token PyJWT calls malformed is refused as malformed first, as ever.
+    quick = _quick_parse(token)
+    header, unverified_claims = quick if quick is not None else _unverified(token)
+
+    def refuse(message: str, reason: str) -> AuthenticationError:
+        if quick is not None:
+            _unverified(token)
+        return _fail(message, reason)
+
     if header.get("alg") != ALGORITHM:
-        raise _fail(
+        raise refuse(
             f"token algorithm {header.get('alg')!r} is not allowed; use EdDSA",
             "TOKEN_ALGORITHM_NOT_ALLOWED",
         )
     issuer = unverified_claims.get("iss")
     partner = bundle.party(str(issuer), Role.PARTNER) if isinstance(issuer, str) else None
     if partner is None:
-        raise _fail(
+        raise refuse(
             f"token issuer {issuer!r} is not a partner in the trust bundle", "TOKEN_ISSUER_UNKNOWN"
         )
     when = at or datetime.fromtimestamp(time.time()).astimezone()
@@ -88,7 +127,7 @@ def verify(
         if g.valid_at(when) and (kid is None or g.public.keyid == kid)
     ]
     if not candidates:
-        raise _fail(f"no key of partner {issuer} is valid now", "TOKEN_KEY_UNKNOWN")
+        raise refuse(f"no key of partner {issuer} is valid now", "TOKEN_KEY_UNKNOWN")
     claims = None
     for key in candidates:
         try:
@@ -114,9 +153,9 @@ def verify(
         except jwt.MissingRequiredClaimError as e:
             raise _fail(f"the token lacks the {e.claim!r} claim", "TOKEN_CLAIM_MISSING") from None
         except jwt.PyJWTError:
-            raise _fail("the token is not valid", "TOKEN_INVALID") from None
+            raise refuse("the token is not valid", "TOKEN_INVALID") from None
     if claims is None:
-        raise _fail("the token signature does not verify", "TOKEN_SIGNATURE_INVALID")
+        raise refuse("the token signature does not verify", "TOKEN_SIGNATURE_INVALID")
     iat, exp = claims["iat"], claims["exp"]
     if not isinstance(iat, int) or not isinstance(exp, int) or exp - iat > MAX_LIFETIME_S:
         raise _fail(f"token lifetime exceeds {MAX_LIFETIME_S} seconds", "TOKEN_LIFETIME_TOO_LONG")

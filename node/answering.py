@@ -45,6 +45,8 @@ class _Release:
     agreement: Agreement
     at: datetime
     contributors: sa.Select[Any] | None
+    # Parameters the contributors statement is executed with (a cached statement binds late).
+    contributors_params: dict[str, Any] | None = None
 
 
 class Answerer:
@@ -130,6 +132,7 @@ class Answerer:
             release.contributors,
             data,
             result_offset=1,
+            params=release.contributors_params,
         )
         indexes = self._log.append_many(
             [envelope.to_json(), release.result.to_json()], kind="exchange", side_write=side
@@ -274,10 +277,12 @@ class Answerer:
             jurisdictions=jurisdictions,
             privacy=spend.statement() if spend else None,
         )
-        contributors = aggregate.contributors(
+        contributors = aggregate.contributors_statement(
             query, ds, recipients, started, conn.dialect.name, answer.withheld, pushed
         )
-        return _Release(result, query, agreement, started, contributors)
+        if contributors is None:
+            return _Release(result, query, agreement, started, None)
+        return _Release(result, query, agreement, started, *contributors)
 
     def plan(self, envelope: dsse.Envelope, peers: Sequence[str]) -> QueryPlan:
         """A dry run: would this city answer, and under which terms? No data is read."""

@@ -1,5 +1,12 @@
 """Bulk import of consent events from CSV or JSONL (`citybroker node consent import FILE`).
 
+Input: a CSV file with a header, or JSONL, with the columns (keys) in COLUMNS; `event` and
+`record_id` are required, purposes, recipients and data categories are ';'-separated in CSV and
+arrays in JSONL. Absent values take ConsentRecord's defaults, the actor defaults to "import via
+<file name>". Unlike the API, which takes "now", `valid_from` is required to create a record, so
+that importing the file again finds the same terms. A row is numbered by the line of the file it
+starts on (a CSV header is line 1).
+
 The file is streamed in fixed-size batches and its rows are applied in file order, with the same
 rules as the ConsentService API:
 
@@ -21,12 +28,12 @@ the API's signed consent receipt (`node.consent.receipt_payload`, DSSE with the 
 in consent_events; once the batch has committed its receipts are appended, in file order, to the
 node's Merkle log (`MerkleLog.append_many`, kind "consent") before the next batch is written.
 
-Throughput: signing is the expensive part, so parsing, validation, row building and receipt
-signing of `given`/`refused` rows run in a process pool (`ImportLimits.workers`) while this
-process reads the file, resolves rows against the database, writes the previous batch and feeds
-the log. Rows are written with executemany (on SQLite straight to the driver, the values
-processed as SQLAlchemy would). Several batches are never in flight at once, so memory stays
-bounded whatever the file size.
+Throughput: parsing, validation, row building and the signing of receipts for new records run
+in worker processes (`ImportLimits.workers`); this process reads the file, looks the batch's
+records up, resolves its rows in file order, and meanwhile a writer thread writes the batch
+before (executemany; on SQLite straight to the driver, values processed as SQLAlchemy would) and
+appends its receipts to the log. At most one batch is being prepared and one written, so memory
+stays bounded whatever the size of the file.
 
 The import may run while the node serves: before writing, a batch takes the database's write
 lock and checks that the records it changes are still as it read them; if the API changed one in
@@ -36,8 +43,10 @@ the meantime the batch is resolved again (from the same parsed rows) before it i
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import multiprocessing
+import operator
 import os
 import re
 from base64 import b64encode
@@ -66,7 +75,6 @@ from node.consent import (
     receipt_payload,
     record_from_row,
     record_row,
-    scope_rows,
 )
 from node.consent_lifecycle import STARTING, Event, State, next_state
 from node.schema import consent_events, consent_records, consent_scopes
@@ -131,8 +139,11 @@ LOG_KIND = "consent"
 ) = range(len(COLUMNS))
 _WHOLE_NUMBER = re.compile(r"^-?[0-9]{1,9}$")
 _LIST_FIELDS = (_PURPOSES, _RECIPIENTS, _CATEGORIES)
+_STATE_OF = {e: State(e.value) for e in STARTING}
+_STATE_BY_NAME = {s.value: s for s in State}
 _STARTING_NAMES = frozenset(e.value for e in STARTING)
 _IN_CHUNK = 500  # ids per IN (...) query
+_COLLECT_EVERY = 10  # batches
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
 
@@ -170,14 +181,14 @@ class ImportLimits:
     # Attempts at writing one batch when a concurrent writer changed the records it touches.
     write_attempts: int = 3
     # SQLite page cache of the connection that writes (KiB).
-    cache_kib: int = 64 << 10
+    cache_kib: int = 32 << 10
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 50_000:
             raise InvalidArgument("batch size must be 1 to 50000")
         if self.workers is not None and not 0 <= self.workers <= 64:
             raise InvalidArgument("workers must be 0 to 64")
-        if self.max_line_bytes < 1024 or self.write_attempts < 1:
+        if self.max_line_bytes < 1024 or self.write_attempts < 1 or self.cache_kib < 1:
             raise InvalidArgument("import limits are too small")
 
 
@@ -193,6 +204,9 @@ class RowError:
 
 @dataclass
 class ImportReport:
+    """Counts of one run: rows read, events applied, rows already applied, error rows by
+    reason, batches (and how many were rolled back), input bytes read so far."""
+
     rows: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -266,14 +280,13 @@ class RowReader:
 
     def __init__(self, path: Path, fmt: ImportFormat, max_line_bytes: int = 1 << 20) -> None:
         self.path, self.format = path, fmt
+        if path.is_dir():
+            raise InputError(f"{path} is a directory")
         try:
             self.size = path.stat().st_size
             self._file: IO[bytes] = path.open("rb")
         except OSError as e:
             raise InputError(f"cannot read {path}: {e.strerror}") from None
-        if path.is_dir():
-            self._file.close()
-            raise InputError(f"{path} is a directory")
         self._lines = _Lines(self._file, max_line_bytes)
         try:
             self._rows = self._csv() if fmt is ImportFormat.CSV else self._jsonl()
@@ -373,6 +386,8 @@ class RowReader:
             if line in lines.problems:
                 yield line, _Bad("", ROW_MALFORMED, lines.problems.pop(line))
                 continue
+            if line == 1:
+                text = text.lstrip("\ufeff")
             if not text.strip():
                 continue
             try:
@@ -413,8 +428,6 @@ class RowReader:
 
 
 def _itemgetter(positions: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    import operator
-
     getter = operator.itemgetter(*positions)
     return getter
 
@@ -562,24 +575,15 @@ class _Codec:
         out[_R_UNTIL] = self.dt(out[_R_UNTIL])
         return tuple(out)
 
-    def scopes(self, rows: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
-        if not rows:
-            return ()
-        dt = self.dt
-        first = rows[0]
-        valid_from, valid_until = dt(first["valid_from"]), dt(first["valid_until"])
+    def scopes(
+        self, record: ConsentRecord, state: str, row: tuple[Any, ...]
+    ) -> tuple[tuple[Any, ...], ...]:
+        """The record's consent_scopes rows (`scope_rows`, as tuples), its times taken from its
+        consent_records row `row` (already processed)."""
+        rid, resident = record.record_id, record.resident_id
+        valid_from, valid_until = row[_R_FROM], row[_R_UNTIL]
         return tuple(
-            (
-                r["record_id"],
-                r["purpose"],
-                r["recipient"],
-                r["data_category"],
-                r["resident_id"],
-                r["state"],
-                valid_from,
-                valid_until,
-            )
-            for r in rows
+            (rid, p, r, c, resident, state, valid_from, valid_until) for p, r, c in record.scopes()
         )
 
 
@@ -684,9 +688,10 @@ class _Preparer:
                 )
             if event in STARTING:
                 record = self.record(values)
-                state = State(event.value)
+                state = _STATE_OF[event]
                 payload = self.payload(record, event, actor, at, state)
                 digest = payload["terms_digest"]
+                row = self.codec.record(record_row(record, state, digest))
                 return (
                     START,
                     line,
@@ -694,8 +699,8 @@ class _Preparer:
                     rid,
                     digest,
                     actor,
-                    self.codec.record(record_row(record, state, digest)),
-                    self.codec.scopes(scope_rows(record, state)),
+                    row,
+                    self.codec.scopes(record, state.value, row),
                     self.sign(payload) if sign else None,
                 )
             if not rid_text or len(rid_text) > MAX_ID_CHARS:
@@ -716,6 +721,10 @@ _WORKER: _Preparer | None = None
 def _init_worker(setup: _Setup) -> None:
     global _WORKER
     _WORKER = _Preparer(setup)
+    # What a worker makes holds no reference cycles; the collector's passes over millions of
+    # short-lived tuples cost about a sixth of its time.
+    gc.freeze()
+    gc.disable()
 
 
 def _prepare_chunk(
@@ -918,39 +927,28 @@ def import_file(
     needs to be (as the node does on start), recipients are checked against the trust bundle,
     receipts are signed with the city's key and logged in the node's log.
     """
-    from audit import trust_history
-    from federation import storage
-    from federation.errors import ConfigError
-    from keys import trust
-    from keys.trust import TrustStore
+    from federation.startup import open_party
     from node.server import NodeConfig
 
     limits = limits or ImportLimits()
     with open_rows(path, fmt, limits) as reader:
         config = NodeConfig.load(config_path)
-        signer = Signer.load(config.signing_key)
-        store = TrustStore(trust.load_authority_key(config.authority_key))
+        opened = open_party(
+            config.signing_key,
+            config.authority_key,
+            config.trust_bundle,
+            config.database,
+            f"citybroker/node/{config.city}",
+        )
         try:
-            envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())
-        except OSError as e:
-            raise ConfigError(
-                f"cannot read trust bundle {config.trust_bundle}: {e.strerror}"
-            ) from None
-        bundle = store.install(envelope)
-        engine = storage.create_engine(config.database)
-        try:
-            storage.upgrade(engine)
-            trust_history.record(engine, bundle, envelope)
-            log = MerkleLog(engine, origin=f"citybroker/node/{config.city}", signer=signer)
-            try:
-                importer = ConsentImporter(
-                    engine, config.city, signer, log, frozenset(bundle.parties), limits
-                )
-                return importer.run_rows(reader, on_error, progress)
-            finally:
-                log.close()
+            parties = frozenset(opened.trust.current.parties)
+            importer = ConsentImporter(
+                opened.engine, config.city, opened.signer, opened.log, parties, limits
+            )
+            return importer.run_rows(reader, on_error, progress)
         finally:
-            engine.dispose()
+            opened.log.close()
+            opened.engine.dispose()
 
 
 class _Run:
@@ -984,6 +982,11 @@ class _Run:
         self.conn: sa.Connection | None = None  # the writer's
 
     def run(self) -> ImportReport:
+        # The collector's passes over the batches in flight (hundreds of thousands of tuples)
+        # cost this process about a fifth of its time: it runs every few batches instead.
+        collecting = gc.isenabled()
+        gc.disable()
+        gc.freeze()
         try:
             writing: tuple[_Batch, Future[None]] | None = None
             for batch in self._batches():
@@ -1010,6 +1013,9 @@ class _Run:
                 self.pool.shutdown(cancel_futures=True)
             self.writer.shutdown(wait=True, cancel_futures=True)
             self._close_connection()
+            gc.unfreeze()
+            if collecting:
+                gc.enable()
         return self.report
 
     def _batches(self) -> Iterator[_Batch]:
@@ -1183,37 +1189,42 @@ class _Run:
             batch.errors.append(RowError(line, rid, reason, message))
 
         changed_creations: list[str] = []
+        creates, events = batch.creates, batch.events
         for item in batch.prepared:
             kind = item[0]
             if kind == START:
                 _, line, event, rid, digest, actor, rec_row, scopes, receipt = item
                 rec = get(rid)
                 if rec is None:
+                    state = _STATE_BY_NAME[event]
                     # `until` matters only once renewed, and a renewal sets it.
                     view[rid] = _Rec(
-                        State(event),
-                        digest,
-                        None,
-                        values=values_at[line],
-                        first_digest=digest,
-                        renewals=set(),
-                        created=True,
+                        state, digest, None, None, values_at[line], digest, set(), True
                     )
-                    batch.creates[rid] = [rec_row, scopes]
+                    creates[rid] = [rec_row, scopes]
                     payload = None
                     if receipt is None:
                         record = self.local.record(values_at[line])
-                        payload = self.local.payload(record, Event(event), actor, at, State(event))
-                    batch.events.append(_Event(line, rid, event, actor, receipt, payload))
-                elif digest == rec.digest or digest == self._created_digest(rid, rec):
-                    batch.duplicates += 1
-                else:
+                        payload = self.local.payload(record, Event(event), actor, at, state)
+                    events.append(_Event(line, rid, event, actor, receipt, payload))
+                elif digest != rec.digest and digest != self._created_digest(rid, rec):
                     fail(
                         line,
                         rid,
                         "CONSENT_RECORD_CONFLICT",
                         f"consent record {rid} exists with different terms",
                     )
+                elif (rec.state is State.REFUSED) != (event == State.REFUSED.value):
+                    # A refused record stays refused; any other started as given.
+                    first = "refused" if rec.state is State.REFUSED else "given"
+                    fail(
+                        line,
+                        rid,
+                        "CONSENT_RECORD_CONFLICT",
+                        f"consent record {rid} was {first}, not {event}",
+                    )
+                else:
+                    batch.duplicates += 1
             elif kind == MOVE:
                 _, line, name, rid, until, actor = item
                 event = Event(name)
@@ -1365,9 +1376,14 @@ class _Run:
             _lock(conn)
             self._check_unchanged(conn, batch)
             if batch.creates:
+                # In the order of the indexes that are not in record id order (residents, the
+                # consent filter): neighbouring keys go in together.
                 creates = batch.creates.values()
-                inserts["records"].run(conn, [c[0] for c in creates])
-                inserts["scopes"].run(conn, [s for c in creates for s in c[1]])
+                records = sorted((c[0] for c in creates), key=_by_resident)
+                inserts["records"].run(conn, records)
+                inserts["scopes"].run(
+                    conn, sorted((s for c in creates for s in c[1]), key=_by_filter)
+                )
             self._apply_changes(conn, batch.changes)
             at = self.imp._codec.dt(timefmt.to_db(batch.at))
             inserts["events"].run(
@@ -1477,6 +1493,8 @@ class _Run:
             {},
         )
         batch.rows = batch.rows[:1] + batch.rows[-1:]
+        if batch.index % _COLLECT_EVERY == _COLLECT_EVERY - 1:
+            gc.collect()
         if self.progress is not None:
             self.progress(report)
 
@@ -1485,6 +1503,15 @@ def _prepare_local(
     preparer: _Preparer, rows: Sequence[tuple[int, tuple[Any, ...] | _Bad, bool]], at: datetime
 ) -> list[Prepared]:
     return [preparer.prepare(line, values, sign, at) for line, values, sign in rows]
+
+
+_by_resident = operator.itemgetter(_RECORD_COLUMNS.index("resident_id"))
+_by_filter = operator.itemgetter(
+    *(
+        _SCOPE_COLUMNS.index(c)
+        for c in ("purpose", "recipient", "data_category", "state", "resident_id")
+    )
+)
 
 
 def _done(value: Any) -> Future[Any]:

@@ -19,6 +19,28 @@ from node.consent import page_size, page_token, read_page_token
 from node.schema import exchange_residents, exchanges
 
 _CHUNK = 10_000
+_INSERT_EXCHANGE = exchanges.insert()
+_INSERT_RESIDENTS = exchange_residents.insert()
+# The request id of the exchange whose contributors an INSERT ... SELECT records.
+_REQUEST_ID = "exchange_request_id"
+# INSERT ... SELECT statements by the contributors statement they select from: a statement reused
+# (node.aggregate caches them by query shape) is not rebuilt for every exchange.
+_FROM_SELECT: dict[sa.Select[Any], sa.Insert] = {}
+_MAX_FROM_SELECT = 256
+
+
+def _residents_from(contributors: sa.Select[Any]) -> sa.Insert:
+    stmt = _FROM_SELECT.get(contributors)
+    if stmt is None:
+        sub = contributors.subquery()
+        stmt = exchange_residents.insert().from_select(
+            ["resident_id", "request_id"],
+            sa.select(sub.c[0], sa.bindparam(_REQUEST_ID, type_=sa.String)),
+        )
+        if len(_FROM_SELECT) >= _MAX_FROM_SELECT:
+            _FROM_SELECT.clear()
+        _FROM_SELECT[contributors] = stmt
+    return stmt
 
 
 @dataclass(frozen=True)
@@ -43,14 +65,16 @@ class ExchangeRecorder:
         contributors: sa.Select[Any] | None,
         data: sa.Connection,
         result_offset: int,
+        params: dict[str, Any] | None = None,
     ) -> SideWrite:
         """The rows of this exchange, to commit in the log's own transaction (no commit of their
         own): the exchange, with the log index of its result (`result_offset` after the first
-        entry), and every resident in `contributors`, a select of resident ids run on `data`."""
+        entry), and every resident in `contributors`, a select of resident ids run on `data`
+        (with `params`, if its parameters bind at execution)."""
         ids: list[str] | None = None
         if contributors is not None and self._data is not self._node:
             # Data elsewhere: read the ids now, on the connection the answer was computed on.
-            ids = [str(r[0]) for r in data.execute(contributors)]
+            ids = [str(r[0]) for r in data.execute(contributors, params)]
 
         def write(conn: sa.Connection, first_index: int) -> None:
             row = {
@@ -58,25 +82,19 @@ class ExchangeRecorder:
                 "released_at": timefmt.to_db(exchange.released_at),
                 "log_index": first_index + result_offset,
             }
-            conn.execute(exchanges.insert().values(row))
+            conn.execute(_INSERT_EXCHANGE, row)
             rid = exchange.request_id
             if ids is not None:
                 for start in range(0, len(ids), _CHUNK):
                     conn.execute(
-                        exchange_residents.insert(),
+                        _INSERT_RESIDENTS,
                         [
                             {"resident_id": r, "request_id": rid}
                             for r in ids[start : start + _CHUNK]
                         ],
                     )
             elif contributors is not None:
-                sub = contributors.subquery()
-                conn.execute(
-                    exchange_residents.insert().from_select(
-                        ["resident_id", "request_id"],
-                        sa.select(sub.c[0], sa.literal(rid, type_=sa.String)),
-                    )
-                )
+                conn.execute(_residents_from(contributors), {**(params or {}), _REQUEST_ID: rid})
 
         return write
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from audit.log import MerkleLog
 from federation import storage
-from federation.errors import FailedPrecondition
+from federation.errors import AlreadyExists, FailedPrecondition
 from keys import dsse, timefmt
 from keys.ed25519 import PublicKey, Signer
 from node import consent_import
@@ -647,3 +647,80 @@ def test_stored_rows_are_the_rows_the_registry_stores(
                 assert list(a.execute(query)) == list(b.execute(query))
     finally:
         other.dispose()
+
+
+def test_an_import_racing_the_api_keeps_every_history_valid(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    """The API withdraws records while the import gives, renews and withdraws them."""
+    import threading
+
+    rows: list[dict[str, str]] = []
+    for i in range(400):
+        rows.append(given(f"r{i}", f"res-{i}"))
+        if i % 4 == 3:
+            rows.append(event("withdrawn", f"r{i - 3}"))
+            rows.append(event("renewed", f"r{i - 2}", valid_until=LATER))
+    path = write_csv(tmp_path / "events.csv", rows)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    done = threading.Event()
+    withdrawn_by_api: list[str] = []
+
+    def api() -> None:
+        while not done.is_set():
+            for i in range(0, 400, 3):
+                if f"r{i}" in withdrawn_by_api:
+                    continue
+                try:
+                    registry.withdraw(f"r{i}", actor="resident via portal")
+                    withdrawn_by_api.append(f"r{i}")
+                except Exception:  # not imported yet, or withdrawn by the import
+                    pass
+            done.wait(0.01)
+
+    racer = threading.Thread(target=api)
+    racer.start()
+    try:
+        report, errors = run(importer(engine, log, batch_size=50), path)
+    finally:
+        done.set()
+        racer.join()
+    assert report.failed_batches == 0
+    assert report.applied + report.duplicates + report.error_rows == len(rows)
+    assert {e.reason for e in errors} <= {"CONSENT_NOT_ACTIVE"}
+    for i in range(400):
+        h = history(engine, f"r{i}")
+        assert h[0] == "given" and h.count("withdrawn") <= 1, (i, h)
+        if "withdrawn" in h:
+            assert h[-1] == "withdrawn" and h.index("withdrawn") == len(h) - 1
+    assert withdrawn_by_api  # the race did happen
+
+
+def test_a_refusal_and_a_consent_under_one_id_conflict_as_in_the_api(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "events.csv",
+        [
+            given("r1", event="refused"),
+            given("r1", event="refused"),  # the same decision again: already applied
+            given("r1"),  # the opposite decision, same terms
+            given("r2"),
+            given("r2", event="refused"),
+            given("r3", data_categories="mobility;mobility"),  # as ConsentRecord.validate says
+        ],
+    )
+    report, errors = run(importer(engine, log), path)
+    assert [(e.row, e.record_id, e.reason) for e in errors] == [
+        (4, "r1", "CONSENT_RECORD_CONFLICT"),
+        (6, "r2", "CONSENT_RECORD_CONFLICT"),
+        (7, "r3", "CONSENT_FIELD_INVALID"),
+    ]
+    assert errors[0].message == "consent record r1 was refused, not given"
+    assert (report.applied, report.duplicates) == (2, 1)
+    # The API agrees on what it would do with the same requests.
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    with pytest.raises(AlreadyExists):
+        registry.give(registry.get("r1"), actor="portal")
+    again, errors = run(importer(engine, log), path)
+    assert (again.applied, again.duplicates, len(errors)) == (0, 3, 3)
