@@ -74,7 +74,7 @@ def test_required_top_level_fields(registry: ConsentRegistry) -> None:
     payload = json.loads(dsse.Envelope.from_json(receipt).payload)
     assert cr["consentTimestamp"] == int(timefmt.parse(payload["at"]).timestamp())
     assert isinstance(cr["consentTimestamp"], int)
-    assert abs(cr["consentTimestamp"] - NOW.timestamp()) < 120
+    assert abs(cr["consentTimestamp"] - timefmt.now().timestamp()) < 120
     assert cr["consentReceiptID"] == f"rec-1@{payload['at']}:given"
     [controller] = cr["piiControllers"]
     assert controller["piiController"] == "City of Aurora"
