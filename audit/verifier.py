@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit import bundle as layout
 from audit.cosign import verify_cosignature, witness_name
+from audit.ledger import Bundle, Ledger, ReceiptRef, ResultRef
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 from audit.note import NoteError, NoteVerifier, checkpoint_body, parse_checkpoint, verify_note
 from federation import agreement as agreement_doc
@@ -85,39 +86,31 @@ class BundleError(VerificationError):
 
 
 @dataclass
-class ResultRef:
-    city: str
-    broker: str
-    request_id: str
-    digest: str
-    index: int
-    issued_at: datetime
-
-
-@dataclass
-class ReceiptRef:
-    broker: str
-    city: str
-    request_id: str
-    result_digest: str
-    node_log_index: int
-    issued_at: datetime
-
-
-@dataclass
 class BundleSummary:
+    """What one bundle held; its results, receipts and checkpoints stay in the ledger."""
+
     path: Path
     origin: str
     party: str
     role: str
     size: int
+    ledger: Ledger = field(repr=False)
+    bundle: Bundle = field(repr=False)
     signatures_verified: int = 0
     checkpoints_verified: int = 0
     cosignatures_verified: int = 0
+    result_count: int = 0
+    receipt_count: int = 0
     dp_spent: dict[tuple[str, int], float] = field(default_factory=dict)
-    results: list[ResultRef] = field(default_factory=list)
-    receipts: list[ReceiptRef] = field(default_factory=list)
-    checkpoint_roots: dict[int, bytes] = field(default_factory=dict)
+
+    def results(self) -> Iterator[ResultRef]:
+        return self.ledger.results(self.bundle)
+
+    def receipts(self) -> Iterator[ReceiptRef]:
+        return self.ledger.receipts(self.bundle)
+
+    def checkpoint_roots(self) -> dict[int, bytes]:
+        return dict(self.ledger.checkpoint_roots(self.bundle))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,8 +122,8 @@ class BundleSummary:
             "signatures_verified": self.signatures_verified,
             "checkpoints_verified": self.checkpoints_verified,
             "cosignatures_verified": self.cosignatures_verified,
-            "results": len(self.results),
-            "receipts": len(self.receipts),
+            "results": self.result_count,
+            "receipts": self.receipt_count,
         }
 
 
@@ -474,11 +467,14 @@ def verify_bundle(
     progress: Callable[[int, int], None] | None = None,
     *,
     workers: int | None = None,
+    ledger: Ledger | None = None,
 ) -> BundleSummary:
     """Verify one bundle; raise BundleError naming the first failing file and entry.
 
     `workers`: processes that check the entries' signatures while this one checks the rest;
     1 checks them inline. By default, one per CPU for bundles of PARALLEL_MIN_ENTRIES or more.
+    `ledger`: where its checkpoints, results and receipts are kept for reconciliation with other
+    bundles (verify_bundles shares one); by default, a ledger of its own.
     """
     manifest_path = root / layout.MANIFEST
     try:
@@ -522,10 +518,14 @@ def verify_bundle(
             manifest_path,
         )
     verifiers = [NoteVerifier.for_key(origin, k) for k in keys.public_keys(party)]
-    summary = BundleSummary(root, origin, party, role, size)
+    ledger = Ledger() if ledger is None else ledger
+    summary = BundleSummary(
+        root, origin, party, role, size, ledger, ledger.add_bundle(root, origin, party, role)
+    )
     agreements = _load_agreements(root, keys)
 
-    checkpoints: list[tuple[int, bytes]] = []
+    # Checkpoints go to the ledger as they verify; only the last one is kept here.
+    last: tuple[int, bytes] | None = None
     cp_path = root / layout.CHECKPOINTS
     for number, obj in _read_canonical_lines(cp_path, "checkpoints"):
         try:
@@ -550,34 +550,39 @@ def verify_bundle(
             raise BundleError(
                 "line size differs from the signed size", "CHECKPOINT_INVALID", cp_path, number
             )
-        if checkpoints and checkpoints[-1][0] == cp_size and checkpoints[-1][1] != cp_root:
+        if last is not None and last[0] == cp_size and last[1] != cp_root:
             raise BundleError(
                 f"two checkpoints of size {cp_size} with different roots",
                 "LOG_FORK",
                 cp_path,
                 number,
             )
-        if checkpoints and cp_size <= checkpoints[-1][0]:
+        if last is not None and cp_size <= last[0]:
             raise BundleError(
                 "checkpoints are not in increasing size order", "CHECKPOINT_ORDER", cp_path, number
             )
-        checkpoints.append((cp_size, cp_root))
-    if not checkpoints or checkpoints[-1][0] != size:
+        ledger.add_checkpoint(summary.bundle, cp_size, cp_root)
+        last = (cp_size, cp_root)
+    if last is None or last[0] != size:
         raise BundleError(
             f"no checkpoint covers the manifest size {size}", "CHECKPOINT_MISSING", cp_path
         )
 
     entries_path = root / layout.ENTRIES
     tree = CompactRange()
-    pending = iter(checkpoints)
-    next_cp = next(pending)
+    no_more = (-1, b"")
+
+    def following(size: int) -> tuple[int, bytes]:
+        return ledger.next_checkpoint(summary.bundle, size) or no_more
+
+    next_cp = following(-1)
     while next_cp[0] == 0:
         if next_cp[1] != EMPTY_ROOT:
             raise BundleError(
                 "checkpoint of the empty log has a non-empty root", "LOG_FORK", cp_path
             )
         summary.checkpoints_verified += 1
-        next_cp = next(pending, (-1, b""))
+        next_cp = following(0)
     workers = _default_workers(size) if workers is None else max(1, workers)
     with _SignatureChecks(keys, entries_path, workers) as checks:
         try:
@@ -607,8 +612,7 @@ def verify_bundle(
                             number,
                         )
                     summary.checkpoints_verified += 1
-                    summary.checkpoint_roots[tree.size] = next_cp[1]
-                    next_cp = next(pending, (-1, b""))
+                    next_cp = following(tree.size)
                 if progress and number % 1000 == 0:
                     progress(number, size)
             checks.drain()
@@ -626,23 +630,23 @@ def verify_bundle(
             entries_path,
             tree.size,
         )
-    _verify_cosignatures(root / layout.COSIGNATURES, origin, dict(checkpoints), keys, summary)
+    _verify_cosignatures(root / layout.COSIGNATURES, origin, keys, summary)
     if progress:
         progress(size, size)
     return summary
 
 
-def _verify_cosignatures(
-    path: Path, origin: str, roots: dict[int, bytes], keys: _Keys, summary: BundleSummary
-) -> None:
+def _verify_cosignatures(path: Path, origin: str, keys: _Keys, summary: BundleSummary) -> None:
     """Each cosignature must be a city's valid cosignature of a checkpoint in this bundle."""
     for number, obj in _read_canonical_lines(path, "cosignatures"):
         size, city, line = obj.get("size"), str(obj.get("witness")), obj.get("cosignature")
-        if not isinstance(size, int) or size not in roots or not isinstance(line, str):
+        root = summary.ledger.root(summary.bundle, size) if isinstance(size, int) else None
+        if root is None or not isinstance(line, str):
             raise BundleError(
                 "cosigns no checkpoint of this bundle", "COSIGNATURE_INVALID", path, number
             )
-        body = checkpoint_body(origin, size, roots[size])
+        assert isinstance(size, int)
+        body = checkpoint_body(origin, size, root)
         for public in keys.public_keys(city) if Role.CITY in keys.roles.get(city, ()) else []:
             try:
                 verify_cosignature(line, body, witness_name(city), public)
@@ -707,7 +711,9 @@ def _verify_entry(
             if statement["city"] != summary.party:
                 raise fail("a city's log holds another city's result", "STATEMENT_MISPLACED")
             _check_result(statement, agreements, path, number, summary.dp_spent)
-            summary.results.append(
+            summary.result_count += 1
+            summary.ledger.add_result(
+                summary.bundle,
                 ResultRef(
                     summary.party,
                     str(statement["broker"]),
@@ -722,7 +728,9 @@ def _verify_entry(
                 raise fail("a broker's log holds another broker's receipt", "STATEMENT_MISPLACED")
             for c in statement["cities"]:
                 if c["result_digest"]:
-                    summary.receipts.append(
+                    summary.receipt_count += 1
+                    summary.ledger.add_receipt(
+                        summary.bundle,
                         ReceiptRef(
                             summary.party,
                             str(c["city"]),
@@ -753,56 +761,38 @@ class Report:
         }
 
 
-def reconcile(summaries: Sequence[BundleSummary]) -> None:
-    """Cross-bundle checks: forks between exports of one log, receipts against results."""
-    by_origin: dict[str, list[BundleSummary]] = {}
-    for s in summaries:
-        by_origin.setdefault(s.origin, []).append(s)
-    for origin, group in by_origin.items():
-        roots: dict[int, tuple[bytes, Path]] = {}
-        for s in group:
-            for size, root in s.checkpoint_roots.items():
-                seen = roots.setdefault(size, (root, s.path))
-                if seen[0] != root:
-                    raise BundleError(
-                        f"log {origin} signed two different trees of size {size} "
-                        f"(also in {seen[1]})",
-                        "LOG_FORK",
-                        s.path,
-                    )
-    nodes = {s.party: s for s in summaries if s.role == "node"}
-    node_results = {c: {r.index: r for r in s.results} for c, s in nodes.items()}
-    for s in summaries:
-        if s.role != "broker":
+def reconcile(ledger: Ledger) -> None:
+    """Cross-bundle checks over every bundle in `ledger`: forks between exports of one log,
+    brokers' receipts against cities' results (both ways)."""
+    fork = ledger.fork()
+    if fork is not None:
+        later, earlier, size = fork
+        raise BundleError(
+            f"log {later.origin} signed two different trees of size {size} "
+            f"(also in {earlier.path})",
+            "LOG_FORK",
+            later.path,
+        )
+    for broker in ledger.bundles():
+        if broker.role != "broker":
             continue
-        receipted = set()
-        for r in s.receipts:
-            receipted.add((r.city, r.result_digest))
-            if r.city not in nodes:
-                continue
-            found = node_results[r.city].get(r.node_log_index)
-            if found is None or found.digest != r.result_digest:
-                raise BundleError(
-                    f"receipt {r.request_id} names a result of {r.city} at log index "
-                    f"{r.node_log_index} that its log does not hold",
-                    "RECEIPT_RESULT_MISSING",
-                    s.path,
-                )
-        last = max((r.issued_at for r in s.receipts), default=None)
-        for city, results in node_results.items():
-            for res in results.values():
-                if (
-                    res.broker == s.party
-                    and last is not None
-                    and res.issued_at + RECEIPT_GRACE < last
-                    and (city, res.digest) not in receipted
-                ):
-                    raise BundleError(
-                        f"result {res.request_id} released to {s.party} has no receipt in its log",
-                        "RESULT_NOT_RECEIPTED",
-                        nodes[city].path,
-                        res.index,
-                    )
+        receipt = ledger.receipt_without_result(broker)
+        if receipt is not None:
+            raise BundleError(
+                f"receipt {receipt.request_id} names a result of {receipt.city} at log index "
+                f"{receipt.node_log_index} that its log does not hold",
+                "RECEIPT_RESULT_MISSING",
+                broker.path,
+            )
+        unreceipted = ledger.result_without_receipt(broker, RECEIPT_GRACE)
+        if unreceipted is not None:
+            node, result = unreceipted
+            raise BundleError(
+                f"result {result.request_id} released to {broker.party} has no receipt in its log",
+                "RESULT_NOT_RECEIPTED",
+                node.path,
+                result.index,
+            )
 
 
 def verify_bundles(
@@ -818,6 +808,7 @@ def verify_bundles(
         report = progress
         return lambda done, total: report(path, done, total)
 
-    summaries = [verify_bundle(p, authority, per_bundle(p)) for p in paths]
-    reconcile(summaries)
+    ledger = Ledger()
+    summaries = [verify_bundle(p, authority, per_bundle(p), ledger=ledger) for p in paths]
+    reconcile(ledger)
     return Report(summaries)

@@ -621,8 +621,8 @@ def audit_verify(
             str(b.size),
             str(b.signatures_verified),
             str(b.checkpoints_verified),
-            str(len(b.results)),
-            str(len(b.receipts)),
+            str(b.result_count),
+            str(b.receipt_count),
         )
     console.print(table)
     console.print(f"[bold green]OK[/]: {result.signatures_verified} signatures verified")

@@ -10,13 +10,14 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from audit import bundle as layout
+from audit.ledger import Ledger
 from audit.merkle import CompactRange, leaf_hash
 from audit.note import checkpoint_body, parse_checkpoint, sign_note, unverified_body
 from audit.verifier import BundleError, reconcile, verify_bundle, verify_bundles
@@ -80,7 +81,7 @@ def test_all_bundles_verify_together_and_receipts_reconcile(bundles: Bundles) ->
     for city in bundles.nodes:
         s = by_party[city]
         assert (s.role, s.origin) == ("node", _origin(city))
-        assert len(s.results) == bundles.answered_queries
+        assert s.result_count == len(list(s.results())) == bundles.answered_queries
         kinds = Counter(str(o["kind"]) for o in _objs(s.path / layout.ENTRIES))
         consents = bundles.consents_given[city] + (city == CITY)  # one withdrawal
         assert kinds == {
@@ -92,11 +93,12 @@ def test_all_bundles_verify_together_and_receipts_reconcile(bundles: Bundles) ->
     broker = by_party[bundles.fed.broker_id]
     assert broker.role == "broker"
     # One receipt line per answered city per answered query; the refused query receipts nothing.
-    assert len(broker.receipts) == len(bundles.nodes) * bundles.answered_queries
-    results = {(r.city, r.index): r.digest for s in report.bundles for r in s.results}
-    for receipt in broker.receipts:
+    receipts = list(broker.receipts())
+    assert broker.receipt_count == len(receipts) == len(bundles.nodes) * bundles.answered_queries
+    results = {(r.city, r.index): r.digest for s in report.bundles for r in s.results()}
+    for receipt in receipts:
         assert results[(receipt.city, receipt.node_log_index)] == receipt.result_digest
-    assert len(results) == len(broker.receipts)
+    assert len(results) == len(receipts)
     assert broker.cosignatures_verified > 0
     assert broker.cosignatures_verified == len(read_lines(broker.path / layout.COSIGNATURES))
     cosigners = {str(o["witness"]) for o in _objs(broker.path / layout.COSIGNATURES)}
@@ -108,9 +110,10 @@ def test_an_earlier_export_of_the_same_log_is_consistent(bundles: Bundles) -> No
     report = verify_bundles([bundles.early, bundles.nodes[CITY]], bundles.authority)
     early, late = report.bundles
     assert 0 < early.size < late.size
-    common = set(early.checkpoint_roots) & set(late.checkpoint_roots)
+    early_roots, late_roots = early.checkpoint_roots(), late.checkpoint_roots()
+    common = set(early_roots) & set(late_roots)
     assert common
-    assert all(early.checkpoint_roots[s] == late.checkpoint_roots[s] for s in common)
+    assert all(early_roots[s] == late_roots[s] for s in common)
 
 
 # -- entry lines -----------------------------------------------------------------------------
@@ -389,23 +392,38 @@ def test_a_receipt_naming_a_result_the_city_log_lacks_is_refused(work: Bundles) 
     """The broker's receipts name the city's results; an export of the city's log that does not
     hold them (here an older one) cannot be reconciled with the broker's."""
     others = [p for c, p in work.nodes.items() if c != CITY]
-    assert verify_bundle(work.early, work.authority).results == []
+    assert verify_bundle(work.early, work.authority).result_count == 0
     e = _fails([work.early, *others, work.broker], work)
     assert (e.file, e.reason) == (work.broker, "RECEIPT_RESULT_MISSING")
     assert CITY in e.message
 
 
 def test_a_result_the_broker_never_receipted_is_refused(bundles: Bundles) -> None:
+    """The verified bundles' references, copied into a ledger without the broker's receipt of
+    one result (the broker's log can't be edited without breaking its signatures)."""
     summaries = [verify_bundle(p, bundles.authority) for p in bundles.all]
-    reconcile(summaries)
     node = next(s for s in summaries if s.party == CITY)
     broker = next(s for s in summaries if s.role == "broker")
-    result = node.results[0]
-    broker.receipts = [r for r in broker.receipts if r.result_digest != result.digest]
-    reconcile(summaries)  # released just now: the receipt may still be on its way
-    result.issued_at = max(r.issued_at for r in broker.receipts) - timedelta(minutes=5)
+    result = next(node.results())
+    receipts = [r for r in broker.receipts() if r.result_digest != result.digest]
+
+    def ledger_with(result_at: datetime) -> Ledger:
+        ledger = Ledger()
+        for s in summaries:
+            if s.role == "node":
+                into = ledger.add_bundle(s.path, s.origin, s.party, s.role)
+                for r in s.results():
+                    at = result_at if r.digest == result.digest else r.issued_at
+                    ledger.add_result(into, replace(r, issued_at=at))
+        into = ledger.add_bundle(broker.path, broker.origin, broker.party, broker.role)
+        for receipt in receipts:
+            ledger.add_receipt(into, receipt)
+        return ledger
+
+    reconcile(ledger_with(result.issued_at))  # released just now: its receipt may be on its way
+    late = max(r.issued_at for r in receipts) - timedelta(minutes=5)
     with pytest.raises(BundleError) as info:
-        reconcile(summaries)
+        reconcile(ledger_with(late))
     e = info.value
     assert (e.file, e.entry, e.reason) == (node.path, result.index, "RESULT_NOT_RECEIPTED")
 

@@ -1,0 +1,249 @@
+"""What the verifier remembers of the bundles it has read: checkpoints, results and receipts.
+
+Reconciling brokers' receipts with cities' results needs every one of them at the end, so
+holding them in Python would make the verifier's memory grow with the bundles. They go instead
+into a private temporary SQLite database (SQLite deletes it when the connection closes) whose
+page cache is bounded, and the cross-bundle checks are SQL queries over it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+_FLUSH = 1024  # rows buffered before one executemany
+_CACHE_KIB = 4096  # SQLite page cache: the bound on what the ledger holds in memory
+
+_SCHEMA = """
+CREATE TABLE bundles (id INTEGER PRIMARY KEY, path TEXT NOT NULL, origin TEXT NOT NULL,
+                      party TEXT NOT NULL, role TEXT NOT NULL);
+CREATE TABLE checkpoints (bundle INTEGER NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
+                          PRIMARY KEY (bundle, size)) WITHOUT ROWID;
+CREATE TABLE results (bundle INTEGER NOT NULL, city TEXT NOT NULL, broker TEXT NOT NULL,
+                      request_id TEXT NOT NULL, digest TEXT NOT NULL, idx INTEGER NOT NULL,
+                      issued_us INTEGER NOT NULL);
+CREATE INDEX results_by_place ON results (city, idx);
+CREATE TABLE receipts (bundle INTEGER NOT NULL, seq INTEGER NOT NULL, broker TEXT NOT NULL,
+                       city TEXT NOT NULL, request_id TEXT NOT NULL, result_digest TEXT NOT NULL,
+                       node_log_index INTEGER NOT NULL, issued_us INTEGER NOT NULL,
+                       PRIMARY KEY (bundle, seq));
+CREATE INDEX receipts_by_result ON receipts (bundle, city, result_digest);
+"""
+
+
+@dataclass
+class ResultRef:
+    """A result a city's log holds: released to `broker` at log `index`."""
+
+    city: str
+    broker: str
+    request_id: str
+    digest: str
+    index: int
+    issued_at: datetime
+
+
+@dataclass
+class ReceiptRef:
+    """One city's line in a broker's receipt: the result it got and where the city logged it."""
+
+    broker: str
+    city: str
+    request_id: str
+    result_digest: str
+    node_log_index: int
+    issued_at: datetime
+
+
+@dataclass(frozen=True)
+class Bundle:
+    id: int
+    path: Path
+    origin: str
+    party: str
+    role: str
+
+
+def _us(at: datetime) -> int:
+    return round(at.timestamp() * 1_000_000)
+
+
+def _at(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": a private on-disk temporary database
+        self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.executescript(_SCHEMA)
+        self._results: list[tuple[Any, ...]] = []
+        self._receipts: list[tuple[Any, ...]] = []
+        self._receipt_seq = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add_bundle(self, path: Path, origin: str, party: str, role: str) -> Bundle:
+        cur = self._db.execute(
+            "INSERT INTO bundles (path, origin, party, role) VALUES (?, ?, ?, ?)",
+            (str(path), origin, party, role),
+        )
+        assert cur.lastrowid is not None
+        return Bundle(cur.lastrowid, path, origin, party, role)
+
+    def add_checkpoint(self, bundle: Bundle, size: int, root: bytes) -> None:
+        self._db.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (bundle.id, size, root))
+
+    def next_checkpoint(self, bundle: Bundle, after: int) -> tuple[int, bytes] | None:
+        """The bundle's smallest checkpoint larger than `after`."""
+        row = self._db.execute(
+            "SELECT size, root FROM checkpoints WHERE bundle = ? AND size > ? "
+            "ORDER BY size LIMIT 1",
+            (bundle.id, after),
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def root(self, bundle: Bundle, size: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT root FROM checkpoints WHERE bundle = ? AND size = ?", (bundle.id, size)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def checkpoint_roots(self, bundle: Bundle) -> Iterator[tuple[int, bytes]]:
+        for size, root in self._db.execute(
+            "SELECT size, root FROM checkpoints WHERE bundle = ? ORDER BY size", (bundle.id,)
+        ):
+            yield int(size), bytes(root)
+
+    def add_result(self, bundle: Bundle, r: ResultRef) -> None:
+        self._results.append(
+            (bundle.id, r.city, r.broker, r.request_id, r.digest, r.index, _us(r.issued_at))
+        )
+        if len(self._results) >= _FLUSH:
+            self._flush()
+
+    def add_receipt(self, bundle: Bundle, r: ReceiptRef) -> None:
+        self._receipt_seq += 1
+        self._receipts.append(
+            (
+                bundle.id,
+                self._receipt_seq,
+                r.broker,
+                r.city,
+                r.request_id,
+                r.result_digest,
+                r.node_log_index,
+                _us(r.issued_at),
+            )
+        )
+        if len(self._receipts) >= _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._results:
+            self._db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", self._results)
+            self._results.clear()
+        if self._receipts:
+            self._db.executemany(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._receipts
+            )
+            self._receipts.clear()
+
+    def results(self, bundle: Bundle) -> Iterator[ResultRef]:
+        self._flush()
+        for row in self._db.execute(
+            "SELECT city, broker, request_id, digest, idx, issued_us FROM results "
+            "WHERE bundle = ? ORDER BY idx",
+            (bundle.id,),
+        ):
+            yield _result(row)
+
+    def receipts(self, bundle: Bundle) -> Iterator[ReceiptRef]:
+        self._flush()
+        for row in self._db.execute(
+            "SELECT broker, city, request_id, result_digest, node_log_index, issued_us "
+            "FROM receipts WHERE bundle = ? ORDER BY seq",
+            (bundle.id,),
+        ):
+            yield _receipt(row)
+
+    def bundles(self) -> list[Bundle]:
+        return [
+            Bundle(int(i), Path(p), o, party, role)
+            for i, p, o, party, role in self._db.execute(
+                "SELECT id, path, origin, party, role FROM bundles ORDER BY id"
+            )
+        ]
+
+    # -- cross-bundle questions, each answered with the first offender in bundle order ----------
+
+    def fork(self) -> tuple[Bundle, Bundle, int] | None:
+        """Two bundles of one log whose checkpoints of one size have different roots."""
+        row = self._db.execute(
+            "SELECT a.bundle, b.bundle, a.size FROM checkpoints a "
+            "JOIN bundles ba ON ba.id = a.bundle "
+            "JOIN bundles bb ON bb.origin = ba.origin AND bb.id < ba.id "
+            "JOIN checkpoints b ON b.bundle = bb.id AND b.size = a.size AND b.root != a.root "
+            "ORDER BY a.bundle, a.size LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        by_id = {b.id: b for b in self.bundles()}
+        return by_id[row[0]], by_id[row[1]], int(row[2])
+
+    def receipt_without_result(self, broker: Bundle) -> ReceiptRef | None:
+        """A receipt of `broker` naming a result that no bundle of that city's log holds at the
+        index named with the digest named, among cities whose logs were given."""
+        self._flush()
+        row = self._db.execute(
+            "SELECT broker, city, request_id, result_digest, node_log_index, issued_us "
+            "FROM receipts r WHERE r.bundle = ? "
+            "AND r.city IN (SELECT party FROM bundles WHERE role = 'node') "
+            "AND NOT EXISTS (SELECT 1 FROM results x WHERE x.city = r.city "
+            "AND x.idx = r.node_log_index AND x.digest = r.result_digest) "
+            "ORDER BY r.seq LIMIT 1",
+            (broker.id,),
+        ).fetchone()
+        return None if row is None else _receipt(row)
+
+    def result_without_receipt(
+        self, broker: Bundle, grace: timedelta
+    ) -> tuple[Bundle, ResultRef] | None:
+        """A result released to `broker` more than `grace` before its last logged receipt that
+        none of its receipts names."""
+        self._flush()
+        last = self._db.execute(
+            "SELECT max(issued_us) FROM receipts WHERE bundle = ?", (broker.id,)
+        ).fetchone()[0]
+        if last is None:
+            return None
+        row = self._db.execute(
+            "SELECT x.bundle, city, broker, request_id, digest, idx, issued_us FROM results x "
+            "JOIN bundles b ON b.id = x.bundle AND b.role = 'node' "
+            "WHERE x.broker = ? AND x.issued_us < ? "
+            "AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.bundle = ? "
+            "AND r.city = x.city AND r.result_digest = x.digest) "
+            "ORDER BY x.bundle, x.idx LIMIT 1",
+            (broker.party, last - round(grace.total_seconds() * 1_000_000), broker.id),
+        ).fetchone()
+        if row is None:
+            return None
+        by_id = {b.id: b for b in self.bundles()}
+        return by_id[row[0]], _result(row[1:])
+
+
+def _result(row: Any) -> ResultRef:
+    city, broker, request_id, digest, idx, us = row
+    return ResultRef(city, broker, request_id, digest, int(idx), _at(int(us)))
+
+
+def _receipt(row: Any) -> ReceiptRef:
+    broker, city, request_id, digest, index, us = row
+    return ReceiptRef(broker, city, request_id, digest, int(index), _at(int(us)))
