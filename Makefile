@@ -14,13 +14,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Benchmarks also need the `bench` extra (DuckDB for bench/minimisation.py).
-BENCH_STAMP := $(VENV)/.installed-bench
-
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	touch $(BENCH_STAMP)
-
 demo: $(STAMP)
 	$(VENV)/bin/citybroker demo
 
@@ -41,7 +34,7 @@ buf-lint:
 		cd proto && npx --yes @bufbuild/buf@$(BUF_VERSION) lint && echo "buf lint: clean"; \
 	else echo "buf lint skipped: npx (Node.js) not found"; fi
 
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(PY) bench/federated_query.py
 	$(PY) bench/log_append.py
 	$(PY) bench/verify_bundle.py
@@ -51,21 +44,21 @@ bench: $(BENCH_STAMP)
 .PHONY: bench-log bench-verify bench-minimisation bench-consent
 
 # Durable Merkle log appends on SQLite against raw SQL inserts (about 3 minutes).
-bench-log: $(BENCH_STAMP)
+bench-log: $(STAMP)
 	$(PY) bench/log_append.py
 
 # Streaming verification of a 100,000-entry bundle against raw Ed25519 (about 2 minutes).
-bench-verify: $(BENCH_STAMP)
+bench-verify: $(STAMP)
 	$(PY) bench/verify_bundle.py
 
 # Minimisation on a 1,000,000-resident city: node gRPC vs raw SQL on SQLite, PostgreSQL and DuckDB
 # (about 10 minutes; --quick for a smoke run).
-bench-minimisation: $(BENCH_STAMP)
+bench-minimisation: $(STAMP)
 	$(PY) bench/minimisation.py
 
 # Bulk import of 1,000,000 consent events through the CLI's import function against plain
 # SQLAlchemy Core executemany of the same rows (about 15 minutes; --quick for a smoke run).
-bench-consent: $(BENCH_STAMP)
+bench-consent: $(STAMP)
 	$(PY) bench/consent_import.py
 
 clean:

@@ -86,10 +86,11 @@ class Section:
         return iter(list(self.data))
 
     def database_url(self, key: builtins.str) -> builtins.str:
-        """A SQLAlchemy URL; a relative SQLite file is relative to the config file."""
+        """A SQLAlchemy URL; a relative SQLite or DuckDB file is relative to the config file."""
         url = self.str(key)
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            rel = url.removeprefix("sqlite:///")
-            if rel and rel != ":memory:":
-                return "sqlite:///" + str((self.path.parent / rel).resolve())
+        for prefix in ("sqlite:///", "duckdb:///"):
+            if url.startswith(prefix) and not url.startswith(prefix + "/"):
+                rel = url.removeprefix(prefix)
+                if rel and not rel.startswith((":memory:", "?")):
+                    return prefix + str((self.path.parent / rel).resolve())
         return url

@@ -90,10 +90,10 @@ def wait_healthy(
 def _load_city_data(
     fed: sandbox.LocalFederation, residents_per_city: int
 ) -> dict[str, list[synthetic.Resident]]:
+    """Each city's datasets go into its DuckDB data file, before its node opens it read-only."""
     people = {}
     for i, (city, layout) in enumerate(fed.cities.items()):
-        engine = storage.create_engine(f"sqlite:///{layout.database}")
-        storage.upgrade(engine)
+        engine = storage.create_engine(f"duckdb:///{layout.data}")
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, seed=i)
         synthetic.load_traffic(
             engine, synthetic.traffic_rows(layout.plan.districts, 2, date(2026, 8, 1), 92, i)

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomli_w
 
+from federation import storage
 from federation.agreement import Agreement, Appearance, FieldTerms
 from keys import timefmt, trust
 from keys.ca import FederationCA
@@ -54,6 +55,8 @@ class CityLayout:
     address: str
     config: Path
     database: Path
+    # The city's datasets: a DuckDB file beside the node database, the node's default data source.
+    data: Path
     signer: Signer
     operator_cert: Path
     operator_key: Path
@@ -179,6 +182,10 @@ def create(
         op_cert, op_key = ca.issue(f"{plan.id}.operator").write(tls_dir, f"{plan.id}.operator")
         database = root / "data" / f"{plan.id}.db"
         database.parent.mkdir(parents=True, exist_ok=True)
+        data = database.with_suffix(".duckdb")
+        engine = storage.create_engine(f"duckdb:///{data}")
+        synthetic.create_tables(engine)  # empty until the demo or a test loads rows
+        engine.dispose()
         config = root / f"node-{plan.id}.toml"
         write_toml(
             config,
@@ -214,7 +221,9 @@ def create(
                 "key": str(op_key),
             },
         )
-        layouts[plan.id] = CityLayout(plan, address, config, database, signer, op_cert, op_key)
+        layouts[plan.id] = CityLayout(
+            plan, address, config, database, data, signer, op_cert, op_key
+        )
 
     bundle = TrustBundle(federation, 1, now, parties)
     trust_path = root / "trust-bundle.json"

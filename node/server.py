@@ -38,6 +38,7 @@ class NodeConfig:
     listen: str
     database: str
     data: str
+    duckdb: storage.DuckDBSettings
     signing_key: Path
     tls: TlsFiles
     trust_bundle: Path
@@ -57,7 +58,12 @@ class NodeConfig:
             city=top.str("city"),
             listen=top.str("listen", "127.0.0.1:7100"),
             database=database,
-            data=top.database_url("data") if "data" in top.data else database,
+            data=(
+                top.database_url("data")
+                if "data" in top.data
+                else storage.default_data_url(database)
+            ),
+            duckdb=storage.DuckDBSettings.from_config(top.section("duckdb", required=False)),
             signing_key=top.path_("signing_key"),
             tls=TlsFiles(tls.path_("ca_cert"), tls.path_("cert"), tls.path_("key")),
             trust_bundle=tr.path_("bundle"),
@@ -88,7 +94,23 @@ class NodeServer:
             opened.log,
         )
         bundle = store.current
-        data = self.engine if config.data == config.database else storage.create_engine(config.data)
+        # Checked before serving: a missing, locked or wrongly shaped data source is a start-up error.
+        tables = {
+            name: (
+                ds.table,
+                frozenset(
+                    [f.column for f in ds.fields.values()]
+                    + ([ds.resident_column] if ds.resident_linked else [])
+                ),
+            )
+            for name, ds in config.catalogue.datasets.items()
+        }
+        if config.data == config.database:
+            data = self.engine
+            storage.check_tables(data, tables)
+        else:
+            data = storage.open_data(config.data, tables, config.duckdb)
+        self.data = data
         self.agreements = AgreementRegister(self.engine, config.city, store, signer)
         self.consents = ConsentRegistry(
             self.engine,
@@ -191,3 +213,4 @@ class NodeServer:
             self._expiry.join()
         self.log.close()
         self.engine.dispose()
+        self.data.dispose()

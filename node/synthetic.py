@@ -20,12 +20,13 @@ trips_metadata = sa.MetaData()
 trips = sa.Table(
     TRIPS_TABLE,
     trips_metadata,
-    sa.Column("trip_id", sa.Integer, primary_key=True),
+    # Ids always come with the rows (DuckDB has no SERIAL for an autoincrementing key).
+    sa.Column("trip_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("resident_id", sa.String(64), nullable=False, index=True),
     sa.Column("trip_date", sa.Date, nullable=False),
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("district", sa.String(64), nullable=False),
-    sa.Column("distance_km", sa.Float, nullable=False),
+    sa.Column("distance_km", sa.Double, nullable=False),  # DuckDB FLOAT is single precision
 )
 
 # The catalogue entry matching `trips`, in node config form.
@@ -46,7 +47,7 @@ TRAFFIC_TABLE = "traffic_counts"
 traffic = sa.Table(
     TRAFFIC_TABLE,
     trips_metadata,
-    sa.Column("observation_id", sa.Integer, primary_key=True),
+    sa.Column("observation_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("camera_id", sa.String(32), nullable=False),
     sa.Column("district", sa.String(64), nullable=False),
     sa.Column("observed_on", sa.Date, nullable=False),
@@ -164,20 +165,41 @@ def load_trips(engine: sa.Engine, rows: Iterator[dict[str, object]], batch: int 
     return _load(engine, trips, rows, batch)
 
 
+def create_tables(engine: sa.Engine) -> None:
+    """The synthetic datasets' tables, empty (a node checks at start-up that they exist)."""
+    trips_metadata.create_all(engine)
+
+
+def _insert(conn: sa.Connection, table: sa.Table, chunk: list[dict[str, object]]) -> None:
+    if conn.dialect.name == "duckdb":
+        # DuckDB runs an executemany row by row; one list per column, unnested side by side,
+        # inserts the chunk in one statement.
+        names = list(chunk[0])
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {table.name} ({', '.join(names)}) "
+                f"SELECT {', '.join(f'unnest(:{n})' for n in names)}"
+            ),
+            {n: [row[n] for row in chunk] for n in names},
+        )
+    else:
+        conn.execute(table.insert(), chunk)
+
+
 def _load(
     engine: sa.Engine, table: sa.Table, rows: Iterator[dict[str, object]], batch: int = 10_000
 ) -> int:
-    trips_metadata.create_all(engine)
+    create_tables(engine)
     n = 0
     chunk: list[dict[str, object]] = []
     with engine.begin() as conn:
         for row in rows:
             chunk.append(row)
             if len(chunk) >= batch:
-                conn.execute(table.insert(), chunk)
+                _insert(conn, table, chunk)
                 n += len(chunk)
                 chunk = []
         if chunk:
-            conn.execute(table.insert(), chunk)
+            _insert(conn, table, chunk)
             n += len(chunk)
     return n

@@ -51,7 +51,8 @@ def start_federation(
     consent_share: float = 0.7,
     data_urls: dict[str, str] | None = None,
 ) -> RunningFederation:
-    """`data_urls` puts a city's datasets in a database of their own (not beside its consents)."""
+    """`data_urls` puts a city's datasets in a database of their own (not beside its consents);
+    other cities keep them in their SQLite node database, so that tests can read them there."""
     fed = sandbox.create(root)
     consenting: dict[str, list[synthetic.Resident]] = {}
     people: dict[str, list[synthetic.Resident]] = {}
@@ -59,11 +60,10 @@ def start_federation(
         node_engine = storage.create_engine(f"sqlite:///{layout.database}")
         storage.upgrade(node_engine)
         node_engine.dispose()
-        data_url = (data_urls or {}).get(city)
-        if data_url:
-            config = tomllib.loads(layout.config.read_text())
-            sandbox.write_toml(layout.config, {**config, "data": data_url})
-        engine = storage.create_engine(data_url or f"sqlite:///{layout.database}")
+        data_url = (data_urls or {}).get(city) or f"sqlite:///{layout.database}"
+        config = tomllib.loads(layout.config.read_text())
+        sandbox.write_toml(layout.config, {**config, "data": data_url})
+        engine = storage.create_engine(data_url)
         people[city] = synthetic.residents(city, layout.plan.districts, residents_per_city, i)
         synthetic.load_trips(engine, synthetic.trip_rows(people[city], 4, date(2026, 8, 1), 92, i))
         synthetic.load_residents(engine, people[city])
