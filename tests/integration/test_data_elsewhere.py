@@ -1,5 +1,6 @@
 """A city's datasets in a database of their own: the consent filter is pushed to where the data
-lives (a temporary table of consenting residents), on SQLite and, for real, on PostgreSQL."""
+lives (a temporary table of consenting residents), on SQLite, DuckDB (the default data source,
+opened read-only) and, for real, on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.client import Answer
 from federation.query import Dimension, Measure, MeasureKind, Query
 from tests.conftest import PURPOSE, RunningFederation, start_federation, stop_federation
 
@@ -17,15 +19,29 @@ BY_DISTRICT = Query(
     (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
     group_by=(Dimension("district"),),
 )
+# Date generalisations compile to engine-specific SQL (DuckDB borrows PostgreSQL's to_char).
+BY_MONTH = Query(
+    "mobility",
+    PURPOSE,
+    (Measure(MeasureKind.COUNT_RESIDENTS), Measure(MeasureKind.AVG, "distance_km")),
+    group_by=(Dimension("trip_date", "month"),),
+)
+TRAFFIC_BY_WEEK = Query(
+    "traffic",
+    PURPOSE,
+    (Measure(MeasureKind.SUM, "vehicles"),),
+    group_by=(Dimension("district"), Dimension("observed_on", "week")),
+)
+QUERIES = (BY_DISTRICT, BY_MONTH, TRAFFIC_BY_WEEK)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", "duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def split(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningFederation]:
-    url = (
-        f"sqlite:///{tmp_path / 'warehouse.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
+    url = {
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'warehouse.db'}",
+        "duckdb": lambda: f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+        "postgresql": lambda: str(request.getfixturevalue("postgres_url")),
+    }[request.param]()
     rf = start_federation(tmp_path / "fed", residents_per_city=80, data_urls={"aurora": url})
     yield rf
     stop_federation(rf)
@@ -34,19 +50,18 @@ def split(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningFed
 def test_answers_equal_those_of_data_beside_the_consents(
     split: RunningFederation, tmp_path: Path
 ) -> None:
+    def aurora(answer: Answer) -> dict[tuple[str, ...], dict[str, float]]:
+        return {tuple(c.key.values()): c.values for c in answer.cells if "aurora" in c.contributing}
+
     with split.partner() as client:
-        answer = client.query(BY_DISTRICT)
-    aurora = {c.key["district"]: c.values for c in answer.cells if "aurora" in c.contributing}
-    assert aurora, "the city with separate data answered nothing"
+        answers = [aurora(client.query(q)) for q in QUERIES]
+    assert all(answers), "the city with separate data answered nothing"
     same = start_federation(tmp_path / "same", residents_per_city=80)
     try:
         with same.partner() as client:
-            expected = client.query(BY_DISTRICT)
+            assert answers == [aurora(client.query(q)) for q in QUERIES]
     finally:
         stop_federation(same)
-    assert aurora == {
-        c.key["district"]: c.values for c in expected.cells if "aurora" in c.contributing
-    }
 
 
 def test_withdrawal_applies_to_data_elsewhere_and_transparency_is_recorded(

@@ -8,12 +8,15 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from keys import tokens, trust
@@ -94,6 +97,15 @@ def test_demo_runs_the_three_examples(cli: Cli, tmp_path: Path) -> None:
     assert m is not None, out[-2000:]
     assert int(m.group(1)) >= 10
     assert "All processes stopped." in out
+    # The nodes answered from the default data source: a DuckDB file beside each SQLite node
+    # database, which holds consents, agreements and the log but no datasets.
+    for city in ("aurora", "borealis", "cascadia"):
+        data_file = tmp_path / "demo" / "data" / f"{city}.duckdb"
+        with duckdb.connect(str(data_file), read_only=True) as data:
+            assert data.execute("SELECT count(*) FROM mobility_trips").fetchone() > (0,)
+        with closing(sqlite3.connect(tmp_path / "demo" / "data" / f"{city}.db")) as node:
+            tables = {r[0] for r in node.execute("SELECT name FROM sqlite_master")}
+        assert "consent_scopes" in tables and "mobility_trips" not in tables
 
 
 def test_demo_refuses_a_directory_that_is_not_empty(cli: Cli, tmp_path: Path) -> None:

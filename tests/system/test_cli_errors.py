@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from federation import sandbox
@@ -150,6 +152,49 @@ def test_node_serve_on_a_foreign_address(
 ) -> None:
     config = _node_config(fed, tmp_path, listen="192.0.2.1:7100")  # TEST-NET-1, not ours
     _clean_failure(cli("node", "serve", "--config", str(config)), "cannot listen on")
+
+
+def _with_data(fed: sandbox.LocalFederation, tmp_path: Path, data: Path) -> Path:
+    """A copy of aurora's config with its datasets in `data` (a DuckDB file)."""
+    path = tmp_path / "node.toml"
+    path.write_text(f'data = "duckdb:///{data}"\n' + fed.cities["aurora"].config.read_text())
+    return path
+
+
+def test_node_serve_without_its_data_file(
+    cli: Cli, fed: sandbox.LocalFederation, tmp_path: Path
+) -> None:
+    config = _with_data(fed, tmp_path, tmp_path / "missing.duckdb")
+    _clean_failure(
+        cli("node", "serve", "--config", str(config)),
+        "missing.duckdb does not exist",
+        "DATA_SOURCE_MISSING",
+    )
+
+
+def test_node_serve_with_data_of_the_wrong_shape(
+    cli: Cli, fed: sandbox.LocalFederation, tmp_path: Path
+) -> None:
+    data = tmp_path / "other.duckdb"
+    with duckdb.connect(str(data)) as conn:
+        conn.execute("CREATE TABLE mobility_trips (resident_id VARCHAR, mode VARCHAR)")
+    _clean_failure(
+        cli("node", "serve", "--config", str(_with_data(fed, tmp_path, data))),
+        "dataset mobility",
+        "'mobility_trips'",
+        "'distance_km'",
+        "DATA_SCHEMA_MISMATCH",
+    )
+
+
+def test_node_serve_while_a_loader_writes_its_data_file(
+    cli: Cli, fed: sandbox.LocalFederation, tmp_path: Path
+) -> None:
+    data = tmp_path / "loading.duckdb"
+    shutil.copy(fed.cities["aurora"].data, data)
+    with duckdb.connect(str(data)):  # this process writes: DuckDB locks the file against others
+        done = cli("node", "serve", "--config", str(_with_data(fed, tmp_path, data)))
+    _clean_failure(done, "loading.duckdb is in use by another process", "DATA_SOURCE_LOCKED")
 
 
 QUERY = ["query", "--dataset", "mobility", "--purpose", "urban-mobility-planning"]
