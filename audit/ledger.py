@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 _FLUSH = 1024  # rows buffered before one executemany
-_CACHE_KIB = 4096  # SQLite page cache: the bound on what the ledger holds in memory
+_CACHE_KIB = 2048  # SQLite page cache: the bound on what the ledger holds in memory
 
 _SCHEMA = """
 CREATE TABLE bundles (id INTEGER PRIMARY KEY, path TEXT NOT NULL, origin TEXT NOT NULL,
