@@ -133,6 +133,14 @@ class _Request:
         self.future: Future[int] = Future()
 
 
+class _SideWriteRefused(Exception):
+    """A side write refused its request (a CitybrokerError): that request alone fails."""
+
+    def __init__(self, request: _Request, error: CitybrokerError) -> None:
+        super().__init__(error.message)
+        self.request, self.error = request, error
+
+
 _STOP = object()
 
 NodeKey = tuple[int, int]
@@ -250,8 +258,10 @@ class MerkleLog:
         """Append entries atomically at consecutive indexes; return them once committed.
 
         `side_write` runs inside the same transaction (in the writer thread), so rows that belong
-        with these entries are durable with them at the cost of no extra commit. If it fails, the
-        whole batch it rode in fails and every waiter gets the error.
+        with these entries are durable with them at the cost of no extra commit. If it raises a
+        CitybrokerError (a refusal, e.g. a spent budget), these entries are not appended, this
+        call raises it, and the rest of the batch commits without them; any other failure fails
+        the whole batch it rode in.
         """
         entries = list(entries)
         if not entries:
@@ -308,14 +318,24 @@ class MerkleLog:
 
     def _write_batch(self, batch: list[_Request]) -> None:
         error: CitybrokerError | None = None
-        for attempt in range(self._limits.conflict_retries):
+        attempt = 0
+        while attempt < self._limits.conflict_retries:
+            attempt += 1
             try:
                 if self._frontier is None:
                     with self._engine.connect() as conn:
                         self._frontier = self._load_frontier(conn)
                 # First try on this writer's own view of the tree: if another writer appended
                 # since, the entries' primary keys conflict and the retry checks under the lock.
-                frontier, firsts = self._commit_batch(self._frontier, batch, attempt > 0)
+                frontier, firsts = self._commit_batch(self._frontier, batch, attempt > 1)
+            except _SideWriteRefused as refused:
+                # Rolled back: the others go again without it (not a conflict, so no attempt).
+                refused.request.future.set_exception(refused.error)
+                batch = [r for r in batch if r is not refused.request]
+                attempt -= 1
+                if not batch:
+                    return
+                continue
             except IntegrityError:
                 # A different writer appended first; our view of the tree is stale.
                 self._frontier = None
@@ -380,7 +400,10 @@ class MerkleLog:
             conn.execute(_INSERT_CHECKPOINT, [checkpoint])
             for request, first in zip(batch, firsts, strict=True):
                 if request.side_write is not None:
-                    request.side_write(conn, first)
+                    try:
+                        request.side_write(conn, first)
+                    except CitybrokerError as e:
+                        raise _SideWriteRefused(request, e) from None
         return frontier, firsts
 
     # -- reading ---------------------------------------------------------------------------

@@ -37,6 +37,13 @@ class BudgetExhausted(CitybrokerError):
     default_reason = "BUDGET_EXHAUSTED"
 
 
+class Conflict(CitybrokerError):
+    """Something this request relied on changed under it; trying again may succeed."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "CONFLICT"
+
+
 class AuthenticationError(CitybrokerError):
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"

@@ -14,10 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from audit.log import MerkleLog
+from audit.log import MerkleLog, SideWrite
 from federation import statements
 from federation.agreement import DEFAULT_K, Agreement
-from federation.errors import AuthenticationError, CitybrokerError, PermissionDenied
+from federation.errors import AuthenticationError, CitybrokerError, Conflict, PermissionDenied
 from federation.plan import QueryPlan
 from federation.query import Query, QueryKind
 from keys import dsse, timefmt, tokens
@@ -47,6 +47,20 @@ class _Release:
     contributors: sa.Select[Any] | None
     # Parameters the contributors statement is executed with (a cached statement binds late).
     contributors_params: dict[str, Any] | None = None
+    # The privacy budget this answer spends, booked in the transaction that logs it.
+    charge: privacy.Charge | None = None
+
+
+# Answers of one query when others keep spending the same privacy budget under it.
+_BUDGET_ATTEMPTS = 8
+
+
+def _charged(charge: privacy.Charge, record: SideWrite) -> SideWrite:
+    def write(conn: sa.Connection, first_index: int) -> None:
+        charge.write(conn)
+        record(conn, first_index)
+
+    return write
 
 
 class Answerer:
@@ -104,7 +118,7 @@ class Answerer:
         self, request: statements.BrokerRequest, envelope: dsse.Envelope, data: sa.Connection
     ) -> tuple[dsse.Envelope, int]:
         try:
-            release = self._answer(request, data)
+            return self._release(request, envelope, data)
         except CitybrokerError as refusal:
             signed = statements.sign_refusal(
                 request,
@@ -117,27 +131,42 @@ class Answerer:
             index = self._log.append_many([envelope.to_json(), signed.to_json()], kind="refusal")
             refusal.metadata["log_index"] = str(index[1])
             raise
-        # The transparency record commits with the log entries: one transaction, one fsync.
-        side = self._exchanges.side_write(
-            Exchange(
-                request.request_id,
-                request.partner,
-                release.query.purpose,
-                release.query.dataset,
-                release.agreement.agreement_id,
-                release.agreement.version,
-                release.at,
-                log_index=-1,
-            ),
-            release.contributors,
-            data,
-            result_offset=1,
-            params=release.contributors_params,
-        )
-        indexes = self._log.append_many(
-            [envelope.to_json(), release.result.to_json()], kind="exchange", side_write=side
-        )
-        return release.result, indexes[1]
+
+    def _release(
+        self, request: statements.BrokerRequest, envelope: dsse.Envelope, data: sa.Connection
+    ) -> tuple[dsse.Envelope, int]:
+        """Answer, and commit the log entries, the transparency record and the privacy budget
+        spent in one transaction (one fsync). A signed result states the budget left, so when
+        another answer spent the same budget meanwhile, this one is answered again."""
+        for attempt in range(1, _BUDGET_ATTEMPTS + 1):
+            release = self._answer(request, data)
+            record = self._exchanges.side_write(
+                Exchange(
+                    request.request_id,
+                    request.partner,
+                    release.query.purpose,
+                    release.query.dataset,
+                    release.agreement.agreement_id,
+                    release.agreement.version,
+                    release.at,
+                    log_index=-1,
+                ),
+                release.contributors,
+                data,
+                result_offset=1,
+                params=release.contributors_params,
+            )
+            side = record if release.charge is None else _charged(release.charge, record)
+            try:
+                indexes = self._log.append_many(
+                    [envelope.to_json(), release.result.to_json()], kind="exchange", side_write=side
+                )
+            except Conflict as e:
+                if e.reason != "BUDGET_CHANGED" or attempt == _BUDGET_ATTEMPTS:
+                    raise
+                continue
+            return release.result, indexes[1]
+        raise AssertionError("unreachable")
 
     def _jurisdiction(self, party_id: str) -> str:
         party = self._trust.current.party(party_id)
@@ -255,10 +284,11 @@ class Answerer:
         cells: list[dict[str, Any]] = [
             {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells
         ]
-        spend = None
+        charge = spend = None
         if terms is not None:
-            # Charged before anything is released; an exhausted budget refuses the answer.
-            spend = self._ledger.charge(agreement, request.request_id)
+            # Quoted now (an exhausted budget refuses the answer), booked when it is released.
+            charge = self._ledger.quote(agreement, request.request_id)
+            spend = charge.spend()
             share = spend.epsilon / len(query.measures)
             for cell in cells:
                 cell["values"] = {
@@ -281,8 +311,8 @@ class Answerer:
             query, ds, recipients, started, conn.dialect.name, answer.withheld, pushed
         )
         if contributors is None:
-            return _Release(result, query, agreement, started, None)
-        return _Release(result, query, agreement, started, *contributors)
+            return _Release(result, query, agreement, started, None, charge=charge)
+        return _Release(result, query, agreement, started, *contributors, charge=charge)
 
     def plan(self, envelope: dsse.Envelope, peers: Sequence[str]) -> QueryPlan:
         """A dry run: would this city answer, and under which terms? No data is read."""

@@ -14,9 +14,10 @@ from typing import Any
 
 import opendp.prelude as dp
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from federation.agreement import Agreement, DpTerms
-from federation.errors import BudgetExhausted, InvalidArgument
+from federation.errors import BudgetExhausted, Conflict, InvalidArgument
 from federation.query import MeasureKind, Query
 from keys import timefmt
 from node.schema import dp_budgets, dp_ledger
@@ -73,57 +74,83 @@ def noisy(
     return max(0, int(counts(int(value))))
 
 
+@dataclass(frozen=True)
+class Charge:
+    """One answer's spend, quoted against the ledger as it stood; `write` books it in the
+    transaction that releases the answer, and only if the ledger still stands there."""
+
+    agreement_id: str
+    version: int
+    total_epsilon: float
+    epsilon: float
+    spent_before: float
+    request_id: str
+
+    def spend(self) -> Spend:
+        return Spend(self.epsilon, round(self.total_epsilon - self.spent_before - self.epsilon, 9))
+
+    def write(self, conn: sa.Connection) -> None:
+        """Book the spend; raise Conflict if another answer was charged since the quote (the
+        signed result states the budget left, so it must not go out with a stale figure)."""
+        key = (dp_budgets.c.agreement_id == self.agreement_id, dp_budgets.c.version == self.version)
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(  # the budget's row, unless an earlier answer created it
+            insert(dp_budgets)
+            .values(
+                agreement_id=self.agreement_id,
+                version=self.version,
+                total_epsilon=self.total_epsilon,
+                spent_epsilon=0.0,
+            )
+            .on_conflict_do_nothing()
+        )
+        charged = conn.execute(
+            dp_budgets.update()
+            .where(*key, dp_budgets.c.spent_epsilon == self.spent_before)
+            .values(spent_epsilon=dp_budgets.c.spent_epsilon + self.epsilon)
+        )
+        if charged.rowcount != 1:
+            raise Conflict(
+                f"the privacy budget of agreement {self.agreement_id} changed while answering",
+                reason="BUDGET_CHANGED",
+            )
+        conn.execute(
+            dp_ledger.insert().values(
+                request_id=self.request_id,
+                agreement_id=self.agreement_id,
+                version=self.version,
+                epsilon=self.epsilon,
+                charged_at=timefmt.to_db(timefmt.now()),
+            )
+        )
+
+
 class BudgetLedger:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
 
-    def charge(self, agreement: Agreement, request_id: str) -> Spend:
-        """Spend the agreement's per-query epsilon for this answer, or refuse BUDGET_EXHAUSTED.
-
-        The conditional UPDATE is the check: concurrent answers cannot overspend, on SQLite (one
-        writer) or PostgreSQL (row lock)."""
+    def quote(self, agreement: Agreement, request_id: str) -> Charge:
+        """What this answer will cost, or BUDGET_EXHAUSTED if the budget cannot pay for it."""
         terms = agreement.dp
         assert terms is not None
-        key = (
-            dp_budgets.c.agreement_id == agreement.agreement_id,
-            dp_budgets.c.version == agreement.version,
+        with self._engine.connect() as conn:
+            spent = conn.execute(
+                sa.select(dp_budgets.c.spent_epsilon).where(
+                    dp_budgets.c.agreement_id == agreement.agreement_id,
+                    dp_budgets.c.version == agreement.version,
+                )
+            ).scalar()
+        spent = 0.0 if spent is None else float(spent)
+        if spent + terms.epsilon_per_query > terms.total_epsilon + 1e-9:
+            raise BudgetExhausted(
+                f"the privacy budget of agreement {agreement.agreement_id} is spent",
+                agreement=agreement.agreement_id,
+            )
+        return Charge(
+            agreement.agreement_id,
+            agreement.version,
+            terms.total_epsilon,
+            terms.epsilon_per_query,
+            spent,
+            request_id,
         )
-        with self._engine.begin() as conn:
-            if conn.execute(sa.select(dp_budgets.c.version).where(*key)).first() is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            dp_budgets.insert().values(
-                                agreement_id=agreement.agreement_id,
-                                version=agreement.version,
-                                total_epsilon=terms.total_epsilon,
-                                spent_epsilon=0.0,
-                            )
-                        )
-                except sa.exc.IntegrityError:
-                    pass  # another answer created it first
-            charged = conn.execute(
-                dp_budgets.update()
-                .where(
-                    *key,
-                    dp_budgets.c.spent_epsilon + terms.epsilon_per_query
-                    <= dp_budgets.c.total_epsilon + 1e-9,
-                )
-                .values(spent_epsilon=dp_budgets.c.spent_epsilon + terms.epsilon_per_query)
-            )
-            if charged.rowcount != 1:
-                raise BudgetExhausted(
-                    f"the privacy budget of agreement {agreement.agreement_id} is spent",
-                    agreement=agreement.agreement_id,
-                )
-            conn.execute(
-                dp_ledger.insert().values(
-                    request_id=request_id,
-                    agreement_id=agreement.agreement_id,
-                    version=agreement.version,
-                    epsilon=terms.epsilon_per_query,
-                    charged_at=timefmt.to_db(timefmt.now()),
-                )
-            )
-            spent = conn.execute(sa.select(dp_budgets.c.spent_epsilon).where(*key)).scalar_one()
-        return Spend(terms.epsilon_per_query, round(terms.total_epsilon - float(spent), 9))

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import sqlalchemy as sa
 
 from federation import agreement as agreement_doc
 from federation.agreement import DpTerms
 from federation.query import Dimension, Measure, MeasureKind, Query
+from node.schema import dp_budgets, dp_ledger
 from tests.conftest import PURPOSE, RunningFederation
 
 CITY = "aurora"
@@ -70,7 +75,26 @@ def test_measures_without_a_mechanism_are_refused(fresh_federation: RunningFeder
     assert answer.cities[0].reason == "DP_MEASURE_NOT_SUPPORTED"
 
 
-def _result_payload(rf: RunningFederation, request_id: str) -> dict[str, object]:
+def test_concurrent_answers_each_state_the_budget_they_left(
+    fresh_federation: RunningFederation,
+) -> None:
+    """The budget is booked in the transaction that logs the result, and each signed result
+    states the budget left after it: answers racing for one budget state distinct figures that
+    add up, and the ledger holds exactly what they spent."""
+    rf = fresh_federation
+    _require_dp(rf, 0.25, 2.0)
+    with rf.partner() as client, ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: client.query(COUNTS), range(6)))
+    assert [a.cities[0].status for a in answers] == ["answered"] * 6
+    left = sorted(_result_payload(rf, a.query_id)["privacy"]["budget_left"] for a in answers)
+    assert left == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    with rf.nodes[CITY].engine.connect() as conn:
+        spent = conn.execute(sa.select(dp_budgets.c.spent_epsilon)).scalar_one()
+        booked = conn.execute(sa.select(sa.func.count()).select_from(dp_ledger)).scalar_one()
+    assert (spent, booked) == (1.5, 6)
+
+
+def _result_payload(rf: RunningFederation, request_id: str) -> dict[str, Any]:
     log = rf.nodes[CITY].log
     for entry in reversed(log.entries(0, log.size())):
         env = json.loads(entry)

@@ -424,3 +424,49 @@ def test_postgres_log(pg_engine: Engine, signer: Signer) -> None:
     assert checked_checkpoint(replica) == (202, replica.root())
     replica.close()
     other.close()
+
+
+# -- side writes -----------------------------------------------------------------------------
+
+
+def test_a_refusing_side_write_fails_only_its_own_entries(log: MerkleLog) -> None:
+    """A side write that refuses (a CitybrokerError) takes only its own entries with it: the
+    others in the same batch commit, and the tree holds exactly theirs."""
+    writing, release = threading.Event(), threading.Event()
+
+    def hold(_conn: Any, _first: int) -> None:
+        writing.set()
+        release.wait(10)
+
+    def refuse(_conn: Any, _first: int) -> None:
+        raise NotFound("refused by its side write", reason="TEST_REFUSAL")
+
+    outcomes: dict[str, Any] = {}
+
+    def append(name: str, side: Any) -> None:
+        try:
+            outcomes[name] = log.append_many([name.encode()], "test", side_write=side)
+        except NotFound as e:
+            outcomes[name] = e
+
+    first = threading.Thread(target=append, args=("held", hold))
+    first.start()
+    assert writing.wait(10)
+    # Both queue while the writer is inside the first batch, so they ride in the next one.
+    others = [
+        threading.Thread(target=append, args=(n, s)) for n, s in (("refused", refuse), ("kept", None))
+    ]
+    for t in others:
+        t.start()
+    while log._queue.qsize() < 2:  # noqa: SLF001 - the test needs both queued
+        threading.Event().wait(0.01)
+    release.set()
+    for t in (first, *others):
+        t.join(10)
+    assert outcomes["held"] == [0]
+    assert isinstance(outcomes["refused"], NotFound)
+    assert outcomes["refused"].reason == "TEST_REFUSAL"
+    assert outcomes["kept"] == [1]
+    assert log.size() == 2
+    assert log.entries(0, 2) == [b"held", b"kept"]
+    assert log.root() == root_from_leaf_hashes([leaf_hash(b"held"), leaf_hash(b"kept")])
