@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from federation import agreement as agreement_doc
 from federation.agreement import Agreement
 from federation.errors import (
@@ -33,6 +34,7 @@ SUPERSEDED = "superseded"
 REVOKED = "revoked"
 EXPIRED = "expired"  # derived: active, but its validity window has passed
 MAX_PAGE = 100
+LOG_KIND = "agreement"  # the Merkle log kind of agreements and their revocations
 MAX_VERSION = 2**63 - 1  # the widest integer any supported database column holds
 
 
@@ -53,15 +55,33 @@ class AgreementRegister:
     superseded by a newer version | revoked by either party | expired.
 
     Agreements are read on every query, so the active ones are cached; every change clears the
-    cache in the same call, so a revocation applies to the very next query.
+    cache in the same call, so a revocation applies to the very next query. With a `log` (on the
+    same database), each activation and revocation commits in the transaction that appends its
+    signed document to the log, so no change is ever in force without its evidence.
     """
 
     def __init__(
-        self, engine: sa.Engine, city: str, trust: TrustStore, signer: Signer | None = None
+        self,
+        engine: sa.Engine,
+        city: str,
+        trust: TrustStore,
+        signer: Signer | None = None,
+        log: MerkleLog | None = None,
     ) -> None:
         self._engine, self.city, self._trust, self._signer = engine, city, trust, signer
+        self._log = log
         self._lock = threading.Lock()
         self._active: list[StoredAgreement] | None = None
+
+    def _commit(self, evidence: dsse.Envelope, write: Callable[[sa.Connection], None]) -> None:
+        if self._log is None:
+            with self._engine.begin() as conn:
+                write(conn)
+        else:
+            self._log.append_many(
+                [evidence.to_json()], LOG_KIND, side_write=lambda conn, _index: write(conn)
+            )
+        self._changed()
 
     def _own_signer(self) -> Signer:
         if self._signer is None:
@@ -113,7 +133,8 @@ class AgreementRegister:
                 reason="AGREEMENT_NOT_FOR_THIS_CITY",
             )
         self._check_terms(verified)
-        with self._engine.begin() as conn:
+
+        def write(conn: sa.Connection) -> None:
             proposed = conn.execute(
                 sa.select(agreements.c.envelope).where(
                     agreements.c.agreement_id == verified.agreement_id,
@@ -152,7 +173,8 @@ class AgreementRegister:
                     )
                     .values(row)
                 )
-        self._changed()
+
+        self._commit(envelope, write)
         return verified
 
     def revoke(
@@ -169,7 +191,8 @@ class AgreementRegister:
                 agreement, self.city, reason, self._own_signer()
             )
         statement = agreement_doc.verify_revocation(revocation, agreement, self._trust.current)
-        with self._engine.begin() as conn:
+
+        def write(conn: sa.Connection) -> None:
             conn.execute(
                 agreements.update()
                 .where(
@@ -183,7 +206,8 @@ class AgreementRegister:
                     revocation=revocation.to_json(),
                 )
             )
-        self._changed()
+
+        self._commit(revocation, write)
         return revocation
 
     def _changed(self) -> None:

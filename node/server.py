@@ -111,7 +111,7 @@ class NodeServer:
         else:
             data = storage.open_data(config.data, tables, config.duckdb)
         self.data = data
-        self.agreements = AgreementRegister(self.engine, config.city, store, signer)
+        self.agreements = AgreementRegister(self.engine, config.city, store, signer, self.log)
         self.consents = ConsentRegistry(
             self.engine,
             config.city,
@@ -164,7 +164,7 @@ class NodeServer:
                 service.ConsentServicer(self.consents, self.log, self.exchanges, city_name), server
             )
             node_pb2_grpc.add_AgreementServiceServicer_to_server(
-                service.AgreementServicer(self.agreements, self.log), server
+                service.AgreementServicer(self.agreements), server
             )
             audit_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.log), server)
             audit_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(witness), server)

@@ -248,11 +248,12 @@ def _agreement_pb(a: StoredAgreement) -> node_pb2.GetAgreementResponse:
 
 
 class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
-    """Agreements in force and their revocations are logged before the reply; proposals, signed
-    by one party only, are not evidence of anything yet."""
+    """Agreements in force and their revocations are logged (by the register, in the transaction
+    that makes the change) before the reply; proposals, signed by one party only, are not evidence
+    of anything yet."""
 
-    def __init__(self, register: AgreementRegister, log: MerkleLog) -> None:
-        self._register, self._log = register, log
+    def __init__(self, register: AgreementRegister) -> None:
+        self._register = register
 
     def ProposeAgreement(
         self, request: node_pb2.ProposeAgreementRequest, context: grpc.ServicerContext
@@ -274,9 +275,7 @@ class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
         self, request: node_pb2.CountersignAgreementRequest, context: grpc.ServicerContext
     ) -> node_pb2.CountersignAgreementResponse:
         envelope, agreement = self._register.countersign(envelope_from_pb(request.agreement))
-        in_force_here = agreement.provider == self._register.city
-        if in_force_here:
-            self._log.append(envelope.to_json(), kind="agreement")
+        in_force_here = agreement.provider == self._register.city  # activated and logged
         return node_pb2.CountersignAgreementResponse(
             agreement=envelope_to_pb(envelope),
             status="active" if in_force_here else "countersigned",
@@ -286,8 +285,7 @@ class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
         self, request: node_pb2.ActivateAgreementRequest, context: grpc.ServicerContext
     ) -> node_pb2.ActivateAgreementResponse:
         envelope = envelope_from_pb(request.agreement)
-        a = self._register.activate(envelope)
-        self._log.append(envelope.to_json(), kind="agreement")
+        a = self._register.activate(envelope)  # logged in the same transaction
         return node_pb2.ActivateAgreementResponse(agreement_id=a.agreement_id, version=a.version)
 
     def RevokeAgreement(
@@ -295,7 +293,6 @@ class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
     ) -> node_pb2.RevokeAgreementResponse:
         given = envelope_from_pb(request.revocation) if request.HasField("revocation") else None
         revocation = self._register.revoke(request.agreement_id, request.reason, given)
-        self._log.append(revocation.to_json(), kind="agreement")
         return node_pb2.RevokeAgreementResponse(revocation=envelope_to_pb(revocation))
 
     def GetAgreement(

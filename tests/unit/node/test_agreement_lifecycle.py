@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from audit.log import MerkleLog
 from federation import agreement as doc
 from federation import sandbox, storage
 from federation.agreement import Agreement
@@ -19,6 +21,7 @@ from federation.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    StoreError,
     VerificationError,
 )
 from keys import dsse, timefmt
@@ -262,3 +265,45 @@ def test_an_agreement_past_its_window_is_expired(
     assert stored.status_at(now - timedelta(hours=2)) == ACTIVE
     assert statuses(register) == {("aurora--research", 1): EXPIRED}
     assert in_force(register, fed) == []
+
+
+# ---- evidence --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logged(fed: sandbox.LocalFederation, tmp_path: Path) -> Iterator[AgreementRegister]:
+    """A register whose changes commit with their entry in a Merkle log on the same database."""
+    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    storage.upgrade(engine)
+    store = TrustStore(fed.authority.public, [fed.bundle])
+    with MerkleLog(engine, "citybroker/node/aurora", fed.cities[CITY].signer) as log:
+        yield AgreementRegister(engine, CITY, store, fed.cities[CITY].signer, log)
+
+
+def test_activation_and_revocation_commit_with_their_log_entries(
+    fed: sandbox.LocalFederation, logged: AgreementRegister
+) -> None:
+    log = logged._log  # noqa: SLF001 - the log the register writes to
+    assert log is not None
+    signed = doc.sign(terms(fed), fed.cities[CITY].signer, fed.partner_signer)
+    logged.activate(signed)
+    revocation = logged.revoke("aurora--research", "ended")
+    assert log.entries(0, log.size()) == [signed.to_json(), revocation.to_json()]
+    # A refused change logs nothing.
+    changed = doc.sign(terms(fed, version=2, retention_days=1), fed.cities[CITY].signer)
+    logged.propose(terms(fed, version=2))
+    with pytest.raises(FailedPrecondition):
+        logged.activate(changed.countersigned(fed.partner_signer))
+    assert log.size() == 2
+
+
+def test_no_agreement_is_in_force_without_its_log_entry(
+    fed: sandbox.LocalFederation, logged: AgreementRegister
+) -> None:
+    log = logged._log  # noqa: SLF001
+    assert log is not None
+    log.close()
+    with pytest.raises(StoreError):
+        logged.activate(doc.sign(terms(fed), fed.cities[CITY].signer, fed.partner_signer))
+    assert in_force(logged, fed) == []
+    assert statuses(logged) == {}
