@@ -391,6 +391,14 @@ class MerkleLog:
                     )
                     for level, index, h in frontier.append(lh):
                         node_rows.append({"level": level, "idx": index, "hash": h})
+            # Side writes first: one that refuses its request does so before the tree with its
+            # entries is signed.
+            for request, first in zip(batch, firsts, strict=True):
+                if request.side_write is not None:
+                    try:
+                        request.side_write(conn, first)
+                    except CitybrokerError as e:
+                        raise _SideWriteRefused(request, e) from None
             # Signed before commit but published only after it: if the commit fails the note is
             # dropped, so no one ever sees a checkpoint for a tree that is not stored.
             checkpoint = self._checkpoint_row(frontier)
@@ -398,12 +406,6 @@ class MerkleLog:
             if node_rows:
                 conn.execute(_INSERT_NODES, node_rows)
             conn.execute(_INSERT_CHECKPOINT, [checkpoint])
-            for request, first in zip(batch, firsts, strict=True):
-                if request.side_write is not None:
-                    try:
-                        request.side_write(conn, first)
-                    except CitybrokerError as e:
-                        raise _SideWriteRefused(request, e) from None
         return frontier, firsts
 
     # -- reading ---------------------------------------------------------------------------

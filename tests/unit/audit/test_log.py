@@ -470,3 +470,27 @@ def test_a_refusing_side_write_fails_only_its_own_entries(log: MerkleLog) -> Non
     assert log.size() == 2
     assert log.entries(0, 2) == [b"held", b"kept"]
     assert log.root() == root_from_leaf_hashes([leaf_hash(b"held"), leaf_hash(b"kept")])
+
+
+def test_a_refused_side_write_signs_no_checkpoint(db_path: Path, signer: Signer) -> None:
+    """The refusal comes before the tree holding its entries is signed: the log never signs a
+    checkpoint that it then drops for another of the same size."""
+    signed: list[bytes] = []
+
+    class Counting(Signer):
+        def sign(self, message: bytes) -> bytes:
+            signed.append(message)
+            return super().sign(message)
+
+    counting = Counting(signer._private)  # noqa: SLF001 - the same key, counted
+    with MerkleLog(sqlite_engine(db_path), ORIGIN, counting) as log:
+        before = len(signed)
+
+        def refuse(_conn: Any, _first: int) -> None:
+            raise NotFound("refused", reason="TEST_REFUSAL")
+
+        with pytest.raises(NotFound):
+            log.append_many([b"refused"], "test", side_write=refuse)
+        assert len(signed) == before
+        log.append(b"kept", "test")
+        assert len(signed) == before + 1
