@@ -17,6 +17,7 @@ import binascii
 import json
 import multiprocessing
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -48,6 +49,7 @@ MAX_WORKERS = 8
 _BATCH = 256  # signature checks sent to a worker at once
 _IN_FLIGHT = 4  # batches in flight per worker, so memory stays bounded whatever the bundle size
 
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 ROLE_OF_ORIGIN = {"node": Role.CITY, "broker": Role.BROKER}
 # A node result must be receipted if the broker logged receipts this long after it.
 RECEIPT_GRACE = timedelta(minutes=1)
@@ -59,6 +61,7 @@ STATEMENTS = {
     "refusal": ("city", "issued_at"),
     "receipt": ("broker", "issued_at"),
     "consent-receipt": ("city", "at"),
+    "consent-batch": ("city", "at"),
     "agreement-revocation": ("revoked_by", "at"),
 }
 # The kinds each statement type is logged under (node/answering.py, node/service.py,
@@ -69,6 +72,7 @@ KINDS = {
     "refusal": {"refusal"},
     "receipt": {"exchange"},
     "consent-receipt": {"consent"},
+    "consent-batch": {"consent"},
     "agreement": {"agreement"},
     "agreement-revocation": {"agreement"},
 }
@@ -740,9 +744,25 @@ def _verify_entry(
                             at,
                         )
                     )
+        elif thing == "consent-batch":
+            _check_consent_batch(statement, summary.party, fail)
     except (KeyError, TypeError, ValueError):
         raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
     return len(signers)
+
+
+def _check_consent_batch(
+    statement: dict[str, Any], party: str, fail: Callable[[str, str], BundleError]
+) -> None:
+    """A bulk consent import's statement (node.consent_import): the city's own, and a list of
+    SHA-256 digests, one per imported event's receipt payload."""
+    if statement["city"] != party:
+        raise fail("a city's log holds another city's consent batch", "STATEMENT_MISPLACED")
+    digests = statement["receipts"]
+    if not isinstance(digests, list) or not all(
+        isinstance(d, str) and _SHA256.fullmatch(d) for d in digests
+    ):
+        raise fail("consent-batch receipts must be sha256:<64 hex digits>", "PAYLOAD_MALFORMED")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from federation.errors import AlreadyExists, InvalidArgument, NotFound
+from federation.errors import AlreadyExists, InvalidArgument, NotFound, StoreError
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import taxonomy
@@ -229,6 +229,13 @@ def receipt_payload(
     }
 
 
+def sign_receipt_payload(body: bytes, signer: Signer) -> bytes:
+    """The DSSE consent receipt (`Envelope.to_json`) over a canonical receipt payload."""
+    ptype = dsse.media_type(RECEIPT)
+    sig = dsse.Signature(signer.keyid, signer.sign(dsse.pae(ptype, body)))
+    return dsse.Envelope(ptype, body, (sig,)).to_json()
+
+
 def record_row(record: ConsentRecord, state: State, digest: str | None = None) -> dict[str, Any]:
     """The consent_records row of a record (`digest`: its precomputed `record.digest()`)."""
     return {
@@ -286,6 +293,17 @@ class ConsentRegistry:
             RECEIPT, receipt_payload(self._city, record, event, actor, at, state), self._signer
         ).to_json()
 
+    def stored_receipt(self, receipt: bytes | None, payload: bytes | None) -> bytes:
+        """An event's signed receipt from its consent_events row: the stored one, or for an
+        imported event (covered by its batch's signed statement) one signed now over its stored
+        payload, the same bytes as signing at import would have given (Ed25519 is deterministic)
+        as long as the city's key is the same."""
+        if receipt is not None:
+            return bytes(receipt)
+        if payload is None:
+            raise StoreError("a consent event has neither a receipt nor a receipt payload")
+        return sign_receipt_payload(bytes(payload), self._signer)
+
     # -- events ------------------------------------------------------------------------------
 
     def give(self, record: ConsentRecord, actor: str) -> bytes:
@@ -314,7 +332,11 @@ class ConsentRegistry:
                         reason="CONSENT_RECORD_CONFLICT",
                     )
                 first = conn.execute(
-                    sa.select(consent_events.c.event, consent_events.c.receipt)
+                    sa.select(
+                        consent_events.c.event,
+                        consent_events.c.receipt,
+                        consent_events.c.payload,
+                    )
                     .where(consent_events.c.record_id == record.record_id)
                     .order_by(consent_events.c.event_id)
                     .limit(1)
@@ -325,7 +347,7 @@ class ConsentRegistry:
                         f"consent record {record.record_id} was {first.event}, not {event.value}",
                         reason="CONSENT_RECORD_CONFLICT",
                     )
-                return bytes(first.receipt)
+                return self.stored_receipt(first.receipt, first.payload)
             conn.execute(consent_records.insert().values(record_row(record, state)))
             conn.execute(consent_scopes.insert(), scope_rows(record, state))
             conn.execute(
@@ -432,7 +454,12 @@ class ConsentRegistry:
                 .order_by(consent_events.c.event_id)
             )
             return [
-                ConsentEvent(Event(r.event), r.actor, timefmt.from_db(r.at), bytes(r.receipt))
+                ConsentEvent(
+                    Event(r.event),
+                    r.actor,
+                    timefmt.from_db(r.at),
+                    self.stored_receipt(r.receipt, r.payload),
+                )
                 for r in rows
             ]
 

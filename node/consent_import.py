@@ -23,17 +23,28 @@ rules as the ConsentService API:
 - Every other problem is an error row (row, record id, reason, message) that never stops the rest.
 
 Each batch's good rows commit in one transaction: a database failure rolls the whole batch back and
-reports each of its rows (BATCH_FAILED); nothing is ever partly applied. Every applied event gets
-the API's signed consent receipt (`node.consent.receipt_payload`, DSSE with the city's key), stored
-in consent_events; once the batch has committed its receipts are appended, in file order, to the
-node's Merkle log (`MerkleLog.append_many`, kind "consent") before the next batch is written.
+reports each of its rows (BATCH_FAILED); nothing is ever partly applied.
 
-Throughput: parsing, validation, row building and the signing of receipts for new records run
-in worker processes (`ImportLimits.workers`); this process reads the file, looks the batch's
-records up, resolves its rows in file order, and meanwhile a writer thread writes the batch
-before (executemany; on SQLite straight to the driver, values processed as SQLAlchemy would) and
-appends its receipts to the log. At most one batch is being prepared and one written, so memory
-stays bounded whatever the size of the file.
+Evidence: one signature per batch, not per event. Every applied event has the receipt payload the
+API would sign for it (`node.consent.receipt_payload`, RFC 8785 canonical JSON), stored in
+consent_events.payload. The batch's statement (DSSE, type `consent-batch`, signed with the city's
+key) lists the SHA-256 digest of each of those payloads, in the order applied, with the city and
+the time; a batch of more than MAX_STATEMENT_EVENTS events gets several. The statements are stored
+in consent_batches, in the batch's transaction (each event names its statement), and once it has
+committed they are appended to the node's Merkle log (kind "consent"), whose own transaction
+stores their log indexes, before the next batch is written. So every imported event is provable:
+its payload, a signed statement listing its digest, and that statement's place in the log (the
+auditor's verifier checks the statements like any logged one). A resident's or an exporter's
+receipt for an imported event (history, ExportConsentReceipt, Kantara) is signed when asked for,
+over the stored payload: `ConsentRegistry.stored_receipt`, byte for byte the receipt the API gives
+(Ed25519 signatures are deterministic) while the city's key stays the same.
+
+Throughput: parsing, validation and the building of rows and receipt payloads run in worker
+processes (`ImportLimits.workers`); this process reads the file, looks the batch's records up,
+resolves its rows in file order, and meanwhile a writer thread writes the batch before
+(executemany; on SQLite straight to the driver, values processed as SQLAlchemy would) and
+appends its statements to the log. At most one batch is being prepared and one written, so
+memory stays bounded whatever the size of the file. The workers never see the city's key.
 
 The import may run while the node serves: before writing, a batch takes the database's write
 lock and checks that the records it changes are still as it read them; if the API changed one in
@@ -44,14 +55,14 @@ from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 import json
 import multiprocessing
 import operator
 import os
 import re
-from base64 import b64encode
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -61,8 +72,6 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.log import MerkleLog
 from federation.errors import CitybrokerError, InvalidArgument, StoreError
@@ -77,7 +86,7 @@ from node.consent import (
     record_row,
 )
 from node.consent_lifecycle import STARTING, Event, State, next_state
-from node.schema import consent_events, consent_records, consent_scopes
+from node.schema import consent_batches, consent_events, consent_records, consent_scopes
 
 # The input's columns (CSV header names, JSONL keys), in the order rows travel internally.
 COLUMNS = (
@@ -113,6 +122,10 @@ IMPORTABLE: dict[str, Event] = {
         Event.INVALIDATE,
     )
 }
+# The statement signed for each batch (see the module docstring), and the most receipt payloads
+# one covers: 8192 digests make about 800 KB of envelope, within the log's 1 MB entry limit.
+BATCH_STATEMENT = "consent-batch"
+MAX_STATEMENT_EVENTS = 8192
 BATCH_FAILED = "BATCH_FAILED"
 ROW_MALFORMED = "ROW_MALFORMED"
 ERROR_REPORT_COLUMNS = ("row", "record_id", "reason", "message")
@@ -172,7 +185,7 @@ class InputError(InvalidArgument):
 
 @dataclass(frozen=True)
 class ImportLimits:
-    """How an import runs. `workers`: processes that parse, validate and sign (None: one per
+    """How an import runs. `workers`: processes that parse and validate rows (None: one per
     CPU once the input turns out to be larger than one batch; 0: everything in this process)."""
 
     batch_size: int = 5000
@@ -504,6 +517,17 @@ def _whole(values: tuple[Any, ...], i: int) -> int:
     return int(v)
 
 
+def batch_statement(city: str, at: datetime, payloads: Iterable[bytes]) -> dict[str, Any]:
+    """What a batch's statement signs: the city, when, and the SHA-256 digest of each imported
+    event's canonical receipt payload (of type `receipt_type`), in the order they were applied."""
+    return {
+        "city": city,
+        "at": timefmt.fmt(at),
+        "receipt_type": _RECEIPT_TYPE,
+        "receipts": ["sha256:" + hashlib.sha256(p).hexdigest() for p in payloads],
+    }
+
+
 def parse_record(values: tuple[Any, ...]) -> ConsentRecord:
     """The record a `given`/`refused` row describes (unvalidated), with the API's defaults."""
     valid_from = _time(values, _VALID_FROM, required=True)
@@ -530,13 +554,13 @@ def parse_record(values: tuple[Any, ...]) -> ConsentRecord:
 # What a row becomes. Tuples, since they cross process boundaries by the million.
 ERR, START, MOVE = 0, 1, 2
 # (ERR, line, record_id, reason, message)
-# (START, line, event, record_id, digest, actor, record_tuple, scope_tuples, receipt | None)
+# (START, line, event, record_id, digest, actor, record_tuple, scope_tuples, receipt payload)
 # (MOVE, line, event, record_id, valid_until | None, actor)
 Prepared = tuple[Any, ...]
 
 _RECORD_COLUMNS = tuple(c.name for c in consent_records.columns)
 _SCOPE_COLUMNS = tuple(c.name for c in consent_scopes.columns)
-_EVENT_COLUMNS = ("record_id", "event", "actor", "at", "receipt")
+_EVENT_COLUMNS = ("record_id", "event", "actor", "at", "payload", "batch_id")
 _R_STATE = _RECORD_COLUMNS.index("state")
 _R_FROM = _RECORD_COLUMNS.index("valid_from")
 _R_UNTIL = _RECORD_COLUMNS.index("valid_until")
@@ -551,6 +575,45 @@ _SELECT_SCOPES = sa.select(
     consent_scopes.c.data_category,
 ).where(consent_scopes.c.record_id.in_(_IDS))
 _S_UNTIL = _SCOPE_COLUMNS.index("valid_until")
+_INSERT_BATCH = consent_batches.insert()
+_P_ID = sa.bindparam("b_id", type_=sa.String())
+_P_STATE = sa.bindparam("b_state", type_=sa.String())
+_P_UNTIL = sa.bindparam("b_until", type_=sa.DateTime())
+# (name, statement, its parameters in the order of SQLite's positional SQL)
+_STATEMENTS: tuple[tuple[str, sa.Insert | sa.Update, tuple[str, ...]], ...] = (
+    ("records", consent_records.insert(), _RECORD_COLUMNS),
+    ("scopes", consent_scopes.insert(), _SCOPE_COLUMNS),
+    ("events", consent_events.insert(), _EVENT_COLUMNS),
+    (
+        "move records",
+        consent_records.update().where(consent_records.c.record_id == _P_ID).values(state=_P_STATE),
+        ("b_state", "b_id"),
+    ),
+    (
+        "move scopes",
+        consent_scopes.update().where(consent_scopes.c.record_id == _P_ID).values(state=_P_STATE),
+        ("b_state", "b_id"),
+    ),
+    (
+        "renew records",
+        consent_records.update()
+        .where(consent_records.c.record_id == _P_ID)
+        .values(valid_until=_P_UNTIL, state=_P_STATE, content_digest=sa.bindparam("b_digest")),
+        ("b_until", "b_state", "b_digest", "b_id"),
+    ),
+    (
+        "renew scopes",
+        consent_scopes.update()
+        .where(consent_scopes.c.record_id == _P_ID)
+        .values(valid_until=_P_UNTIL, state=_P_STATE),
+        ("b_state", "b_until", "b_id"),
+    ),
+)
+_MARK_LOGGED = (
+    consent_batches.update()
+    .where(consent_batches.c.batch_id == sa.bindparam("b_id"))
+    .values(log_index=sa.bindparam("b_index"))
+)
 
 
 class _Codec:
@@ -605,10 +668,6 @@ def _identity(v: Any) -> Any:
 
 _JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 _RECEIPT_TYPE = dsse.media_type(RECEIPT)
-_RECEIPT_TYPE_BYTES = _RECEIPT_TYPE.encode()
-# Envelope.to_json of a one-signature envelope: keys in order, values base64, hex or the
-# media type, none of which JSON escapes.
-_ENVELOPE = b'{"payload":"%s","payloadType":"%s","signatures":[{"keyid":"%s","sig":"%s"}]}'
 
 
 def _receipt_json(obj: Any) -> bytes:
@@ -629,24 +688,21 @@ class _Setup:
     """What a worker needs; sent once to each worker process."""
 
     city: str
-    private_key: bytes  # raw Ed25519 private key, never written anywhere
     known_parties: frozenset[str] | None
     default_actor: str
     driver_level: bool
 
 
 class _Preparer:
-    """Parses, validates, builds rows and signs, one row at a time."""
+    """Parses, validates, builds rows and receipt payloads, one row at a time."""
 
     def __init__(self, setup: _Setup) -> None:
         self.city = setup.city
-        self.signer = Signer(Ed25519PrivateKey.from_private_bytes(setup.private_key))
         self.known_party = (
             setup.known_parties.__contains__ if setup.known_parties is not None else None
         )
         self.default_actor = setup.default_actor
         self.codec = _Codec(setup.driver_level)
-        self.keyid = self.signer.keyid.encode()
 
     def record(self, values: tuple[Any, ...]) -> ConsentRecord:
         return parse_record(values).validate(self.known_party)
@@ -656,15 +712,7 @@ class _Preparer:
     ) -> dict[str, Any]:
         return receipt_payload(self.city, record, event, actor, at, state, _receipt_json)
 
-    def sign(self, payload: dict[str, Any]) -> bytes:
-        """The receipt `ConsentRegistry.receipt` makes: a DSSE envelope as `Envelope.to_json`."""
-        body = _receipt_json(payload)
-        sig = self.signer.sign(dsse.pae(_RECEIPT_TYPE, body))
-        return _ENVELOPE % (b64encode(body), _RECEIPT_TYPE_BYTES, self.keyid, b64encode(sig))
-
-    def prepare(
-        self, line: int, values: tuple[Any, ...] | _Bad, sign: bool, at: datetime
-    ) -> Prepared:
+    def prepare(self, line: int, values: tuple[Any, ...] | _Bad, at: datetime) -> Prepared:
         if isinstance(values, _Bad):
             return (ERR, line, values.record_id, values.reason, values.message)
         rid = values[_RECORD_ID]
@@ -701,7 +749,7 @@ class _Preparer:
                     actor,
                     row,
                     self.codec.scopes(record, state.value, row),
-                    self.sign(payload) if sign else None,
+                    _receipt_json(payload),
                 )
             if not rid_text or len(rid_text) > MAX_ID_CHARS:
                 raise _RowFailure(
@@ -727,18 +775,10 @@ def _init_worker(setup: _Setup) -> None:
     gc.disable()
 
 
-def _prepare_chunk(
-    rows: Sequence[tuple[int, tuple[Any, ...] | _Bad, bool]], at: datetime
-) -> list[Prepared]:
+def _prepare_chunk(rows: Sequence[RawRow], at: datetime) -> list[Prepared]:
     worker = _WORKER
     assert worker is not None, "worker not initialised"
-    return [worker.prepare(line, values, sign, at) for line, values, sign in rows]
-
-
-def _sign_chunk(payloads: Sequence[dict[str, Any]]) -> list[bytes]:
-    worker = _WORKER
-    assert worker is not None, "worker not initialised"
-    return [worker.sign(p) for p in payloads]
+    return [worker.prepare(line, values, at) for line, values in rows]
 
 
 # -- resolving a batch against the stored state -----------------------------------------------
@@ -792,20 +832,12 @@ class _Rec:
         return r
 
 
-class _Event:
-    __slots__ = ("line", "record_id", "event", "actor", "receipt", "payload")
-
-    def __init__(
-        self,
-        line: int,
-        record_id: str,
-        event: str,
-        actor: str,
-        receipt: bytes | None,
-        payload: dict[str, Any] | None,
-    ) -> None:
-        self.line, self.record_id, self.event, self.actor = line, record_id, event, actor
-        self.receipt, self.payload = receipt, payload
+class _Event(NamedTuple):
+    line: int
+    record_id: str
+    event: str
+    actor: str
+    payload: bytes  # the canonical receipt payload
 
 
 @dataclass
@@ -822,8 +854,9 @@ class _Batch:
     events: list[_Event] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
     duplicates: int = 0
-    signing: list[tuple[list[_Event], Future[list[bytes]]]] = field(default_factory=list)
     failure: str = ""
+    # (consent_batches id, signed statement) of what was written, to append to the log.
+    statements: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def first_line(self) -> int:
@@ -863,12 +896,8 @@ class ConsentImporter:
         self._limits = limits or ImportLimits()
         self._codec = _Codec(engine.dialect.name == "sqlite")
         self._inserts = {
-            name: _Insert(table, cols, engine.dialect, self._codec.driver_level)
-            for name, table, cols in (
-                ("records", consent_records, _RECORD_COLUMNS),
-                ("scopes", consent_scopes, _SCOPE_COLUMNS),
-                ("events", consent_events, _EVENT_COLUMNS),
-            )
+            name: _Executemany(stmt, names, engine.dialect, self._codec.driver_level)
+            for name, stmt, names in _STATEMENTS
         }
 
     # -- the run ----------------------------------------------------------------------------
@@ -897,12 +926,13 @@ class ConsentImporter:
         return _Run(self, reader, default_actor, on_error, progress).run()
 
     def _setup(self, default_actor: str) -> _Setup:
-        raw = self._signer.crypto_key().private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        return _Setup(self._city, raw, self._known_parties, default_actor, self._codec.driver_level)
+        return _Setup(self._city, self._known_parties, default_actor, self._codec.driver_level)
+
+    def sign_statement(self, at: datetime, payloads: Sequence[bytes]) -> bytes:
+        """The signed statement (DSSE) covering these receipt payloads of one batch."""
+        return dsse.sign(
+            BATCH_STATEMENT, batch_statement(self._city, at, payloads), self._signer
+        ).to_json()
 
 
 def open_rows(
@@ -925,7 +955,7 @@ def import_file(
 
     The input is checked before anything else is opened. The node's database is migrated if it
     needs to be (as the node does on start), recipients are checked against the trust bundle,
-    receipts are signed with the city's key and logged in the node's log.
+    each batch is covered by a statement signed with the city's key and logged in the node's log.
     """
     from federation.startup import open_party
     from node.server import NodeConfig
@@ -955,7 +985,7 @@ class _Run:
     """One import run: the batch pipeline.
 
     This thread reads, looks up, hands rows to the workers and resolves; a writer thread writes
-    the batch before (one transaction) and appends its receipts to the log, meanwhile. A batch is
+    the batch before (one transaction) and appends its statements to the log, meanwhile. A batch is
     resolved on top of the one being written (`_Batch.view`); if that one fails, or had to be
     resolved again, the next is resolved again from the store before it is handed over.
     """
@@ -980,6 +1010,7 @@ class _Run:
         self.pool: Executor | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="consent-import-writer")
         self.conn: sa.Connection | None = None  # the writer's
+        self._synchronous = 2  # its synchronous setting before the run (2: FULL)
 
     def run(self) -> ImportReport:
         # The collector's passes over the batches in flight (hundreds of thousands of tuples)
@@ -994,17 +1025,15 @@ class _Run:
                     self.pool = self._start_pool()
                 stored = self._lookup(batch)
                 overlay = writing[0].view if writing is not None else {}
-                pending = self._dispatch(batch, stored, overlay)
+                pending = self._dispatch(batch)
                 batch.prepared = self._collect(batch, pending)
                 self._resolve(batch, stored, overlay)
-                self._sign_async(batch)
                 if writing is not None:
                     self._settle(*writing)
                     if writing[0].view is not overlay:
                         # It failed (nothing of it stored) or was resolved again: start over
                         # from what is stored now.
                         self._resolve(batch, self._lookup(batch), {})
-                        self._sign_async(batch)
                 writing = (batch, self.writer.submit(self._write_and_log, batch))
             if writing is not None:
                 self._settle(*writing)
@@ -1051,22 +1080,9 @@ class _Run:
             initargs=(self.setup,),
         )
 
-    def _dispatch(
-        self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]
-    ) -> list[Future[list[Prepared]]]:
-        """Start preparing the batch, signing the creations of records not stored yet (the
-        rare creation this guesses wrong is signed later, when resolving finds it)."""
-        seen: set[str] = set()
-        rows: list[tuple[int, tuple[Any, ...] | _Bad, bool]] = []
-        known = stored.rows
-        for line, values in batch.rows:
-            sign = False
-            if values[_EVENT] in _STARTING_NAMES and not isinstance(values, _Bad):
-                rid = values[_RECORD_ID]
-                if rid not in seen and isinstance(rid, str):
-                    seen.add(rid)
-                    sign = rid not in known and rid not in overlay
-            rows.append((line, values, sign))
+    def _dispatch(self, batch: _Batch) -> list[Future[list[Prepared]]]:
+        """Start preparing the batch."""
+        rows = batch.rows
         if self.pool is None:
             return [_done(_prepare_local(self.local, rows, batch.at))]
         parts = self._worker_count() * 2
@@ -1081,27 +1097,6 @@ class _Run:
         for f in pending:
             out.extend(_result(f))
         return out
-
-    def _sign_async(self, batch: _Batch) -> None:
-        todo = [e for e in batch.events if e.receipt is None]
-        batch.signing = []
-        if not todo or self.pool is None:
-            return  # signed here, by the writer (_await_signatures)
-        step = max(64, -(-len(todo) // self._worker_count()))
-        for i in range(0, len(todo), step):
-            part = todo[i : i + step]
-            payloads = [e.payload for e in part if e.payload is not None]
-            batch.signing.append((part, self.pool.submit(_sign_chunk, payloads)))
-
-    def _await_signatures(self, batch: _Batch) -> None:
-        for part, future in batch.signing:
-            for e, receipt in zip(part, _result(future), strict=True):
-                e.receipt = receipt
-        batch.signing = []
-        for e in batch.events:
-            if e.receipt is None:
-                assert e.payload is not None
-                e.receipt = self.local.sign(e.payload)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -1132,25 +1127,25 @@ class _Run:
     def _first_digest(self, record_id: str) -> str:
         """The terms digest the record was created with (in its first event's receipt)."""
         with self.engine.connect() as conn:
-            receipt = conn.execute(
-                sa.select(consent_events.c.receipt)
+            first = conn.execute(
+                sa.select(consent_events.c.receipt, consent_events.c.payload)
                 .where(consent_events.c.record_id == record_id)
                 .order_by(consent_events.c.event_id)
                 .limit(1)
-            ).scalar_one_or_none()
-        if receipt is None:
+            ).first()
+        if first is None:
             return ""
-        return str(_stored_payload(bytes(receipt)).get("terms_digest", ""))
+        return str(_stored_payload(*first).get("terms_digest", ""))
 
     def _renewals(self, record_id: str) -> set[str | None]:
         with self.engine.connect() as conn:
-            receipts = conn.execute(
-                sa.select(consent_events.c.receipt).where(
+            rows = conn.execute(
+                sa.select(consent_events.c.receipt, consent_events.c.payload).where(
                     consent_events.c.record_id == record_id,
                     consent_events.c.event == Event.RENEW.value,
                 )
-            ).scalars()
-            return {_stored_payload(bytes(r)).get("valid_until") for r in receipts}
+            )
+            return {_stored_payload(*r).get("valid_until") for r in rows}
 
     def _resolve(self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]) -> None:
         """Apply the batch's rows in file order to what is stored (and the batch before)."""
@@ -1193,7 +1188,7 @@ class _Run:
         for item in batch.prepared:
             kind = item[0]
             if kind == START:
-                _, line, event, rid, digest, actor, rec_row, scopes, receipt = item
+                _, line, event, rid, digest, actor, rec_row, scopes, payload = item
                 rec = get(rid)
                 if rec is None:
                     state = _STATE_BY_NAME[event]
@@ -1202,11 +1197,7 @@ class _Run:
                         state, digest, None, None, values_at[line], digest, set(), True
                     )
                     creates[rid] = [rec_row, scopes]
-                    payload = None
-                    if receipt is None:
-                        record = self.local.record(values_at[line])
-                        payload = self.local.payload(record, Event(event), actor, at, state)
-                    events.append(_Event(line, rid, event, actor, receipt, payload))
+                    events.append(_Event(line, rid, event, actor, payload))
                 elif digest != rec.digest and digest != self._created_digest(rid, rec):
                     fail(
                         line,
@@ -1267,7 +1258,7 @@ class _Run:
                     changed_creations.append(rid)
                 else:
                     batch.changes[rid] = rec
-                batch.events.append(_Event(line, rid, name, actor, None, payload))
+                batch.events.append(_Event(line, rid, name, actor, _receipt_json(payload)))
             else:
                 _, line, rid, reason, message = item
                 fail(line, rid, reason, message)
@@ -1313,8 +1304,8 @@ class _Run:
     # -- writing (in the writer thread) -------------------------------------------------------
 
     def _write_and_log(self, batch: _Batch) -> None:
-        """Write the batch in one transaction; once committed, append its receipts to the log."""
-        self._await_signatures(batch)
+        """Write the batch in one transaction; once committed, append its signed statements to
+        the log."""
         if not batch.events:
             return
         for attempt in range(self.limits.write_attempts):
@@ -1331,39 +1322,47 @@ class _Run:
                     break
                 # Someone else wrote these records meanwhile: resolve again, from the store.
                 self._resolve(batch, self._lookup(batch), {})
-                self._await_signatures(batch)
             except sa.exc.SQLAlchemyError as e:
                 batch.failure = _db_message(e)
                 break
         if batch.failure:
             batch.view = {}  # nothing of it is stored: the next batch must not build on it
             return
-        receipts = [e.receipt for e in batch.events if e.receipt is not None]
-        assert len(receipts) == len(batch.events)
         try:
-            self._append_log(receipts)
+            self._log_statements(batch.statements)
         except CitybrokerError as e:
             raise StoreError(
                 f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) is "
-                f"stored, but its receipts could not be appended to the node's log: {e.message}",
+                f"stored, but its signed statement could not be appended to the node's log: "
+                f"{e.message}",
                 reason="IMPORT_LOG_FAILED",
             ) from None
 
     def _connection(self) -> sa.Connection:
-        """The writer's own connection, for the whole run (on SQLite with a larger page cache:
-        inserting at random keys into indexes bigger than the default 2 MB cache is slow)."""
+        """The writer's own connection, for the whole run. On SQLite: a larger page cache
+        (inserting at random keys into indexes bigger than the default 2 MB cache is slow), and
+        under WAL synchronous=NORMAL, so a batch's commit does not wait for the disk: its
+        statement's commit in the log right after is FULL, and syncing the WAL file then makes
+        the batch's earlier frames durable too, before the batch is reported."""
         if self.conn is None:
             self.conn = self.engine.connect()
             if self.engine.dialect.name == "sqlite":
                 self.conn.exec_driver_sql(f"PRAGMA cache_size=-{self.limits.cache_kib}")
+                mode = self.conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                self._synchronous = int(
+                    self.conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+                )
+                if str(mode).lower() == "wal":
+                    self.conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
                 self.conn.commit()
         return self.conn
 
     def _close_connection(self) -> None:
         if self.conn is not None:
             try:
-                if self.engine.dialect.name == "sqlite":  # give the memory back to the pool
+                if self.engine.dialect.name == "sqlite":  # as the pool's other connections
                     self.conn.exec_driver_sql("PRAGMA cache_size=-2000")
+                    self.conn.exec_driver_sql(f"PRAGMA synchronous={self._synchronous}")
                     self.conn.commit()
             finally:
                 self.conn.close()
@@ -1371,7 +1370,14 @@ class _Run:
 
     def _write(self, batch: _Batch) -> None:
         inserts = self.imp._inserts
+        events = batch.events
+        envelopes = [
+            self.imp.sign_statement(batch.at, [e.payload for e in events[i : i + step]])
+            for step in (MAX_STATEMENT_EVENTS,)
+            for i in range(0, len(events), step)
+        ]
         conn = self._connection()
+        batch.statements = []
         with conn.begin():
             _lock(conn)
             self._check_unchanged(conn, batch)
@@ -1385,10 +1391,17 @@ class _Run:
                     conn, sorted((s for c in creates for s in c[1]), key=_by_filter)
                 )
             self._apply_changes(conn, batch.changes)
-            at = self.imp._codec.dt(timefmt.to_db(batch.at))
-            inserts["events"].run(
-                conn, [(e.record_id, e.event, e.actor, at, e.receipt) for e in batch.events]
-            )
+            at_db = timefmt.to_db(batch.at)
+            at = self.imp._codec.dt(at_db)
+            rows = []
+            for n, envelope in enumerate(envelopes):
+                key = conn.execute(_INSERT_BATCH, {"at": at_db, "envelope": envelope})
+                assert key.inserted_primary_key is not None
+                batch_id = int(key.inserted_primary_key[0])
+                part = events[n * MAX_STATEMENT_EVENTS : (n + 1) * MAX_STATEMENT_EVENTS]
+                rows += [(e.record_id, e.event, e.actor, at, e.payload, batch_id) for e in part]
+                batch.statements.append((batch_id, envelope))
+            inserts["events"].run(conn, rows)
 
     def _check_unchanged(self, conn: sa.Connection, batch: _Batch) -> None:
         expected = {rid: rec.expect for rid, rec in batch.changes.items()}
@@ -1408,56 +1421,36 @@ class _Run:
 
     def _apply_changes(self, conn: sa.Connection, changes: dict[str, _Rec]) -> None:
         """Update stored records (and their scopes) to the state this batch leaves them in."""
-        moved: list[dict[str, Any]] = []
-        renewed: list[dict[str, Any]] = []
+        moved: list[tuple[str, str]] = []
+        renewed: list[tuple[Any, str, str, str]] = []
+        dt = self.imp._codec.dt
         for rid, rec in changes.items():
             assert rec.expect is not None
             if rec.digest == rec.expect[1]:
-                moved.append({"b_id": rid, "b_state": rec.state.value})
+                moved.append((rec.state.value, rid))
             else:
                 assert rec.record is not None
                 until = rec.record.valid_until
                 renewed.append(
-                    {
-                        "b_id": rid,
-                        "b_state": rec.state.value,
-                        "b_until": timefmt.to_db(until) if until else None,
-                        "b_digest": rec.digest,
-                    }
+                    (dt(timefmt.to_db(until) if until else None), rec.state.value, rec.digest, rid)
                 )
-        r, s = consent_records, consent_scopes
-        p_id = sa.bindparam("b_id", type_=sa.String())
-        p_state = sa.bindparam("b_state", type_=sa.String())
-        p_until = sa.bindparam("b_until", type_=sa.DateTime())
-        if moved:
-            for t in (r, s):
-                conn.execute(t.update().where(t.c.record_id == p_id).values(state=p_state), moved)
-        if renewed:
+        run = self.imp._inserts
+        run["move records"].run(conn, moved)
+        run["move scopes"].run(conn, moved)
+        run["renew records"].run(conn, renewed)
+        run["renew scopes"].run(conn, [(state, u, rid) for u, state, _, rid in renewed])
+
+    def _log_statements(self, statements: list[tuple[int, bytes]]) -> None:
+        """Append a batch's statements to the log; their log indexes are stored in the log's
+        own transaction, so a statement marked logged is in the log."""
+        ids = [batch_id for batch_id, _ in statements]
+
+        def mark(conn: sa.Connection, first: int) -> None:
             conn.execute(
-                r.update()
-                .where(r.c.record_id == p_id)
-                .values(
-                    state=p_state, valid_until=p_until, content_digest=sa.bindparam("b_digest")
-                ),
-                renewed,
-            )
-            conn.execute(
-                s.update().where(s.c.record_id == p_id).values(state=p_state, valid_until=p_until),
-                [{k: v for k, v in row.items() if k != "b_digest"} for row in renewed],
+                _MARK_LOGGED, [{"b_id": b, "b_index": first + k} for k, b in enumerate(ids)]
             )
 
-    def _append_log(self, receipts: list[bytes]) -> None:
-        log = self.imp._log
-        chunk: list[bytes] = []
-        size = 0
-        for receipt in receipts:
-            if chunk and (len(chunk) >= _LOG_CHUNK or size + len(receipt) > _LOG_CHUNK_BYTES):
-                log.append_many(chunk, LOG_KIND)
-                chunk, size = [], 0
-            chunk.append(receipt)
-            size += len(receipt)
-        if chunk:
-            log.append_many(chunk, LOG_KIND)
+        self.imp._log.append_many([env for _, env in statements], LOG_KIND, side_write=mark)
 
     # -- reporting (in this thread) -----------------------------------------------------------
 
@@ -1499,10 +1492,8 @@ class _Run:
             self.progress(report)
 
 
-def _prepare_local(
-    preparer: _Preparer, rows: Sequence[tuple[int, tuple[Any, ...] | _Bad, bool]], at: datetime
-) -> list[Prepared]:
-    return [preparer.prepare(line, values, sign, at) for line, values, sign in rows]
+def _prepare_local(preparer: _Preparer, rows: Sequence[RawRow], at: datetime) -> list[Prepared]:
+    return [preparer.prepare(line, values, at) for line, values in rows]
 
 
 _by_resident = operator.itemgetter(_RECORD_COLUMNS.index("resident_id"))
@@ -1525,19 +1516,21 @@ def _result(future: Future[Any]) -> Any:
         return future.result()
     except BrokenProcessPool:
         raise StoreError(
-            "a signing worker process died (out of memory?); nothing of the current batch "
+            "an import worker process died (out of memory?); nothing of the current batch "
             "was written",
             reason="IMPORT_WORKER_FAILED",
         ) from None
 
 
-def _stored_payload(receipt: bytes) -> dict[str, Any]:
-    """The payload of a receipt this node stored (its own signature; only read, not trusted)."""
+def _stored_payload(receipt: bytes | None, payload: bytes | None) -> dict[str, Any]:
+    """The receipt payload of an event this node stored, from its receipt or (imported) its
+    payload (the node's own; only read, not trusted)."""
     try:
-        payload = json.loads(dsse.Envelope.from_json(receipt).payload)
+        body = dsse.Envelope.from_json(receipt).payload if receipt is not None else payload
+        obj = json.loads(body or b"")
     except (CitybrokerError, ValueError):
         return {}
-    return payload if isinstance(payload, dict) else {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -1557,18 +1550,25 @@ def _db_message(e: sa.exc.SQLAlchemyError) -> str:
     return f"{type(orig or e).__name__}: {detail}"
 
 
-class _Insert:
-    """One executemany INSERT: straight to the driver on SQLite, SQLAlchemy Core elsewhere."""
+class _Executemany:
+    """One executemany INSERT or UPDATE of rows given as tuples in the order of `names` (columns
+    of an INSERT, bound parameters of an UPDATE): straight to the driver on SQLite, SQLAlchemy
+    Core elsewhere."""
 
     def __init__(
-        self, table: sa.Table, columns: Sequence[str], dialect: sa.Dialect, driver_level: bool
+        self,
+        stmt: sa.Insert | sa.Update,
+        names: Sequence[str],
+        dialect: sa.Dialect,
+        driver_level: bool,
     ) -> None:
-        self.columns = tuple(columns)
-        self.stmt = table.insert()
-        compiled = self.stmt.compile(dialect=dialect, column_keys=list(columns))
+        self.columns = tuple(names)
+        self.stmt = stmt
+        insert = isinstance(stmt, sa.Insert)
+        compiled = stmt.compile(dialect=dialect, column_keys=list(names) if insert else None)
         self.driver_level = driver_level
-        if driver_level and list(compiled.positiontup or ()) != list(columns):
-            raise AssertionError(f"unexpected parameter order for {table.name}")
+        if driver_level and list(compiled.positiontup or ()) != list(names):
+            raise AssertionError(f"unexpected parameter order in {compiled}")
         self.sql = str(compiled)
 
     def run(self, conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:

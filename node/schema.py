@@ -47,6 +47,21 @@ consent_scopes = sa.Table(
     sa.Index("ix_consent_filter", "purpose", "recipient", "data_category", "state", "resident_id"),
 )
 
+# One signed statement of a bulk import (node.consent_import): it lists the SHA-256 digests of
+# the receipt payloads of the events it covers, and is appended to the node's Merkle log.
+consent_batches = sa.Table(
+    "consent_batches",
+    metadata,
+    sa.Column("batch_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(), nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    # Set in the log's own transaction once the statement is logged.
+    sa.Column("log_index", sa.BigInteger, nullable=True),
+)
+
+# An event's evidence is either its own signed receipt (the API), or, for imported events, the
+# receipt payload that `batch_id`'s signed statement covers (its receipt is then signed on demand,
+# byte for byte what signing at import would have given: Ed25519 is deterministic).
 consent_events = sa.Table(
     "consent_events",
     metadata,
@@ -61,7 +76,13 @@ consent_events = sa.Table(
     sa.Column("event", sa.String(32), nullable=False),
     sa.Column("actor", sa.String(128), nullable=False),
     sa.Column("at", sa.DateTime(), nullable=False),
-    sa.Column("receipt", sa.LargeBinary, nullable=False),
+    sa.Column("receipt", sa.LargeBinary, nullable=True),
+    sa.Column("payload", sa.LargeBinary, nullable=True),
+    sa.Column("batch_id", sa.Integer, sa.ForeignKey("consent_batches.batch_id"), nullable=True),
+    sa.CheckConstraint(
+        "receipt IS NOT NULL OR (payload IS NOT NULL AND batch_id IS NOT NULL)",
+        name="ck_consent_events_evidence",
+    ),
 )
 
 agreements = sa.Table(

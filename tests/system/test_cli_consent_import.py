@@ -70,7 +70,7 @@ def test_import_reports_bad_rows_and_a_second_run_changes_nothing(
     city = fed.cities["aurora"]
     events = tmp_path / "events.csv"
     good = write_events(events, 300, fed.partner_id)
-    # Small batches, so the file takes several and the signing workers start.
+    # Small batches, so the file takes several and the workers start.
     done = import_(str(events), "--config", str(city.config), "--batch-size", "100")
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
@@ -88,7 +88,10 @@ def test_import_reports_bad_rows_and_a_second_run_changes_nothing(
     ]
     assert count(city.database, "consent_records") == 300
     assert count(city.database, "consent_events") == good
-    assert count(city.database, "log_entries") == good
+    # One signed statement per batch of 100 rows covers its events, each in the log.
+    batches = -(-(good + 2) // 100)
+    assert count(city.database, "consent_batches") == batches
+    assert count(city.database, "log_entries") == batches
 
     report.unlink()
     again = import_(str(events), "--config", str(city.config), "--errors", str(tmp_path / "r.csv"))
@@ -96,7 +99,22 @@ def test_import_reports_bad_rows_and_a_second_run_changes_nothing(
     assert "Traceback" not in again.stdout + again.stderr
     assert (tmp_path / "r.csv").exists() and not report.exists()
     assert count(city.database, "consent_events") == good
-    assert count(city.database, "log_entries") == good
+    assert count(city.database, "log_entries") == batches
+
+    # The auditor's verifier checks the node's log with its batch statements, offline.
+    bundle = tmp_path / "bundle"
+    exported = subprocess.run(
+        [sys.executable, "-m", "federation.cli", "audit", "export"]
+        + ["--config", str(city.config), "--out", str(bundle)],
+        capture_output=True, text=True, timeout=120, env=environment(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    verified = subprocess.run(
+        [sys.executable, "-m", "federation.cli", "audit", "verify", str(bundle)]
+        + ["--authority-key", str(fed.authority_key)],
+        capture_output=True, text=True, timeout=120, env=environment(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_a_clean_jsonl_import_exits_zero_and_writes_no_report(

@@ -1,9 +1,10 @@
 """Bulk consent import: parsing, idempotence, conflicts, per-row errors, batch transactions,
-receipts (the API's, byte for byte) and their log entries."""
+receipts (the API's, byte for byte) and the signed batch statements in the log that cover them."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from keys.ed25519 import PublicKey, Signer
 from node import consent_import
 from node.consent import RECEIPT, ConsentRecord, ConsentRegistry
 from node.consent_import import (
+    BATCH_STATEMENT,
     COLUMNS,
     ConsentImporter,
     ImportFormat,
@@ -32,7 +34,7 @@ from node.consent_import import (
     open_rows,
 )
 from node.consent_lifecycle import Event, State
-from node.schema import consent_events, consent_records, consent_scopes
+from node.schema import consent_batches, consent_events, consent_records, consent_scopes
 
 CITY_KEY = Signer.generate()
 ORIGIN = "citybroker/node/aurora"
@@ -135,6 +137,36 @@ def city_lookup(kid: str) -> PublicKey | None:
 def verified(receipt: bytes) -> dict[str, Any]:
     payload, _ = dsse.verify(dsse.Envelope.from_json(receipt), RECEIPT, city_lookup)
     return payload
+
+
+def receipts(engine: sa.Engine) -> list[bytes]:
+    """Every event's signed receipt, as the registry gives it (history, export), in order."""
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    return [
+        registry.stored_receipt(e["receipt"], e["payload"])
+        for e in rows_of(engine, consent_events, consent_events.c.event_id)
+    ]
+
+
+def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]:
+    """Check that every imported event is covered: its receipt payload's digest is listed in its
+    batch's statement, signed by the city and in the node's log. Returns the statements in log
+    order."""
+    statements: dict[int, dict[str, Any]] = {}
+    order: dict[int, int] = {}
+    for b in rows_of(engine, consent_batches):
+        index = b["log_index"]
+        assert index is not None
+        record = log.records(index, index + 1)[0]
+        assert (record.entry, record.kind) == (bytes(b["envelope"]), "consent")
+        envelope = dsse.Envelope.from_json(record.entry)
+        statements[b["batch_id"]], _ = dsse.verify(envelope, BATCH_STATEMENT, city_lookup)
+        order[b["batch_id"]] = index
+    for e in rows_of(engine, consent_events, consent_events.c.event_id):
+        if e["receipt"] is None:
+            digest = "sha256:" + hashlib.sha256(e["payload"]).hexdigest()
+            assert digest in statements[e["batch_id"]]["receipts"], e
+    return [statements[b] for b in sorted(order, key=order.__getitem__)]
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -281,8 +313,10 @@ def test_import_stores_records_events_and_receipts_the_api_would(
     assert events[0]["actor"] == "portal"
     assert events[1]["actor"] == "import via events.csv"
     # Receipts verify with the city's key and are exactly what the API signs for that event.
-    for e in events:
-        payload = verified(e["receipt"])
+    signed = receipts(engine)
+    for e, receipt in zip(events, signed, strict=True):
+        assert e["receipt"] is None  # signed when asked for, over the stored payload
+        payload = verified(receipt)
         assert (payload["record_id"], payload["event"]) == (e["record_id"], e["event"])
         at = timefmt.parse(payload["at"])
         assert timefmt.to_db(at) == e["at"]
@@ -290,11 +324,15 @@ def test_import_stores_records_events_and_receipts_the_api_would(
         if e["event"] == "given":  # the terms as given (before a later renewal)
             record = record if e["record_id"] != "r2" else _with_until(record, UNTIL)
         expected = registry.receipt(record, Event(e["event"]), e["actor"], at, State(e["event"]))
-        assert bytes(e["receipt"]) == expected
-    # ... and they are the node's log, in the same order.
-    assert log.size() == 5
-    assert log.entries(0, 5) == [bytes(e["receipt"]) for e in events]
-    assert log.records(0, 1)[0].kind == "consent"
+        assert receipt == expected
+    assert [h.receipt for h in registry.history("r1")] == [signed[0], signed[2]]
+    # Each batch's statement covers its events' receipt payloads, in order, and is in the log.
+    statements = logged_statements(engine, log)
+    assert log.size() == len(statements) == 2
+    assert [d for s in statements for d in s["receipts"]] == [
+        "sha256:" + hashlib.sha256(dsse.Envelope.from_json(r).payload).hexdigest() for r in signed
+    ]
+    assert {(s["city"], s["at"]) for s in statements} == {("aurora", payload["at"])}
 
 
 def _with_until(record: ConsentRecord, until: str) -> ConsentRecord:
@@ -486,13 +524,15 @@ def test_a_database_failure_rolls_back_exactly_one_batch(
     stored = {r["record_id"] for r in rows_of(engine, consent_records)}
     assert stored == {"r0", "r1", "r2", "r6", "r7", "r8"}
     assert {s["record_id"] for s in rows_of(engine, consent_scopes)} == stored
-    assert log.size() == 6
-    assert {verified(e)["record_id"] for e in log.entries(0, 6)} == stored
+    assert log.size() == 3
+    assert {verified(r)["record_id"] for r in receipts(engine)} == stored
+    assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == 6
     # Running the file again applies what failed, and only that.
     report, errors = run(importer(engine, log, batch_size=3), path)
     assert errors == [] and (report.applied, report.duplicates) == (4, 6)
     assert history(engine, "r4") == ["given", "withdrawn"]
-    assert log.size() == 10
+    assert log.size() == 5
+    assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == 10
 
 
 def test_a_change_through_the_api_while_importing_is_respected(
@@ -555,17 +595,15 @@ def test_records_given_and_changed_in_one_batch_are_stored_as_they_end_up(
     }
     digests = {r["record_id"]: r["content_digest"] for r in rows_of(engine, consent_records)}
     assert digests == {"a": a.digest(), "b": b.digest()}
-    receipts = [
-        bytes(e["receipt"]) for e in rows_of(engine, consent_events, consent_events.c.event_id)
-    ]
-    assert [verified(r)["state"] for r in receipts] == [
+    signed = receipts(engine)
+    assert [verified(r)["state"] for r in signed] == [
         "given",
         "renewed",
         "invalidated",
         "given",
         "renewed",
     ]
-    assert verified(receipts[2])["terms_digest"] == a.digest()
+    assert verified(signed[2])["terms_digest"] == a.digest()
 
 
 def test_without_a_trust_bundle_any_recipient_id_passes(
@@ -586,13 +624,14 @@ def test_receipts_match_the_registry_also_for_non_ascii_terms(
     )
     report, errors = run(importer(engine, log), path)
     assert errors == [] and report.applied == 1
-    (stored,) = rows_of(engine, consent_events)
+    (stored,) = receipts(engine)
     registry = ConsentRegistry(engine, "aurora", CITY_KEY)
-    at = timefmt.parse(verified(stored["receipt"])["at"])
+    at = timefmt.parse(verified(stored)["at"])
     expected = registry.receipt(
         registry.get("r-ä"), Event.GIVE, "kaupunki € portal", at, State.GIVEN
     )
-    assert bytes(stored["receipt"]) == expected
+    assert stored == expected
+    logged_statements(engine, log)
 
 
 def test_worker_processes_give_the_same_result(
@@ -612,8 +651,9 @@ def test_worker_processes_give_the_same_result(
     assert report.applied == len(rows) - 1
     events = rows_of(engine, consent_events, consent_events.c.event_id)
     assert len(events) == report.applied
-    assert all(verified(e["receipt"])["record_id"] == e["record_id"] for e in events)
-    assert log.entries(0, log.size()) == [bytes(e["receipt"]) for e in events]
+    signed = receipts(engine)
+    assert [verified(r)["record_id"] for r in signed] == [e["record_id"] for e in events]
+    assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == len(events)
     again, errors = run(importer(engine, log, batch_size=25, workers=2), path)
     assert (again.applied, again.duplicates, len(errors)) == (0, len(rows) - 1, 1)
 
@@ -724,3 +764,50 @@ def test_a_refusal_and_a_consent_under_one_id_conflict_as_in_the_api(
         registry.give(registry.get("r1"), actor="portal")
     again, errors = run(importer(engine, log), path)
     assert (again.applied, again.duplicates, len(errors)) == (0, 3, 3)
+
+
+def test_every_imported_event_is_covered_by_a_signed_statement_in_the_log(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consent_import, "MAX_STATEMENT_EVENTS", 2)
+    rows = [given(f"r{i}", f"res-{i}") for i in range(5)]
+    path = write_csv(tmp_path / "events.csv", [*rows, event("withdrawn", "r0")])
+    report, errors = run(importer(engine, log, batch_size=10), path)
+    assert errors == [] and report.applied == 6
+    # One batch, over the limit of a statement: three statements, each logged.
+    statements = logged_statements(engine, log)
+    assert [len(s["receipts"]) for s in statements] == [2, 2, 2]
+    assert log.size() == 3
+    assert {s["receipt_type"] for s in statements} == {dsse.media_type(RECEIPT)}
+    # A stored payload that is not what was signed is not covered any more.
+    where = consent_events.c.record_id == "r3"
+    with engine.begin() as conn:
+        payload = conn.execute(sa.select(consent_events.c.payload).where(where)).scalar_one()
+        changed = payload.replace(b'"res-3"', b'"res-9"')
+        assert changed != payload
+        conn.execute(consent_events.update().where(where).values(payload=changed))
+    with pytest.raises(AssertionError):
+        logged_statements(engine, log)
+
+
+@pytest.mark.postgres
+def test_the_same_import_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    engine = storage.create_engine(postgres_url)
+    storage.upgrade(engine)
+    rows = [given(f"r{i}", f"res-{i}") for i in range(6)]
+    rows += [event("withdrawn", "r1"), event("renewed", "r2", valid_until=LATER)]
+    path = write_csv(tmp_path / "events.csv", [*rows, given("r3", "res-9")])
+    try:
+        with MerkleLog(engine, ORIGIN, CITY_KEY) as log:
+            report, errors = run(importer(engine, log, batch_size=4), path)
+            assert [e.reason for e in errors] == ["CONSENT_RECORD_CONFLICT"]
+            assert report.applied == 8
+            registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+            assert registry.get("r1").state is State.WITHDRAWN
+            assert registry.get("r2").valid_until == timefmt.parse(LATER)
+            assert [verified(r)["event"] for r in receipts(engine)][-2:] == ["withdrawn", "renewed"]
+            assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == 8
+            again, _ = run(importer(engine, log, batch_size=4), path)
+            assert (again.applied, again.duplicates) == (0, 8)
+    finally:
+        engine.dispose()
