@@ -51,8 +51,8 @@ class DuckDBSettings:
 
     DuckDB's own defaults (80% of the machine's memory, a thread per core) suit a database server,
     not a node answering beside its other work: these bound the memory DuckDB's buffer manager
-    takes. Below about 80 MB, a count of distinct residents over 3 million trips fails with
-    DuckDB's Out of Memory error instead of finishing.
+    takes (measured node peaks per setting: README, Storage engines). At 64 MB a count of distinct
+    residents over 3 million trips fails with DuckDB's Out of Memory error.
     """
 
     memory_limit: str = "100MB"
