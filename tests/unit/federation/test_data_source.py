@@ -216,3 +216,23 @@ def test_duckdb_loads_the_same_rows_as_sqlite(city: Path, tmp_path: Path) -> Non
     finally:
         sqlite.dispose()
         duck.dispose()
+
+
+def test_a_node_config_without_data_reads_the_duckdb_file_beside_its_database(
+    tmp_path: Path,
+) -> None:
+    from federation import sandbox
+    from node.server import NodeConfig
+
+    fed = sandbox.create(tmp_path / "fed")
+    layout = fed.cities["aurora"]
+    config = NodeConfig.load(layout.config)
+    assert (config.data, config.duckdb) == (f"duckdb:///{layout.data}", DuckDBSettings())
+    text = layout.config.read_text()
+    explicit = tmp_path / "node.toml"
+    explicit.write_text(
+        'data = "duckdb:///elsewhere.duckdb"\n' + text + '\n[duckdb]\nmemory_limit = "1GB"\n'
+    )
+    config = NodeConfig.load(explicit)
+    assert config.data == f"duckdb:///{(tmp_path / 'elsewhere.duckdb').resolve()}"
+    assert config.duckdb == DuckDBSettings("1GB", 2)
