@@ -92,7 +92,10 @@ def create_engine(
             args: dict[str, Any] = {"read_only": read_only}
             if duckdb is not None:
                 args["config"] = duckdb.config()
-            engine = sa.create_engine(url, connect_args=args, pool_size=16, max_overflow=16)
+            # Few connections: each keeps its own temporary table of consenting residents (the
+            # consent push, node.aggregate) in DuckDB's memory, and one query already runs on all
+            # of DuckDB's threads, so more connections would add memory, not speed.
+            engine = sa.create_engine(url, connect_args=args, pool_size=4, max_overflow=4)
             sa.event.listen(engine, "connect", _duckdb_macros)
         else:
             engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
