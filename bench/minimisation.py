@@ -11,8 +11,9 @@ SQL run directly on the same engine; the embedded default within 2x of DuckDB's 
 peak memory under 300 MB while answering.
 
 What runs, per engine, on the same generated rows. Engines: sqlite, postgresql, duckdb (DuckDB
-defaults) and duckdb_limited (the same DuckDB file with `--duckdb-limit` settings, by default
-memory_limit=100MB&threads=1, on the node's data URL and the raw connection alike).
+settings: the node's default `[duckdb]` table) and duckdb_limited (the same DuckDB file with
+`--duckdb-limit` settings, by default memory_limit=100MB&threads=1); the node (its `[duckdb]` table)
+and the raw connection get the same settings.
 
 1. Data, generated once (DuckDB in memory, deterministic hashes of the row number) and bulk loaded:
    SQLite by executemany in large transactions (journal off while loading, then WAL), PostgreSQL by
@@ -24,10 +25,10 @@ memory_limit=100MB&threads=1, on the node's data URL and the raw connection alik
    SQLite and PostgreSQL are analysed after loading (PostgreSQL's autovacuum would do so anyway).
 2. The node: `python -m federation.cli node serve` as its own process. SQLite and PostgreSQL: node
    database = the data's database (consents beside the data). DuckDB: the node database is a SQLite
-   file with the consents and `data` is the DuckDB file (opened read-only), so for every query the
-   node pushes the consenting residents into a temporary table on its DuckDB connection
-   (node.aggregate.push_consenting) and copies the contributing residents back for the
-   transparency record.
+   file with the consents and `data` is the DuckDB file (opened read-only), so the node mirrors
+   consent into a temporary table on its DuckDB connection (node.aggregate.push_consenting: in
+   full on the connection's first query, then only the consent records changed since) and
+   computes the contributors' bitmap for the transparency record there.
 3. Raw SQL against end to end, alternating (raw, e2e, e2e, raw, ...) after one warm-up each, so
    that other load on a shared machine falls on both alike; medians of --runs. Raw SQL is the
    statement the node compiles (node.aggregate.compile_query for the dialect, consent semi-join on
@@ -38,9 +39,12 @@ memory_limit=100MB&threads=1, on the node's data URL and the raw connection alik
    answer's cells are checked against raw SQL's.
    Node peak memory: VmHWM of the node process, reset (/proc/<pid>/clear_refs) after start-up, just
    before the first query, and read after the last.
-4. Stages, timed outside the node after it stopped (median of --stage-runs; writes rolled back):
-   the transparency record (node.transparency: every contributing resident id into
-   exchange_residents) and, for DuckDB, pushing the consenting ids and the aggregate on them.
+4. Stages, timed outside the node after it stopped (median of --stage-runs): the transparency
+   record (node.transparency: the contributors' bitmap computed where the data lives, then written;
+   rolled back) and, for DuckDB, the consent sync (in full once, as on a new connection; with
+   nothing changed; after 1,000 withdrawals) and the aggregate on the mirror.
+   The first (warm-up) query's time is reported too: it pays for numbering residents (SQLite,
+   PostgreSQL: numbered in its transparency record) or loading the mirror (DuckDB) once.
 
 Output: a table, and bench/results/minimisation.json in the shared figure format (bench/common.py).
 """
@@ -92,12 +96,13 @@ from federation.wire import envelope_from_pb, envelope_to_pb
 from keys import timefmt, tokens
 from node import aggregate, synthetic, taxonomy
 from node.operator_client import OperatorClient
-from node.schema import consent_scopes, exchange_residents, exchanges
+from node.schema import consent_events, consent_records, consent_scopes
 from node.server import NodeConfig
+from node.transparency import Exchange, ExchangeRecorder
 
 NAME = "minimisation"
-# duckdb_limited: DuckDB with a memory limit and one thread (--duckdb-limit) on the node's data URL
-# and the raw SQL connection alike: what keeps the node under the memory goal.
+# duckdb: the node's default DuckDB settings; duckdb_limited: those of --duckdb-limit (by default one
+# thread); the node and the raw SQL connection alike.
 ENGINES = ("sqlite", "postgresql", "duckdb", "duckdb_limited")
 EMBEDDED = ("sqlite", "duckdb", "duckdb_limited")
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -134,6 +139,8 @@ QUERY_TEXT = (
     f"{PURPOSE}; one partner (by name or its recipient category); k = {K}"
 )
 CALL_TIMEOUT_S = 900.0
+# Consents withdrawn before a timed consent sync (stages): what a sync pays for a change.
+WITHDRAWALS = 1_000
 PLACEHOLDER_RECEIPT = b"bench placeholder: not a signed consent receipt"
 TRIP_COLUMNS = ("trip_id", "resident_id", "trip_date", "mode", "district", "distance_km")
 
@@ -408,6 +415,7 @@ class EngineRun:
     lifetime_peak_mb: float = 0.0
     peak_reset: bool = False
     node_cpu_s: float = 0.0
+    first_s: float = 0.0
     load_average: tuple[float, float] = (0.0, 0.0)
     cells: int = 0
     error: str = ""
@@ -428,8 +436,17 @@ def raw_cells(rows: list[Any]) -> Cells:
 class RawSql:
     """The node's compiled statement, executed on the engine through SQLAlchemy, one connection."""
 
-    def __init__(self, url: str, config: NodeConfig, recipients: tuple[str, ...]) -> None:
-        self.engine = storage.create_engine(url)
+    def __init__(
+        self,
+        url: str,
+        config: NodeConfig,
+        recipients: tuple[str, ...],
+        duckdb_settings: storage.DuckDBSettings | None,
+    ) -> None:
+        # DuckDB read-only, as the node opens it: both processes can then open the file.
+        self.engine = storage.create_engine(
+            url, read_only=duckdb_settings is not None, duckdb=duckdb_settings
+        )
         ds = config.catalogue.datasets[QUERY.dataset]
         self.stmt = aggregate.compile_query(
             QUERY, ds, recipients, timefmt.now(), self.engine.dialect.name
@@ -447,70 +464,90 @@ class RawSql:
         self.engine.dispose()
 
 
+def _withdraw(node: sa.Engine, count: int, at: datetime) -> None:
+    """Withdraw `count` given consents as the registry would (state, and one event each)."""
+    with node.begin() as conn:
+        ids = list(
+            conn.execute(
+                sa.select(consent_records.c.record_id)
+                .where(consent_records.c.state == "given")
+                .limit(count)
+            ).scalars()
+        )
+        for table in (consent_records, consent_scopes):
+            conn.execute(table.update().where(table.c.record_id.in_(ids)).values(state="withdrawn"))
+        conn.execute(
+            consent_events.insert(),
+            [
+                {
+                    "record_id": r,
+                    "event": "withdrawn",
+                    "actor": "resident",
+                    "at": at,
+                    "receipt": PLACEHOLDER_RECEIPT,
+                }
+                for r in ids
+            ],
+        )
+
+
 def measure_stages(
     run: EngineRun, config: NodeConfig, recipients: tuple[str, ...], pushed: bool, runs: int
 ) -> None:
     """What the node does beyond the aggregate, timed outside the node (median of `runs`):
-    pushing the consenting ids and the aggregate on them (data elsewhere), and the transparency
-    record (every contributing resident id into the node's exchange_residents). Writes are
-    rolled back, so every run starts from the same state."""
+    with the data elsewhere, syncing the consent mirror on the data connection (once in full, as
+    on a new connection; then with nothing changed; then after WITHDRAWALS withdrawals) and the
+    aggregate on it; and the transparency record (node.transparency: the contributors' bitmap
+    computed where the data lives, then written; the write is rolled back, so every run starts
+    from the same state). The withdrawals stay: this runs after the node's runs."""
     ds = config.catalogue.datasets[QUERY.dataset]
     node = storage.create_engine(config.database)
-    data = node if not pushed else storage.create_engine(config.data)
+    data = node if not pushed else storage.create_engine(config.data, True, config.duckdb)
+    recorder = ExchangeRecorder(node, data)
     times: dict[str, list[float]] = {}
 
     def timing(stage: str, t0: float) -> None:
         times.setdefault(stage, []).append(time.perf_counter() - t0)
 
+    def sync(conn: sa.Connection, stage: str) -> None:
+        t0 = time.perf_counter()
+        aggregate.push_consenting(conn, node, PURPOSE, recipients, CATEGORY, timefmt.now())
+        timing(stage, t0)
+
     try:
-        for _ in range(runs):
-            at = timefmt.now()
-            with data.connect() as conn:
+        with data.connect() as conn:
+            if pushed:
+                sync(conn, "consent_sync_full")
+            for _ in range(runs):
+                at = timefmt.now()
                 if pushed:
-                    t0 = time.perf_counter()
-                    aggregate.push_consenting(conn, node, PURPOSE, recipients, CATEGORY, at)
-                    timing("push_consenting", t0)
+                    sync(conn, "consent_sync_unchanged")
+                    _withdraw(node, WITHDRAWALS, at)
+                    sync(conn, f"consent_sync_{WITHDRAWALS}_withdrawals")
                     t0 = time.perf_counter()
                     aggregate.run(conn, QUERY, ds, recipients, at, K, pushed=True)
-                    timing("aggregate_on_pushed", t0)
-                stmt = aggregate.contributors(
+                    timing("aggregate_on_mirror", t0)
+                contributors = aggregate.contributors_statement(
                     QUERY, ds, recipients, at, conn.dialect.name, [], pushed
                 )
-                assert stmt is not None
-                request_id = f"bench-{uuid.uuid4()}"
-                exchange = {
-                    "request_id": request_id,
-                    "partner": recipients[0],
-                    "purpose": PURPOSE,
-                    "dataset": QUERY.dataset,
-                    "agreement_id": "bench",
-                    "agreement_version": 1,
-                    "released_at": timefmt.to_db(at),
-                    "log_index": 0,
-                }
+                assert contributors is not None
+                stmt, params = contributors
+                exchange = Exchange(
+                    f"bench-{uuid.uuid4()}",
+                    recipients[0],
+                    PURPOSE,
+                    QUERY.dataset,
+                    "bench",
+                    1,
+                    at,
+                    0,
+                )
                 t0 = time.perf_counter()
-                if not pushed:
-                    trans = conn.begin()
-                    conn.execute(exchanges.insert().values(exchange))
-                    sub = stmt.subquery()
-                    rid = sa.literal(request_id, type_=sa.String)
-                    conn.execute(
-                        exchange_residents.insert().from_select(
-                            ["resident_id", "request_id"], sa.select(sub.c[0], rid)
-                        )
-                    )
+                write = recorder.side_write(exchange, stmt, conn, 0, params)
+                with node.connect() as target:
+                    trans = target.begin()
+                    write(target, 0)
                     trans.rollback()
-                else:
-                    with node.connect() as target:
-                        trans = target.begin()
-                        target.execute(exchanges.insert().values(exchange))
-                        result = conn.execution_options(stream_results=True).execute(stmt)
-                        for chunk in result.partitions(10_000):
-                            target.execute(
-                                exchange_residents.insert(),
-                                [{"resident_id": r[0], "request_id": request_id} for r in chunk],
-                            )
-                        trans.rollback()
                 timing("transparency_record", t0)
     finally:
         if data is not node:
@@ -645,7 +682,7 @@ def measure(
                 return took
 
             cpu0 = process_cpu_s(pid)
-            e2e()  # warm-up
+            run.first_s = e2e()  # warm-up: also loads the consent mirror, numbers residents
             for i in range(runs):
                 first, second = (direct, e2e) if i % 2 == 0 else (e2e, direct)
                 a, b = first(), second()
@@ -663,15 +700,20 @@ def measure(
 
 
 def write_config(
-    fed: sandbox.LocalFederation, engine: str, database: str, data: str | None
+    fed: sandbox.LocalFederation,
+    engine: str,
+    database: str,
+    data: str,
+    duckdb_settings: storage.DuckDBSettings | None = None,
 ) -> tuple[Path, str]:
+    """The sandbox city's node config with the bench's databases and only the dataset asked."""
     layout = fed.cities[CITY.id]
     config = tomllib.loads(layout.config.read_text())
     address = f"127.0.0.1:{sandbox.free_port()}"
-    config.update({"listen": address, "database": database})
-    config.pop("data", None)
-    if data:
-        config["data"] = data
+    config.update({"listen": address, "database": database, "data": data})
+    config["datasets"] = {QUERY.dataset: config["datasets"][QUERY.dataset]}
+    if duckdb_settings is not None:
+        config["duckdb"] = duckdb_settings.config()
     path = fed.root / f"node-{CITY.id}-{engine}.toml"
     sandbox.write_toml(path, config)
     return path, address
@@ -708,18 +750,19 @@ def run_engine(
     d = work / engine
     d.mkdir()
     raw_url: str
+    settings: storage.DuckDBSettings | None = None
     if engine == "sqlite":
         url = f"sqlite:///{d / 'city.db'}"
         with out.status("sqlite: loading"):
             run.load = load_sqlite(d / "city.db", data, recipient, with_trips=True)
-        config_path, address = write_config(fed, engine, url, None)
+        config_path, address = write_config(fed, engine, url, url)
         raw_url = url
     elif engine == "postgresql":
         assert postgres_url is not None
         url = postgres_url
         with out.status("postgresql: loading (COPY)"):
             run.load = load_postgres(url, data, recipient, d)
-        config_path, address = write_config(fed, engine, url, None)
+        config_path, address = write_config(fed, engine, url, url)
         raw_url = url
     else:
         node_db, duck = d / "node.db", d / "city.duckdb"
@@ -729,16 +772,18 @@ def run_engine(
             run.load["load_s"] += load_duckdb(duck, data, recipient)["load_s"]
         # Read-only: the node and this process both open the file (DuckDB allows one writing
         # process, or any number of read-only ones); temporary tables still work.
-        raw_url = f"duckdb:///{duck}?access_mode=read_only"
+        raw_url = f"duckdb:///{duck}"
+        settings = storage.DuckDBSettings()
         if engine == "duckdb_limited":
-            raw_url += f"&{duckdb_limit}"
-        run.load["data_url_settings"] = raw_url.split("?", 1)[1]
-        config_path, address = write_config(fed, engine, url, raw_url)
+            limit = dict(kv.split("=", 1) for kv in duckdb_limit.split("&"))
+            settings = storage.DuckDBSettings(limit["memory_limit"], int(limit["threads"]))
+        run.load["duckdb_settings"] = settings.config()
+        config_path, address = write_config(fed, engine, url, raw_url, settings)
     run.load_s = run.load.pop("load_s")
     run.version = engine_version(engine, raw_url)
     out.print(f"{engine}: loaded in {run.load_s:.1f} s ({run.version})")
     config = NodeConfig.load(config_path)
-    raw = RawSql(raw_url, config, recipients)
+    raw = RawSql(raw_url, config, recipients, settings)
     try:
         with out.status(f"{engine}: raw SQL and end to end through the node, {runs} runs each"):
             measure(run, fed, config_path, address, raw, runs, work / "logs")
@@ -746,7 +791,8 @@ def run_engine(
         raw.close()
     out.print(
         f"{engine}: raw SQL median {run.raw_ms:,.0f} ms, end to end median {run.e2e_ms:,.0f} ms"
-        f" ({run.e2e_ms / run.raw_ms:.2f}x), node peak {run.peak_mb:.0f} MB ({run.cells} cells)"
+        f" ({run.e2e_ms / run.raw_ms:.2f}x), node peak {run.peak_mb:.0f} MB ({run.cells} cells);"
+        f" first query {1000 * run.first_s:,.0f} ms"
     )
     if stage_runs:
         with out.status(f"{engine}: the node's stages, {stage_runs} runs"):
@@ -788,6 +834,7 @@ def figures(runs: list[EngineRun], params: dict[str, Any], sqls: dict[str, str])
                     "e2e_runs_ms": [round(1000 * t, 1) for t in r.e2e_s],
                     "raw_runs_ms": [round(1000 * t, 1) for t in r.raw_s],
                     "node_cpu_s_per_query": round(r.node_cpu_s, 3),
+                    "first_query_ms": round(1000 * r.first_s, 1),
                     "load_average_1m_before_after": [round(x, 2) for x in r.load_average],
                     "consents": "pushed to the data connection"
                     if r.engine.startswith("duckdb")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,8 @@ from federation.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node import disclosure
 from node.catalogue import DatasetSpec, FieldType
-from node.schema import consent_scopes
+from node.numbers import number_selected
+from node.schema import consent_events, consent_scopes, resident_numbers
 
 VALID_STATES = ("given", "renewed")
 _RESIDENTS, _RECORDS = "_residents", "_records"
@@ -90,10 +92,111 @@ def _at_param(at: datetime | None) -> sa.BindParameter[Any]:
     return sa.bindparam(_AT, timefmt.to_db(at), type_=sa.DateTime())
 
 
-# Consenting residents pushed into the data's own database (a temporary table) when the data does
-# not live beside the consents, so the consent filter still runs where the data lives.
-PUSHED = sa.table("citybroker_consenting", sa.column("resident_id"))
+# Consent, mirrored into the data's own database when the data does not live beside the
+# consents (a temporary table on each data connection), so the consent filter still runs where the
+# data lives. The mirror holds the valid scopes (state given or renewed) of the (purpose, data
+# category) pairs asked so far on that connection, with their validity and the residents' numbers
+# (node.transparency); the consent time, the recipients and the numbers are applied in the query.
+# It is brought up to date before every query by replaying the consent records that consent_events
+# shows changed since the last sync, so a query pays for the changes, not for the whole set, and a
+# withdrawal recorded before a query starts is in the mirror that query reads.
+_MIRROR = sa.Table(
+    "citybroker_consenting",
+    sa.MetaData(),
+    sa.Column("record_id", sa.String(128)),
+    sa.Column("resident_id", sa.String(128)),
+    sa.Column("number", sa.BigInteger),
+    sa.Column("purpose", sa.String(128)),
+    sa.Column("recipient", sa.String(128)),
+    sa.Column("data_category", sa.String(128)),
+    sa.Column("valid_from", sa.DateTime()),
+    sa.Column("valid_until", sa.DateTime()),
+    prefixes=["TEMPORARY"],
+)
+# One number per mirrored resident, for the transparency record's bitmaps (node.transparency).
+PUSHED_NUMBERS = (
+    sa.select(_MIRROR.c.resident_id, sa.func.max(_MIRROR.c.number).label("number"))
+    .group_by(_MIRROR.c.resident_id)
+    .subquery("pushed_numbers")
+)
+_MIRROR_COLUMNS = [c.name for c in _MIRROR.columns]
+_MIRROR_BY_RECORD = sa.Index("ix_citybroker_consenting_record", _MIRROR.c.record_id)
+_INSERT_UNNESTED = sa.text(
+    f"INSERT INTO {_MIRROR.name} SELECT " + ", ".join(f"unnest(:{c})" for c in _MIRROR_COLUMNS)
+)
 _PUSH_CHUNK = 10_000
+# Beyond this many changed records a sync reloads the mirror instead of replaying them.
+_MAX_REPLAY = 50_000
+_MIRROR_STATE = "citybroker_consent_mirror"
+
+
+@dataclass
+class _MirrorState:
+    """What a data connection's mirror holds: consent_events up to `event_id`, and these pairs."""
+
+    event_id: int
+    pairs: set[tuple[str, str]]
+
+
+def _high_water(consents: sa.Connection) -> int:
+    """The last consent event id such that every event up to it is visible, in a transaction
+    that `consents` commits once the caller has read what it needs."""
+    if consents.dialect.name == "postgresql":
+        # Ids are drawn when a writer inserts, but become visible when it commits, so a later id
+        # can be visible before an earlier one: wait for writers in flight (SHARE conflicts with
+        # their inserts; held until commit, a few statements later).
+        consents.execute(sa.text(f"LOCK TABLE {consent_events.name} IN SHARE MODE"))
+    # SQLite has one writer at a time: ids become visible in order.
+    return int(
+        consents.execute(
+            sa.select(sa.func.coalesce(sa.func.max(consent_events.c.event_id), 0))
+        ).scalar_one()
+    )
+
+
+def _mirror_rows(
+    consents: sa.Engine, pairs: set[tuple[str, str]], records: list[str] | None
+) -> Iterator[Sequence[sa.Row[Any]]]:
+    """Valid scopes of `pairs` (of `records`, or of all records), with numbers, in chunks."""
+    if not pairs:
+        return
+    c = consent_scopes.c
+    stmt = (
+        sa.select(
+            c.record_id,
+            c.resident_id,
+            resident_numbers.c.number,
+            c.purpose,
+            c.recipient,
+            c.data_category,
+            c.valid_from,
+            c.valid_until,
+        )
+        .select_from(
+            consent_scopes.outerjoin(
+                resident_numbers, resident_numbers.c.resident_id == c.resident_id
+            )
+        )
+        .where(
+            _in(c.state, VALID_STATES),
+            sa.or_(*(sa.and_(c.purpose == p, c.data_category == d) for p, d in sorted(pairs))),
+        )
+    )
+    if records is not None:
+        stmt = stmt.where(c.record_id.in_(records))
+    with consents.connect() as source:
+        result: sa.Result[Any] = source.execution_options(stream_results=True).execute(stmt)
+        yield from result.partitions(_PUSH_CHUNK)
+
+
+def _insert_mirror(data: sa.Connection, rows: Sequence[sa.Row[Any]]) -> None:
+    if data.dialect.name == "duckdb":
+        # DuckDB runs an executemany row by row (about 60 us a row); one list parameter per
+        # column, unnested, inserts the chunk in one statement.
+        columns = list(zip(*rows, strict=True))
+        data.execute(_INSERT_UNNESTED, dict(zip(_MIRROR_COLUMNS, map(list, columns), strict=True)))
+    else:
+        data.execute(_MIRROR.insert(), [dict(zip(_MIRROR_COLUMNS, r, strict=True)) for r in rows])
 
 
 def push_consenting(
@@ -104,37 +207,74 @@ def push_consenting(
     category: str,
     at: datetime,
 ) -> int:
-    """Copy the ids of residents with valid consent into PUSHED on `data`, streaming in chunks;
-    returns how many. The table is temporary: it lives as long as the connection's session."""
-    data.execute(
-        sa.text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {PUSHED.name} (resident_id VARCHAR(128))")
-    )
-    data.execute(sa.text(f"DELETE FROM {PUSHED.name}"))
-    c = consent_scopes.c
-    valid = (
-        sa.select(c.resident_id)
-        .distinct()
-        .where(*_consent_conditions(purpose, recipients, category, _at_param(at)))
-    )
-    n = 0
+    """Bring the consent mirror on `data` up to date for this purpose and data category and commit
+    it (it outlives the transaction: the next query on this connection starts from it); returns
+    how many scope rows were written into it. Call it once the query has started (`at`): every
+    consent event recorded before the call is then in the mirror."""
+    # The mirror keeps every recipient and each scope's validity: the query applies both.
+    del recipients, at
+    state: _MirrorState | None = data.info.get(_MIRROR_STATE)
+    pair = (purpose, category)
     with consents.connect() as source:
-        for chunk in (
-            source.execution_options(stream_results=True).execute(valid).partitions(_PUSH_CHUNK)
-        ):
-            if data.dialect.name == "duckdb":
-                # DuckDB runs an executemany row by row (about 60 us a row); one list parameter
-                # unnested inserts the chunk in one statement.
-                data.execute(
-                    sa.text(f"INSERT INTO {PUSHED.name} (resident_id) SELECT unnest(:ids)"),
-                    {"ids": [row[0] for row in chunk]},
-                )
-            else:
-                data.execute(
-                    sa.text(f"INSERT INTO {PUSHED.name} (resident_id) VALUES (:r)"),
-                    [{"r": row[0]} for row in chunk],
-                )
-            n += len(chunk)
+        latest = source.execute(sa.select(sa.func.max(consent_events.c.event_id))).scalar()
+    if state is not None and pair in state.pairs and (latest or 0) == state.event_id:
+        return 0  # nothing changed since the last sync: no writes
+    e, c = consent_events.c, consent_scopes.c
+    replay: list[str] = []
+    with consents.begin() as source:
+        high = _high_water(source)
+        if state is not None and high > state.event_id:
+            replay = list(
+                source.execute(
+                    sa.select(e.record_id)
+                    .distinct()
+                    .where(e.event_id > state.event_id, e.event_id <= high)
+                ).scalars()
+            )
+            if len(replay) > _MAX_REPLAY:
+                state, replay = None, []
+        old = state.pairs if state is not None else set()
+        # Numbers first, so that the rows read next carry them (node.transparency).
+        if pair not in old:
+            number_selected(
+                source,
+                sa.select(c.resident_id)
+                .distinct()
+                .where(
+                    c.purpose == purpose, c.data_category == category, _in(c.state, VALID_STATES)
+                ),
+            )
+        for start in range(0, len(replay), _PUSH_CHUNK):
+            chunk = replay[start : start + _PUSH_CHUNK]
+            number_selected(
+                source, sa.select(c.resident_id).distinct().where(c.record_id.in_(chunk))
+            )
+    if state is None:
+        data.execute(sa.schema.CreateTable(_MIRROR, if_not_exists=True))
+        if data.dialect.name != "duckdb":  # DuckDB scans; its index would only slow the deletes
+            data.execute(sa.schema.CreateIndex(_MIRROR_BY_RECORD, if_not_exists=True))
+        data.execute(_MIRROR.delete())
+    n = 0
+    for start in range(0, len(replay), _PUSH_CHUNK):
+        # A changed record is deleted then read again: one now withdrawn, revoked or expired comes
+        # back with no valid scope, so any change applies.
+        chunk = replay[start : start + _PUSH_CHUNK]
+        data.execute(_MIRROR.delete().where(_MIRROR.c.record_id.in_(chunk)))
+        for rows in _mirror_rows(consents, old, chunk):
+            _insert_mirror(data, rows)
+            n += len(rows)
+    if pair not in old:
+        for rows in _mirror_rows(consents, {pair}, None):
+            _insert_mirror(data, rows)
+            n += len(rows)
+    data.commit()
+    data.info[_MIRROR_STATE] = _MirrorState(high, old | {pair})
     return n
+
+
+def mirrored_numbers(data: sa.Connection) -> sa.FromClause | None:
+    """The consent mirror's (resident_id, number) on `data`, if this connection holds one."""
+    return PUSHED_NUMBERS if _MIRROR_STATE in data.info else None
 
 
 def _in(col: sa.ColumnElement[Any], values: tuple[str, ...]) -> sa.ColumnElement[bool]:
@@ -168,9 +308,18 @@ def _consent_filter(
     pushed: bool = False,
 ) -> sa.ColumnElement[bool]:
     """Residents with a valid consent for this purpose and data category, given to the partner by
-    name or to a recipient category the partner belongs to (or, `pushed`, those in PUSHED)."""
+    name or to a recipient category the partner belongs to (`pushed`: read from the mirror)."""
     if pushed:
-        return resident.in_(sa.select(PUSHED.c.resident_id))
+        m = _MIRROR.c
+        return resident.in_(
+            sa.select(m.resident_id).where(
+                m.purpose == purpose,
+                _in(m.recipient, recipients),
+                m.data_category == category,
+                m.valid_from <= at,
+                sa.or_(m.valid_until.is_(None), m.valid_until > at),
+            )
+        )
     c = consent_scopes.c
     consenting = sa.select(c.resident_id).where(
         *_consent_conditions(purpose, recipients, category, at)

@@ -104,7 +104,7 @@ agreements = sa.Table(
 )
 
 # Which residents' records went into which released result: the node's answer to a resident's
-# "who received data about me?" (GDPR Art. 15). It never leaves the city.
+# "who received data about me?" (GDPR Art. 15). It never leaves the city (node.transparency).
 exchanges = sa.Table(
     "exchanges",
     metadata,
@@ -116,13 +116,33 @@ exchanges = sa.Table(
     sa.Column("agreement_version", sa.Integer, nullable=False),
     sa.Column("released_at", sa.DateTime(), nullable=False),
     sa.Column("log_index", sa.BigInteger, nullable=False),
+    # A resident's exchanges are read newest first.
+    sa.Index("ix_exchanges_released", "released_at", "log_index"),
 )
 
-exchange_residents = sa.Table(
-    "exchange_residents",
+# A node-local number for each resident, assigned once (the database's own counter) and never
+# reused, so that an exchange's contributors are a set of small integers.
+resident_numbers = sa.Table(
+    "resident_numbers",
     metadata,
-    sa.Column("resident_id", sa.String(128), primary_key=True),
+    # INTEGER PRIMARY KEY on SQLite: the rowid, dense and increasing.
+    sa.Column(
+        "number",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("resident_id", sa.String(128), nullable=False, unique=True),
+)
+
+# An exchange's contributors as bitmaps over resident numbers, one row per block of numbers
+# holding any (node.transparency.BLOCK_BITS), zlib-compressed.
+exchange_contributors = sa.Table(
+    "exchange_contributors",
+    metadata,
     sa.Column("request_id", sa.String(64), sa.ForeignKey("exchanges.request_id"), primary_key=True),
+    sa.Column("block", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("bits", sa.LargeBinary, nullable=False),
 )
 
 # Differential-privacy budgets: what each agreement version has spent, charged (with a ledger row

@@ -15,6 +15,7 @@ from federation.errors import InvalidArgument
 from keys import timefmt
 from node import transparency
 from node.consent import page_token
+from node.numbers import numbers_of
 from node.transparency import Exchange, ExchangeRecorder
 
 NOW = timefmt.now()
@@ -160,3 +161,28 @@ def test_a_release_with_no_contributors_is_still_an_exchange(node_engine: sa.Eng
     with node_engine.connect() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(transparency.exchanges))
         assert n.scalar_one() == 1
+
+
+def test_bitmaps_span_blocks_and_a_page_spans_reads(
+    node_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transparency, "_SCAN", 2)  # a page is found over several reads
+    with node_engine.begin() as conn:
+        # Numbers taken before: the residents' numbers straddle the first block's end.
+        numbers_of(conn, [f"earlier-{i}" for i in range((1 << transparency.BLOCK_BITS) - 6)])
+    recorder = ExchangeRecorder(node_engine, node_engine)
+    for i in range(6):
+        # North in every exchange, south in every third.
+        recorder.record(exchange(f"n{i}", i), in_district("north"))
+        if i % 3 == 0:
+            recorder.record(exchange(f"s{i}", i, log_index=1000 + i), in_district("south"))
+    with node_engine.connect() as conn:
+        numbers = conn.execute(
+            sa.select(transparency.resident_numbers.c.number).where(
+                transparency.resident_numbers.c.resident_id.in_(list(RESIDENTS))
+            )
+        ).scalars()
+        assert {n >> transparency.BLOCK_BITS for n in numbers} == {0, 1}
+    for resident, district in RESIDENTS.items():
+        expected = ["n5", "n4", "n3", "n2", "n1", "n0"] if district == "north" else ["s3", "s0"]
+        assert walk(recorder, resident, 4)[0] == expected, resident

@@ -1,0 +1,40 @@
+"""Node-local resident numbers (node.schema.resident_numbers): small, dense, never reused, so that
+the transparency record can hold a set of residents as a bitmap (node.transparency)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from node.schema import resident_numbers
+
+_CHUNK = 10_000
+
+
+def _insert_new(dialect: str) -> Any:
+    """An INSERT that skips residents already numbered: another writer may number the same
+    resident at the same time, and the database's unique constraint decides, with no lock."""
+    if dialect == "postgresql":
+        return postgresql.insert(resident_numbers).on_conflict_do_nothing()
+    return sqlite.insert(resident_numbers).on_conflict_do_nothing()
+
+
+def number_selected(conn: sa.Connection, residents: sa.Select[Any]) -> None:
+    """Number every resident that `residents` (a select of ids on `conn`) names and has none."""
+    conn.execute(_insert_new(conn.dialect.name).from_select(["resident_id"], residents))
+
+
+def numbers_of(conn: sa.Connection, residents: Sequence[str]) -> list[int]:
+    """The numbers of `residents`, numbering those that have none."""
+    insert = _insert_new(conn.dialect.name)
+    numbers: list[int] = []
+    for start in range(0, len(residents), _CHUNK):
+        chunk = residents[start : start + _CHUNK]
+        conn.execute(insert, [{"resident_id": r} for r in chunk])
+        numbers += conn.execute(
+            sa.select(resident_numbers.c.number).where(resident_numbers.c.resident_id.in_(chunk))
+        ).scalars()
+    return numbers
