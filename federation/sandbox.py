@@ -6,6 +6,7 @@ generated at run time; nothing here is a real identity.
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,10 +25,33 @@ from node import synthetic
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that is free now, from below the kernel's ephemeral range: the address
+    is written into the signed trust bundle before the server binds it, and a port from the
+    ephemeral range can meanwhile be taken by any outgoing connection on the machine."""
+    low, high = _ephemeral_range()
+    top = low - 1 if low > 10_000 else 65_535
+    bottom = 10_000 if low > 10_000 else high + 1
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(bottom, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything tried is busy: let the kernel choose
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> None:

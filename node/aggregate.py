@@ -233,8 +233,11 @@ def push_consenting(
             )
             if len(replay) > _MAX_REPLAY:
                 state, replay = None, []
-        old = state.pairs if state is not None else set()
-        # Numbers first, so that the rows read next carry them (node.transparency).
+    old = state.pairs if state is not None else set()
+    # Numbers first, so that the rows read next carry them (node.transparency). A transaction of
+    # its own that writes first: SQLite cannot turn a reading transaction into a writing one
+    # once another writer has committed.
+    with consents.begin() as source:
         if pair not in old:
             number_selected(
                 source,

@@ -24,12 +24,17 @@ def _insert_new(dialect: str) -> Any:
 
 def number_selected(conn: sa.Connection, residents: sa.Select[Any]) -> None:
     """Number every resident that `residents` (a select of ids on `conn`) names and has none."""
-    conn.execute(_insert_new(conn.dialect.name).from_select(["resident_id"], residents))
+    ids = residents.subquery()
+    # In id order, as numbers_of: two writers numbering the same residents then wait for each
+    # other in one order, never in a cycle (PostgreSQL would abort one as a deadlock).
+    ordered = sa.select(ids.c[0]).order_by(ids.c[0])
+    conn.execute(_insert_new(conn.dialect.name).from_select(["resident_id"], ordered))
 
 
 def numbers_of(conn: sa.Connection, residents: Sequence[str]) -> list[int]:
     """The numbers of `residents`, numbering those that have none."""
     insert = _insert_new(conn.dialect.name)
+    residents = sorted(residents)
     numbers: list[int] = []
     for start in range(0, len(residents), _CHUNK):
         chunk = residents[start : start + _CHUNK]
