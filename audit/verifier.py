@@ -313,9 +313,16 @@ def _check_result(
             if inner is not None and inner not in terms:
                 raise fail(f"measure {name} uses a field outside the agreement")
     if a.dp is not None:
-        spent = (result.get("privacy") or {}).get("epsilon")
+        stated = result.get("privacy") or {}
+        spent = stated.get("epsilon")
         if spent != a.dp.epsilon_per_query:
             raise fail("released without the differential privacy the agreement requires")
+        bound = stated.get("records_per_resident")
+        if stated.get("unit") == "resident" and bound != a.dp.records_per_resident:
+            raise fail(
+                f"noise for {bound} records per resident, the agreement says "
+                f"{a.dp.records_per_resident}"
+            )
         key = (a.agreement_id, a.version)
         dp_spent[key] = dp_spent.get(key, 0.0) + float(spent)
         if dp_spent[key] > a.dp.total_epsilon + 1e-9:
@@ -725,7 +732,7 @@ def _verify_entry(
                     statements.digest(payload),
                     number,
                     at,
-                )
+                ),
             )
         elif thing == "receipt":
             if statement["broker"] != summary.party:
@@ -742,7 +749,7 @@ def _verify_entry(
                             str(c["result_digest"]),
                             int(c["node_log_index"]),
                             at,
-                        )
+                        ),
                     )
         elif thing == "consent-batch":
             _check_consent_batch(statement, summary.party, fail)

@@ -38,30 +38,40 @@ class FieldTerms:
 @dataclass(frozen=True)
 class DpTerms:
     """Differential privacy the agreement requires: every answer spends `epsilon_per_query` of a
-    `total_epsilon` budget; sums are clamped to declared `bounds` per field."""
+    `total_epsilon` budget; sums are clamped to declared `bounds` per field. The unit protected
+    is a resident (a record, for observational data): each answer counts at most
+    `records_per_resident` of a resident's records, and the noise is scaled to that."""
 
     epsilon_per_query: float
     total_epsilon: float
     bounds: dict[str, tuple[float, float]]
+    records_per_resident: int = 1
 
     def to_payload(self) -> dict[str, Any]:
         return {
             "epsilon_per_query": self.epsilon_per_query,
             "total_epsilon": self.total_epsilon,
             "bounds": {f: [lo, hi] for f, (lo, hi) in sorted(self.bounds.items())},
+            "records_per_resident": self.records_per_resident,
         }
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> DpTerms:
+        per_resident = obj.get("records_per_resident", 1)
+        if isinstance(per_resident, bool) or not isinstance(per_resident, int):
+            raise ValueError("dp records_per_resident must be a whole number")
         terms = cls(
             float(obj["epsilon_per_query"]),
             float(obj["total_epsilon"]),
             {str(f): (float(b[0]), float(b[1])) for f, b in obj.get("bounds", {}).items()},
+            per_resident,
         )
         if not 0 < terms.epsilon_per_query <= terms.total_epsilon <= 1000:
             raise ValueError("dp needs 0 < epsilon_per_query <= total_epsilon <= 1000")
         if any(lo >= hi for lo, hi in terms.bounds.values()):
             raise ValueError("dp bounds must be [low, high] with low < high")
+        if not 1 <= terms.records_per_resident <= 1000:
+            raise ValueError("dp records_per_resident must be 1 to 1000")
         return terms
 
 

@@ -412,15 +412,43 @@ def _compile(
     dialect: str,
     pushed: bool = False,
     bounds: Bounds = (),
+    per_resident: int = 0,
 ) -> sa.Select[Any]:
+    """`per_resident` (differential privacy with the resident as the unit): keep at most that
+    many of each resident's rows, chosen by the resident's own rows alone, so that adding or
+    removing one resident changes any count by at most that much."""
     table, generalised, conditions = _source(query, ds, recipients, at, dialect, pushed)
-
-    def col(name: str) -> sa.ColumnElement[Any]:
-        return table.c[ds.fields[name].column]
-
-    dims = [g.label(f"d{i}") for i, g in enumerate(generalised)]
+    fields = sorted({m.field for m in query.measures if m.field})
+    dims: list[sa.ColumnElement[Any]] = [g.label(f"d{i}") for i, g in enumerate(generalised)]
+    resident: sa.ColumnElement[Any] | None = (
+        table.c[ds.resident_column] if ds.resident_linked else None
+    )
+    source: sa.FromClause = table
+    values: dict[str, sa.ColumnElement[Any]] = {f: table.c[ds.fields[f].column] for f in fields}
+    if per_resident and resident is not None:
+        rank = sa.func.row_number().over(
+            partition_by=resident,
+            order_by=[*generalised, *values.values(), *(table.c[c] for c in _key_columns(ds))],
+        )
+        inner = (
+            sa.select(
+                *dims,
+                resident.label("r"),
+                *(v.label(f"f{j}") for j, v in enumerate(values.values())),
+                rank.label("rank"),
+            )
+            .select_from(table)
+            .where(*conditions)
+            .subquery("bounded")
+        )
+        source, conditions = inner, [inner.c.rank <= per_resident]
+        dims = [inner.c[f"d{i}"] for i in range(len(generalised))]
+        resident = inner.c.r
+        values = {f: inner.c[f"f{j}"] for j, f in enumerate(values)}
     measures: list[sa.ColumnElement[Any]] = [
-        _people(table, ds).label(_RESIDENTS),
+        (sa.func.count(sa.distinct(resident)) if resident is not None else sa.func.count()).label(
+            _RESIDENTS
+        ),
         sa.func.count().label(_RECORDS),
     ]
     for i, m in enumerate(query.measures):
@@ -428,7 +456,8 @@ def _compile(
         if m.kind is MeasureKind.COUNT_RECORDS:
             expr = sa.func.count()
         elif m.kind is MeasureKind.COUNT_RESIDENTS:  # policy allows it on linked data only
-            expr = sa.func.count(sa.distinct(table.c[ds.resident_column]))
+            assert resident is not None
+            expr = sa.func.count(sa.distinct(resident))
         else:
             fn: Any = {
                 MeasureKind.SUM: sa.func.sum,
@@ -437,12 +466,19 @@ def _compile(
                 MeasureKind.MAX: sa.func.max,
             }[m.kind]
             bound = next(((lo, hi) for f, lo, hi in bounds if f == m.field), None)
-            expr = fn(col(m.field) if bound is None else _clamp(col(m.field), *bound, dialect))
+            value = values[m.field]
+            expr = fn(value if bound is None else _clamp(value, *bound, dialect))
         measures.append(expr.label(f"m{i}"))
-    stmt = sa.select(*dims, *measures).select_from(table).where(*conditions)
+    stmt = sa.select(*dims, *measures).select_from(source).where(*conditions)
     if dims:
         stmt = stmt.group_by(*dims).order_by(*dims)
     return stmt
+
+
+def _key_columns(ds: DatasetSpec) -> list[str]:
+    """Every catalogued column, in name order: a total order of a resident's rows as far as
+    the catalogue can tell (rows equal in all of them are interchangeable for any answer)."""
+    return sorted({ds.resident_column, *(f.column for f in ds.fields.values())})
 
 
 def _number(v: Any) -> float | int:
@@ -463,10 +499,12 @@ def run(
     k: int,
     pushed: bool = False,
     bounds: Bounds = (),
+    per_resident: int = 0,
 ) -> AggregateResult:
     """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
     distinct consenting residents, and enough others that none can be recovered from margins.
-    A query whose whole population is under k is refused."""
+    A query whose whole population is under k is refused. `bounds` and `per_resident`: see
+    `_compile`."""
     dialect = conn.dialect.name
     # Everything the statement is built from except the consent time, which binds at execution.
     shape: tuple[Any, ...] = (
@@ -474,6 +512,7 @@ def run(
         recipients,
         pushed,
         bounds,
+        per_resident,
         dialect,
         ds.name,
         ds.table,
@@ -482,7 +521,9 @@ def run(
     shape += (ds.data_category, *ds.fields.items())
     stmt = _STATEMENTS.get(shape)
     if stmt is None:
-        stmt = _compile(query, ds, recipients, _at_param(None), dialect, pushed, bounds)
+        stmt = _compile(
+            query, ds, recipients, _at_param(None), dialect, pushed, bounds, per_resident
+        )
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = stmt

@@ -280,7 +280,10 @@ class Answerer:
     ) -> _Release:
         terms = agreement.dp
         bounds = tuple(sorted((f, lo, hi) for f, (lo, hi) in terms.bounds.items())) if terms else ()
-        answer = aggregate.run(conn, query, ds, recipients, started, k, pushed, bounds)
+        per_resident = terms.records_per_resident if terms and ds.resident_linked else 0
+        answer = aggregate.run(
+            conn, query, ds, recipients, started, k, pushed, bounds, per_resident
+        )
         cells: list[dict[str, Any]] = [
             {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells
         ]
@@ -290,9 +293,12 @@ class Answerer:
             charge = self._ledger.quote(agreement, request.request_id)
             spend = charge.spend()
             share = spend.epsilon / len(query.measures)
+            records = privacy.sensitivity(terms, ds.resident_linked)
             for cell in cells:
                 cell["values"] = {
-                    m.name: privacy.noisy(cell["values"][m.name], m.kind, m.field, terms, share)
+                    m.name: privacy.noisy(
+                        cell["values"][m.name], m.kind, m.field, terms, share, records
+                    )
                     for m in query.measures
                 }
                 cell["records"] = 0  # exact counts must not travel beside noisy ones
@@ -305,7 +311,7 @@ class Answerer:
             answer.withheld,
             self._signer,
             jurisdictions=jurisdictions,
-            privacy=spend.statement() if spend else None,
+            privacy=spend.statement(per_resident or None) if spend else None,
         )
         contributors = aggregate.contributors_statement(
             query, ds, recipients, started, conn.dialect.name, answer.withheld, pushed

@@ -1,10 +1,14 @@
 """Differential privacy where an agreement asks for it: OpenDP mechanisms and the budget ledger.
 
-The unit of privacy is one record: each record falls in exactly one cell, so the cells of an answer
-compose in parallel and the per-query epsilon is split evenly over the measures (sequential
-composition). Counts get discrete Laplace noise (sensitivity 1); sums are clamped to the agreement's
-declared bounds in SQL and get Laplace noise scaled to the larger bound. Averages, minima and maxima
-have no mechanism here and are refused under a DP agreement.
+The unit of privacy is one resident (one record for observational data, which has no resident).
+The query keeps at most the agreement's `records_per_resident` (L) of each resident's records, in
+SQL (node.aggregate), so one resident changes any answer by at most: L in total over the record
+counts of all cells (each record is in one cell), L over the distinct-resident counts (a resident
+is in at most L cells), L times the larger sum bound over the sums. Each cell's noise is scaled to
+that L1 sensitivity, and the per-query epsilon is split evenly over the measures (sequential
+composition). Counts get discrete Laplace noise; sums are clamped to the agreement's declared
+bounds in SQL and get Laplace noise. Averages, minima and maxima have no mechanism here and are
+refused under a DP agreement.
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ class Spend:
     epsilon: float
     budget_left: float
 
-    def statement(self) -> dict[str, Any]:
-        """What the signed result says about the noise it carries."""
+    def statement(self, records_per_resident: int | None) -> dict[str, Any]:
+        """What the signed result says about the noise it carries (`records_per_resident`:
+        the contribution bound; None for observational data, whose unit is the record)."""
+        unit: dict[str, Any] = {"unit": "record"}
+        if records_per_resident is not None:
+            unit = {"unit": "resident", "records_per_resident": records_per_resident}
         return {
             "mechanism": "opendp discrete_laplace (counts), laplace (bounded sums)",
-            "unit": "record",
+            **unit,
             "epsilon": self.epsilon,
             "budget_left": self.budget_left,
         }
@@ -58,18 +66,29 @@ def check_query(query: Query, terms: DpTerms) -> None:
             )
 
 
+def sensitivity(terms: DpTerms, resident_linked: bool) -> int:
+    """How many records one protected unit may add to an answer (see the module docstring)."""
+    return terms.records_per_resident if resident_linked else 1
+
+
 def noisy(
-    value: float | int, kind: MeasureKind, field: str, terms: DpTerms, epsilon: float
+    value: float | int,
+    kind: MeasureKind,
+    field: str,
+    terms: DpTerms,
+    epsilon: float,
+    records: int = 1,
 ) -> float | int:
+    """`value` with noise for a unit that contributes at most `records` records."""
     if kind is MeasureKind.SUM:
         lo, hi = terms.bounds[field]
-        scale = max(abs(lo), abs(hi)) / epsilon
+        scale = records * max(abs(lo), abs(hi)) / epsilon
         m = dp.m.make_laplace(
             dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=scale
         )
         return round(float(m(float(value))), 6)
     counts = dp.m.make_laplace(
-        dp.atom_domain(T=int), dp.absolute_distance(T=int), scale=1.0 / epsilon
+        dp.atom_domain(T=int), dp.absolute_distance(T=int), scale=records / epsilon
     )
     return max(0, int(counts(int(value))))
 

@@ -50,6 +50,10 @@ def test_answers_carry_noise_and_state_what_they_spent(fresh_federation: Running
     payload = _result_payload(rf, noisy.query_id)
     assert payload["privacy"]["epsilon"] == 0.5
     assert payload["privacy"]["budget_left"] == 1.5
+    assert (payload["privacy"]["unit"], payload["privacy"]["records_per_resident"]) == (
+        "resident",
+        1,
+    )
     assert all(c["records"] == 0 for c in payload["cells"])
 
 

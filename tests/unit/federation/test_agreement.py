@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from federation import agreement as doc
-from federation.agreement import Agreement, Appearance, FieldTerms
+from federation.agreement import Agreement, Appearance, DpTerms, FieldTerms
 from federation.errors import VerificationError
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
@@ -172,3 +172,21 @@ def test_key_not_valid_when_the_agreement_starts() -> None:
 def test_malformed_payload() -> None:
     env = dsse.sign(doc.THING, {"provider": "aurora"}, KEYS["aurora"])
     assert reason(env) == "AGREEMENT_MALFORMED"
+
+
+def test_dp_terms_carry_their_contribution_bound() -> None:
+    a = agreement(dp=DpTerms(0.5, 2.0, {"distance_km": (0.0, 30.0)}, records_per_resident=4))
+    payload = a.to_payload()
+    assert payload["dp"]["records_per_resident"] == 4
+    assert Agreement.from_payload(payload) == a
+    del payload["dp"]["records_per_resident"]  # terms written before the bound existed
+    assert Agreement.from_payload(payload).dp == DpTerms(0.5, 2.0, {"distance_km": (0.0, 30.0)})
+
+
+@pytest.mark.parametrize("bound", [0, -1, 1001, 2.5, True, "3"])
+def test_dp_terms_refuse_a_bad_contribution_bound(bound: object) -> None:
+    payload = agreement(dp=DpTerms(0.5, 2.0, {})).to_payload()
+    payload["dp"]["records_per_resident"] = bound
+    with pytest.raises(VerificationError) as e:
+        Agreement.from_payload(payload)
+    assert e.value.reason == "AGREEMENT_MALFORMED"

@@ -28,7 +28,20 @@ COUNTS = (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENT
 
 @pytest.fixture
 def node(tmp_path: Path) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
-    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    return _node(f"sqlite:///{tmp_path / 'node.db'}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_node(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
+    if request.param == "sqlite":
+        return _node(f"sqlite:///{tmp_path / 'node.db'}")
+    return _node(str(request.getfixturevalue("postgres_url")))
+
+
+def _node(url: str) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
+    engine = storage.create_engine(url)
     storage.upgrade(engine)
     people = synthetic.residents(CITY, ("North", "South"), 12, seed=3)
     synthetic.load_trips(engine, synthetic.trip_rows(people, 3, date(2026, 8, 1), 30, seed=3))
@@ -176,3 +189,37 @@ def test_other_recipient_sees_nobody(node: tuple[sa.Engine, ConsentRegistry, lis
             conn, Query("mobility", PURPOSE, COUNTS), DATASET, ("other-partner",), timefmt.now(), 1
         )
     assert info.value.reason == "POPULATION_BELOW_K"
+
+
+def _bounded(engine: sa.Engine, q: Query, per_resident: int) -> aggregate.AggregateResult:
+    bounds = (("distance_km", 0.0, 5.0),)
+    with engine.connect() as conn:
+        return aggregate.run(
+            conn, q, DATASET, (PARTNER,), timefmt.now(), 1, bounds=bounds, per_resident=per_resident
+        )
+
+
+def test_differential_privacy_counts_at_most_l_records_of_each_resident(
+    any_node: tuple[sa.Engine, ConsentRegistry, list[str]],
+) -> None:
+    engine, _, people = any_node
+    q = Query(
+        "mobility",
+        PURPOSE,
+        (*COUNTS, Measure(MeasureKind.SUM, "distance_km")),
+        group_by=(Dimension("mode"),),
+    )
+    trips = {p: trips_of(engine, p) for p in people}
+    assert max(trips.values()) > 2  # so that a bound of 2 drops records
+    for limit in (1, 2):
+        answer = _bounded(engine, q, limit)
+        assert not answer.withheld
+        total = sum(int(c.values["count_records"]) for c in answer.cells)
+        assert total == sum(min(n, limit) for n in trips.values())
+        for c in answer.cells:
+            assert c.values["sum(distance_km)"] <= 5.0 * c.values["count_records"]
+            if limit == 1:  # one record per resident: one resident per record
+                assert c.values["count_records"] == c.values["count_residents"]
+    # A bound no resident reaches changes nothing but the clamp.
+    unbounded = _bounded(engine, q, 0)
+    assert _bounded(engine, q, max(trips.values())).cells == unbounded.cells
