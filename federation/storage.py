@@ -51,12 +51,21 @@ class DuckDBSettings:
 
     DuckDB's own defaults (80% of the machine's memory, a thread per core) suit a database server,
     not a node answering beside its other work: these bound the memory DuckDB's buffer manager
-    takes (measured node peaks per setting: README, Storage engines). At 64 MB a count of distinct
-    residents over 3 million trips fails with DuckDB's Out of Memory error.
+    takes (measured node peaks per setting: README, Storage engines).
+
+    One thread by default: each thread keeps partial aggregates of its own (a distinct-count hash
+    table per thread), and the consent mirror (node.aggregate) lives in the same buffer memory.
+    Measured 2026-12-04 on the minimisation benchmark's query (1,000,000 residents, 3,000,000 trips,
+    DuckDB 2.0.1, 2-CPU machine): with 2 threads the aggregate fails with DuckDB's Out of Memory
+    error at 100MB and at 128MB, on the raw SQL and on the node's own path (mirror, 73 MiB of
+    buffer memory once loaded, plus aggregate) alike; it needs about 160MB, and a test process
+    (190 MB idle) then peaked at 370-380 MB. With 1 thread it runs at 80MB and 100MB (same test
+    process: 290-310 MB; the node in the benchmark: 323 and 338 MB) and fails at 64MB; 100MB keeps
+    a margin.
     """
 
     memory_limit: str = "100MB"
-    threads: int = 2
+    threads: int = 1
 
     @classmethod
     def from_config(cls, section: Section) -> DuckDBSettings:

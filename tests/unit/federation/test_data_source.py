@@ -68,7 +68,7 @@ def test_a_relative_duckdb_file_is_relative_to_the_config(tmp_path: Path) -> Non
 
 
 def test_settings_default_and_override() -> None:
-    assert _settings() == DuckDBSettings("100MB", 2)
+    assert _settings() == DuckDBSettings("100MB", 1)
     assert _settings(memory_limit="1.5GiB", threads=8) == DuckDBSettings("1.5GiB", 8)
 
 
@@ -95,7 +95,7 @@ def test_the_node_opens_duckdb_read_only_with_bounded_memory(opened: sa.Engine) 
                 "current_setting('access_mode')"
             )
         ).one()
-        assert (threads, mode) == (2, "read_only")
+        assert (threads, mode) == (1, "read_only")
         assert limit.endswith("MiB") and 90 < float(limit.split()[0]) <= 100  # 100 MB in MiB
         # The consent push needs a temporary table; nothing else may be written.
         conn.execute(sa.text("CREATE TEMPORARY TABLE pushed (resident_id VARCHAR)"))
@@ -235,4 +235,4 @@ def test_a_node_config_without_data_reads_the_duckdb_file_beside_its_database(
     )
     config = NodeConfig.load(explicit)
     assert config.data == f"duckdb:///{(tmp_path / 'elsewhere.duckdb').resolve()}"
-    assert config.duckdb == DuckDBSettings("1GB", 2)
+    assert config.duckdb == DuckDBSettings("1GB", 1)
