@@ -1,4 +1,5 @@
-"""What the verifier remembers of the bundles it has read: checkpoints, results and receipts.
+"""What the verifier remembers of the bundles it has read: checkpoints, results, receipts and
+cosignatures.
 
 Reconciling brokers' receipts with cities' results needs every one of them at the end, so
 holding them in Python would make the verifier's memory grow with the bundles. They go instead
@@ -32,6 +33,12 @@ CREATE TABLE receipts (bundle INTEGER NOT NULL, seq INTEGER NOT NULL, broker TEX
                        node_log_index INTEGER NOT NULL, issued_us INTEGER NOT NULL,
                        PRIMARY KEY (bundle, seq));
 CREATE INDEX receipts_by_result ON receipts (bundle, city, result_digest);
+CREATE TABLE cosignatures (bundle INTEGER NOT NULL, city TEXT NOT NULL, size INTEGER NOT NULL,
+                           line TEXT NOT NULL);
+CREATE INDEX cosignatures_by_size ON cosignatures (bundle, city, size);
+CREATE TABLE witnessed (bundle INTEGER NOT NULL, idx INTEGER NOT NULL, city TEXT NOT NULL,
+                        origin TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
+                        line TEXT NOT NULL);
 """
 
 
@@ -57,6 +64,18 @@ class ReceiptRef:
     result_digest: str
     node_log_index: int
     issued_at: datetime
+
+
+@dataclass(frozen=True)
+class Witnessed:
+    """A broker checkpoint a city logged that it cosigned: at log `index` of that city's log."""
+
+    city: str
+    origin: str
+    size: int
+    root: bytes
+    line: str
+    index: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,19 @@ class Ledger:
             "SELECT size, root FROM checkpoints WHERE bundle = ? ORDER BY size", (bundle.id,)
         ):
             yield int(size), bytes(root)
+
+    def add_cosignature(self, bundle: Bundle, city: str, size: int, line: str) -> None:
+        """A cosignature a broker's bundle carries."""
+        self._db.execute(
+            "INSERT INTO cosignatures VALUES (?, ?, ?, ?)", (bundle.id, city, size, line)
+        )
+
+    def add_witnessed(self, bundle: Bundle, w: Witnessed) -> None:
+        """A cosignature a city's bundle logged."""
+        self._db.execute(
+            "INSERT INTO witnessed VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (bundle.id, w.index, w.city, w.origin, w.size, w.root, w.line),
+        )
 
     def add_result(self, bundle: Bundle, r: ResultRef) -> None:
         self._results.append(
@@ -237,6 +269,30 @@ class Ledger:
             return None
         by_id = {b.id: b for b in self.bundles()}
         return by_id[row[0]], _result(row[1:])
+
+    def witnessed_unmatched(self, broker: Bundle) -> tuple[Bundle, Witnessed, str] | None:
+        """A checkpoint of `broker`'s log, no larger than its bundle's log, that a city logged as
+        cosigned and the bundle does not show as such: "missing" (no checkpoint of that size),
+        "fork" (another root), or "uncosigned" (the city's cosignature is not in the bundle)."""
+        row = self._db.execute(
+            "SELECT w.bundle, w.city, w.origin, w.size, w.root, w.line, w.idx, c.root, "
+            "EXISTS (SELECT 1 FROM cosignatures k WHERE k.bundle = ? AND k.city = w.city "
+            "AND k.size = w.size AND k.line = w.line) "
+            "FROM witnessed w LEFT JOIN checkpoints c ON c.bundle = ? AND c.size = w.size "
+            "WHERE w.origin = ? "
+            "AND w.size <= (SELECT max(size) FROM checkpoints WHERE bundle = ?) "
+            "AND (c.root IS NULL OR c.root != w.root OR NOT EXISTS (SELECT 1 FROM cosignatures "
+            "k WHERE k.bundle = ? AND k.city = w.city AND k.size = w.size AND k.line = w.line)) "
+            "ORDER BY w.bundle, w.idx LIMIT 1",
+            (broker.id, broker.id, broker.origin, broker.id, broker.id),
+        ).fetchone()
+        if row is None:
+            return None
+        node, city, origin, size, root, line, idx, broker_root, cosigned = row
+        w = Witnessed(city, origin, int(size), bytes(root), line, int(idx))
+        problem = "missing" if broker_root is None else "fork" if broker_root != root else ""
+        by_id = {b.id: b for b in self.bundles()}
+        return by_id[node], w, problem or ("uncosigned" if not cosigned else "")
 
 
 def _result(row: Any) -> ResultRef:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit import bundle as layout
 from audit.cosign import verify_cosignature, witness_name
-from audit.ledger import Bundle, Ledger, ReceiptRef, ResultRef
+from audit.ledger import Bundle, Ledger, ReceiptRef, ResultRef, Witnessed
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 from audit.note import NoteError, NoteVerifier, checkpoint_body, parse_checkpoint, verify_note
 from federation import agreement as agreement_doc
@@ -63,6 +63,7 @@ STATEMENTS = {
     "consent-receipt": ("city", "at"),
     "consent-batch": ("city", "at"),
     "agreement-revocation": ("revoked_by", "at"),
+    "cosignature": ("city", "at"),
 }
 # The kinds each statement type is logged under (node/answering.py, node/service.py,
 # broker/exchange.py). A kind lies outside the Merkle leaf, so it is checked against its entry.
@@ -75,6 +76,7 @@ KINDS = {
     "consent-batch": {"consent"},
     "agreement": {"agreement"},
     "agreement-revocation": {"agreement"},
+    "cosignature": {"witness"},
 }
 
 
@@ -670,6 +672,7 @@ def _verify_cosignatures(path: Path, origin: str, keys: _Keys, summary: BundleSu
             )
         summary.signatures_verified += 1
         summary.cosignatures_verified += 1
+        summary.ledger.add_cosignature(summary.bundle, city, size, line)
 
 
 def _verify_entry(
@@ -753,7 +756,21 @@ def _verify_entry(
                     )
         elif thing == "consent-batch":
             _check_consent_batch(statement, summary.party, fail)
-    except (KeyError, TypeError, ValueError):
+        elif thing == "cosignature":
+            if statement["city"] != summary.party:
+                raise fail("a city's log holds another city's cosignature", "STATEMENT_MISPLACED")
+            summary.ledger.add_witnessed(
+                summary.bundle,
+                Witnessed(
+                    summary.party,
+                    str(statement["origin"]),
+                    int(statement["tree_size"]),
+                    base64.b64decode(statement["root"], validate=True),
+                    str(statement["cosignature"]),
+                    number,
+                ),
+            )
+    except (KeyError, TypeError, ValueError, binascii.Error):
         raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
     return len(signers)
 
@@ -803,6 +820,24 @@ def reconcile(ledger: Ledger) -> None:
     for broker in ledger.bundles():
         if broker.role != "broker":
             continue
+        unmatched = ledger.witnessed_unmatched(broker)
+        if unmatched is not None:
+            node, w, problem = unmatched
+            if problem == "uncosigned":
+                raise BundleError(
+                    f"{w.city} logged (its entry {w.index} in {node.path}) that it cosigned "
+                    f"size {w.size} of this log; that cosignature is not in this bundle",
+                    "COSIGNATURE_MISSING",
+                    broker.path / layout.COSIGNATURES,
+                )
+            raise BundleError(
+                f"{w.city} cosigned size {w.size} of {broker.origin} with root "
+                f"{base64.b64encode(w.root).decode()}; this bundle has "
+                + ("no checkpoint of that size" if problem == "missing" else "another root"),
+                "LOG_FORK" if problem == "fork" else "CHECKPOINT_MISSING",
+                node.path,
+                w.index,
+            )
         receipt = ledger.receipt_without_result(broker)
         if receipt is not None:
             raise BundleError(

@@ -2,23 +2,34 @@
 
 It cosigns a broker checkpoint only if the checkpoint is signed by that broker and extends, by a
 valid consistency proof, the largest checkpoint it cosigned before; it then remembers the new one.
+
+Each cosignature is also logged in the city's own Merkle log, as a signed `cosignature` statement
+(the broker's origin, the tree size and root, the cosignature line), in the transaction that
+remembers it, before it is returned. So the evidence of what a city saw of a broker's log is in
+the city's hands too: an auditor finds a broker checkpoint that a city cosigned and the broker's
+export lacks or contradicts, and a cosignature the broker's export dropped (audit.verifier).
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from audit.cosign import cosign, witness_name
+from audit.log import MerkleLog
 from audit.merkle import verify_consistency
 from audit.note import NoteVerifier, parse_checkpoint, verify_note
 from audit.schema import witnessed_logs
 from federation.errors import FailedPrecondition, PermissionDenied
+from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.trust import Role, TrustStore
+
+COSIGNATURE, LOG_KIND = "cosignature", "witness"
 
 
 def broker_origin(broker: str) -> str:
@@ -26,8 +37,12 @@ def broker_origin(broker: str) -> str:
 
 
 class Witness:
-    def __init__(self, engine: Engine, city: str, signer: Signer, trust: TrustStore) -> None:
-        self._engine, self._signer, self._trust = engine, signer, trust
+    def __init__(
+        self, engine: Engine, city: str, signer: Signer, trust: TrustStore, log: MerkleLog
+    ) -> None:
+        """`log`: the city's own Merkle log, where each cosignature is logged."""
+        self._engine, self._signer, self._trust, self._log = engine, signer, trust, log
+        self.city = city
         self.name = witness_name(city)
         self._lock = threading.Lock()
 
@@ -46,12 +61,13 @@ class Witness:
                 f"checkpoint is for {cp_origin!r}, not {origin!r}",
                 reason="CHECKPOINT_ORIGIN_MISMATCH",
             )
-        with self._lock, self._engine.begin() as conn:
-            row = conn.execute(
-                select(witnessed_logs.c.tree_size, witnessed_logs.c.root).where(
-                    witnessed_logs.c.origin == origin
-                )
-            ).first()
+        with self._lock:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    select(witnessed_logs.c.tree_size, witnessed_logs.c.root).where(
+                        witnessed_logs.c.origin == origin
+                    )
+                ).first()
             known_size, known_root = (row[0], bytes(row[1])) if row else (0, b"")
             if old_size != known_size:
                 raise FailedPrecondition(
@@ -77,11 +93,32 @@ class Witness:
                     )
             else:
                 verify_consistency(known_size, size, proof, known_root, root)
-            values = {"tree_size": size, "root": root, "updated_at": datetime.now(UTC)}
-            if row:
-                conn.execute(
-                    update(witnessed_logs).where(witnessed_logs.c.origin == origin).values(values)
-                )
-            else:
-                conn.execute(insert(witnessed_logs).values(origin=origin, **values))
-        return cosign(body, self.name, self._signer, int(time.time()))
+            line = cosign(body, self.name, self._signer, int(time.time()))
+            statement = dsse.sign(
+                COSIGNATURE,
+                {
+                    "city": self.city,
+                    "at": timefmt.fmt(timefmt.now()),
+                    "broker": broker,
+                    "origin": origin,
+                    "tree_size": size,
+                    "root": base64.b64encode(root).decode(),
+                    "cosignature": line,
+                },
+                self._signer,
+            )
+
+            def remember(conn: Connection, _: int) -> None:
+                values = {"tree_size": size, "root": root, "updated_at": datetime.now(UTC)}
+                if row:
+                    conn.execute(
+                        update(witnessed_logs)
+                        .where(witnessed_logs.c.origin == origin)
+                        .values(values)
+                    )
+                else:
+                    conn.execute(insert(witnessed_logs).values(origin=origin, **values))
+
+            # Serialised by the lock, so what was read above still stands when this commits.
+            self._log.append_many([statement.to_json()], LOG_KIND, side_write=remember)
+        return line

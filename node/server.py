@@ -154,7 +154,7 @@ class NodeServer:
                 ),
             ]
 
-        witness = Witness(self.engine, config.city, signer, store)
+        witness = Witness(self.engine, config.city, signer, store, self.log)
 
         def register(server: grpc.Server) -> None:
             node_pb2_grpc.add_QueryServiceServicer_to_server(

@@ -21,6 +21,7 @@ from audit.ledger import Ledger
 from audit.merkle import CompactRange, leaf_hash
 from audit.note import checkpoint_body, parse_checkpoint, sign_note, unverified_body
 from audit.verifier import BundleError, reconcile, verify_bundle, verify_bundles
+from audit.witness import broker_origin
 from federation.cli import app
 from keys.ed25519 import Signer
 from tests.integration.audit_bundles import WITHDRAWING_CITY, Bundles, build, read_lines
@@ -84,11 +85,16 @@ def test_all_bundles_verify_together_and_receipts_reconcile(bundles: Bundles) ->
         assert s.result_count == len(list(s.results())) == bundles.answered_queries
         kinds = Counter(str(o["kind"]) for o in _objs(s.path / layout.ENTRIES))
         consents = bundles.consents_given[city] + (city == CITY)  # one withdrawal
+        # Every cosignature the broker holds from this city, the city logged too.
+        cosigned = [
+            o for o in _objs(bundles.broker / layout.COSIGNATURES) if str(o["witness"]) == city
+        ]
         assert kinds == {
             "agreement": 1,
             "consent": consents,
             "exchange": 2 * bundles.answered_queries,
             "refusal": 2 * bundles.refused_queries,
+            "witness": len(cosigned),
         }
     broker = by_party[bundles.fed.broker_id]
     assert broker.role == "broker"
@@ -225,6 +231,8 @@ def _cut(data: bytes, where: str) -> int:
         return 0
     if where == "last-byte":
         return len(data) - 1
+    if where == "last-line":  # on a line boundary: a whole line gone
+        return data.rindex(b"\n", 0, len(data) - 1) + 1 if data.count(b"\n") > 1 else 0
     # Inside the middle line, never on a line boundary.
     starts = [0] + [i + 1 for i, c in enumerate(data[:-1]) if c == 0x0A]
     start = starts[len(starts) // 2]
@@ -232,11 +240,10 @@ def _cut(data: bytes, where: str) -> int:
     return start + max(1, (end - start) // 2)
 
 
-@pytest.mark.parametrize("where", ["empty", "mid-line", "last-byte"])
+@pytest.mark.parametrize("where", ["empty", "mid-line", "last-byte", "last-line"])
 @pytest.mark.parametrize(("which", "rel"), FILES, ids=[f"{w}-{r}" for w, r in FILES])
 def test_a_truncated_file_is_named(work: Bundles, which: str, rel: str, where: str) -> None:
-    if (rel, where) == (layout.COSIGNATURES, "empty"):
-        pytest.skip("no cosignatures is a weaker bundle, not a wrong one: nothing commits to them")
+    # Cosignatures: the cities' logs hold each one they gave (audit.witness).
     path = _target(work, which, rel)
     data = path.read_bytes()
     path.write_bytes(data[: _cut(data, where)])
@@ -364,7 +371,8 @@ def test_two_bundles_of_one_log_with_different_trees_are_a_fork(
     shutil.copytree(honest, forked)
     entries = _objs(forked / layout.ENTRIES)
     n = len(entries)
-    entries[-2]["entry"], entries[-1]["entry"] = entries[-1]["entry"], entries[-2]["entry"]
+    for field in ("entry", "kind"):
+        entries[-2][field], entries[-1][field] = entries[-1][field], entries[-2][field]
     _write_lines(forked / layout.ENTRIES, [layout.line(o) for o in entries])
     tree = CompactRange()
     for o in entries:
@@ -547,3 +555,36 @@ def test_cli_export_into_an_existing_directory_fails_cleanly(
     (line,) = _error_lines(result.stderr)
     assert line == f"error: {out} already exists; choose a new directory"
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_broker_history_other_than_the_one_a_city_cosigned_is_a_fork(
+    work: Bundles, tmp_path: Path
+) -> None:
+    """The broker re-signs its last checkpoint over a rewritten history and drops the cities'
+    cosignatures of the honest one: its bundle verifies alone, but the cities' logs hold what
+    they cosigned, so verified with them it is a fork, named in a city's bundle."""
+    forked = work.broker
+    entries = _objs(forked / layout.ENTRIES)
+    n = len(entries)
+    for field in ("entry", "kind"):
+        entries[-2][field], entries[-1][field] = entries[-1][field], entries[-2][field]
+    _write_lines(forked / layout.ENTRIES, [layout.line(o) for o in entries])
+    tree = CompactRange()
+    for o in entries:
+        tree.append(leaf_hash(base64.b64decode(str(o["entry"]))))
+    origin = broker_origin(work.fed.broker_id)
+    note = sign_note(
+        checkpoint_body(origin, n, tree.root()), origin, _signer(work, work.fed.broker_id)
+    )
+    kept = [o for o in _objs(forked / layout.CHECKPOINTS) if int(str(o["size"])) <= n - 2]
+    _write_lines(
+        forked / layout.CHECKPOINTS,
+        [layout.line(o) for o in kept] + [layout.line({"size": n, "note": note})],
+    )
+    cosignatures = [o for o in _objs(forked / layout.COSIGNATURES) if int(str(o["size"])) < n - 1]
+    _write_lines(forked / layout.COSIGNATURES, [layout.line(o) for o in cosignatures])
+    assert verify_bundle(forked, work.authority).size == n
+    e = _fails(work.all, work)
+    assert e.reason == "LOG_FORK", e.message
+    assert e.file in work.nodes.values()
+    assert origin in e.message

@@ -3,7 +3,9 @@ valid consistency proof, the last checkpoint the witness cosigned; forks and rol
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,8 +53,17 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def witness(engine: Engine, fed: sandbox.LocalFederation, trust: TrustStore) -> Witness:
-    return Witness(engine, CITY, fed.cities[CITY].signer, trust)
+def city_log(engine: Engine, fed: sandbox.LocalFederation) -> Iterator[MerkleLog]:
+    log = MerkleLog(engine, f"citybroker/node/{CITY}", fed.cities[CITY].signer)
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def witness(
+    engine: Engine, fed: sandbox.LocalFederation, trust: TrustStore, city_log: MerkleLog
+) -> Witness:
+    return Witness(engine, CITY, fed.cities[CITY].signer, trust, city_log)
 
 
 def _log(path: Path, fed: sandbox.LocalFederation) -> Iterator[MerkleLog]:
@@ -134,9 +145,10 @@ def test_a_new_witness_on_the_same_store_remembers(
     fed: sandbox.LocalFederation,
     engine: Engine,
     trust: TrustStore,
+    city_log: MerkleLog,
 ) -> None:
     _first(witness, log, fed)
-    again = Witness(engine, CITY, fed.cities[CITY].signer, trust)
+    again = Witness(engine, CITY, fed.cities[CITY].signer, trust, city_log)
     _grow(log, 2)
     with pytest.raises(FailedPrecondition) as info:
         again.add_checkpoint(fed.broker_id, 0, [], log.checkpoint())
@@ -291,3 +303,37 @@ def test_refusals_are_citybroker_errors(
     for note in ("", "not a note", log.checkpoint().replace("\n\n", "\n")):
         with pytest.raises(CitybrokerError):
             witness.add_checkpoint(fed.broker_id, 0, [], note)
+
+
+def test_each_cosignature_is_logged_in_the_citys_own_log(
+    witness: Witness, log: MerkleLog, fed: sandbox.LocalFederation, city_log: MerkleLog
+) -> None:
+    _first(witness, log, fed)
+    old = log.size()
+    _grow(log, 2)
+    line = witness.add_checkpoint(
+        fed.broker_id, old, log.consistency_proof(old, log.size()), log.checkpoint()
+    )
+    assert city_log.size() == 2
+    entries = city_log.records(1, 2)
+    envelope = dsse.Envelope.from_json(entries[0].entry)
+    assert entries[0].kind == "witness"
+    assert envelope.payload_type == dsse.media_type("cosignature")
+    statement = json.loads(envelope.payload)
+    assert (statement["city"], statement["broker"], statement["tree_size"]) == (
+        CITY,
+        fed.broker_id,
+        log.size(),
+    )
+    assert statement["cosignature"] == line
+    assert base64.b64decode(statement["root"]) == log.root()
+
+
+def test_a_refused_checkpoint_logs_nothing(
+    witness: Witness, log: MerkleLog, fed: sandbox.LocalFederation, city_log: MerkleLog
+) -> None:
+    _first(witness, log, fed)
+    _grow(log, 2)
+    with pytest.raises(FailedPrecondition):
+        witness.add_checkpoint(fed.broker_id, 0, [], log.checkpoint())
+    assert city_log.size() == 1
