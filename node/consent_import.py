@@ -1382,8 +1382,8 @@ class _Run:
             _lock(conn)
             self._check_unchanged(conn, batch)
             if batch.creates:
-                # In the order of the indexes that are not in record id order (residents, the
-                # consent filter): neighbouring keys go in together.
+                # In the order of their indexes (records by resident; scopes by the consent
+                # filter's key): neighbouring keys go in together.
                 creates = batch.creates.values()
                 records = sorted((c[0] for c in creates), key=_by_resident)
                 inserts["records"].run(conn, records)
@@ -1500,7 +1500,7 @@ _by_resident = operator.itemgetter(_RECORD_COLUMNS.index("resident_id"))
 _by_filter = operator.itemgetter(
     *(
         _SCOPE_COLUMNS.index(c)
-        for c in ("purpose", "recipient", "data_category", "state", "resident_id")
+        for c in ("purpose", "recipient", "data_category", "state", "record_id", "resident_id")
     )
 )
 

@@ -44,7 +44,17 @@ consent_scopes = sa.Table(
     sa.Column("state", sa.String(32), nullable=False),
     sa.Column("valid_from", sa.DateTime(), nullable=False),
     sa.Column("valid_until", sa.DateTime(), nullable=True),
-    sa.Index("ix_consent_filter", "purpose", "recipient", "data_category", "state", "resident_id"),
+    # Record id before resident id: new records append (migration 0009), the filter still reads
+    # resident ids from the index alone.
+    sa.Index(
+        "ix_consent_filter",
+        "purpose",
+        "recipient",
+        "data_category",
+        "state",
+        "record_id",
+        "resident_id",
+    ),
 )
 
 # One signed statement of a bulk import (node.consent_import): it lists the SHA-256 digests of
