@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from federation import agreement as agreement_doc
-from federation.agreement import Agreement, Appearance, FieldTerms
+from federation.agreement import Agreement, Appearance, DpTerms, FieldTerms
 from federation.cli_output import console, fail
 from federation.config import Section, load_toml
 from federation.errors import CitybrokerError
@@ -89,6 +89,36 @@ def _parse_field(text: str) -> tuple[str, FieldTerms]:
     return name, FieldTerms(appearance, frozenset(g for g in gens.split(",") if g))
 
 
+def _parse_dp(
+    epsilon: float | None, total: float | None, bounds: list[str], per_resident: int
+) -> DpTerms | None:
+    """--dp-epsilon, --dp-total, --dp-bound NAME=LOW:HIGH (repeatable), --dp-records-per-resident:
+    all or none of the first two."""
+    if epsilon is None and total is None:
+        if bounds:
+            raise fail("--dp-bound needs --dp-epsilon and --dp-total")
+        return None
+    if epsilon is None or total is None:
+        raise fail("differential privacy needs both --dp-epsilon and --dp-total")
+    parsed: dict[str, tuple[float, float]] = {}
+    for text in bounds:
+        name, sep, rest = text.partition("=")
+        lo, colon, hi = rest.partition(":")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            low = high = 0.0
+        if not name or not sep or not colon or not low < high or name in parsed:
+            raise fail(f"--dp-bound {text!r}: use NAME=LOW:HIGH with LOW < HIGH, once per field")
+        parsed[name] = (low, high)
+    try:
+        return DpTerms.from_payload(
+            DpTerms(epsilon, total, parsed, per_resident).to_payload()
+        )  # the checks a received agreement gets
+    except ValueError as e:
+        raise fail(f"differential privacy terms: {e}") from None
+
+
 def _summary(a: Agreement, status: str = "") -> Table:
     t = Table(
         title=f"agreement {a.agreement_id} v{a.version}" + (f" ({status})" if status else ""),
@@ -109,6 +139,16 @@ def _summary(a: Agreement, status: str = "") -> Table:
     t.add_row("k (min cell size)", str(a.min_cell_size))
     t.add_row("valid", f"{timefmt.fmt(a.valid_from)} to {timefmt.fmt(a.valid_until)}")
     t.add_row("retention", f"{a.retention_days} days")
+    if a.dp is not None:
+        bounds = ", ".join(
+            f"{f} in [{lo:g}, {hi:g}]" for f, (lo, hi) in sorted(a.dp.bounds.items())
+        )
+        t.add_row(
+            "differential privacy",
+            f"epsilon {a.dp.epsilon_per_query:g} per query of {a.dp.total_epsilon:g}; at most "
+            f"{a.dp.records_per_resident} record(s) per resident"
+            + (f"; {bounds}" if bounds else ""),
+        )
     if a.legal_instruments:
         t.add_row("legal instruments", ", ".join(sorted(a.legal_instruments)))
     return t
@@ -139,8 +179,26 @@ def propose(
     instrument: Annotated[
         list[str] | None, typer.Option(help="Legal instrument the transfer relies on; repeatable.")
     ] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(help="Differential privacy: epsilon each answer spends (with --dp-total)."),
+    ] = None,
+    dp_total: Annotated[
+        float | None, typer.Option(help="Differential privacy: the agreement's total epsilon.")
+    ] = None,
+    dp_bound: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=LOW:HIGH clamp for sums of a field under DP; repeatable."),
+    ] = None,
+    dp_records_per_resident: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1000, help="Under DP, records of one resident an answer counts at most."
+        ),
+    ] = 1,
 ) -> None:
     """Sign new terms as this city and write the proposal for the other party to countersign."""
+    dp = _parse_dp(dp_epsilon, dp_total, dp_bound or [], dp_records_per_resident)
     now = timefmt.now()
     terms = Agreement(
         agreement_id=agreement_id or f"{provider}--{consumer}",
@@ -154,6 +212,7 @@ def propose(
         valid_until=now + timedelta(days=valid_days),
         retention_days=retention_days,
         legal_instruments=frozenset(instrument or []),
+        dp=dp,
     )
     from citybroker.node.v1 import node_pb2
 

@@ -189,7 +189,29 @@ def test_bad_input_is_one_line_and_no_traceback(
     ]  # fmt: skip
     for bad in ("district=bogus", "district", "trip_date=generalised", "district=raw:month"):
         one_line_error(cli(*propose, "--field", bad), "--field")
+    field = ["--field", "district=raw", "--field", "distance_km=aggregate_only"]
+    for dp in (
+        ["--dp-epsilon", "0.5"],  # no total
+        ["--dp-epsilon", "2", "--dp-total", "1"],  # more per query than in all
+        ["--dp-epsilon", "0.5", "--dp-total", "1", "--dp-bound", "distance_km=5:1"],
+        ["--dp-epsilon", "0.5", "--dp-total", "1", "--dp-bound", "distance_km"],
+        ["--dp-bound", "distance_km=0:30"],  # bounds without DP
+    ):
+        one_line_error(cli(*propose, *field, *dp), "dp")
     assert not (tmp_path / "p.json").exists()
+    dp_terms = ["--dp-epsilon", "0.5", "--dp-total", "2", "--dp-bound", "distance_km=0:30"]
+    proposed = ok(
+        cli(*propose, *field, *dp_terms, "--dp-records-per-resident", "3", "--id", "aurora--dp")
+    )
+    assert "at most 3 record(s) per resident" in proposed
+    payload = json.loads(dsse.Envelope.from_json((tmp_path / "p.json").read_bytes()).payload)
+    assert payload["dp"] == {
+        "epsilon_per_query": 0.5,
+        "total_epsilon": 2.0,
+        "bounds": {"distance_km": [0.0, 30.0]},
+        "records_per_resident": 3,
+    }
+    (tmp_path / "p.json").unlink()
 
     missing = tmp_path / "missing.json"
     one_line_error(
