@@ -1,7 +1,9 @@
 """Compile a permitted query to one SQL statement, run it where the data lives, and suppress small cells.
 
 The consent filter is a semi-join inside the same statement, so only consenting residents' records are
-ever read into an aggregate; nothing but the aggregated cells comes back to Python.
+ever read into an aggregate; nothing but the aggregated cells comes back to Python (and, on DuckDB
+with the consent mirror, each cell's contributors as a bitmap over resident numbers, for the
+transparency record: see `run`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ _AT = "consent_at"
 # Compiled statements by query shape; building one costs more than running it on a small city.
 _STATEMENTS: dict[tuple[Any, ...], sa.Select[Any]] = {}
 _MAX_STATEMENTS = 256
+# Contributors computed in the aggregate's own scan (DuckDB, consents mirrored: `run`): one
+# bitmap of R/8 bytes per cell (R: resident numbers), held by DuckDB while it aggregates and read
+# back, so only when the cells' bitmaps fit in this; the cell count is the one the last answer of
+# the same shape had (unknown: two scans, which learn it).
+_MAX_CELL_BITMAPS = 16 << 20
+_CELLS: dict[tuple[Any, ...], int] = {}
+# Shapes whose one scan ran out of DuckDB's memory (its memory_limit): two scans from then on.
+_TWO_SCANS: set[tuple[Any, ...]] = set()
+_BITS_MAX = "bits_max"
+_BITS, _UNNUMBERED = "_bits", "_unnumbered"
+# DuckDB's BIT, cast to BLOB, holds the first bit in the most significant bit of its byte.
+_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,10 @@ class Cell:
 class AggregateResult:
     cells: list[Cell]
     withheld: list[dict[str, str]]
+    # The released cells' contributors, when the aggregate's own scan computed them (`run`): a
+    # bitmap over resident numbers from 0, bit n & 7 of byte n >> 3 for number n, as
+    # node.transparency records it. None: ask `contributors_statement` (a second scan).
+    contributor_bitmap: bytes | None = None
 
 
 def _generalise(
@@ -302,6 +320,20 @@ def _consent_conditions(
     ]
 
 
+def _mirror_conditions(
+    purpose: str, recipients: tuple[str, ...], category: str, at: sa.BindParameter[Any]
+) -> list[sa.ColumnElement[bool]]:
+    """The consent mirror's rows valid for this purpose, recipient and category at `at`."""
+    m = _MIRROR.c
+    return [
+        m.purpose == purpose,
+        _in(m.recipient, recipients),
+        m.data_category == category,
+        m.valid_from <= at,
+        sa.or_(m.valid_until.is_(None), m.valid_until > at),
+    ]
+
+
 def _consent_filter(
     resident: sa.ColumnElement[Any],
     purpose: str,
@@ -315,13 +347,7 @@ def _consent_filter(
     if pushed:
         m = _MIRROR.c
         return resident.in_(
-            sa.select(m.resident_id).where(
-                m.purpose == purpose,
-                _in(m.recipient, recipients),
-                m.data_category == category,
-                m.valid_from <= at,
-                sa.or_(m.valid_until.is_(None), m.valid_until > at),
-            )
+            sa.select(m.resident_id).where(*_mirror_conditions(purpose, recipients, category, at))
         )
     c = consent_scopes.c
     consenting = sa.select(c.resident_id).where(
@@ -413,11 +439,18 @@ def _compile(
     pushed: bool = False,
     bounds: Bounds = (),
     per_resident: int = 0,
+    numbered: bool = False,
 ) -> sa.Select[Any]:
     """`per_resident` (differential privacy with the resident as the unit): keep at most that
     many of each resident's rows, chosen by the resident's own rows alone, so that adding or
-    removing one resident changes any count by at most that much."""
-    table, generalised, conditions = _source(query, ds, recipients, at, dialect, pushed)
+    removing one resident changes any count by at most that much. `numbered` (consents
+    mirrored, DuckDB, no `per_resident`): each cell also gets its contributors' bitmap over
+    resident numbers 0 to the bound `bits_max` (`_BITS`), and how many of its rows belong to a
+    resident the mirror has no number for (`_UNNUMBERED`)."""
+    assert not numbered or (pushed and not per_resident and ds.resident_linked)
+    table, generalised, conditions = _source(
+        query, ds, recipients, at, dialect, pushed, consent_filter=not numbered
+    )
     fields = sorted({m.field for m in query.measures if m.field})
     dims: list[sa.ColumnElement[Any]] = [g.label(f"d{i}") for i, g in enumerate(generalised)]
     resident: sa.ColumnElement[Any] | None = (
@@ -425,6 +458,18 @@ def _compile(
     )
     source: sa.FromClause = table
     values: dict[str, sa.ColumnElement[Any]] = {f: table.c[ds.fields[f].column] for f in fields}
+    number: sa.ColumnElement[Any] | None = None
+    if numbered:
+        # The consent filter as a join, to carry the numbers: one row per consenting resident.
+        mirror = _MIRROR.c
+        consenting = (
+            sa.select(mirror.resident_id, sa.func.max(mirror.number).label("number"))
+            .where(*_mirror_conditions(query.purpose, recipients, ds.data_category, at))
+            .group_by(mirror.resident_id)
+            .subquery("consenting")
+        )
+        source = table.join(consenting, consenting.c.resident_id == table.c[ds.resident_column])
+        number = consenting.c.number
     if per_resident and resident is not None:
         rank = sa.func.row_number().over(
             partition_by=resident,
@@ -469,6 +514,14 @@ def _compile(
             value = values[m.field]
             expr = fn(value if bound is None else _clamp(value, *bound, dialect))
         measures.append(expr.label(f"m{i}"))
+    if number is not None:
+        bits_max = sa.bindparam(_BITS_MAX, type_=sa.BigInteger())
+        measures += [
+            sa.cast(
+                sa.func.bitstring_agg(number, sa.literal_column("0"), bits_max), sa.LargeBinary
+            ).label(_BITS),
+            sa.func.count().filter(number.is_(None)).label(_UNNUMBERED),
+        ]
     stmt = sa.select(*dims, *measures).select_from(source).where(*conditions)
     if dims:
         stmt = stmt.group_by(*dims).order_by(*dims)
@@ -504,7 +557,14 @@ def run(
     """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
     distinct consenting residents, and enough others that none can be recovered from margins.
     A query whose whole population is under k is refused. `bounds` and `per_resident`: see
-    `_compile`."""
+    `_compile`.
+
+    On DuckDB with the consent mirror (`pushed`) and no `per_resident`, the same scan also
+    computes each cell's contributors as a bitmap over resident numbers, and the result carries
+    the released cells' OR (`contributor_bitmap`), so that the transparency record needs no second
+    scan; only when the last answer of this shape had few enough cells for their bitmaps to fit
+    (`_MAX_CELL_BITMAPS`), and not when a released cell has a contributor the mirror has no number
+    for (the contributors statement then records them by id)."""
     dialect = conn.dialect.name
     # Everything the statement is built from except the consent time, which binds at execution.
     shape: tuple[Any, ...] = (
@@ -519,16 +579,46 @@ def run(
         ds.resident_column,
     )
     shape += (ds.data_category, *ds.fields.items())
-    stmt = _STATEMENTS.get(shape)
+    params: dict[str, Any] = {_AT: timefmt.to_db(at)}
+    numbered, bits = False, 0
+    cells_before = _CELLS.get(shape)
+    if (
+        cells_before is not None
+        and shape not in _TWO_SCANS
+        and pushed
+        and dialect == "duckdb"
+        and ds.resident_linked
+        and not per_resident
+        and mirrored_numbers(conn) is not None
+    ):
+        bits = _bitmap_bits(conn)
+        if cells_before * (bits // 8) <= _MAX_CELL_BITMAPS:
+            numbered = True
+            params[_BITS_MAX] = bits - 1
+    stmt = _STATEMENTS.get((*shape, numbered))
     if stmt is None:
         stmt = _compile(
-            query, ds, recipients, _at_param(None), dialect, pushed, bounds, per_resident
+            query, ds, recipients, _at_param(None), dialect, pushed, bounds, per_resident, numbered
         )
         if len(_STATEMENTS) >= _MAX_STATEMENTS:
             _STATEMENTS.clear()
-        _STATEMENTS[shape] = stmt
+        _STATEMENTS[(*shape, numbered)] = stmt
     names = [m.name for m in query.measures]
-    rows = conn.execute(stmt, {_AT: timefmt.to_db(at)}).mappings().all()
+    try:
+        rows = conn.execute(stmt, params).mappings().all()
+    except sa.exc.DBAPIError as e:
+        if not numbered or not _out_of_memory(e):
+            raise
+        # The join that numbers the rows and the cells' bitmaps need more memory than the
+        # aggregate alone: this shape takes two scans from now on. The mirror is committed.
+        conn.rollback()
+        if len(_TWO_SCANS) >= _MAX_STATEMENTS:
+            _TWO_SCANS.clear()
+        _TWO_SCANS.add(shape)
+        return run(conn, query, ds, recipients, at, k, pushed, bounds, per_resident)
+    if len(_CELLS) >= _MAX_STATEMENTS:
+        _CELLS.clear()
+    _CELLS[shape] = len(rows)
     keys = [tuple(str(row[f"d{i}"]) for i in range(len(query.group_by))) for row in rows]
     population = [int(row[_RESIDENTS]) for row in rows]
     if max(population, default=0) < k and _population(conn, query, ds, recipients, at, pushed) < k:
@@ -539,6 +629,7 @@ def run(
     hidden = disclosure.suppress(keys, population, k)
     cells: list[Cell] = []
     withheld: list[dict[str, str]] = []
+    contributors = 0
     for i, row in enumerate(rows):
         key = {d.field: keys[i][j] for j, d in enumerate(query.group_by)}
         if i in hidden:
@@ -547,7 +638,30 @@ def run(
         cells.append(
             Cell(key, {n: _number(row[f"m{j}"]) for j, n in enumerate(names)}, int(row[_RECORDS]))
         )
-    return AggregateResult(cells, withheld)
+        if numbered:
+            if row[_UNNUMBERED]:
+                # A resident consented after the mirror numbered and read the others: the
+                # contributors statement (a second scan) records them by id.
+                numbered = False
+            elif row[_BITS] is not None:
+                contributors |= int.from_bytes(bytes(row[_BITS]), "big")
+    if not numbered:
+        return AggregateResult(cells, withheld)
+    # The first number is the most significant bit: reversed, as bytes, to the record's order.
+    bitmap = contributors.to_bytes(bits // 8, "big").translate(_REVERSED)
+    return AggregateResult(cells, withheld, bitmap)
+
+
+def _out_of_memory(error: sa.exc.DBAPIError) -> bool:
+    """Whether DuckDB refused a statement for want of memory (its memory_limit)."""
+    return type(error.orig).__name__ == "OutOfMemoryException"
+
+
+def _bitmap_bits(conn: sa.Connection) -> int:
+    """How many resident numbers the contributors' bitmap covers on the mirror of `conn`: from
+    0 to the largest mirrored number, rounded up to whole bytes."""
+    largest = conn.execute(sa.select(sa.func.max(_MIRROR.c.number))).scalar()
+    return (int(largest or 0) // 8 + 1) * 8
 
 
 def _population(

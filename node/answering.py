@@ -49,6 +49,8 @@ class _Release:
     contributors_params: dict[str, Any] | None = None
     # The privacy budget this answer spends, booked in the transaction that logs it.
     charge: privacy.Charge | None = None
+    # The contributors, when the aggregate's own scan computed them (`contributors` is not run).
+    contributor_bitmap: bytes | None = None
 
 
 # Answers of one query when others keep spending the same privacy budget under it.
@@ -155,6 +157,7 @@ class Answerer:
                 data,
                 result_offset=1,
                 params=release.contributors_params,
+                contributor_bitmap=release.contributor_bitmap,
             )
             side = record if release.charge is None else _charged(release.charge, record)
             try:
@@ -313,6 +316,16 @@ class Answerer:
             jurisdictions=jurisdictions,
             privacy=spend.statement(per_resident or None) if spend else None,
         )
+        if answer.contributor_bitmap is not None:
+            return _Release(
+                result,
+                query,
+                agreement,
+                started,
+                None,
+                charge=charge,
+                contributor_bitmap=answer.contributor_bitmap,
+            )
         contributors = aggregate.contributors_statement(
             query, ds, recipients, started, conn.dialect.name, answer.withheld, pushed
         )

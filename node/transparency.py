@@ -18,7 +18,9 @@ record cost more than the query. Instead:
   numbers, node.aggregate, when the data is elsewhere) and grouped into 32-bit words, so only
   about one row per 32 residents comes back, and nothing is written per resident. A contributor
   without a number yet (a resident new since the last consent sync) comes back by id and is
-  numbered in the log's transaction.
+  numbered in the log's transaction. On DuckDB with the consent mirror, the aggregate's own scan
+  computes each cell's bitmap (node.aggregate.run) and the released cells' OR is recorded as is,
+  with no second scan, when the cells' bitmaps fit and every contributor has a number.
 
 A bitmap over a dense numbering is both smaller and cheaper than a sorted, delta-coded list at
 this density (60 % of residents: under 2 bits a resident before compression), and it answers
@@ -105,6 +107,23 @@ class _Bitmap:
     def add_word(self, word: int, bits: int) -> None:
         self._block(word)[word % _WORDS] |= bits & 0xFFFFFFFF
 
+    def add_bitmap(self, bitmap: bytes) -> None:
+        """Numbers from a bitmap from 0: bit n & 7 of byte n >> 3 set for number n."""
+        size = 4 * _WORDS
+        for start in range(0, len(bitmap), size):
+            chunk = bitmap[start : start + size]
+            if chunk.count(0) == len(chunk):
+                continue  # no contributor numbered in this block
+            words = array("I", chunk.ljust(size, b"\0"))
+            if sys.byteorder == "big":
+                words.byteswap()
+            block = self._blocks.get(start // size)
+            if block is None:
+                self._blocks[start // size] = words
+            else:
+                for i, w in enumerate(words):
+                    block[i] |= w
+
     def add(self, numbers: Iterable[int]) -> None:
         for n in numbers:
             self._block(n >> 5)[(n >> 5) % _WORDS] |= 1 << (n & 31)
@@ -149,18 +168,23 @@ class ExchangeRecorder:
         data: sa.Connection,
         result_offset: int,
         params: dict[str, Any] | None = None,
+        contributor_bitmap: bytes | None = None,
     ) -> SideWrite:
         """The rows of this exchange, to commit in the log's own transaction (no commit of their
         own): the exchange, with the log index of its result (`result_offset` after the first
         entry), and its contributors: `contributors`, a select of resident ids run now on `data`
         (with `params`, if its parameters bind at execution), numbered where they are when the
-        numbers are there too (the node's database, or the consent mirror on `data`)."""
+        numbers are there too (the node's database, or the consent mirror on `data`); or, when
+        the answer's own scan computed them, `contributor_bitmap` (node.aggregate), and
+        `contributors` is not run."""
         numbered: sa.FromClause | None = (
             resident_numbers if self._data is self._node else aggregate.mirrored_numbers(data)
         )
         bitmap = _Bitmap()
         unnumbered: list[str] = []
-        if contributors is None:
+        if contributor_bitmap is not None:
+            bitmap.add_bitmap(contributor_bitmap)
+        elif contributors is None:
             pass
         elif numbered is None:
             unnumbered = [str(r[0]) for r in data.execute(contributors, params)]

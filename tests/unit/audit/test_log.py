@@ -454,7 +454,8 @@ def test_a_refusing_side_write_fails_only_its_own_entries(log: MerkleLog) -> Non
     assert writing.wait(10)
     # Both queue while the writer is inside the first batch, so they ride in the next one.
     others = [
-        threading.Thread(target=append, args=(n, s)) for n, s in (("refused", refuse), ("kept", None))
+        threading.Thread(target=append, args=(n, s))
+        for n, s in (("refused", refuse), ("kept", None))
     ]
     for t in others:
         t.start()
