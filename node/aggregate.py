@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from federation.errors import PermissionDenied, TooLarge
+from federation.errors import InvalidArgument, PermissionDenied, TooLarge
 from federation.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node import disclosure
@@ -626,7 +626,14 @@ def run(
         raise PermissionDenied(
             f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
         )
-    hidden = disclosure.suppress(keys, population, k)
+    try:
+        hidden = disclosure.suppress(keys, population, k)
+    except disclosure.TooLargeToAudit as e:
+        raise InvalidArgument(
+            f"the answer is too fine to protect its small cells ({e}): group by fewer or "
+            "coarser dimensions",
+            reason="GROUP_BY_TOO_FINE",
+        ) from None
     cells: list[Cell] = []
     withheld: list[dict[str, str]] = []
     contributors = 0

@@ -10,11 +10,11 @@ import sqlalchemy as sa
 
 from federation import storage
 from federation.config import Section
-from federation.errors import PermissionDenied
+from federation.errors import InvalidArgument, PermissionDenied
 from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from keys import timefmt
 from keys.ed25519 import Signer
-from node import aggregate, synthetic
+from node import aggregate, disclosure, synthetic
 from node.catalogue import Catalogue
 from node.consent import ConsentRecord, ConsentRegistry
 from node.schema import consent_records
@@ -223,3 +223,15 @@ def test_differential_privacy_counts_at_most_l_records_of_each_resident(
     # A bound no resident reaches changes nothing but the clamp.
     unbounded = _bounded(engine, q, 0)
     assert _bounded(engine, q, max(trips.values())).cells == unbounded.cells
+
+
+def test_an_answer_too_fine_to_protect_is_refused_with_a_reason(
+    node: tuple[sa.Engine, ConsentRegistry, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _, _ = node
+    monkeypatch.setattr(disclosure, "_LARGEST", 1)  # every table is past the audit's bound
+    q = Query("mobility", PURPOSE, COUNTS, group_by=(Dimension("district"), Dimension("mode")))
+    with pytest.raises(InvalidArgument) as e:
+        run(engine, q, k=3)
+    assert e.value.reason == "GROUP_BY_TOO_FINE"
+    assert "group by fewer or coarser dimensions" in e.value.message

@@ -45,9 +45,13 @@ def test_equal_populations_break_ties_by_key() -> None:
     assert withheld_keys(keys, [9, 9, 2, 9], 5) == {("a",), ("b",)}
 
 
-def test_two_small_cells_that_together_reach_k_need_no_third() -> None:
+def test_two_small_cells_that_together_reach_k_still_need_a_third() -> None:
+    # With only a and b withheld, a + b = total - c = 5 is known, and each cell holds at least
+    # one person, so a is at most 4 and b at most 3: the partner can tell both are under k. With
+    # c withheld too, a (or b) could be as large as 35 - 2 = 33.
     keys = [("a",), ("b",), ("c",)]
-    assert withheld_keys(keys, [3, 2, 30], 5) == {("a",), ("b",)}
+    assert withheld_keys(keys, [3, 2, 30], 5) == {("a",), ("b",), ("c",)}
+    assert disclosure.recoverable(keys, [3, 2, 30], {0, 1}, 5)
 
 
 def test_two_small_cells_under_k_together_need_a_third() -> None:
@@ -80,11 +84,12 @@ def test_three_by_three_table_with_one_small_cell() -> None:
 
 def test_a_sparse_table_has_only_the_margins_it_has() -> None:
     # ("b", "y") is alone in its row: that row's margin is itself, under k, so a coarser query
-    # withholds it too; its column and the total need a partner cell.
+    # withholds it too. But coarser queries give it away whatever this answer withholds:
+    # column y - (row a - column x) = 22 - (40 - 20) = 2, and each of those margins has at least
+    # k people ("a", "x" is alone in column x). Withholding ("a", "y") as well would not help,
+    # so it is released, and the cell counts as inherently exposed (not recoverable).
     keys = [("a", "x"), ("a", "y"), ("b", "y")]
-    hidden = withheld_keys(keys, [20, 20, 2], 5)
-    assert ("b", "y") in hidden
-    assert ("a", "y") in hidden  # the only other cell in its column
+    assert withheld_keys(keys, [20, 20, 2], 5) == {("b", "y")}
 
 
 def test_three_dimensional_table() -> None:
@@ -124,7 +129,7 @@ def test_recoverable_checks_every_margin_line() -> None:
     assert not disclosure.recoverable(keys, population, {0, 1, 2, 3}, 5)
 
 
-# ---- a known gap -------------------------------------------------------------------------------
+# ---- margins combined --------------------------------------------------------------------------
 
 
 def _determined(n: int, lines: list[set[int]], cell: int) -> bool:
@@ -150,15 +155,11 @@ def _rank(rows: list[list[Fraction]]) -> int:
     return rank
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="line-by-line secondary suppression: a withheld cell can still follow from several "
-    "margins combined (here column c3 - rows r2, r3 + column c0)",
-)
 def test_no_small_cell_follows_from_margins_combined() -> None:
-    """4x4 table, k = 2, one resident in (r1, c3). Every line passes `recoverable`, yet
-    x(r1,c3) = C3 - R2 - R3 + C0 over the withheld cells, and every one of those margins has at
-    least k people, so coarser queries release them."""
+    """4x4 table, k = 2, one resident in (r1, c3). Line-by-line suppression (every row and
+    column with none or at least two withheld cells adding up to k) left it recoverable as
+    x(r1,c3) = C3 - R2 - R3 + C0 over the withheld cells, every one of those margins having at
+    least k people. No withheld cell may follow from the known margins combined."""
     rows, cols = ("r0", "r1", "r2", "r3"), ("c0", "c1", "c2", "c3")
     keys = [(r, c) for r in rows for c in cols]
     population = [38, 2, 2, 24, 22, 2, 2, 1, 2, 9, 29, 2, 13, 33, 31, 6]
@@ -167,10 +168,38 @@ def test_no_small_cell_follows_from_margins_combined() -> None:
     assert not disclosure.recoverable(keys, population, hidden, k)
     order = sorted(hidden)
     lines = [
-        {order.index(i) for i in line if i in hidden}
-        for line in disclosure._lines(keys)  # the margins suppress reasons over
-        if sum(population[i] for i in line) >= k
+        {order.index(i) for i in margin if i in hidden}
+        for margin in disclosure.margins(keys)
+        if sum(population[i] for i in margin) >= k
     ]
+    lines = [line for line in lines if line]
     small = keys.index(("r1", "c3"))
     assert small in hidden
-    assert not _determined(len(order), [ln for ln in lines if ln], order.index(small))
+    for cell in hidden:
+        assert not _determined(len(order), lines, order.index(cell))
+
+
+def test_margins_cover_every_set_of_dimensions_summed_over() -> None:
+    keys = [("a", "x"), ("a", "y"), ("b", "y")]
+    assert set(disclosure.margins(keys)) == {
+        frozenset({0, 1}),  # row a
+        frozenset({2}),  # row b: the one cell (b, y)
+        frozenset({0}),  # column x
+        frozenset({1, 2}),  # column y
+        frozenset({0, 1, 2}),  # the grand total
+    }
+    assert disclosure.margins([]) == []
+
+
+def test_a_table_too_large_to_audit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past the audit's size bound the answer fails closed: nothing is released (the node refuses
+    # the query), and anything less than withholding every cell counts as recoverable.
+    monkeypatch.setattr(disclosure, "_LARGEST", 1)
+    keys = [(r, c) for r in ("r0", "r1", "r2") for c in ("c0", "c1", "c2")]
+    population = [1, 30, 40, 50, 60, 70, 80, 90, 35]
+    with pytest.raises(disclosure.TooLargeToAudit, match="9 cells, 1 of them under k"):
+        disclosure.suppress(keys, population, 5)
+    assert disclosure.recoverable(keys, population, {0, 1, 3, 4}, 5)
+    assert not disclosure.recoverable(keys, population, set(range(len(keys))), 5)
+    # Nothing under k needs no audit at all.
+    assert disclosure.suppress(keys, [n + 5 for n in population], 5) == set()
