@@ -309,28 +309,28 @@ def _in(col: sa.ColumnElement[Any], values: tuple[str, ...]) -> sa.ColumnElement
 def _consent_conditions(
     purpose: str, recipients: tuple[str, ...], category: str, at: sa.BindParameter[Any]
 ) -> list[sa.ColumnElement[bool]]:
+    """consent_scopes rows in force for this purpose, recipient and category at `at`."""
     c = consent_scopes.c
-    return [
-        c.purpose == purpose,
-        _in(c.recipient, recipients),
-        c.data_category == category,
-        _in(c.state, VALID_STATES),
-        c.valid_from <= at,
-        sa.or_(c.valid_until.is_(None), c.valid_until > at),
-    ]
+    return [_in(c.state, VALID_STATES), *_valid(c, purpose, recipients, category, at)]
 
 
 def _mirror_conditions(
     purpose: str, recipients: tuple[str, ...], category: str, at: sa.BindParameter[Any]
 ) -> list[sa.ColumnElement[bool]]:
-    """The consent mirror's rows valid for this purpose, recipient and category at `at`."""
-    m = _MIRROR.c
+    """The consent mirror's rows valid for this purpose, recipient and category at `at` (it
+    holds only records in a valid state)."""
+    return _valid(_MIRROR.c, purpose, recipients, category, at)
+
+
+def _valid(
+    c: Any, purpose: str, recipients: tuple[str, ...], category: str, at: sa.BindParameter[Any]
+) -> list[sa.ColumnElement[bool]]:
     return [
-        m.purpose == purpose,
-        _in(m.recipient, recipients),
-        m.data_category == category,
-        m.valid_from <= at,
-        sa.or_(m.valid_until.is_(None), m.valid_until > at),
+        c.purpose == purpose,
+        _in(c.recipient, recipients),
+        c.data_category == category,
+        c.valid_from <= at,
+        sa.or_(c.valid_until.is_(None), c.valid_until > at),
     ]
 
 

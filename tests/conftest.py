@@ -6,7 +6,7 @@ import random
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,37 @@ from broker.server import BrokerConfig, BrokerServer
 from federation import agreement as agreement_doc
 from federation import sandbox, storage
 from node import synthetic
+from node.consent import ConsentRecord, ConsentRegistry
 from node.operator_client import OperatorClient, consent_record
 from node.server import NodeConfig, NodeServer
 
 PURPOSE = "urban-mobility-planning"
+
+
+def give_mobility_consents(
+    registry: ConsentRegistry,
+    residents: list[synthetic.Resident],
+    partner: str,
+    now: datetime,
+    purpose: str = PURPOSE,
+) -> None:
+    """Each resident consents, from a day before `now`, to `purpose` for `partner` over the
+    mobility data (record id: RESIDENT-c)."""
+    for p in residents:
+        registry.give(
+            ConsentRecord(
+                f"{p.resident_id}-c",
+                p.resident_id,
+                (purpose,),
+                (partner,),
+                ("mobility",),
+                now - timedelta(days=1),
+                None,
+            ),
+            actor="test",
+        )
+
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VECTORS = PROJECT_ROOT.parent / "shared" / "vectors"
 

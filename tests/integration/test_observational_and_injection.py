@@ -27,9 +27,9 @@ from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, policy, synthetic
 from node.catalogue import Catalogue
-from node.consent import ConsentRecord, ConsentRegistry
+from node.consent import ConsentRegistry
 from node.schema import consent_records, consent_scopes
-from tests.conftest import PURPOSE, RunningFederation
+from tests.conftest import PURPOSE, RunningFederation, give_mobility_consents
 from tests.integration.conftest import Wire
 
 CITIES = ["aurora", "borealis", "cascadia"]
@@ -400,19 +400,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
     )
     registry = ConsentRegistry(engine, CITY, Signer.generate())
     now = timefmt.now()
-    for p in people:
-        registry.give(
-            ConsentRecord(
-                f"{p.resident_id}-c",
-                p.resident_id,
-                (PURPOSE,),
-                (PARTNER,),
-                ("mobility",),
-                now - timedelta(days=1),
-                None,
-            ),
-            actor="test",
-        )
+    give_mobility_consents(registry, people, PARTNER, now)
     yield engine
     engine.dispose()
 

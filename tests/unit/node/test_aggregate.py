@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,9 @@ from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, disclosure, synthetic
 from node.catalogue import Catalogue
-from node.consent import ConsentRecord, ConsentRegistry
+from node.consent import ConsentRegistry
 from node.schema import consent_records
+from tests.conftest import give_mobility_consents
 
 CITY, PARTNER, PURPOSE = "aurora", "northwind", "urban-mobility-planning"
 DATASET = Catalogue.from_config(
@@ -47,19 +48,7 @@ def _node(url: str) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
     synthetic.load_trips(engine, synthetic.trip_rows(people, 3, date(2026, 8, 1), 30, seed=3))
     registry = ConsentRegistry(engine, CITY, Signer.generate())
     now = timefmt.now()
-    for p in people:
-        registry.give(
-            ConsentRecord(
-                f"{p.resident_id}-c",
-                p.resident_id,
-                (PURPOSE,),
-                (PARTNER,),
-                ("mobility",),
-                now - timedelta(days=1),
-                None,
-            ),
-            actor="test",
-        )
+    give_mobility_consents(registry, people, PARTNER, now)
     return engine, registry, [p.resident_id for p in people]
 
 

@@ -5,7 +5,7 @@ scan) finds, recorded alike; and the second scan whenever the one scan cannot be
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, synthetic, transparency
 from node.catalogue import Catalogue
-from node.consent import ConsentRecord, ConsentRegistry
+from node.consent import ConsentRegistry
 from node.schema import exchange_contributors
 from node.transparency import Exchange, ExchangeRecorder, words_statement
+from tests.conftest import give_mobility_consents
 
 CITY, PARTNER, PURPOSE = "aurora", "northwind", "urban-mobility-planning"
 DATASET = Catalogue.from_config(
@@ -53,19 +54,7 @@ def split(tmp_path: Path) -> Iterator[tuple[sa.Engine, sa.Engine]]:
     synthetic.load_trips(data, synthetic.trip_rows(PEOPLE, 3, date(2026, 8, 1), 30, seed=7))
     registry = ConsentRegistry(consents, CITY, Signer.generate())
     now = timefmt.now()
-    for p in PEOPLE[:30]:
-        registry.give(
-            ConsentRecord(
-                f"{p.resident_id}-c",
-                p.resident_id,
-                (PURPOSE,),
-                (PARTNER,),
-                ("mobility",),
-                now - timedelta(days=1),
-                None,
-            ),
-            actor="test",
-        )
+    give_mobility_consents(registry, PEOPLE[:30], PARTNER, now)
     yield consents, data
     data.dispose()
     consents.dispose()
