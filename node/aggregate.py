@@ -490,10 +490,22 @@ def _compile(
         dims = [inner.c[f"d{i}"] for i in range(len(generalised))]
         resident = inner.c.r
         values = {f: inner.c[f"f{j}"] for j, f in enumerate(values)}
+    bits: sa.ColumnElement[Any] | None = None
+    residents: sa.ColumnElement[Any] = sa.func.count()  # observational: k counts records
+    if number is not None and resident is not None:
+        bits = sa.func.bitstring_agg(
+            number, sa.literal_column("0"), sa.bindparam(_BITS_MAX, type_=sa.BigInteger())
+        )
+        # Distinct residents from the bitmap's set bits (integers, where counting distinct
+        # resident ids hashes strings: the larger part of the aggregate's time), plus those
+        # without a number by id.
+        residents = sa.func.bit_count(bits) + sa.func.count(sa.distinct(resident)).filter(
+            number.is_(None)
+        )
+    elif resident is not None:
+        residents = sa.func.count(sa.distinct(resident))
     measures: list[sa.ColumnElement[Any]] = [
-        (sa.func.count(sa.distinct(resident)) if resident is not None else sa.func.count()).label(
-            _RESIDENTS
-        ),
+        residents.label(_RESIDENTS),
         sa.func.count().label(_RECORDS),
     ]
     for i, m in enumerate(query.measures):
@@ -501,8 +513,7 @@ def _compile(
         if m.kind is MeasureKind.COUNT_RECORDS:
             expr = sa.func.count()
         elif m.kind is MeasureKind.COUNT_RESIDENTS:  # policy allows it on linked data only
-            assert resident is not None
-            expr = sa.func.count(sa.distinct(resident))
+            expr = residents
         else:
             fn: Any = {
                 MeasureKind.SUM: sa.func.sum,
@@ -514,12 +525,9 @@ def _compile(
             value = values[m.field]
             expr = fn(value if bound is None else _clamp(value, *bound, dialect))
         measures.append(expr.label(f"m{i}"))
-    if number is not None:
-        bits_max = sa.bindparam(_BITS_MAX, type_=sa.BigInteger())
+    if number is not None and bits is not None:
         measures += [
-            sa.cast(
-                sa.func.bitstring_agg(number, sa.literal_column("0"), bits_max), sa.LargeBinary
-            ).label(_BITS),
+            sa.cast(bits, sa.LargeBinary).label(_BITS),
             sa.func.count().filter(number.is_(None)).label(_UNNUMBERED),
         ]
     stmt = sa.select(*dims, *measures).select_from(source).where(*conditions)

@@ -151,7 +151,7 @@ def test_second_scan_for_an_unnumbered_contributor_and_under_dp(
 ) -> None:
     consents, data = split
     with data.connect() as conn:
-        answer(conn, consents, 1)
+        before, _ = answer(conn, consents, 1)
         # As when a consent arrives between numbering and mirroring: a row with no number.
         conn.execute(
             sa.text("UPDATE citybroker_consenting SET number = NULL WHERE resident_id = :r"),
@@ -160,6 +160,8 @@ def test_second_scan_for_an_unnumbered_contributor_and_under_dp(
         conn.commit()
         result, _ = answer(conn, consents, 1)
         assert result.contributor_bitmap is None
+        # The resident is still counted (by id, beside the numbered ones counted from bits).
+        assert result.cells == before.cells
         answer(conn, consents, 1, per_resident=2)
         dp, _ = answer(conn, consents, 1, per_resident=2)
         assert dp.contributor_bitmap is None
