@@ -496,12 +496,10 @@ def _compile(
         bits = sa.func.bitstring_agg(
             number, sa.literal_column("0"), sa.bindparam(_BITS_MAX, type_=sa.BigInteger())
         )
-        # Distinct residents from the bitmap's set bits (integers, where counting distinct
-        # resident ids hashes strings: the larger part of the aggregate's time), plus those
-        # without a number by id.
-        residents = sa.func.bit_count(bits) + sa.func.count(sa.distinct(resident)).filter(
-            number.is_(None)
-        )
+        # Distinct residents are the bitmap's set bits: counting distinct resident ids would
+        # hash strings, the larger part of the aggregate's time. Residents without a number are
+        # not among them: `run` then answers by id (`_UNNUMBERED`).
+        residents = sa.func.bit_count(bits)
     elif resident is not None:
         residents = sa.func.count(sa.distinct(resident))
     measures: list[sa.ColumnElement[Any]] = [
@@ -561,6 +559,7 @@ def run(
     pushed: bool = False,
     bounds: Bounds = (),
     per_resident: int = 0,
+    one_scan: bool = True,
 ) -> AggregateResult:
     """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
     distinct consenting residents, and enough others that none can be recovered from margins.
@@ -571,8 +570,9 @@ def run(
     computes each cell's contributors as a bitmap over resident numbers, and the result carries
     the released cells' OR (`contributor_bitmap`), so that the transparency record needs no second
     scan; only when the last answer of this shape had few enough cells for their bitmaps to fit
-    (`_MAX_CELL_BITMAPS`), and not when a released cell has a contributor the mirror has no number
-    for (the contributors statement then records them by id)."""
+    (`_MAX_CELL_BITMAPS`). When a row belongs to a resident the mirror has no number for, the
+    query is answered again without bitmaps (`one_scan` False), and the contributors statement
+    records them by id."""
     dialect = conn.dialect.name
     # Everything the statement is built from except the consent time, which binds at execution.
     shape: tuple[Any, ...] = (
@@ -591,7 +591,8 @@ def run(
     numbered, bits = False, 0
     cells_before = _CELLS.get(shape)
     if (
-        cells_before is not None
+        one_scan
+        and cells_before is not None
         and shape not in _TWO_SCANS
         and pushed
         and dialect == "duckdb"
@@ -624,6 +625,11 @@ def run(
             _TWO_SCANS.clear()
         _TWO_SCANS.add(shape)
         return run(conn, query, ds, recipients, at, k, pushed, bounds, per_resident)
+    if numbered and any(row[_UNNUMBERED] for row in rows):
+        # A resident consented after the mirror numbered and read the others: neither the
+        # bitmap nor the counts from it include them. Answered again by id; the contributors
+        # statement (a second scan) records them.
+        return run(conn, query, ds, recipients, at, k, pushed, bounds, per_resident, False)
     if len(_CELLS) >= _MAX_STATEMENTS:
         _CELLS.clear()
     _CELLS[shape] = len(rows)
@@ -653,13 +659,8 @@ def run(
         cells.append(
             Cell(key, {n: _number(row[f"m{j}"]) for j, n in enumerate(names)}, int(row[_RECORDS]))
         )
-        if numbered:
-            if row[_UNNUMBERED]:
-                # A resident consented after the mirror numbered and read the others: the
-                # contributors statement (a second scan) records them by id.
-                numbered = False
-            elif row[_BITS] is not None:
-                contributors |= int.from_bytes(bytes(row[_BITS]), "big")
+        if numbered and row[_BITS] is not None:
+            contributors |= int.from_bytes(bytes(row[_BITS]), "big")
     if not numbered:
         return AggregateResult(cells, withheld)
     # The first number is the most significant bit: reversed, as bytes, to the record's order.
