@@ -21,7 +21,7 @@ from federation.errors import InvalidArgument, PermissionDenied, TooLarge
 from federation.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node import disclosure
-from node.catalogue import DatasetSpec, FieldType
+from node.catalogue import UNMAPPED, DatasetSpec, FieldSpec, FieldType
 from node.numbers import number_selected
 from node.schema import consent_events, consent_scopes, resident_numbers
 
@@ -65,10 +65,17 @@ class AggregateResult:
 
 
 def _generalise(
-    col: sa.ColumnElement[Any], ftype: FieldType, how: str, dialect: str
+    col: sa.ColumnElement[Any], spec: FieldSpec, how: str, dialect: str
 ) -> sa.ColumnElement[Any]:
+    ftype = spec.type
     if how == "":
         return sa.cast(col, sa.String)
+    if (m := spec.mapping(how)) is not None:
+        # Through the catalogue's mapping table, where the data lives (place -> district);
+        # min() keeps it one value even if the table maps a key twice.
+        t = sa.table(m.table, sa.column(m.key), sa.column(m.value))
+        mapped = sa.select(sa.func.min(t.c[m.value])).where(t.c[m.key] == col)
+        return sa.func.coalesce(sa.cast(mapped.scalar_subquery(), sa.String), UNMAPPED)
     if ftype is FieldType.DATE and how == "week":
         # ISO 8601 week ("2026-W01"); SQLite before 3.46 has no %G/%V, so go through the
         # week's Thursday, which always lies in the ISO year the week belongs to.
@@ -382,7 +389,7 @@ def _source(
         return table.c[ds.fields[name].column]
 
     dims = [
-        _generalise(col(d.field), ds.fields[d.field].type, d.generalisation, dialect)
+        _generalise(col(d.field), ds.fields[d.field], d.generalisation, dialect)
         for d in query.group_by
     ]
     conditions = []
@@ -404,7 +411,7 @@ def _source(
         elif f.op is FilterOp.AT_MOST:
             conditions.append(col(f.field) <= float(f.values[0]))
         else:
-            value = _generalise(col(f.field), spec.type, f.generalisation, dialect)
+            value = _generalise(col(f.field), spec, f.generalisation, dialect)
             conditions.append(
                 value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values)
             )

@@ -27,12 +27,32 @@ GENERALISATIONS: dict[FieldType, frozenset[str]] = {
 }
 
 
+# The group a value falls in when the mapping table does not list it.
+UNMAPPED = "(unmapped)"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A generalisation through a table in the data's database (a place to its district): the
+    value in `value` of the row whose `key` equals the field's value."""
+
+    table: str
+    key: str
+    value: str
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
     column: str
     type: FieldType
     generalisations: frozenset[str]
+    # Generalisations through mapping tables, by name (string fields); a tuple, so that a field
+    # stays hashable (statements are cached by shape, fields included).
+    maps: tuple[tuple[str, Mapping], ...] = ()
+
+    def mapping(self, generalisation: str) -> Mapping | None:
+        return dict(self.maps).get(generalisation)
 
 
 @dataclass(frozen=True)
@@ -69,14 +89,16 @@ class Catalogue:
                         f"{f.path}: datasets.{name}.fields.{fname}.type must be one of "
                         f"{', '.join(t.value for t in FieldType)}"
                     ) from None
+                maps = _maps(f, f"datasets.{name}.fields.{fname}", ftype)
                 gens = frozenset(f.strs("generalisations", [""]))
-                bad = gens - GENERALISATIONS[ftype]
+                bad = gens - GENERALISATIONS[ftype] - {g for g, _ in maps}
                 if bad:
                     raise ConfigError(
                         f"{f.path}: datasets.{name}.fields.{fname}: generalisations {sorted(bad)} "
                         f"are not available for {ftype.value} fields"
+                        + ("" if maps else " (string fields take one through a mapping table)")
                     )
-                fields[fname] = FieldSpec(fname, f.str("column", fname), ftype, gens)
+                fields[fname] = FieldSpec(fname, f.str("column", fname), ftype, gens, maps)
             if not fields:
                 raise ConfigError(f"{section.path}: dataset {name} has no fields")
             kind = ds.str("kind", "resident-linked")
@@ -94,3 +116,33 @@ class Catalogue:
                 fields=fields,
             )
         return cls(datasets)
+
+
+def _maps(f: Section, where: str, ftype: FieldType) -> tuple[tuple[str, Mapping], ...]:
+    """`[…fields.NAME.maps.GENERALISATION]` tables: table, key, value."""
+    section = f.section("maps", required=False)
+    maps = []
+    for gen in section:
+        if ftype is not FieldType.STRING:
+            raise ConfigError(f"{f.path}: {where}.maps: only string fields map through a table")
+        if gen in GENERALISATIONS[ftype] or not gen.isidentifier():
+            raise ConfigError(f"{f.path}: {where}.maps.{gen}: not a name for a generalisation")
+        m = section.section(gen)
+        maps.append((gen, Mapping(m.str("table"), m.str("key"), m.str("value"))))
+    return tuple(sorted(maps))
+
+
+def data_tables(catalogue: Catalogue) -> dict[str, tuple[str, frozenset[str]]]:
+    """What the data source must hold, by what needs it: each dataset's table with the columns
+    the catalogue names, and each mapping table with its key and value columns."""
+    tables = {}
+    for name, ds in catalogue.datasets.items():
+        columns = [f.column for f in ds.fields.values()]
+        tables[name] = (
+            ds.table,
+            frozenset(columns + ([ds.resident_column] if ds.resident_linked else [])),
+        )
+        for f in ds.fields.values():
+            for gen, m in f.maps:
+                tables[f"{name} ({f.name} -> {gen})"] = (m.table, frozenset({m.key, m.value}))
+    return tables

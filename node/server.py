@@ -23,7 +23,7 @@ from keys.trust import Role
 from node import service
 from node.agreements import AgreementRegister
 from node.answering import Answerer, NodeSettings
-from node.catalogue import Catalogue
+from node.catalogue import Catalogue, data_tables
 from node.consent import ConsentRegistry
 from node.transfers import TransferRules
 from node.transparency import ExchangeRecorder
@@ -95,16 +95,7 @@ class NodeServer:
         )
         bundle = store.current
         # Checked before serving: a missing, locked or wrongly shaped data source is a start-up error.
-        tables = {
-            name: (
-                ds.table,
-                frozenset(
-                    [f.column for f in ds.fields.values()]
-                    + ([ds.resident_column] if ds.resident_linked else [])
-                ),
-            )
-            for name, ds in config.catalogue.datasets.items()
-        }
+        tables = data_tables(config.catalogue)
         if config.data == config.database:
             data = self.engine
             storage.check_tables(data, tables)
