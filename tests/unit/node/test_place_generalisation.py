@@ -43,9 +43,14 @@ def catalogue(datasets: dict[str, object]) -> Catalogue:
     return Catalogue.from_config(Section(datasets, Path("node.toml")))
 
 
-@pytest.fixture
-def city(tmp_path: Path) -> tuple[sa.Engine, list[tuple[str, str]]]:
-    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def city(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[sa.Engine, list[tuple[str, str]]]:
+    url = (
+        f"sqlite:///{tmp_path / 'node.db'}"
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    engine = storage.create_engine(url)
     storage.upgrade(engine)
     people = synthetic.residents("aurora", ("North", "South"), 30, seed=5)
     give_mobility_consents(
@@ -56,8 +61,13 @@ def city(tmp_path: Path) -> tuple[sa.Engine, list[tuple[str, str]]]:
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE boardings (resident_id TEXT, stop TEXT)")
         conn.exec_driver_sql("CREATE TABLE stop_districts (stop_id TEXT, district TEXT)")
-        conn.exec_driver_sql("INSERT INTO boardings VALUES (?, ?)", rows)
-        conn.exec_driver_sql("INSERT INTO stop_districts VALUES (?, ?)", list(STOPS.items()))
+        conn.execute(
+            sa.text("INSERT INTO boardings VALUES (:r, :s)"), [{"r": r, "s": s} for r, s in rows]
+        )
+        conn.execute(
+            sa.text("INSERT INTO stop_districts VALUES (:s, :d)"),
+            [{"s": s, "d": d} for s, d in STOPS.items()],
+        )
     consenting = {p.resident_id for p in people[:20]}
     return engine, [r for r in rows if r[0] in consenting]
 
