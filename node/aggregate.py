@@ -506,7 +506,7 @@ def _compile(
         # Distinct residents are the bitmap's set bits: counting distinct resident ids would
         # hash strings, the larger part of the aggregate's time. Residents without a number are
         # not among them: `run` then answers by id (`_UNNUMBERED`).
-        residents = sa.func.bit_count(bits)
+        residents = sa.func.coalesce(sa.func.bit_count(bits), 0)  # 0: no rows at all
     elif resident is not None:
         residents = sa.func.count(sa.distinct(resident))
     measures: list[sa.ColumnElement[Any]] = [
