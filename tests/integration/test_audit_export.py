@@ -361,6 +361,27 @@ def test_two_checkpoints_of_one_size_in_one_bundle_are_a_fork(work: Bundles) -> 
     assert (e.file, e.entry, e.reason) == (path, j + 1, "LOG_FORK")
 
 
+def _swap_last_two_and_resign(bundle: Path, origin: str, signer: Signer) -> int:
+    """Rewrite a bundle's history as its log's owner could: the last two entries swapped, the
+    checkpoints covering them replaced by one for the new tree, signed with the owner's key.
+    Returns the log size."""
+    entries = _objs(bundle / layout.ENTRIES)
+    n = len(entries)
+    for field in ("entry", "kind"):
+        entries[-2][field], entries[-1][field] = entries[-1][field], entries[-2][field]
+    _write_lines(bundle / layout.ENTRIES, [layout.line(o) for o in entries])
+    tree = CompactRange()
+    for o in entries:
+        tree.append(leaf_hash(base64.b64decode(str(o["entry"]))))
+    note = sign_note(checkpoint_body(origin, n, tree.root()), origin, signer)
+    kept = [o for o in _objs(bundle / layout.CHECKPOINTS) if int(str(o["size"])) <= n - 2]
+    _write_lines(
+        bundle / layout.CHECKPOINTS,
+        [layout.line(o) for o in kept] + [layout.line({"size": n, "note": note})],
+    )
+    return n
+
+
 def test_two_bundles_of_one_log_with_different_trees_are_a_fork(
     work: Bundles, tmp_path: Path
 ) -> None:
@@ -369,23 +390,8 @@ def test_two_bundles_of_one_log_with_different_trees_are_a_fork(
     honest = work.nodes[CITY]
     forked = tmp_path / "forked"
     shutil.copytree(honest, forked)
-    entries = _objs(forked / layout.ENTRIES)
-    n = len(entries)
-    for field in ("entry", "kind"):
-        entries[-2][field], entries[-1][field] = entries[-1][field], entries[-2][field]
-    _write_lines(forked / layout.ENTRIES, [layout.line(o) for o in entries])
-    tree = CompactRange()
-    for o in entries:
-        tree.append(leaf_hash(base64.b64decode(str(o["entry"]))))
-    assert tree.root() != _last_checkpoint(honest)[2]
-    note = sign_note(
-        checkpoint_body(_origin(CITY), n, tree.root()), _origin(CITY), _signer(work, CITY)
-    )
-    kept = [o for o in _objs(forked / layout.CHECKPOINTS) if int(str(o["size"])) <= n - 2]
-    _write_lines(
-        forked / layout.CHECKPOINTS,
-        [layout.line(o) for o in kept] + [layout.line({"size": n, "note": note})],
-    )
+    n = _swap_last_two_and_resign(forked, _origin(CITY), _signer(work, CITY))
+    assert _last_checkpoint(forked)[2] != _last_checkpoint(honest)[2]
     assert verify_bundle(forked, work.authority).size == n
     assert verify_bundle(honest, work.authority).size == n
     e = _fails([honest, forked], work)
@@ -564,23 +570,8 @@ def test_a_broker_history_other_than_the_one_a_city_cosigned_is_a_fork(
     cosignatures of the honest one: its bundle verifies alone, but the cities' logs hold what
     they cosigned, so verified with them it is a fork, named in a city's bundle."""
     forked = work.broker
-    entries = _objs(forked / layout.ENTRIES)
-    n = len(entries)
-    for field in ("entry", "kind"):
-        entries[-2][field], entries[-1][field] = entries[-1][field], entries[-2][field]
-    _write_lines(forked / layout.ENTRIES, [layout.line(o) for o in entries])
-    tree = CompactRange()
-    for o in entries:
-        tree.append(leaf_hash(base64.b64decode(str(o["entry"]))))
     origin = broker_origin(work.fed.broker_id)
-    note = sign_note(
-        checkpoint_body(origin, n, tree.root()), origin, _signer(work, work.fed.broker_id)
-    )
-    kept = [o for o in _objs(forked / layout.CHECKPOINTS) if int(str(o["size"])) <= n - 2]
-    _write_lines(
-        forked / layout.CHECKPOINTS,
-        [layout.line(o) for o in kept] + [layout.line({"size": n, "note": note})],
-    )
+    n = _swap_last_two_and_resign(forked, origin, _signer(work, work.fed.broker_id))
     cosignatures = [o for o in _objs(forked / layout.COSIGNATURES) if int(str(o["size"])) < n - 1]
     _write_lines(forked / layout.COSIGNATURES, [layout.line(o) for o in cosignatures])
     assert verify_bundle(forked, work.authority).size == n
