@@ -24,7 +24,7 @@ from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, 
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, disclosure, policy, synthetic
-from node.catalogue import Catalogue, FieldType
+from node.catalogue import Catalogue, FieldSpec, FieldType
 from node.consent import ConsentRecord, ConsentRegistry
 
 CITY, PARTNER, PURPOSE = "aurora", "northwind", "urban-mobility-planning"
@@ -280,7 +280,8 @@ def week_labels(engine: sa.Engine) -> list[tuple[date, str]]:
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(table.insert(), [{"d": d} for d in iso_week_dates()])
-        label = aggregate._generalise(table.c.d, FieldType.DATE, "week", conn.dialect.name)
+        spec = FieldSpec("d", "d", FieldType.DATE, frozenset({"week"}))
+        label = aggregate._generalise(table.c.d, spec, "week", conn.dialect.name)
         rows = conn.execute(sa.select(table.c.d, label).order_by(table.c.d)).all()
     return [(d, str(w)) for d, w in rows]
 
