@@ -33,8 +33,7 @@ CREATE TABLE receipts (bundle INTEGER NOT NULL, seq INTEGER NOT NULL, broker TEX
                        node_log_index INTEGER NOT NULL, issued_us INTEGER NOT NULL,
                        PRIMARY KEY (bundle, seq));
 CREATE INDEX receipts_by_result ON receipts (bundle, city, result_digest);
-CREATE TABLE cosignatures (bundle INTEGER NOT NULL, city TEXT NOT NULL, size INTEGER NOT NULL,
-                           line TEXT NOT NULL);
+CREATE TABLE cosignatures (bundle INTEGER NOT NULL, city TEXT NOT NULL, size INTEGER NOT NULL);
 CREATE INDEX cosignatures_by_size ON cosignatures (bundle, city, size);
 CREATE TABLE witnessed (bundle INTEGER NOT NULL, idx INTEGER NOT NULL, city TEXT NOT NULL,
                         origin TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
@@ -141,11 +140,9 @@ class Ledger:
         ):
             yield int(size), bytes(root)
 
-    def add_cosignature(self, bundle: Bundle, city: str, size: int, line: str) -> None:
-        """A cosignature a broker's bundle carries."""
-        self._db.execute(
-            "INSERT INTO cosignatures VALUES (?, ?, ?, ?)", (bundle.id, city, size, line)
-        )
+    def add_cosignature(self, bundle: Bundle, city: str, size: int) -> None:
+        """A (verified) cosignature a broker's bundle carries."""
+        self._db.execute("INSERT INTO cosignatures VALUES (?, ?, ?)", (bundle.id, city, size))
 
     def add_witnessed(self, bundle: Bundle, w: Witnessed) -> None:
         """A cosignature a city's bundle logged."""
@@ -273,16 +270,18 @@ class Ledger:
     def witnessed_unmatched(self, broker: Bundle) -> tuple[Bundle, Witnessed, str] | None:
         """A checkpoint of `broker`'s log, no larger than its bundle's log, that a city logged as
         cosigned and the bundle does not show as such: "missing" (no checkpoint of that size),
-        "fork" (another root), or "uncosigned" (the city's cosignature is not in the bundle)."""
+        "fork" (another root), or "uncosigned" (no cosignature of that size by that city in the
+        bundle: any one will do, since a city that is asked again cosigns the same checkpoint
+        again, with another timestamp)."""
         row = self._db.execute(
             "SELECT w.bundle, w.city, w.origin, w.size, w.root, w.line, w.idx, c.root, "
             "EXISTS (SELECT 1 FROM cosignatures k WHERE k.bundle = ? AND k.city = w.city "
-            "AND k.size = w.size AND k.line = w.line) "
+            "AND k.size = w.size) "
             "FROM witnessed w LEFT JOIN checkpoints c ON c.bundle = ? AND c.size = w.size "
             "WHERE w.origin = ? "
             "AND w.size <= (SELECT max(size) FROM checkpoints WHERE bundle = ?) "
             "AND (c.root IS NULL OR c.root != w.root OR NOT EXISTS (SELECT 1 FROM cosignatures "
-            "k WHERE k.bundle = ? AND k.city = w.city AND k.size = w.size AND k.line = w.line)) "
+            "k WHERE k.bundle = ? AND k.city = w.city AND k.size = w.size)) "
             "ORDER BY w.bundle, w.idx LIMIT 1",
             (broker.id, broker.id, broker.origin, broker.id, broker.id),
         ).fetchone()

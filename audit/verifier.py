@@ -672,7 +672,7 @@ def _verify_cosignatures(path: Path, origin: str, keys: _Keys, summary: BundleSu
             )
         summary.signatures_verified += 1
         summary.cosignatures_verified += 1
-        summary.ledger.add_cosignature(summary.bundle, city, size, line)
+        summary.ledger.add_cosignature(summary.bundle, city, size)
 
 
 def _verify_entry(
@@ -826,7 +826,8 @@ def reconcile(ledger: Ledger) -> None:
             if problem == "uncosigned":
                 raise BundleError(
                     f"{w.city} logged (its entry {w.index} in {node.path}) that it cosigned "
-                    f"size {w.size} of this log; that cosignature is not in this bundle",
+                    f"size {w.size} of this log; this bundle holds no cosignature of that "
+                    "size by it",
                     "COSIGNATURE_MISSING",
                     broker.path / layout.COSIGNATURES,
                 )
