@@ -56,12 +56,14 @@ from __future__ import annotations
 import csv
 import gc
 import hashlib
+import io
+import itertools
 import json
 import multiprocessing
 import operator
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -157,6 +159,7 @@ _STATE_BY_NAME = {s.value: s for s in State}
 _STARTING_NAMES = frozenset(e.value for e in STARTING)
 _IN_CHUNK = 500  # ids per IN (...) query
 _COLLECT_EVERY = 10  # batches
+_AHEAD = 2  # batches handed to the workers before the one being resolved is written
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
 
@@ -254,11 +257,13 @@ RawRow = tuple[int, "tuple[Any, ...] | _Bad"]
 class _Lines:
     """Binary lines decoded one at a time: counts bytes, bounds line length, notes bad UTF-8."""
 
-    def __init__(self, f: IO[bytes], max_bytes: int) -> None:
+    def __init__(
+        self, f: IO[bytes], max_bytes: int, line: int = 0, problems: dict[int, str] | None = None
+    ) -> None:
         self._f, self._max = f, max_bytes
         self.bytes = 0
-        self.line = 0
-        self.problems: dict[int, str] = {}
+        self.line = line  # of the last line read
+        self.problems: dict[int, str] = problems if problems is not None else {}
 
     def __iter__(self) -> _Lines:
         return self
@@ -270,18 +275,77 @@ class _Lines:
         self.bytes += len(raw)
         self.line += 1
         if len(raw) == self._max and not raw.endswith(b"\n"):
-            while True:  # skip the rest of an over-long line without holding it
-                more = self._f.readline(self._max)
-                self.bytes += len(more)
-                if not more or more.endswith(b"\n"):
-                    break
-            self.problems[self.line] = f"line is longer than {self._max} bytes"
+            self._skip_long()
             return "\n"
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             self.problems[self.line] = "line is not valid UTF-8"
             return raw.decode("utf-8", "replace")
+
+    def _skip_long(self) -> None:
+        """Skip the rest of an over-long line without holding it; note the line."""
+        while True:
+            more = self._f.readline(self._max)
+            self.bytes += len(more)
+            if not more or more.endswith(b"\n"):
+                break
+        self.problems[self.line] = f"line is longer than {self._max} bytes"
+
+    def chunks(self, records: int, quoted_fields: bool) -> Iterator[_Chunk]:
+        """The rest of the file as chunks of about `records` records each, as raw bytes, cut
+        only between records (CSV: outside quotes), for `parse_chunk`. Each line is read once,
+        with no decoding or parsing. An over-long line travels as an empty line, its problem
+        noted. A quote left open (malformed CSV) for much longer than a chunk is cut anyway, so
+        a chunk stays bounded; the rows around that cut then fail to parse, and say so."""
+        f, limit = self._f, self._max
+        most_lines, most_bytes = records * 8, 64 << 20
+        while True:
+            first = self.line + 1
+            parts: list[bytes] = []
+            size = ended = 0
+            quoted = False
+            while ended < records:
+                raw = f.readline(limit)
+                if not raw:
+                    break
+                self.bytes += len(raw)
+                self.line += 1
+                if len(raw) == limit and not raw.endswith(b"\n"):
+                    self._skip_long()
+                    raw = b"\n"
+                elif quoted_fields and raw.count(b'"') & 1:
+                    quoted = not quoted
+                parts.append(raw)
+                size += len(raw)
+                if not quoted:
+                    ended += 1
+                elif len(parts) >= most_lines or size >= most_bytes:
+                    break
+            if not parts:
+                return
+            problems = {n: self.problems.pop(n) for n in sorted(self.problems) if n >= first}
+            yield _Chunk(first, b"".join(parts), problems, self.bytes)
+
+
+class _Chunk(NamedTuple):
+    """Consecutive lines of the input, from line `first_line`, with the problems of its lines
+    (over-long ones arrive empty); `bytes_read`: of the file, up to its end."""
+
+    first_line: int
+    data: bytes
+    problems: dict[int, str]
+    bytes_read: int
+
+
+def parse_chunk(chunk: _Chunk, header: Sequence[str] | None) -> Iterator[RawRow]:
+    """The rows of a chunk (`header`: a CSV file's column names; None: JSONL)."""
+    lines = _Lines(
+        io.BytesIO(chunk.data), len(chunk.data) + 1, chunk.first_line - 1, dict(chunk.problems)
+    )
+    if header is None:
+        return _jsonl_rows(lines)
+    return _csv_rows(lines, header)
 
 
 class RowReader:
@@ -301,8 +365,11 @@ class RowReader:
         except OSError as e:
             raise InputError(f"cannot read {path}: {e.strerror}") from None
         self._lines = _Lines(self._file, max_line_bytes)
+        # The CSV header's column names; None for JSONL.
+        self.header: tuple[str, ...] | None = None
         try:
-            self._rows = self._csv() if fmt is ImportFormat.CSV else self._jsonl()
+            if fmt is ImportFormat.CSV:
+                self.header = self._csv_header()
         except BaseException:
             self._file.close()
             raise
@@ -311,8 +378,13 @@ class RowReader:
     def bytes_read(self) -> int:
         return self._lines.bytes
 
+    def chunks(self, records: int) -> Iterator[_Chunk]:
+        """The rows after the header, as raw chunks of about `records` rows (`parse_chunk`)."""
+        return self._lines.chunks(records, self.format is ImportFormat.CSV)
+
     def __iter__(self) -> Iterator[RawRow]:
-        return self._rows
+        for chunk in self.chunks(1024):
+            yield from parse_chunk(chunk, self.header)
 
     def close(self) -> None:
         self._file.close()
@@ -323,8 +395,9 @@ class RowReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _csv(self) -> Iterator[RawRow]:
+    def _csv_header(self) -> tuple[str, ...]:
         lines = self._lines
+        # The header alone: csv.reader reads no further than the record it returns.
         reader = csv.reader(lines, strict=True)
         try:
             header = next(reader, None)
@@ -350,99 +423,98 @@ class RowReader:
                 f"{self.path.name}: the header lacks {', '.join(missing)} "
                 f"(it has {', '.join(names) or 'no columns'})"
             )
-        return self._csv_rows(reader, names)
+        return tuple(names)
 
-    def _csv_rows(self, reader: Any, names: list[str]) -> Iterator[RawRow]:
-        problems = self._lines.problems
-        width = len(names)
-        # Absent columns read the None appended to each row.
-        pick = _itemgetter([names.index(c) if c in names else width for c in COLUMNS])
-        id_at = names.index("record_id")
-        ended = reader.line_num
-        while True:
-            start = ended + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                yield from _lone_problems(problems, None)
-                return
-            except csv.Error as e:
-                ended = reader.line_num
-                yield from _lone_problems(problems, start)
-                _take_problem(problems, start, ended)
-                yield start, _Bad("", ROW_MALFORMED, f"CSV syntax: {e}")
-                continue
-            ended = reader.line_num
-            rid = fields[id_at] if len(fields) > id_at else ""
-            if problems:
-                yield from _lone_problems(problems, start)
-                problem = _take_problem(problems, start, ended)
-                if problem:
-                    yield start, _Bad(rid, ROW_MALFORMED, problem)
-                    continue
-            if not fields:
-                continue  # a blank line
-            if len(fields) != width:
-                yield (
-                    start,
-                    _Bad(rid, ROW_MALFORMED, f"row has {len(fields)} fields, the header {width}"),
-                )
-                continue
-            fields.append(None)
-            yield start, pick(fields)
 
-    def _jsonl(self) -> Iterator[RawRow]:
-        known = frozenset(COLUMNS)
-        lines = self._lines
-        for text in lines:
-            line = lines.line
-            if line in lines.problems:
-                yield line, _Bad("", ROW_MALFORMED, lines.problems.pop(line))
+def _csv_rows(lines: _Lines, names: Sequence[str]) -> Iterator[RawRow]:
+    reader = csv.reader(lines, strict=True)
+    problems = lines.problems
+    width = len(names)
+    # Absent columns read the None appended to each row.
+    pick = operator.itemgetter(*[names.index(c) if c in names else width for c in COLUMNS])
+    id_at = names.index("record_id")
+    base = ended = lines.line  # reader.line_num counts from the chunk's first line
+    while True:
+        start = ended + 1
+        try:
+            fields: list[Any] = next(reader)
+        except StopIteration:
+            yield from _lone_problems(problems, None)
+            return
+        except csv.Error as e:
+            ended = base + reader.line_num
+            yield from _lone_problems(problems, start)
+            _take_problem(problems, start, ended)
+            yield start, _Bad("", ROW_MALFORMED, f"CSV syntax: {e}")
+            continue
+        ended = base + reader.line_num
+        rid = fields[id_at] if len(fields) > id_at else ""
+        if problems:
+            yield from _lone_problems(problems, start)
+            problem = _take_problem(problems, start, ended)
+            if problem:
+                yield start, _Bad(rid, ROW_MALFORMED, problem)
                 continue
-            if line == 1:
-                text = text.lstrip("\ufeff")
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except ValueError as e:
-                yield line, _Bad("", ROW_MALFORMED, f"not JSON: {e}")
-                continue
-            if not isinstance(obj, dict):
-                yield line, _Bad("", ROW_MALFORMED, "a JSONL row must be a JSON object")
-                continue
-            if not obj.keys() <= known:
-                rid = obj.get("record_id")
-                extra = sorted(k for k in obj if k not in known)
+        if not fields:
+            continue  # a blank line
+        if len(fields) != width:
+            yield (
+                start,
+                _Bad(rid, ROW_MALFORMED, f"row has {len(fields)} fields, the header {width}"),
+            )
+            continue
+        fields.append(None)
+        yield start, pick(fields)
+
+
+_KNOWN_KEYS = frozenset(COLUMNS)
+
+
+def _jsonl_rows(lines: _Lines) -> Iterator[RawRow]:
+    for text in lines:
+        line = lines.line
+        if line in lines.problems:
+            yield line, _Bad("", ROW_MALFORMED, lines.problems.pop(line))
+            continue
+        if line == 1:
+            text = text.lstrip("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            yield line, _Bad("", ROW_MALFORMED, f"not JSON: {e}")
+            continue
+        if not isinstance(obj, dict):
+            yield line, _Bad("", ROW_MALFORMED, "a JSONL row must be a JSON object")
+            continue
+        if not obj.keys() <= _KNOWN_KEYS:
+            rid = obj.get("record_id")
+            extra = sorted(k for k in obj if k not in _KNOWN_KEYS)
+            yield (
+                line,
+                _Bad(
+                    rid if isinstance(rid, str) else "",
+                    ROW_MALFORMED,
+                    f"unknown key(s) {', '.join(map(repr, extra))}",
+                ),
+            )
+            continue
+        values = tuple([obj.get(c) for c in COLUMNS])
+        for i in _LIST_FIELDS:
+            if values[i] is not None and not isinstance(values[i], list):
+                rid = values[_RECORD_ID]
                 yield (
                     line,
                     _Bad(
                         rid if isinstance(rid, str) else "",
-                        ROW_MALFORMED,
-                        f"unknown key(s) {', '.join(map(repr, extra))}",
+                        "CONSENT_FIELD_INVALID",
+                        f"{COLUMNS[i]} must be an array of codes",
                     ),
                 )
-                continue
-            values = tuple([obj.get(c) for c in COLUMNS])
-            for i in _LIST_FIELDS:
-                if values[i] is not None and not isinstance(values[i], list):
-                    rid = values[_RECORD_ID]
-                    yield (
-                        line,
-                        _Bad(
-                            rid if isinstance(rid, str) else "",
-                            "CONSENT_FIELD_INVALID",
-                            f"{COLUMNS[i]} must be an array of codes",
-                        ),
-                    )
-                    break
-            else:
-                yield line, values
-
-
-def _itemgetter(positions: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    getter = operator.itemgetter(*positions)
-    return getter
+                break
+        else:
+            yield line, values
 
 
 def _lone_problems(problems: dict[int, str], before: int | None) -> Iterator[RawRow]:
@@ -691,6 +763,7 @@ class _Setup:
     known_parties: frozenset[str] | None
     default_actor: str
     driver_level: bool
+    header: tuple[str, ...] | None  # the CSV file's columns; None: JSONL
 
 
 class _Preparer:
@@ -702,6 +775,7 @@ class _Preparer:
             setup.known_parties.__contains__ if setup.known_parties is not None else None
         )
         self.default_actor = setup.default_actor
+        self.header = setup.header
         self.codec = _Codec(setup.driver_level)
 
     def record(self, values: tuple[Any, ...]) -> ConsentRecord:
@@ -711,6 +785,10 @@ class _Preparer:
         self, record: ConsentRecord, event: Event, actor: str, at: datetime, state: State
     ) -> dict[str, Any]:
         return receipt_payload(self.city, record, event, actor, at, state, _receipt_json)
+
+    def prepare_chunk(self, chunk: _Chunk, at: datetime) -> list[Prepared]:
+        prepare = self.prepare
+        return [prepare(line, values, at) for line, values in parse_chunk(chunk, self.header)]
 
     def prepare(self, line: int, values: tuple[Any, ...] | _Bad, at: datetime) -> Prepared:
         if isinstance(values, _Bad):
@@ -775,10 +853,10 @@ def _init_worker(setup: _Setup) -> None:
     gc.disable()
 
 
-def _prepare_chunk(rows: Sequence[RawRow], at: datetime) -> list[Prepared]:
+def _prepare_chunk(chunk: _Chunk, at: datetime) -> list[Prepared]:
     worker = _WORKER
     assert worker is not None, "worker not initialised"
-    return [worker.prepare(line, values, at) for line, values in rows]
+    return worker.prepare_chunk(chunk, at)
 
 
 # -- resolving a batch against the stored state -----------------------------------------------
@@ -792,7 +870,7 @@ class _Rec:
         "digest",
         "until",
         "record",
-        "values",
+        "rows",
         "first_digest",
         "renewals",
         "created",
@@ -805,13 +883,14 @@ class _Rec:
         digest: str,
         until: str | None,
         record: ConsentRecord | None = None,
-        values: tuple[Any, ...] | None = None,
+        rows: tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...]] | None = None,
         first_digest: str | None = None,
         renewals: set[str | None] | None = None,
         created: bool = False,
     ) -> None:
         self.state, self.digest, self.until = state, digest, until
-        self.record, self.values = record, values
+        # The record, or (created by the import) its consent_records and consent_scopes rows.
+        self.record, self.rows = record, rows
         self.first_digest = first_digest  # terms digest when the record was created; None: unknown
         self.renewals = renewals  # valid_until (RFC 3339) of every renewal; None: unknown
         self.created = created  # created by this batch
@@ -824,7 +903,7 @@ class _Rec:
             self.digest,
             self.until,
             self.record,
-            self.values,
+            self.rows,
             self.first_digest,
             set(self.renewals) if self.renewals is not None else None,
         )
@@ -843,10 +922,12 @@ class _Event(NamedTuple):
 @dataclass
 class _Batch:
     index: int
-    rows: list[RawRow]
     at: datetime
     bytes_read: int
     prepared: list[Prepared] = field(default_factory=list)
+    rows: int = 0
+    first_line: int = 0
+    last_line: int = 0
     # Outcome of resolution:
     view: dict[str, _Rec] = field(default_factory=dict)
     creates: dict[str, list[Any]] = field(default_factory=dict)  # id -> [record, scopes]
@@ -857,14 +938,6 @@ class _Batch:
     failure: str = ""
     # (consent_batches id, signed statement) of what was written, to append to the log.
     statements: list[tuple[int, bytes]] = field(default_factory=list)
-
-    @property
-    def first_line(self) -> int:
-        return self.rows[0][0] if self.rows else 0
-
-    @property
-    def last_line(self) -> int:
-        return self.rows[-1][0] if self.rows else 0
 
 
 class _Stale(Exception):
@@ -925,8 +998,10 @@ class ConsentImporter:
         default_actor = actor or f"import via {reader.path.name}"
         return _Run(self, reader, default_actor, on_error, progress).run()
 
-    def _setup(self, default_actor: str) -> _Setup:
-        return _Setup(self._city, self._known_parties, default_actor, self._codec.driver_level)
+    def _setup(self, default_actor: str, header: tuple[str, ...] | None) -> _Setup:
+        return _Setup(
+            self._city, self._known_parties, default_actor, self._codec.driver_level, header
+        )
 
     def sign_statement(self, at: datetime, payloads: Sequence[bytes]) -> bytes:
         """The signed statement (DSSE) covering these receipt payloads of one batch."""
@@ -1002,7 +1077,7 @@ class _Run:
         self.limits = importer._limits
         self.engine = importer._engine
         self.reader = reader
-        self.setup = importer._setup(default_actor)
+        self.setup = importer._setup(default_actor, reader.header)
         self.local = _Preparer(self.setup)
         self.on_error = on_error
         self.progress = progress
@@ -1020,13 +1095,18 @@ class _Run:
         gc.freeze()
         try:
             writing: tuple[_Batch, Future[None]] | None = None
-            for batch in self._batches():
-                if self.pool is None and self._want_pool(batch.index):
-                    self.pool = self._start_pool()
+            # Batches handed to the workers, in file order: they prepare the next ones while
+            # this thread resolves one and the writer writes the one before.
+            ahead: deque[tuple[_Batch, list[Future[list[Prepared]]]]] = deque()
+            batches = self._batches()
+            for _ in range(_AHEAD):
+                self._hand_over(batches, ahead)
+            while ahead:
+                batch, pending = ahead.popleft()
+                self._collect(batch, pending)
+                self._hand_over(batches, ahead)
                 stored = self._lookup(batch)
                 overlay = writing[0].view if writing is not None else {}
-                pending = self._dispatch(batch)
-                batch.prepared = self._collect(batch, pending)
                 self._resolve(batch, stored, overlay)
                 if writing is not None:
                     self._settle(*writing)
@@ -1047,18 +1127,30 @@ class _Run:
                 gc.enable()
         return self.report
 
-    def _batches(self) -> Iterator[_Batch]:
-        size = self.limits.batch_size
-        rows: list[RawRow] = []
-        index = 0
-        for row in self.reader:
-            rows.append(row)
-            if len(rows) >= size:
-                yield _Batch(index, rows, timefmt.now(), self.reader.bytes_read)
-                index += 1
-                rows = []
-        if rows:
-            yield _Batch(index, rows, timefmt.now(), self.reader.bytes_read)
+    def _batches(self) -> Iterator[tuple[_Batch, list[_Chunk]]]:
+        """The input as batches of about `batch_size` rows, each in one chunk per part (two
+        per worker, so that the workers stay evenly busy)."""
+        parts = 1 if self.limits.workers == 0 else self._worker_count() * 2
+        chunks = self.reader.chunks(max(1, -(-self.limits.batch_size // parts)))
+        for index in itertools.count():
+            group = list(itertools.islice(chunks, parts))
+            if not group:
+                return
+            yield _Batch(index, timefmt.now(), group[-1].bytes_read), group
+
+    def _hand_over(
+        self,
+        batches: Iterator[tuple[_Batch, list[_Chunk]]],
+        ahead: deque[tuple[_Batch, list[Future[list[Prepared]]]]],
+    ) -> None:
+        """Read the next batch and start preparing it."""
+        item = next(batches, None)
+        if item is None:
+            return
+        batch, chunks = item
+        if self.pool is None and self._want_pool(batch.index):
+            self.pool = self._start_pool()
+        ahead.append((batch, self._dispatch(batch, chunks)))
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -1080,34 +1172,23 @@ class _Run:
             initargs=(self.setup,),
         )
 
-    def _dispatch(self, batch: _Batch) -> list[Future[list[Prepared]]]:
-        """Start preparing the batch."""
-        rows = batch.rows
+    def _dispatch(self, batch: _Batch, chunks: list[_Chunk]) -> list[Future[list[Prepared]]]:
         if self.pool is None:
-            return [_done(_prepare_local(self.local, rows, batch.at))]
-        parts = self._worker_count() * 2
-        step = max(1, -(-len(rows) // parts))
-        return [
-            self.pool.submit(_prepare_chunk, rows[i : i + step], batch.at)
-            for i in range(0, len(rows), step)
-        ]
+            return [_done(self.local.prepare_chunk(c, batch.at)) for c in chunks]
+        return [self.pool.submit(_prepare_chunk, c, batch.at) for c in chunks]
 
-    def _collect(self, batch: _Batch, pending: list[Future[list[Prepared]]]) -> list[Prepared]:
+    def _collect(self, batch: _Batch, pending: list[Future[list[Prepared]]]) -> None:
         out: list[Prepared] = []
         for f in pending:
             out.extend(_result(f))
-        return out
+        batch.prepared, batch.rows = out, len(out)
+        if out:
+            batch.first_line, batch.last_line = out[0][1], out[-1][1]
 
     # -- state --------------------------------------------------------------------------------
 
     def _lookup(self, batch: _Batch) -> _Stored:
-        ids = sorted(
-            {
-                v[_RECORD_ID]
-                for _, v in batch.rows
-                if not isinstance(v, _Bad) and isinstance(v[_RECORD_ID], str)
-            }
-        )
+        ids = sorted({item[3] for item in batch.prepared if item[0] != ERR})
         rows: dict[str, Any] = {}
         scopes: dict[str, list[tuple[str, str, str]]] = {}
         try:
@@ -1153,7 +1234,6 @@ class _Run:
         batch.events, batch.errors, batch.duplicates = [], [], 0
         view = batch.view
         at = batch.at
-        values_at = {line: values for line, values in batch.rows}
 
         def get(rid: str) -> _Rec | None:
             rec = view.get(rid)
@@ -1194,7 +1274,7 @@ class _Run:
                     state = _STATE_BY_NAME[event]
                     # `until` matters only once renewed, and a renewal sets it.
                     view[rid] = _Rec(
-                        state, digest, None, None, values_at[line], digest, set(), True
+                        state, digest, None, None, (rec_row, scopes), digest, set(), True
                     )
                     creates[rid] = [rec_row, scopes]
                     events.append(_Event(line, rid, event, actor, payload))
@@ -1287,8 +1367,14 @@ class _Run:
 
     def _record(self, rec: _Rec) -> ConsentRecord:
         if rec.record is None:
-            assert rec.values is not None
-            rec.record = self.local.record(rec.values)
+            assert rec.rows is not None
+            row, scopes = rec.rows
+            stored = dict(zip(_RECORD_COLUMNS, row, strict=True))
+            stored["valid_from"], stored["valid_until"] = (
+                _naive(row[_R_FROM]),
+                _naive(row[_R_UNTIL]),
+            )
+            rec.record = record_from_row(stored, (s[1:4] for s in scopes))
         return rec.record
 
     def _created_digest(self, rid: str, rec: _Rec) -> str:
@@ -1459,7 +1545,7 @@ class _Run:
         writing.result()  # a log failure is fatal: raised here
         report = self.report
         report.batches += 1
-        report.rows += len(batch.rows)
+        report.rows += batch.rows
         report.duplicates += batch.duplicates
         report.bytes_read = batch.bytes_read
         errors = batch.errors
@@ -1485,15 +1571,10 @@ class _Run:
             {},
             {},
         )
-        batch.rows = batch.rows[:1] + batch.rows[-1:]
         if batch.index % _COLLECT_EVERY == _COLLECT_EVERY - 1:
             gc.collect()
         if self.progress is not None:
             self.progress(report)
-
-
-def _prepare_local(preparer: _Preparer, rows: Sequence[RawRow], at: datetime) -> list[Prepared]:
-    return [preparer.prepare(line, values, at) for line, values in rows]
 
 
 _by_resident = operator.itemgetter(_RECORD_COLUMNS.index("resident_id"))
@@ -1503,6 +1584,11 @@ _by_filter = operator.itemgetter(
         for c in ("purpose", "recipient", "data_category", "state", "record_id", "resident_id")
     )
 )
+
+
+def _naive(value: Any) -> datetime | None:
+    """A time of a row as `_Codec` gave it (SQLite: text) as the naive UTC datetime stored."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _done(value: Any) -> Future[Any]:
