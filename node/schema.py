@@ -55,6 +55,8 @@ consent_scopes = sa.Table(
         "record_id",
         "resident_id",
     ),
+    # SQLite: stored in primary-key order, with no separate primary-key index (migration 0010).
+    sqlite_with_rowid=False,
 )
 
 # One signed statement of a bulk import (node.consent_import): it lists the SHA-256 digests of
