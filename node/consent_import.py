@@ -39,12 +39,14 @@ receipt for an imported event (history, ExportConsentReceipt, Kantara) is signed
 over the stored payload: `ConsentRegistry.stored_receipt`, byte for byte the receipt the API gives
 (Ed25519 signatures are deterministic) while the city's key stays the same.
 
-Throughput: parsing, validation and the building of rows and receipt payloads run in worker
-processes (`ImportLimits.workers`); this process reads the file, looks the batch's records up,
-resolves its rows in file order, and meanwhile a writer thread writes the batch before
-(executemany; on SQLite straight to the driver, values processed as SQLAlchemy would) and
-appends its statements to the log. At most one batch is being prepared and one written, so
-memory stays bounded whatever the size of the file. The workers never see the city's key.
+Throughput: this process only cuts the file into chunks of raw lines (between records, by
+counting quotes: no decoding or parsing here); parsing, validation and the building of rows and
+receipt payloads run in worker processes (`ImportLimits.workers`). This process then looks the
+batch's records up and resolves its rows in file order, while the workers prepare the next batch
+and a writer thread writes the one before (executemany; on SQLite straight to the driver, values
+processed as SQLAlchemy would) and appends its statements to the log. At most one batch is being
+prepared, one resolved and one written, so memory stays bounded whatever the size of the file.
+The workers never see the city's key.
 
 The import may run while the node serves: before writing, a batch takes the database's write
 lock and checks that the records it changes are still as it read them; if the API changed one in

@@ -233,6 +233,54 @@ def test_csv_rows_with_the_wrong_width_bad_utf8_or_an_over_long_line(tmp_path: P
     assert rows[3][1][:2] == ("given", "r4")
 
 
+def test_chunks_are_cut_between_records_and_parse_to_the_same_rows(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    lines = ["event,record_id,purposes", "given,r1,a", 'given,r2,"x;', "y;", 'z"', "given,r3,b"]
+    path.write_text("\n".join([*lines, "", "given,r4,c", "given,r5,d"]) + "\n")
+    with open_rows(path) as reader:
+        header = reader.header
+        chunks = list(reader.chunks(1))
+    # One record per chunk: the quoted field's three lines travel together; the blank line
+    # counts as a record of its own (and parses to nothing).
+    assert [c.first_line for c in chunks] == [2, 3, 6, 7, 8, 9]
+    assert chunks[1].data == b'given,r2,"x;\ny;\nz"\n'
+    rows = [r for c in chunks for r in consent_import.parse_chunk(c, header)]
+    assert rows == read(path)
+    assert [line for line, _ in rows] == [2, 3, 6, 8, 9]
+    assert rows[1][1][COLUMNS.index("purposes")] == "x;\ny;\nz"
+
+
+def test_an_unclosed_quote_is_cut_off_and_reported_not_read_to_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    body = ['given,r0,"never closed'] + [f"given,r{i},a" for i in range(1, 60)]
+    path.write_text("event,record_id,purposes\n" + "\n".join(body) + "\n")
+    with open_rows(path) as reader:
+        header = reader.header
+        chunks = list(reader.chunks(2))
+    # A chunk holds at most 8 times its records in lines, whatever the quotes say.
+    assert max(c.data.count(b"\n") for c in chunks) <= 16
+    rows = [r for c in chunks for r in consent_import.parse_chunk(c, header)]
+    bad = [v for _, v in rows if isinstance(v, consent_import._Bad)]
+    assert bad and all(b.reason == "ROW_MALFORMED" for b in bad)
+    # Past the cut, the rows read as rows again.
+    line, values = rows[-1]
+    assert (line, values[:2], values[COLUMNS.index("purposes")]) == (61, ("given", "r59"), "a")
+
+
+def test_problems_keep_their_line_numbers_across_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    body = [b"given,r1", b"given,r2", b"given,r\xff", b"given," + b"x" * 2000, b"given,r5"]
+    path.write_bytes(b"event,record_id\n" + b"\n".join(body) + b"\n")
+    with open_rows(path, limits=ImportLimits(max_line_bytes=1024)) as reader:
+        header = reader.header
+        rows = [r for c in reader.chunks(2) for r in consent_import.parse_chunk(c, header)]
+    assert [line for line, _ in rows] == [2, 3, 4, 5, 6]
+    messages = [v.message for _, v in rows if isinstance(v, consent_import._Bad)]
+    assert len(messages) == 2
+    assert "UTF-8" in messages[0] and "longer than 1024" in messages[1]
+    assert rows[4][1][:2] == ("given", "r5")
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -632,6 +680,38 @@ def test_receipts_match_the_registry_also_for_non_ascii_terms(
     )
     assert stored == expected
     logged_statements(engine, log)
+
+
+def test_a_record_changed_in_the_batch_that_creates_it_gets_the_payloads_of_one_stored_first(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    # In one batch the renewal and withdrawal build on the rows the batch creates; one row per
+    # batch builds them on the record as stored. The payloads must agree (but for their time).
+    rows = [
+        given("r1", data_categories="mobility;location;age"),
+        event("renewed", "r1", valid_until=LATER),
+        event("withdrawn", "r1"),
+    ]
+    path = write_csv(tmp_path / "events.csv", rows)
+
+    def payloads(e: sa.Engine) -> list[dict[str, Any]]:
+        out = []
+        for r in rows_of(e, consent_events, consent_events.c.event_id):
+            payload = json.loads(r["payload"])
+            del payload["at"]
+            out.append(payload)
+        return out
+
+    report, errors = run(importer(engine, log, batch_size=10), path)
+    assert (report.applied, report.batches, errors) == (3, 1, [])
+    one_by_one = storage.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    storage.upgrade(one_by_one)
+    with MerkleLog(one_by_one, ORIGIN, CITY_KEY) as other_log:
+        report, errors = run(importer(one_by_one, other_log, batch_size=1), path)
+    assert (report.applied, report.batches, errors) == (3, 3, [])
+    assert payloads(engine) == payloads(one_by_one)
+    assert [p["state"] for p in payloads(engine)] == ["given", "renewed", "withdrawn"]
+    one_by_one.dispose()
 
 
 def test_worker_processes_give_the_same_result(
