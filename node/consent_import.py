@@ -161,7 +161,7 @@ _STATE_OF = {e: State(e.value) for e in STARTING}
 _STATE_BY_NAME = {s.value: s for s in State}
 _STARTING_NAMES = frozenset(e.value for e in STARTING)
 _IN_CHUNK = 500  # ids per IN (...) query
-_COLLECT_EVERY = 10  # batches
+_COLLECT_EVERY = 100  # batches between collector passes (see _Run.run)
 _AHEAD = 1  # batches handed to the workers before the one being resolved is written
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
@@ -1103,7 +1103,9 @@ class _Run:
 
     def run(self) -> ImportReport:
         # The collector's passes over the batches in flight (hundreds of thousands of tuples)
-        # cost this process about a fifth of its time: it runs every few batches instead.
+        # cost this process about a fifth of its time, and even one pass every 10 batches
+        # measured 12 % slower than every 100: the batches make no reference cycles, so it
+        # runs only now and then, as a safety net.
         collecting = gc.isenabled()
         gc.disable()
         gc.freeze()
