@@ -229,6 +229,34 @@ def receipt_payload(
     }
 
 
+def imported_payload(
+    city: str,
+    record: ConsentRecord,
+    event: str,
+    actor: str,
+    at: datetime,
+    valid_until: datetime | None,
+    canonical: Canonical = dsse.canonical,
+) -> bytes:
+    """The canonical receipt payload of an imported event, rebuilt from its record (whose terms
+    never change but for the validity end) and its consent_events row: the event, its actor and
+    time, and the record's validity end as of the event (naive UTC as stored, or None). The
+    state after an event is the event's own (node.consent_lifecycle.next_state)."""
+    kind = Event(event)
+    until = timefmt.from_db(valid_until) if valid_until is not None else None
+    return canonical(
+        receipt_payload(
+            city,
+            replace(record, valid_until=until),
+            kind,
+            actor,
+            timefmt.from_db(at),
+            State(kind.value),
+            canonical,
+        )
+    )
+
+
 def sign_receipt_payload(body: bytes, signer: Signer) -> bytes:
     """The DSSE consent receipt (`Envelope.to_json`) over a canonical receipt payload."""
     ptype = dsse.media_type(RECEIPT)
@@ -293,16 +321,25 @@ class ConsentRegistry:
             RECEIPT, receipt_payload(self._city, record, event, actor, at, state), self._signer
         ).to_json()
 
-    def stored_receipt(self, receipt: bytes | None, payload: bytes | None) -> bytes:
-        """An event's signed receipt from its consent_events row: the stored one, or for an
-        imported event (covered by its batch's signed statement) one signed now over its stored
-        payload, the same bytes as signing at import would have given (Ed25519 is deterministic)
-        as long as the city's key is the same."""
-        if receipt is not None:
-            return bytes(receipt)
-        if payload is None:
-            raise StoreError("a consent event has neither a receipt nor a receipt payload")
-        return sign_receipt_payload(bytes(payload), self._signer)
+    def stored_receipt(self, event: Any, record: ConsentRecord) -> bytes:
+        """An event's signed receipt from its consent_events row (`event`) and its record: the
+        stored one, or for an imported event (covered by its batch's signed statement) one
+        signed now over its payload, stored or rebuilt (`imported_payload`): the same bytes as
+        signing at import would have given (Ed25519 is deterministic) as long as the city's key
+        is the same."""
+        if event.receipt is not None:
+            return bytes(event.receipt)
+        if event.batch_id is None:
+            raise StoreError("a consent event has neither a receipt nor a batch")
+        return sign_receipt_payload(self.event_payload(event, record), self._signer)
+
+    def event_payload(self, event: Any, record: ConsentRecord) -> bytes:
+        """The receipt payload of an imported event (its consent_events row `event`)."""
+        if event.payload is not None:
+            return bytes(event.payload)
+        return imported_payload(
+            self._city, record, event.event, event.actor, event.at, event.valid_until
+        )
 
     # -- events ------------------------------------------------------------------------------
 
@@ -332,11 +369,7 @@ class ConsentRegistry:
                         reason="CONSENT_RECORD_CONFLICT",
                     )
                 first = conn.execute(
-                    sa.select(
-                        consent_events.c.event,
-                        consent_events.c.receipt,
-                        consent_events.c.payload,
-                    )
+                    sa.select(consent_events)
                     .where(consent_events.c.record_id == record.record_id)
                     .order_by(consent_events.c.event_id)
                     .limit(1)
@@ -347,7 +380,7 @@ class ConsentRegistry:
                         f"consent record {record.record_id} was {first.event}, not {event.value}",
                         reason="CONSENT_RECORD_CONFLICT",
                     )
-                return self.stored_receipt(first.receipt, first.payload)
+                return self.stored_receipt(first, self._get(conn, record.record_id))
             conn.execute(consent_records.insert().values(record_row(record, state)))
             conn.execute(consent_scopes.insert(), scope_rows(record, state))
             conn.execute(
@@ -447,7 +480,7 @@ class ConsentRegistry:
 
     def history(self, record_id: str) -> list[ConsentEvent]:
         with self._engine.connect() as conn:
-            self._get(conn, record_id)
+            record = self._get(conn, record_id)
             rows = conn.execute(
                 sa.select(consent_events)
                 .where(consent_events.c.record_id == record_id)
@@ -458,7 +491,7 @@ class ConsentRegistry:
                     Event(r.event),
                     r.actor,
                     timefmt.from_db(r.at),
-                    self.stored_receipt(r.receipt, r.payload),
+                    self.stored_receipt(r, record),
                 )
                 for r in rows
             ]

@@ -26,18 +26,21 @@ Each batch's good rows commit in one transaction: a database failure rolls the w
 reports each of its rows (BATCH_FAILED); nothing is ever partly applied.
 
 Evidence: one signature per batch, not per event. Every applied event has the receipt payload the
-API would sign for it (`node.consent.receipt_payload`, RFC 8785 canonical JSON), stored in
-consent_events.payload. The batch's statement (DSSE, type `consent-batch`, signed with the city's
-key) lists the SHA-256 digest of each of those payloads, in the order applied, with the city and
-the time; a batch of more than MAX_STATEMENT_EVENTS events gets several. The statements are stored
-in consent_batches, in the batch's transaction (each event names its statement), and once it has
-committed they are appended to the node's Merkle log (kind "consent"), whose own transaction
-stores their log indexes, before the next batch is written. So every imported event is provable:
-its payload, a signed statement listing its digest, and that statement's place in the log (the
-auditor's verifier checks the statements like any logged one). A resident's or an exporter's
-receipt for an imported event (history, ExportConsentReceipt, Kantara) is signed when asked for,
-over the stored payload: `ConsentRegistry.stored_receipt`, byte for byte the receipt the API gives
-(Ed25519 signatures are deterministic) while the city's key stays the same.
+API would sign for it (`node.consent.receipt_payload`, RFC 8785 canonical JSON). It is not stored
+whole: everything in it is in the event's row (event, actor, time, and the record's validity end
+as of the event) or its record (whose other terms never change), and `node.consent.
+imported_payload` rebuilds it byte for byte. The batch's statement (DSSE, type `consent-batch`,
+signed with the city's key) lists the SHA-256 digest of each of those payloads, in the order
+applied, with the city and the time; a batch of more than MAX_STATEMENT_EVENTS events gets
+several. The statements are stored in consent_batches, in the batch's transaction (each event
+names its statement), and once it has committed they are appended to the node's Merkle log (kind
+"consent"), whose own transaction stores their log indexes, before the next batch is written. So
+every imported event is provable: its payload, a signed statement listing its digest, and that
+statement's place in the log (the auditor's verifier checks the statements like any logged one).
+A resident's or an exporter's receipt for an imported event (history, ExportConsentReceipt,
+Kantara) is signed when asked for, over its payload: `ConsentRegistry.stored_receipt`, byte for
+byte the receipt the API gives (Ed25519 signatures are deterministic) while the city's key stays
+the same.
 
 Throughput: this process only cuts the file into chunks of raw lines (between records, by
 counting quotes: no decoding or parsing here); parsing, validation and the building of rows and
@@ -86,6 +89,7 @@ from node.consent import (
     MAX_ID_CHARS,
     RECEIPT,
     ConsentRecord,
+    imported_payload,
     receipt_payload,
     record_from_row,
     record_row,
@@ -592,15 +596,21 @@ def _whole(values: tuple[Any, ...], i: int) -> int:
     return int(v)
 
 
-def batch_statement(city: str, at: datetime, payloads: Iterable[bytes]) -> dict[str, Any]:
-    """What a batch's statement signs: the city, when, and the SHA-256 digest of each imported
-    event's canonical receipt payload (of type `receipt_type`), in the order they were applied."""
+def batch_statement(city: str, at: datetime, digests: Iterable[str]) -> dict[str, Any]:
+    """What a batch's statement signs: the city, when, and the digest (`receipt_digest`) of each
+    imported event's canonical receipt payload (of type `receipt_type`), in the order they were
+    applied."""
     return {
         "city": city,
         "at": timefmt.fmt(at),
         "receipt_type": _RECEIPT_TYPE,
-        "receipts": ["sha256:" + hashlib.sha256(p).hexdigest() for p in payloads],
+        "receipts": list(digests),
     }
+
+
+def receipt_digest(payload: bytes) -> str:
+    """How a batch's statement names a receipt payload: its SHA-256."""
+    return "sha256:" + hashlib.sha256(payload).hexdigest()
 
 
 def parse_record(values: tuple[Any, ...]) -> ConsentRecord:
@@ -629,13 +639,13 @@ def parse_record(values: tuple[Any, ...]) -> ConsentRecord:
 # What a row becomes. Tuples, since they cross process boundaries by the million.
 ERR, START, MOVE = 0, 1, 2
 # (ERR, line, record_id, reason, message)
-# (START, line, event, record_id, digest, actor, record_tuple, scope_tuples, receipt payload)
+# (START, line, event, record_id, terms digest, actor, record_tuple, scope_tuples, receipt digest)
 # (MOVE, line, event, record_id, valid_until | None, actor)
 Prepared = tuple[Any, ...]
 
 _RECORD_COLUMNS = tuple(c.name for c in consent_records.columns)
 _SCOPE_COLUMNS = tuple(c.name for c in consent_scopes.columns)
-_EVENT_COLUMNS = ("record_id", "event", "actor", "at", "payload", "batch_id")
+_EVENT_COLUMNS = ("record_id", "event", "actor", "at", "batch_id", "valid_until")
 _R_STATE = _RECORD_COLUMNS.index("state")
 _R_FROM = _RECORD_COLUMNS.index("valid_from")
 _R_UNTIL = _RECORD_COLUMNS.index("valid_until")
@@ -841,7 +851,7 @@ class _Preparer:
                     actor,
                     row,
                     self.codec.scopes(record, state.value, row),
-                    _receipt_json(payload),
+                    receipt_digest(_receipt_json(payload)),
                 )
             if not rid_text or len(rid_text) > MAX_ID_CHARS:
                 raise _RowFailure(
@@ -930,7 +940,8 @@ class _Event(NamedTuple):
     record_id: str
     event: str
     actor: str
-    payload: bytes  # the canonical receipt payload
+    valid_until: Any  # the record's, as of this event (as `_Codec` gives it)
+    digest: str  # of its canonical receipt payload (`receipt_digest`)
 
 
 @dataclass
@@ -1017,10 +1028,10 @@ class ConsentImporter:
             self._city, self._known_parties, default_actor, self._codec.driver_level, header
         )
 
-    def sign_statement(self, at: datetime, payloads: Sequence[bytes]) -> bytes:
+    def sign_statement(self, at: datetime, digests: Sequence[str]) -> bytes:
         """The signed statement (DSSE) covering these receipt payloads of one batch."""
         return dsse.sign(
-            BATCH_STATEMENT, batch_statement(self._city, at, payloads), self._signer
+            BATCH_STATEMENT, batch_statement(self._city, at, digests), self._signer
         ).to_json()
 
 
@@ -1242,28 +1253,52 @@ class _Run:
                 scopes.setdefault(rid, []).append((purpose, recipient, category))
         return _Stored(rows, scopes)
 
-    def _first_digest(self, record_id: str) -> str:
+    def _first_digest(self, record_id: str, rec: _Rec) -> str:
         """The terms digest the record was created with (in its first event's receipt)."""
         with self.engine.connect() as conn:
             first = conn.execute(
-                sa.select(consent_events.c.receipt, consent_events.c.payload)
+                sa.select(consent_events)
                 .where(consent_events.c.record_id == record_id)
                 .order_by(consent_events.c.event_id)
                 .limit(1)
             ).first()
         if first is None:
             return ""
-        return str(_stored_payload(*first).get("terms_digest", ""))
+        return str(self._stored_payload(first, rec).get("terms_digest", ""))
 
-    def _renewals(self, record_id: str) -> set[str | None]:
+    def _renewals(self, record_id: str, rec: _Rec) -> set[str | None]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(consent_events.c.receipt, consent_events.c.payload).where(
+                sa.select(consent_events).where(
                     consent_events.c.record_id == record_id,
                     consent_events.c.event == Event.RENEW.value,
                 )
-            )
-            return {_stored_payload(*r).get("valid_until") for r in rows}
+            ).all()
+        return {self._stored_payload(r, rec).get("valid_until") for r in rows}
+
+    def _stored_payload(self, event: Any, rec: _Rec) -> dict[str, Any]:
+        """The receipt payload of a stored event (its consent_events row) of a stored record:
+        from its receipt, its stored payload, or rebuilt (the node's own; only read, not
+        trusted)."""
+        try:
+            if event.receipt is not None:
+                body = dsse.Envelope.from_json(event.receipt).payload
+            elif event.payload is not None:
+                body = event.payload
+            else:
+                body = imported_payload(
+                    self.imp._city,
+                    self._record(rec),
+                    event.event,
+                    event.actor,
+                    event.at,
+                    event.valid_until,
+                    _receipt_json,
+                )
+            obj = json.loads(body)
+        except (CitybrokerError, ValueError):
+            return {}
+        return obj if isinstance(obj, dict) else {}
 
     def _resolve(self, batch: _Batch, stored: _Stored, overlay: dict[str, _Rec]) -> None:
         """Apply the batch's rows in file order to what is stored (and the batch before)."""
@@ -1271,6 +1306,7 @@ class _Run:
         batch.events, batch.errors, batch.duplicates = [], [], 0
         view = batch.view
         at = batch.at
+        dt = self.imp._codec.dt
 
         def get(rid: str) -> _Rec | None:
             rec = view.get(rid)
@@ -1305,7 +1341,7 @@ class _Run:
         for item in batch.prepared:
             kind = item[0]
             if kind == START:
-                _, line, event, rid, digest, actor, rec_row, scopes, payload = item
+                _, line, event, rid, digest, actor, rec_row, scopes, receipt = item
                 rec = get(rid)
                 if rec is None:
                     state = _STATE_BY_NAME[event]
@@ -1314,7 +1350,7 @@ class _Run:
                         state, digest, None, None, (rec_row, scopes), digest, set(), True
                     )
                     creates[rid] = [rec_row, scopes]
-                    events.append(_Event(line, rid, event, actor, payload))
+                    events.append(_Event(line, rid, event, actor, rec_row[_R_UNTIL], receipt))
                 elif digest != rec.digest and digest != self._created_digest(rid, rec):
                     fail(
                         line,
@@ -1375,7 +1411,17 @@ class _Run:
                     changed_creations.append(rid)
                 else:
                     batch.changes[rid] = rec
-                batch.events.append(_Event(line, rid, name, actor, _receipt_json(payload)))
+                until_after = record.valid_until
+                batch.events.append(
+                    _Event(
+                        line,
+                        rid,
+                        name,
+                        actor,
+                        dt(timefmt.to_db(until_after)) if until_after is not None else None,
+                        receipt_digest(_receipt_json(payload)),
+                    )
+                )
             else:
                 _, line, rid, reason, message = item
                 fail(line, rid, reason, message)
@@ -1416,12 +1462,12 @@ class _Run:
 
     def _created_digest(self, rid: str, rec: _Rec) -> str:
         if rec.first_digest is None:
-            rec.first_digest = self._first_digest(rid)
+            rec.first_digest = self._first_digest(rid, rec)
         return rec.first_digest
 
     def _known_renewals(self, rid: str, rec: _Rec) -> set[str | None]:
         if rec.renewals is None:
-            rec.renewals = self._renewals(rid)
+            rec.renewals = self._renewals(rid, rec)
         return rec.renewals
 
     # -- writing (in the writer thread) -------------------------------------------------------
@@ -1495,7 +1541,7 @@ class _Run:
         inserts = self.imp._inserts
         events = batch.events
         envelopes = [
-            self.imp.sign_statement(batch.at, [e.payload for e in events[i : i + step]])
+            self.imp.sign_statement(batch.at, [e.digest for e in events[i : i + step]])
             for step in (MAX_STATEMENT_EVENTS,)
             for i in range(0, len(events), step)
         ]
@@ -1521,7 +1567,7 @@ class _Run:
                 assert key.inserted_primary_key is not None
                 batch_id = int(key.inserted_primary_key[0])
                 part = events[n * MAX_STATEMENT_EVENTS : (n + 1) * MAX_STATEMENT_EVENTS]
-                rows += [(e.record_id, e.event, e.actor, at, e.payload, batch_id) for e in part]
+                rows += [(e.record_id, e.event, e.actor, at, batch_id, e.valid_until) for e in part]
                 batch.statements.append((batch_id, envelope))
             inserts["events"].run(conn, rows)
 
@@ -1636,17 +1682,6 @@ def _result(future: Future[Any]) -> Any:
             "was written",
             reason="IMPORT_WORKER_FAILED",
         ) from None
-
-
-def _stored_payload(receipt: bytes | None, payload: bytes | None) -> dict[str, Any]:
-    """The receipt payload of an event this node stored, from its receipt or (imported) its
-    payload (the node's own; only read, not trusted)."""
-    try:
-        body = dsse.Envelope.from_json(receipt).payload if receipt is not None else payload
-        obj = json.loads(body or b"")
-    except (CitybrokerError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

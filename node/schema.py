@@ -72,8 +72,10 @@ consent_batches = sa.Table(
 )
 
 # An event's evidence is either its own signed receipt (the API), or, for imported events, the
-# receipt payload that `batch_id`'s signed statement covers (its receipt is then signed on demand,
-# byte for byte what signing at import would have given: Ed25519 is deterministic).
+# receipt payload that `batch_id`'s signed statement covers: stored (imports before migration
+# 0011), or rebuilt from the record and the event with `valid_until` (node.consent.imported_payload).
+# Its receipt is signed on demand, byte for byte what signing at import would have given (Ed25519
+# is deterministic).
 consent_events = sa.Table(
     "consent_events",
     metadata,
@@ -91,9 +93,10 @@ consent_events = sa.Table(
     sa.Column("receipt", sa.LargeBinary, nullable=True),
     sa.Column("payload", sa.LargeBinary, nullable=True),
     sa.Column("batch_id", sa.Integer, sa.ForeignKey("consent_batches.batch_id"), nullable=True),
+    # The record's validity end as of this (imported) event; NULL: open-ended, or an API event.
+    sa.Column("valid_until", sa.DateTime(), nullable=True),
     sa.CheckConstraint(
-        "receipt IS NOT NULL OR (payload IS NOT NULL AND batch_id IS NOT NULL)",
-        name="ck_consent_events_evidence",
+        "receipt IS NOT NULL OR batch_id IS NOT NULL", name="ck_consent_events_evidence"
     ),
 )
 

@@ -139,13 +139,15 @@ def verified(receipt: bytes) -> dict[str, Any]:
     return payload
 
 
+def event_rows(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(consent_events).order_by(consent_events.c.event_id)))
+
+
 def receipts(engine: sa.Engine) -> list[bytes]:
     """Every event's signed receipt, as the registry gives it (history, export), in order."""
     registry = ConsentRegistry(engine, "aurora", CITY_KEY)
-    return [
-        registry.stored_receipt(e["receipt"], e["payload"])
-        for e in rows_of(engine, consent_events, consent_events.c.event_id)
-    ]
+    return [registry.stored_receipt(e, registry.get(e.record_id)) for e in event_rows(engine)]
 
 
 def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]:
@@ -162,10 +164,12 @@ def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]
         envelope = dsse.Envelope.from_json(record.entry)
         statements[b["batch_id"]], _ = dsse.verify(envelope, BATCH_STATEMENT, city_lookup)
         order[b["batch_id"]] = index
-    for e in rows_of(engine, consent_events, consent_events.c.event_id):
-        if e["receipt"] is None:
-            digest = "sha256:" + hashlib.sha256(e["payload"]).hexdigest()
-            assert digest in statements[e["batch_id"]]["receipts"], e
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    for e in event_rows(engine):
+        if e.receipt is None:
+            payload = registry.event_payload(e, registry.get(e.record_id))
+            digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+            assert digest in statements[e.batch_id]["receipts"], e
     return [statements[b] for b in sorted(order, key=order.__getitem__)]
 
 
@@ -696,8 +700,8 @@ def test_a_record_changed_in_the_batch_that_creates_it_gets_the_payloads_of_one_
 
     def payloads(e: sa.Engine) -> list[dict[str, Any]]:
         out = []
-        for r in rows_of(e, consent_events, consent_events.c.event_id):
-            payload = json.loads(r["payload"])
+        for receipt in receipts(e):
+            payload = verified(receipt)
             del payload["at"]
             out.append(payload)
         return out
@@ -859,14 +863,22 @@ def test_every_imported_event_is_covered_by_a_signed_statement_in_the_log(
     assert [len(s["receipts"]) for s in statements] == [2, 2, 2]
     assert log.size() == 3
     assert {s["receipt_type"] for s in statements} == {dsse.media_type(RECEIPT)}
-    # A stored payload that is not what was signed is not covered any more.
-    where = consent_events.c.record_id == "r3"
-    with engine.begin() as conn:
-        payload = conn.execute(sa.select(consent_events.c.payload).where(where)).scalar_one()
-        changed = payload.replace(b'"res-3"', b'"res-9"')
-        assert changed != payload
-        conn.execute(consent_events.update().where(where).values(payload=changed))
-    with pytest.raises(AssertionError):
+    # The payloads are rebuilt from the event rows and records: a stored event or record that
+    # is not what was signed is not covered any more.
+    event_where = consent_events.c.record_id == "r3"
+    tampering: list[tuple[sa.Table, Any, dict[str, Any]]] = [
+        (consent_events, event_where, {"actor": "someone else"}),
+        (consent_events, event_where, {"valid_until": None}),
+        (consent_records, consent_records.c.record_id == "r3", {"notice_url": "https://x"}),
+    ]
+    for table, where, values in tampering:
+        with engine.begin() as conn:
+            before = conn.execute(sa.select(table).where(where)).one()._asdict()
+            conn.execute(table.update().where(where).values(values))
+        with pytest.raises(AssertionError):
+            logged_statements(engine, log)
+        with engine.begin() as conn:
+            conn.execute(table.update().where(where).values(before))
         logged_statements(engine, log)
 
 
