@@ -166,6 +166,8 @@ _STATE_BY_NAME = {s.value: s for s in State}
 _STARTING_NAMES = frozenset(e.value for e in STARTING)
 _IN_CHUNK = 500  # ids per IN (...) query
 _COLLECT_EVERY = 100  # batches between collector passes (see _Run.run)
+_CHECKPOINT_PAGES = 20_000  # WAL pages between checkpoints while importing (80 MB of 4 KiB)
+_SQLITE_CHECKPOINT_PAGES = 1000  # SQLite's default, which the node's connections keep
 _AHEAD = 1  # batches handed to the workers before the one being resolved is written
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
@@ -1120,6 +1122,7 @@ class _Run:
         collecting = gc.isenabled()
         gc.disable()
         gc.freeze()
+        checkpoints = _RareCheckpoints(self.engine)
         try:
             writing: tuple[_Batch, Future[None]] | None = None
             # Batches handed to the workers, in file order: they prepare the next ones while
@@ -1149,6 +1152,7 @@ class _Run:
                 self.pool.shutdown(cancel_futures=True)
             self.writer.shutdown(wait=True, cancel_futures=True)
             self._close_connection()
+            checkpoints.close()
             gc.unfreeze()
             if collecting:
                 gc.enable()
@@ -1660,6 +1664,36 @@ class _Run:
 
 
 _by_resident = operator.itemgetter(_RECORD_COLUMNS.index("resident_id"))
+
+
+class _RareCheckpoints:
+    """On SQLite in WAL mode, while an import runs: every connection its engine hands out (the
+    writer's, the log's, the lookups') checkpoints the WAL only once it holds
+    `_CHECKPOINT_PAGES` pages, not SQLite's default 1000. A batch writes more than 1000 pages,
+    so by default every batch was checkpointed, copying again the index pages that the next
+    batch dirties once more; this measured about 12 % faster at 200,000 events. Connections go
+    back to the pool with the default."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._on = engine.dialect.name == "sqlite"
+        if self._on:
+            sa.event.listen(engine, "checkout", self._checkout)
+            sa.event.listen(engine, "checkin", self._checkin)
+
+    @staticmethod
+    def _checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+
+    @staticmethod
+    def _checkin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_CHECKPOINT_PAGES}")
+
+    def close(self) -> None:
+        if self._on:
+            sa.event.remove(self._engine, "checkout", self._checkout)
+            sa.event.remove(self._engine, "checkin", self._checkin)
+            self._on = False
 
 
 def _naive(value: Any) -> datetime | None:

@@ -742,6 +742,21 @@ def test_worker_processes_give_the_same_result(
     assert (again.applied, again.duplicates, len(errors)) == (0, len(rows) - 1, 1)
 
 
+def test_checkpoints_are_rare_during_an_import_only(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+) -> None:
+    def autocheckpoint() -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+    seen: list[int] = []
+    path = write_csv(tmp_path / "events.csv", [given(f"r{i}") for i in range(7)])
+    report = importer(engine, log).run(path, progress=lambda _: seen.append(autocheckpoint()))
+    assert report.applied == 7
+    assert seen == [consent_import._CHECKPOINT_PAGES] * 3
+    assert autocheckpoint() == 1000
+
+
 def test_limits_are_checked() -> None:
     with pytest.raises(Exception, match="batch size"):
         ImportLimits(batch_size=0)
