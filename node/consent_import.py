@@ -666,6 +666,9 @@ _IN_JSON = "IN (SELECT value FROM json_each(?))"
 _LOOKUP_RECORDS_SQLITE = (
     f"SELECT {', '.join(_RECORD_COLUMNS)} FROM consent_records WHERE record_id {_IN_JSON}"
 )
+_CHECK_SQLITE = (
+    f"SELECT record_id, state, content_digest FROM consent_records WHERE record_id {_IN_JSON}"
+)
 _LOOKUP_SCOPES_SQLITE = (
     "SELECT record_id, purpose, recipient, data_category FROM consent_scopes "
     f"WHERE record_id {_IN_JSON}"
@@ -1579,17 +1582,26 @@ class _Run:
         expected = {rid: rec.expect for rid, rec in batch.changes.items()}
         if not expected:
             return
-        for part in _chunks(sorted(expected), _IN_CHUNK):
-            stmt = sa.select(
-                consent_records.c.record_id,
-                consent_records.c.state,
-                consent_records.c.content_digest,
-            ).where(consent_records.c.record_id.in_(part))
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update()
-            for rid, state, digest in conn.execute(stmt):
-                if expected.get(rid) != (state, digest):
-                    raise _Stale(rid)
+        ids = sorted(expected)
+        if self.imp._codec.driver_level:
+            found: Iterable[Any] = conn.exec_driver_sql(_CHECK_SQLITE, (json.dumps(ids),))
+        else:
+            found = (
+                row
+                for part in _chunks(ids, _IN_CHUNK)
+                for row in conn.execute(
+                    sa.select(
+                        consent_records.c.record_id,
+                        consent_records.c.state,
+                        consent_records.c.content_digest,
+                    )
+                    .where(consent_records.c.record_id.in_(part))
+                    .with_for_update()  # PostgreSQL: held until the batch commits
+                )
+            )
+        for rid, state, digest in found:
+            if expected.get(rid) != (state, digest):
+                raise _Stale(rid)
 
     def _apply_changes(self, conn: sa.Connection, changes: dict[str, _Rec]) -> None:
         """Update stored records (and their scopes) to the state this batch leaves them in."""

@@ -742,6 +742,34 @@ def test_worker_processes_give_the_same_result(
     assert (again.applied, again.duplicates, len(errors)) == (0, len(rows) - 1, 1)
 
 
+def test_a_record_the_api_changes_meanwhile_is_resolved_again(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    run(importer(engine, log), write_csv(tmp_path / "given.csv", [given("r1"), given("r2")]))
+    write = consent_import._Run._write
+    withdrawn: list[str] = []
+
+    def api_first(self: Any, batch: Any) -> None:
+        if not withdrawn:  # the resident withdraws through the API just before it is written
+            withdrawn.append("r1")
+            registry.withdraw("r1", actor="resident")
+        write(self, batch)
+
+    monkeypatch.setattr(consent_import._Run, "_write", api_first)
+    path = write_csv(
+        tmp_path / "later.csv",
+        [event("renewed", "r1", valid_until=LATER), event("renewed", "r2", valid_until=LATER)],
+    )
+    report, errors = run(importer(engine, log), path)
+    # Resolved again on what the API left: r1 can no longer be renewed; r2 is.
+    assert [(e.record_id, e.reason) for e in errors] == [("r1", "CONSENT_NOT_ACTIVE")]
+    assert report.applied == 1
+    assert history(engine, "r1") == ["given", "withdrawn"]
+    assert history(engine, "r2") == ["given", "renewed"]
+    logged_statements(engine, log)
+
+
 def test_checkpoints_are_rare_during_an_import_only(
     engine: sa.Engine, log: MerkleLog, tmp_path: Path
 ) -> None:
