@@ -15,10 +15,10 @@ What runs:
 2. The import, timed: `node.consent_import.import_file` (what `citybroker node consent import`
    calls) with a sandbox federation's node config, into a node database that does not exist yet,
    in a child process (so its peak RSS, ru_maxrss, is its own). It migrates the database, checks
-   recipients against the trust bundle, builds every event's receipt payload in its worker
-   processes, writes records, scopes and events (with their payloads) one transaction per batch,
-   signs one statement per batch listing the payloads' digests (DSSE, Ed25519) and appends it to
-   the node's Merkle log. Rate = rows / wall time of the whole call.
+   recipients against the trust bundle, parses and builds every event's rows and receipt payload
+   in its worker processes, writes records, scopes and events (each with what its payload is
+   rebuilt from) one transaction per batch, signs one statement per batch listing the payloads'
+   digests (DSSE, Ed25519) and appends it to the node's Merkle log. Rate = rows / wall time of the whole call.
 3. The baseline, in the same run and a child process of its own: plain SQLAlchemy Core
    executemany of the same rows into the same schema on the same engine type (a fresh SQLite
    file made by federation.storage: WAL, synchronous=FULL, the Alembic migrations): records,
