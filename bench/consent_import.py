@@ -14,7 +14,8 @@ What runs:
    the larger cost.
 2. The import, timed: `node.consent_import.import_file` (what `citybroker node consent import`
    calls) with a sandbox federation's node config, into a node database that does not exist yet,
-   in a child process (so its peak RSS, ru_maxrss, is its own). It migrates the database, checks
+   in a child process (so its peak RSS, VmHWM, is its own: ru_maxrss would count the pages of
+   this process that the child had between fork and exec). It migrates the database, checks
    recipients against the trust bundle, parses and builds every event's rows and receipt payload
    in its worker processes, writes records, scopes and events (each with what its payload is
    rebuilt from) one transaction per batch, signs one statement per batch listing the payloads'
@@ -247,7 +248,7 @@ def child_import(config: Path, events: Path, batch_size: int, out: Path) -> None
                 "errors": dict(report.errors),
                 "batches": report.batches,
                 "failed_batches": report.failed_batches,
-                "peak_rss_kb": me.ru_maxrss,
+                "peak_rss_kb": _status_kb(os.getpid(), "VmHWM"),
                 "worker_peak_rss_kb": sampler.worker_peak_kb,
                 "all_processes_peak_rss_kb": sampler.total_peak_kb,
                 "cpu_s": me.ru_utime + me.ru_stime,
@@ -297,7 +298,7 @@ def child_baseline(database: Path, events: Path, batch_size: int, out: Path) -> 
                 "db_seconds": db_s,
                 "seconds": wall,
                 "rows": rows_done,
-                "peak_rss_kb": me.ru_maxrss,
+                "peak_rss_kb": _status_kb(os.getpid(), "VmHWM"),
                 "cpu_s": me.ru_utime + me.ru_stime,
             }
         )
