@@ -174,9 +174,9 @@ def _ts(t: datetime) -> str:
 
 
 class MemorySampler:
-    """Peak memory of this process's children (the signing workers) and of all of them together,
-    sampled from /proc twice a second. (ru_maxrss of children is no use here: a child started by
-    fork and exec shows the parent's pages for a moment, before the exec.)"""
+    """Peak memory of this process's children (the import's worker processes) and of all of them
+    together, sampled from /proc twice a second. (ru_maxrss of children is no use here: a child
+    started by fork and exec shows the parent's pages for a moment, before the exec.)"""
 
     def __init__(self) -> None:
         import threading
@@ -470,7 +470,7 @@ def main() -> None:
         "event_mix": counts,
         "record_ids": "random (UUIDv4-like)" if args.random_ids else "growing with creation",
         "batch_size": args.batch_size,
-        "signing_workers": imp["workers"],
+        "worker_processes": imp["workers"],
         "applied": imp["applied"],
         "errors": imp["errors"],
         "failed_batches": imp["failed_batches"],
@@ -524,7 +524,7 @@ def main() -> None:
     t.add_row("import rate (events/s)", fmt_number(rate, 0))
     t.add_row("goal (events/s)", fmt_number(GOAL_EVENTS_PER_S, 0))
     t.add_row("peak RSS of the importing process (MB)", fmt_number(peak_mb))
-    t.add_row("peak RSS of one signing worker (MB)", fmt_number(worker_mb))
+    t.add_row("peak RSS of one worker process (MB)", fmt_number(worker_mb))
     t.add_row(
         "peak RSS of all import processes together (MB)",
         fmt_number(params["peak_rss_all_processes_mb"]),
