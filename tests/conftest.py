@@ -170,3 +170,12 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def node_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty node database for a test that runs on both engines: a SQLite file, or a
+    database on the machine's PostgreSQL server (`postgres_url`)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'node.db'}"
+    return str(request.getfixturevalue("postgres_url"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,13 +34,9 @@ PARTNER = "northwind-mobility"
 KNOWN_PARTIES = {PARTNER, "aurora", "borealis"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'node.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    e = storage.create_engine(url)
+@pytest.fixture
+def engine(node_database_url: str) -> Iterator[sa.Engine]:
+    e = storage.create_engine(node_database_url)
     storage.upgrade(e)
     yield e
     e.dispose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,13 +20,9 @@ CITY_KEY = Signer.generate()
 NOW = timefmt.now()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'node.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    e = storage.create_engine(url)
+@pytest.fixture
+def engine(node_database_url: str) -> Iterator[sa.Engine]:
+    e = storage.create_engine(node_database_url)
     yield e
     e.dispose()
 
