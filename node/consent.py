@@ -321,7 +321,7 @@ class ConsentRegistry:
             RECEIPT, receipt_payload(self._city, record, event, actor, at, state), self._signer
         ).to_json()
 
-    def stored_receipt(self, event: Any, record: ConsentRecord) -> bytes:
+    def stored_receipt(self, event: sa.Row[Any], record: ConsentRecord) -> bytes:
         """An event's signed receipt from its consent_events row (`event`) and its record: the
         stored one, or for an imported event (covered by its batch's signed statement) one
         signed now over its payload, stored or rebuilt (`imported_payload`): the same bytes as
@@ -333,7 +333,7 @@ class ConsentRegistry:
             raise StoreError("a consent event has neither a receipt nor a batch")
         return sign_receipt_payload(self.event_payload(event, record), self._signer)
 
-    def event_payload(self, event: Any, record: ConsentRecord) -> bytes:
+    def event_payload(self, event: sa.Row[Any], record: ConsentRecord) -> bytes:
         """The receipt payload of an imported event (its consent_events row `event`)."""
         if event.payload is not None:
             return bytes(event.payload)

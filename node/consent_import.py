@@ -1283,7 +1283,7 @@ class _Run:
             ).all()
         return {self._stored_payload(r, rec).get("valid_until") for r in rows}
 
-    def _stored_payload(self, event: Any, rec: _Rec) -> dict[str, Any]:
+    def _stored_payload(self, event: sa.Row[Any], rec: _Rec) -> dict[str, Any]:
         """The receipt payload of a stored event (its consent_events row) of a stored record:
         from its receipt, its stored payload, or rebuilt (the node's own; only read, not
         trusted)."""
