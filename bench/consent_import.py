@@ -226,7 +226,7 @@ def _status_kb(pid: int, key: str) -> int:
 
 def child_import(config: Path, events: Path, batch_size: int, out: Path) -> None:
     """Run in a child process: the CLI's import function; writes timings and rusage to `out`."""
-    from node.consent_import import ImportLimits, import_file
+    from node.consent_import import ImportLimits, default_workers, import_file
 
     sampler = MemorySampler()
     busy0, t0 = machine_busy_cpu_s(), time.perf_counter()
@@ -254,7 +254,7 @@ def child_import(config: Path, events: Path, batch_size: int, out: Path) -> None
                 "cpu_s": me.ru_utime + me.ru_stime,
                 "worker_cpu_s": workers.ru_utime + workers.ru_stime,
                 "machine_busy_cpu_s": busy,
-                "workers": os.cpu_count(),
+                "workers": default_workers(),
             }
         )
     )
