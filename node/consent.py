@@ -257,6 +257,21 @@ def imported_payload(
     )
 
 
+def event_payload(
+    city: str, event: sa.Row[Any], record: ConsentRecord, canonical: Canonical = dsse.canonical
+) -> bytes:
+    """The receipt payload of any stored event (its consent_events row) of `record`: from its
+    signed receipt (the API's), its stored payload (imports before migration 0011), or rebuilt
+    (`imported_payload`)."""
+    if event.receipt is not None:
+        return dsse.Envelope.from_json(event.receipt).payload
+    if event.payload is not None:
+        return bytes(event.payload)
+    return imported_payload(
+        city, record, event.event, event.actor, event.at, event.valid_until, canonical
+    )
+
+
 def sign_receipt_payload(body: bytes, signer: Signer) -> bytes:
     """The DSSE consent receipt (`Envelope.to_json`) over a canonical receipt payload."""
     ptype = dsse.media_type(RECEIPT)
@@ -334,12 +349,8 @@ class ConsentRegistry:
         return sign_receipt_payload(self.event_payload(event, record), self._signer)
 
     def event_payload(self, event: sa.Row[Any], record: ConsentRecord) -> bytes:
-        """The receipt payload of an imported event (its consent_events row `event`)."""
-        if event.payload is not None:
-            return bytes(event.payload)
-        return imported_payload(
-            self._city, record, event.event, event.actor, event.at, event.valid_until
-        )
+        """The receipt payload of a stored event (its consent_events row `event`)."""
+        return event_payload(self._city, event, record)
 
     # -- events ------------------------------------------------------------------------------
 

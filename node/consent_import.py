@@ -89,7 +89,7 @@ from node.consent import (
     MAX_ID_CHARS,
     RECEIPT,
     ConsentRecord,
-    imported_payload,
+    event_payload,
     receipt_payload,
     record_from_row,
     record_row,
@@ -1296,20 +1296,7 @@ class _Run:
         from its receipt, its stored payload, or rebuilt (the node's own; only read, not
         trusted)."""
         try:
-            if event.receipt is not None:
-                body = dsse.Envelope.from_json(event.receipt).payload
-            elif event.payload is not None:
-                body = event.payload
-            else:
-                body = imported_payload(
-                    self.imp._city,
-                    self._record(rec),
-                    event.event,
-                    event.actor,
-                    event.at,
-                    event.valid_until,
-                    _receipt_json,
-                )
+            body = event_payload(self.imp._city, event, self._record(rec), _receipt_json)
             obj = json.loads(body)
         except (CitybrokerError, ValueError):
             return {}
