@@ -9,8 +9,17 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+_STRFTIME = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def fmt(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`t` as `_STRFTIME` gives it. Formatted by hand, a third of strftime's time (a bulk import
+    formats three times per event); strftime still writes years before 1000, which it does not
+    pad to four digits."""
+    t = t.astimezone(UTC)
+    if t.year < 1000:
+        return t.strftime(_STRFTIME)
+    return "%d-%02d-%02dT%02d:%02d:%02dZ" % (t.year, t.month, t.day, t.hour, t.minute, t.second)
 
 
 def parse(text: str) -> datetime:

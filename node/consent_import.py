@@ -80,6 +80,7 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from audit.log import MerkleLog
 from federation.errors import CitybrokerError, InvalidArgument, StoreError
@@ -168,6 +169,7 @@ _IN_CHUNK = 500  # ids per IN (...) query
 _COLLECT_EVERY = 100  # batches between collector passes (see _Run.run)
 _CHECKPOINT_PAGES = 20_000  # WAL pages between checkpoints while importing (80 MB of 4 KiB)
 _SQLITE_CHECKPOINT_PAGES = 1000  # SQLite's default, which the node's connections keep
+_COMMON_VALUES = 4096  # recurring values a worker keeps one object of (`_Codec.common`)
 _AHEAD = 1  # batches handed to the workers before the one being resolved is written
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
@@ -649,7 +651,24 @@ Prepared = tuple[Any, ...]
 _RECORD_COLUMNS = tuple(c.name for c in consent_records.columns)
 _SCOPE_COLUMNS = tuple(c.name for c in consent_scopes.columns)
 _EVENT_COLUMNS = ("record_id", "event", "actor", "at", "batch_id", "valid_until")
+_R_ID = _RECORD_COLUMNS.index("record_id")
+_R_RESIDENT = _RECORD_COLUMNS.index("resident_id")
 _R_STATE = _RECORD_COLUMNS.index("state")
+# Columns whose values recur from record to record (`_Codec.common`).
+_R_RECURRING = tuple(
+    _RECORD_COLUMNS.index(c)
+    for c in (
+        "lawful_basis",
+        "notice_url",
+        "notice_hash",
+        "language",
+        "jurisdiction",
+        "retention_days",
+        "collection_method",
+        "withdrawal_method",
+        "state",
+    )
+)
 _R_FROM = _RECORD_COLUMNS.index("valid_from")
 _R_UNTIL = _RECORD_COLUMNS.index("valid_until")
 _R_DIGEST = _RECORD_COLUMNS.index("content_digest")
@@ -722,17 +741,22 @@ class _Codec:
 
     def __init__(self, driver_level: bool) -> None:
         self.driver_level = driver_level
-        self.dt: Callable[[Any], Any] = _identity
-        if driver_level:
-            from sqlalchemy.dialects import sqlite
+        self.dt: Callable[[Any], Any] = sqlite_datetime if driver_level else _identity
+        self._common: dict[Any, Any] = {}
 
-            dialect = sqlite.dialect()
-            proc = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
-            if proc is not None:
-                self.dt = proc
+    def common(self, value: Any) -> Any:
+        """One object for each recurring value (a notice, a language, a purpose...): a batch's
+        rows then pickle each just once, and the importing process, whose time is what limits
+        an import, unpickles and frees a third fewer objects."""
+        common = self._common
+        if len(common) >= _COMMON_VALUES:
+            common.clear()  # values that do not recur, after all: stay bounded
+        return common.setdefault(value, value)
 
     def record(self, row: dict[str, Any]) -> tuple[Any, ...]:
         out = [row[c] for c in _RECORD_COLUMNS]
+        for i in _R_RECURRING:
+            out[i] = self.common(out[i])
         out[_R_FROM] = self.dt(out[_R_FROM])
         out[_R_UNTIL] = self.dt(out[_R_UNTIL])
         return tuple(out)
@@ -742,10 +766,12 @@ class _Codec:
     ) -> tuple[tuple[Any, ...], ...]:
         """The record's consent_scopes rows (`scope_rows`, as tuples), its times taken from its
         consent_records row `row` (already processed)."""
-        rid, resident = record.record_id, record.resident_id
+        rid, resident = row[_R_ID], row[_R_RESIDENT]
         valid_from, valid_until = row[_R_FROM], row[_R_UNTIL]
+        common = self.common
         return tuple(
-            (rid, p, r, c, resident, state, valid_from, valid_until) for p, r, c in record.scopes()
+            (rid, common(p), common(r), common(c), resident, state, valid_from, valid_until)
+            for p, r, c in record.scopes()
         )
 
 
@@ -763,6 +789,20 @@ assert _SCOPE_COLUMNS == (
 
 def _identity(v: Any) -> Any:
     return v
+
+
+_SQLITE_DATETIME = sa.DateTime().dialect_impl(sqlite_dialect()).bind_processor(sqlite_dialect())
+assert _SQLITE_DATETIME is not None
+
+
+def sqlite_datetime(value: datetime | None) -> str | None:
+    """A datetime as SQLAlchemy's SQLite DATETIME type stores it: for the naive (UTC) ones the
+    tables hold, isoformat writes the same text in less than half the time."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.isoformat(" ", "microseconds")
+    return _SQLITE_DATETIME(value)  # type: ignore[no-any-return]
 
 
 _RECEIPT_TYPE = dsse.media_type(RECEIPT)
@@ -837,7 +877,7 @@ class _Preparer:
                     "CONSENT_EVENT_UNKNOWN",
                     f"event must be one of {', '.join(IMPORTABLE)}, not {name!r}",
                 )
-            actor = _text(values, _ACTOR, self.default_actor)
+            actor = self.codec.common(_text(values, _ACTOR, self.default_actor))
             if len(actor) > MAX_ID_CHARS:
                 raise _RowFailure(
                     "CONSENT_FIELD_INVALID", f"actor must be at most {MAX_ID_CHARS} characters"
