@@ -19,7 +19,15 @@ def fmt(t: datetime) -> str:
     t = t.astimezone(UTC)
     if t.year < 1000:
         return t.strftime(_STRFTIME)
-    return "%d-%02d-%02dT%02d:%02d:%02dZ" % (t.year, t.month, t.day, t.hour, t.minute, t.second)
+    # %-formatting: half the time of the f-string equivalent.
+    return "%d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+    )
 
 
 def parse(text: str) -> datetime:
