@@ -170,6 +170,7 @@ _COLLECT_EVERY = 100  # batches between collector passes (see _Run.run)
 _CHECKPOINT_PAGES = 20_000  # WAL pages between checkpoints while importing (80 MB of 4 KiB)
 _SQLITE_CHECKPOINT_PAGES = 1000  # SQLite's default, which the node's connections keep
 _COMMON_VALUES = 4096  # recurring values a worker keeps one object of (`_Codec.common`)
+_READ_BYTES = 1 << 20  # the input is read in blocks of this size
 _AHEAD = 1  # batches handed to the workers before the one being resolved is written
 _LOG_CHUNK, _LOG_CHUNK_BYTES = 4096, 32 << 20  # per append_many, within the log's limits
 
@@ -306,38 +307,71 @@ class _Lines:
 
     def chunks(self, records: int, quoted_fields: bool) -> Iterator[_Chunk]:
         """The rest of the file as chunks of about `records` records each, as raw bytes, cut
-        only between records (CSV: outside quotes), for `parse_chunk`. Each line is read once,
-        with no decoding or parsing. An over-long line travels as an empty line, its problem
-        noted. A quote left open (malformed CSV) for much longer than a chunk is cut anyway, so
-        a chunk stays bounded; the rows around that cut then fail to parse, and say so."""
+        only between records (CSV: outside quotes), for `parse_chunk`. The file is read in
+        blocks and each line only searched for its end (and counted for quotes): no decoding
+        or parsing here. An over-long line travels as an empty line, its problem noted. A quote
+        left open (malformed CSV) for much longer than a chunk is cut anyway, so a chunk stays
+        bounded; the rows around that cut then fail to parse, and say so."""
         f, limit = self._f, self._max
         most_lines, most_bytes = records * 8, 64 << 20
+        buf, pos, eof = b"", 0, False
         while True:
             first = self.line + 1
-            parts: list[bytes] = []
-            size = ended = 0
+            out: list[bytes] = []
+            kept = pos  # buf[kept:pos]: read lines not yet in `out`
+            lines = ended = 0
             quoted = False
             while ended < records:
-                raw = f.readline(limit)
-                if not raw:
-                    break
-                self.bytes += len(raw)
-                self.line += 1
-                if len(raw) == limit and not raw.endswith(b"\n"):
-                    self._skip_long()
-                    raw = b"\n"
-                elif quoted_fields and raw.count(b'"') & 1:
+                end = buf.find(b"\n", pos, pos + limit)
+                if end < 0:
+                    if not eof and len(buf) - pos < limit:  # the line may go on in the next block
+                        out.append(buf[kept:pos])
+                        more = f.read(_READ_BYTES)
+                        eof = not more
+                        buf, pos, kept = buf[pos:] + more, 0, 0
+                        continue
+                    if pos == len(buf):
+                        break  # the end of the file
+                    if len(buf) - pos >= limit:
+                        out.append(buf[kept:pos])
+                        out.append(b"\n")
+                        buf, pos, eof = self._skip_long_in(buf, pos, eof)
+                        kept = pos
+                        lines += 1
+                        ended += not quoted
+                        continue
+                    end = len(buf) - 1  # the last line, with no line break
+                if quoted_fields and buf.count(b'"', pos, end) & 1:
                     quoted = not quoted
-                parts.append(raw)
-                size += len(raw)
+                self.bytes += end + 1 - pos
+                self.line += 1
+                pos = end + 1
+                lines += 1
                 if not quoted:
                     ended += 1
-                elif len(parts) >= most_lines or size >= most_bytes:
+                elif lines >= most_lines or sum(map(len, out)) + pos - kept >= most_bytes:
                     break
-            if not parts:
+            out.append(buf[kept:pos])
+            if not lines:
                 return
             problems = {n: self.problems.pop(n) for n in sorted(self.problems) if n >= first}
-            yield _Chunk(first, b"".join(parts), problems, self.bytes)
+            yield _Chunk(first, b"".join(out), problems, self.bytes)
+
+    def _skip_long_in(self, buf: bytes, pos: int, eof: bool) -> tuple[bytes, int, bool]:
+        """Skip an over-long line starting at buf[pos], reading on as far as its end without
+        holding it; note the line. Returns the buffer and position after it."""
+        self.line += 1
+        self.problems[self.line] = f"line is longer than {self._max} bytes"
+        while True:
+            end = buf.find(b"\n", pos)
+            if end >= 0:
+                self.bytes += end + 1 - pos
+                return buf, end + 1, eof
+            self.bytes += len(buf) - pos
+            if eof:
+                return b"", 0, True
+            buf, pos = self._f.read(_READ_BYTES), 0
+            eof = not buf
 
 
 class _Chunk(NamedTuple):
