@@ -825,8 +825,9 @@ def _identity(v: Any) -> Any:
     return v
 
 
-_SQLITE_DATETIME = sa.DateTime().dialect_impl(sqlite_dialect()).bind_processor(sqlite_dialect())
-assert _SQLITE_DATETIME is not None
+_SQLITE_DATETIME: Callable[[Any], Any] = _identity
+if _sqlite_dt := sa.DateTime().dialect_impl(sqlite_dialect()).bind_processor(sqlite_dialect()):
+    _SQLITE_DATETIME = _sqlite_dt
 
 
 def sqlite_datetime(value: datetime | None) -> str | None:
