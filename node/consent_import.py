@@ -332,20 +332,19 @@ class _Lines:
                         continue
                     if pos == len(buf):
                         break  # the end of the file
-                    if len(buf) - pos >= limit:
-                        out.append(buf[kept:pos])
-                        out.append(b"\n")
-                        buf, pos, eof = self._skip_long_in(buf, pos, eof)
-                        kept = pos
-                        lines += 1
-                        ended += not quoted
-                        continue
-                    end = len(buf) - 1  # the last line, with no line break
-                if quoted_fields and buf.count(b'"', pos, end) & 1:
-                    quoted = not quoted
-                self.bytes += end + 1 - pos
-                self.line += 1
-                pos = end + 1
+                    if len(buf) - pos < limit:
+                        end = len(buf) - 1  # the last line, with no line break
+                if end < 0:  # over-long: it travels as an empty line
+                    out.append(buf[kept:pos])
+                    out.append(b"\n")
+                    buf, pos, eof = self._skip_long_in(buf, pos, eof)
+                    kept = pos
+                else:
+                    if quoted_fields and buf.count(b'"', pos, end) & 1:
+                        quoted = not quoted
+                    self.bytes += end + 1 - pos
+                    self.line += 1
+                    pos = end + 1
                 lines += 1
                 if not quoted:
                     ended += 1
