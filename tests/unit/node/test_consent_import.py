@@ -770,19 +770,34 @@ def test_a_record_the_api_changes_meanwhile_is_resolved_again(
     logged_statements(engine, log)
 
 
-def test_checkpoints_are_rare_during_an_import_only(
-    engine: sa.Engine, log: MerkleLog, tmp_path: Path
+def test_the_wal_is_copied_back_in_the_background_and_starts_over(
+    engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # However short the WAL, the writer waits for a pass before each batch, so it starts over.
+    monkeypatch.setattr(consent_import, "_CHECKPOINT_PAGES", 1)
+    database, wal = tmp_path / "node.db", tmp_path / "node.db-wal"
+
     def autocheckpoint() -> int:
         with engine.connect() as conn:
             return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
 
-    seen: list[int] = []
-    path = write_csv(tmp_path / "events.csv", [given(f"r{i}") for i in range(7)])
-    report = importer(engine, log).run(path, progress=lambda _: seen.append(autocheckpoint()))
-    assert report.applied == 7
-    assert seen == [consent_import._CHECKPOINT_PAGES] * 3
+    seen: list[tuple[int, int, int]] = []
+    path = write_csv(
+        tmp_path / "events.csv", [given(f"r{i:03}", resident=f"res-{i}") for i in range(60)]
+    )
+    report = importer(engine, log).run(
+        path,
+        progress=lambda _: seen.append(
+            (autocheckpoint(), database.stat().st_size, wal.stat().st_size)
+        ),
+    )
+    assert report.applied == 60 and len(seen) == 20
+    assert {a for a, _, _ in seen} == {0}  # no commit copies the WAL itself
+    assert seen[-1][1] > seen[0][1]  # the database file grew while the import ran
+    # 20 batches in one WAL would take 20 times the first one's room.
+    assert seen[-1][2] < 5 * seen[0][2]
     assert autocheckpoint() == 1000
+    assert rows_of(engine, consent_records, consent_records.c.record_id)[-1]["record_id"] == "r059"
 
 
 def test_limits_are_checked() -> None:
