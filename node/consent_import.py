@@ -1767,7 +1767,7 @@ class _Checkpoints:
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self._on = engine.dialect.name == "sqlite"
+        self._on = engine.dialect.name == "sqlite" and _journal_mode(engine) == "wal"
         self._lock = threading.Condition()
         self._asked = self._done = 0  # passes asked for, and finished
         self._pages = 0  # in the WAL at the last pass
@@ -1850,6 +1850,14 @@ class _Checkpoints:
         sa.event.remove(self._engine, "checkout", self._checkout)
         sa.event.remove(self._engine, "checkin", self._checkin)
         self._on = False
+
+
+def _journal_mode(engine: sa.Engine) -> str:
+    try:
+        with engine.connect() as conn:
+            return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower()
+    except sa.exc.SQLAlchemyError:
+        return ""
 
 
 def _naive(value: Any) -> datetime | None:

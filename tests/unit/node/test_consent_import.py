@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -798,6 +799,21 @@ def test_the_wal_is_copied_back_in_the_background_and_starts_over(
     assert seen[-1][2] < 5 * seen[0][2]
     assert autocheckpoint() == 1000
     assert rows_of(engine, consent_records, consent_records.c.record_id)[-1]["record_id"] == "r059"
+
+
+def test_a_database_without_a_wal_needs_no_checkpoints(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'rollback-journal.db'}")  # journal: DELETE
+    storage.upgrade(engine)
+    threads: list[str] = []
+    path = write_csv(tmp_path / "events.csv", [given(f"r{i}") for i in range(7)])
+    with MerkleLog(engine, ORIGIN, CITY_KEY) as log:
+        report = importer(engine, log).run(
+            path, progress=lambda _: threads.extend(t.name for t in threading.enumerate())
+        )
+        assert report.applied == 7 and logged_statements(engine, log)
+    assert "consent-import-writer_0" in threads  # seen while the import ran
+    assert "consent-import-checkpoints" not in threads
+    engine.dispose()
 
 
 def test_limits_are_checked() -> None:
