@@ -1578,8 +1578,6 @@ class _Run:
             return
         try:
             self._log_statements(batch.statements)
-            if self.checkpoints is not None:
-                self.checkpoints.committed()
         except CitybrokerError as e:
             raise StoreError(
                 f"batch {batch.index + 1} (lines {batch.first_line}-{batch.last_line}) is "
@@ -1587,6 +1585,8 @@ class _Run:
                 f"{e.message}",
                 reason="IMPORT_LOG_FAILED",
             ) from None
+        if self.checkpoints is not None:
+            self.checkpoints.committed()
 
     def _connection(self) -> sa.Connection:
         """The writer's own connection, for the whole run. On SQLite: a larger page cache
@@ -1825,7 +1825,7 @@ class _Checkpoints:
                     row = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     pages = int(row[1]) if row is not None else 0
                 except sqlite3.Error:
-                    pages = 0  # not WAL, or busy: the next pass tries again
+                    pages = 0  # the database is locked: the next pass tries again
                 with self._lock:
                     self._pages, self._done = pages, target
                     self._lock.notify_all()
