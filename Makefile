@@ -27,6 +27,7 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 # buf comes from npm; without npx (no Node.js) the proto lint is skipped, and says so.
 buf-lint:

@@ -13,7 +13,7 @@ Public API, for auditors who script their own checks:
     summary = verify_bundle(Path("bundle"), authority_public_key)             # one export bundle
     report = verify_bundles([node_bundle, broker_bundle], authority_public_key)  # + reconciliation
 
-Every failure raises a `federation.errors.VerificationError` subclass whose `reason` is an
+Every failure raises a `domain.errors.VerificationError` subclass whose `reason` is an
 UPPER_SNAKE code and whose message names what failed (for bundles: file and entry, `BundleError`).
 """
 

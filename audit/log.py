@@ -49,7 +49,7 @@ from audit.note import (
     unverified_body,
 )
 from audit.schema import log_checkpoints, log_entries, log_nodes
-from federation.errors import CitybrokerError, InvalidArgument, NotFound, StoreError, TooLarge
+from domain.errors import CitybrokerError, InvalidArgument, NotFound, StoreError, TooLarge
 from keys.ed25519 import Signer
 
 MAX_KIND_LENGTH = 64

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 
-from federation.errors import InvalidArgument, VerificationError
+from domain.errors import InvalidArgument, VerificationError
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()

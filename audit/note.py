@@ -14,7 +14,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from federation.errors import VerificationError
+from domain.errors import VerificationError
 from keys.ed25519 import PublicKey, Signer
 
 ED25519_TYPE = 0x01

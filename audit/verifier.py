@@ -34,10 +34,11 @@ from audit.cosign import verify_cosignature, witness_name
 from audit.ledger import Bundle, Ledger, ReceiptRef, ResultRef, Witnessed
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 from audit.note import NoteError, NoteVerifier, checkpoint_body, parse_checkpoint, verify_note
-from federation import agreement as agreement_doc
-from federation import statements
-from federation.agreement import Agreement, Appearance
-from federation.errors import VerificationError
+from domain import agreement as agreement_doc
+from domain import statements
+from domain.agreement import Agreement, Appearance
+from domain.errors import VerificationError
+from domain.kinds import LogKind, Statement
 from keys import dsse, timefmt, trust
 from keys.ed25519 import PublicKey
 from keys.trust import Role, TrustBundle
@@ -54,29 +55,29 @@ ROLE_OF_ORIGIN = {"node": Role.CITY, "broker": Role.BROKER}
 # A node result must be receipted if the broker logged receipts this long after it.
 RECEIPT_GRACE = timedelta(minutes=1)
 # Each logged statement type: the payload field naming its signer, and the field saying when.
-STATEMENTS = {
-    "query": ("broker", "issued_at"),
-    "describe": ("broker", "issued_at"),
-    "result": ("city", "issued_at"),
-    "refusal": ("city", "issued_at"),
-    "receipt": ("broker", "issued_at"),
-    "consent-receipt": ("city", "at"),
-    "consent-batch": ("city", "at"),
-    "agreement-revocation": ("revoked_by", "at"),
-    "cosignature": ("city", "at"),
+STATEMENTS: dict[str, tuple[str, str]] = {
+    Statement.QUERY: ("broker", "issued_at"),
+    Statement.DESCRIBE: ("broker", "issued_at"),
+    Statement.RESULT: ("city", "issued_at"),
+    Statement.REFUSAL: ("city", "issued_at"),
+    Statement.RECEIPT: ("broker", "issued_at"),
+    Statement.CONSENT_RECEIPT: ("city", "at"),
+    Statement.CONSENT_BATCH: ("city", "at"),
+    Statement.AGREEMENT_REVOCATION: ("revoked_by", "at"),
+    Statement.COSIGNATURE: ("city", "at"),
 }
 # The kinds each statement type is logged under (node/answering.py, node/service.py,
 # broker/exchange.py). A kind lies outside the Merkle leaf, so it is checked against its entry.
-KINDS = {
-    "query": {"exchange", "refusal"},
-    "result": {"exchange"},
-    "refusal": {"refusal"},
-    "receipt": {"exchange"},
-    "consent-receipt": {"consent"},
-    "consent-batch": {"consent"},
-    "agreement": {"agreement"},
-    "agreement-revocation": {"agreement"},
-    "cosignature": {"witness"},
+KINDS: dict[str, set[str]] = {
+    Statement.QUERY: {LogKind.EXCHANGE, LogKind.REFUSAL},
+    Statement.RESULT: {LogKind.EXCHANGE},
+    Statement.REFUSAL: {LogKind.REFUSAL},
+    Statement.RECEIPT: {LogKind.EXCHANGE},
+    Statement.CONSENT_RECEIPT: {LogKind.CONSENT},
+    Statement.CONSENT_BATCH: {LogKind.CONSENT},
+    Statement.AGREEMENT: {LogKind.AGREEMENT},
+    Statement.AGREEMENT_REVOCATION: {LogKind.AGREEMENT},
+    Statement.COSIGNATURE: {LogKind.WITNESS},
 }
 
 
@@ -703,7 +704,7 @@ def _verify_entry(
     message = dsse.pae(ptype, payload)
     try:
         unverified = json.loads(payload)
-        if thing == "agreement":
+        if thing == Statement.AGREEMENT:
             signers = [str(unverified["provider"]), str(unverified["consumer"])]
             at = timefmt.parse(unverified["valid_from"])
         else:

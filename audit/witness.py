@@ -24,12 +24,13 @@ from audit.log import MerkleLog
 from audit.merkle import verify_consistency
 from audit.note import NoteVerifier, parse_checkpoint, verify_note
 from audit.schema import witnessed_logs
-from federation.errors import FailedPrecondition, PermissionDenied
+from domain.errors import FailedPrecondition, PermissionDenied
+from domain.kinds import LogKind, Statement
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.trust import Role, TrustStore
 
-COSIGNATURE, LOG_KIND = "cosignature", "witness"
+COSIGNATURE, LOG_KIND = Statement.COSIGNATURE, LogKind.WITNESS
 
 
 def broker_origin(broker: str) -> str:

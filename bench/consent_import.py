@@ -22,7 +22,7 @@ What runs:
    digests (DSSE, Ed25519) and appends it to the node's Merkle log. Rate = rows / wall time of the whole call.
 3. The baseline, in the same run and a child process of its own: plain SQLAlchemy Core
    executemany of the same rows into the same schema on the same engine type (a fresh SQLite
-   file made by federation.storage: WAL, synchronous=FULL, the Alembic migrations): records,
+   file made by infra.storage: WAL, synchronous=FULL, the Alembic migrations): records,
    scopes and events (an empty receipt), state updates for withdrawn/renewed, one transaction
    per batch of the same size; no validation, receipts or log. Its rate counts only the time
    inside executemany and commit (row building from the CSV excluded), so it is the fastest the
@@ -264,7 +264,7 @@ def child_baseline(database: Path, events: Path, batch_size: int, out: Path) -> 
     """Run in a child process: plain SQLAlchemy Core executemany of the same rows."""
     import sqlalchemy as sa
 
-    from federation import storage
+    from infra import storage
     from keys import timefmt
     from node.schema import consent_events, consent_records, consent_scopes
 
@@ -419,7 +419,7 @@ def main() -> None:
     events_n = 50_000 if args.quick else args.events
     console = Console(width=None if sys.stdout.isatty() else 140)
 
-    from federation import sandbox
+    from cli import sandbox
 
     work = Path(tempfile.mkdtemp(prefix="bench-consent-import-"))
     try:

@@ -49,12 +49,12 @@ from common import (
 from rich.console import Console
 from rich.table import Table
 
-from broker.client import PartnerClient
 from citybroker.broker.v1 import broker_pb2
-from federation import demo, sandbox
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.rpc import CHANNEL_OPTIONS, client_credentials
-from federation.wire import query_to_pb
+from cli import demo, sandbox
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.partner_client import PartnerClient
+from edge.rpc import CHANNEL_OPTIONS, client_credentials
+from edge.wire import query_to_pb
 from keys import tokens
 
 NAME = "federated_query"

@@ -5,7 +5,7 @@
     .venv/bin/python bench/log_append.py --threads 1,4,16,64 --duration 4 --sustained 30
 
 What runs, for each level of N appender threads: a fresh SQLite file made as the product makes it
-(federation.storage.create_engine: WAL, synchronous=FULL; federation.storage.upgrade: the Alembic
+(infra.storage.create_engine: WAL, synchronous=FULL; infra.storage.upgrade: the Alembic
 migrations), an audit.log.MerkleLog on it, and N threads that each call `log.append(entry,
 "consent")` in a loop for --warmup + --duration seconds. `append` returns only once the entry, its
 tree nodes and a signed checkpoint are committed (fsync'd), and concurrent appends are
@@ -64,7 +64,7 @@ from rich.table import Table
 
 from audit.log import MerkleLog
 from audit.schema import log_checkpoints, log_entries
-from federation import storage
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params: dict[str, Any] = {
         "benchmark": NAME,
-        "database": "SQLite file via federation.storage.create_engine + upgrade (Alembic)",
+        "database": "SQLite file via infra.storage.create_engine + upgrade (Alembic)",
         "sqlite_pragmas": pragmas,
         "durability": "append returns after its batch (entries, nodes, signed checkpoint) is "
         "committed with synchronous=FULL under WAL (fsync of the WAL per commit)",

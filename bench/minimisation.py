@@ -23,7 +23,7 @@ and the raw connection get the same settings.
    (one record per resident asked: `--consent-share` given, `--withdrawn-share` given then
    withdrawn, the rest never asked; event receipts are placeholders, nothing reads them here).
    SQLite and PostgreSQL are analysed after loading (PostgreSQL's autovacuum would do so anyway).
-2. The node: `python -m federation.cli node serve` as its own process. SQLite and PostgreSQL: node
+2. The node: `python -m cli.main node serve` as its own process. SQLite and PostgreSQL: node
    database = the data's database (consents beside the data). DuckDB: the node database is a SQLite
    file with the consents and `data` is the DuckDB file (opened read-only), so the node mirrors
    consent into a temporary table on its DuckDB connection (node.aggregate.push_consenting: in
@@ -89,17 +89,19 @@ from rich.table import Table
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from broker.fanout import CityChannels
 from citybroker.node.v1 import node_pb2
-from federation import agreement as agreement_doc
-from federation import sandbox, statements, storage
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.wire import envelope_from_pb, envelope_to_pb
+from cli import sandbox
+from domain import agreement as agreement_doc
+from domain import statements
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.city_gateway import CityChannels
+from edge.operator_client import OperatorClient
+from edge.wire import envelope_from_pb, envelope_to_pb
+from infra import storage
 from keys import timefmt, tokens
 from node import aggregate, synthetic, taxonomy
-from node.operator_client import OperatorClient
+from node.config import NodeConfig
 from node.schema import consent_events, consent_records, consent_scopes
-from node.server import NodeConfig
 from node.transparency import Exchange, ExchangeRecorder
 
 NAME = "minimisation"
@@ -654,7 +656,7 @@ def measure(
     with Children(logs) as children:
         pid = children.start(
             f"node-{run.engine}",
-            [python(), "-m", "federation.cli", "node", "serve", "--config", str(config_path)],
+            [python(), "-m", "cli.main", "node", "serve", "--config", str(config_path)],
         )
         try:
             partner.wait_ready(address, children)

@@ -5,9 +5,9 @@
 
 They read the same config files as the real `citybroker node serve` / `broker serve`, listen on the
 same addresses with the same mTLS server credentials, and are built by the same
-`federation.rpc.build_server` (same thread pool, interceptor, health and reflection). The no-op node
+`edge.rpc.build_server` (same thread pool, interceptor, health and reflection). The no-op node
 answers RunQuery with an empty RunQueryResponse; the no-op broker fans each Query out to every city
-of the trust bundle with the same `broker.fanout.CityChannels` / `fan_out` over mTLS, waits for all
+of the trust bundle with the same `edge.city_gateway.CityChannels` / `fan_out` over mTLS, waits for all
 of them, and answers with an empty QueryResponse. No token check, no signature, no SQL, no log.
 A city that fails makes the no-op broker fail the call, so a broken baseline cannot look fast.
 """
@@ -23,14 +23,14 @@ from types import FrameType
 
 import grpc
 
-from broker.fanout import CityChannels, fan_out
-from broker.server import BrokerConfig
+from broker.config import BrokerConfig
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
-from federation.rpc import build_server, server_credentials
+from edge.city_gateway import CityChannels, fan_out
+from edge.rpc import build_server, server_credentials
 from keys import trust
 from keys.trust import Role
-from node.server import NodeConfig
+from node.config import NodeConfig
 
 QUERY_SERVICE = node_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 BROKER_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from citybroker.broker.v1 import broker_pb2
-from federation.wire import query_to_pb
+from edge.wire import query_to_pb
 
 NAME = "federated_query_profile"
 

@@ -5,7 +5,7 @@
     .venv/bin/python bench/verify_bundle.py --entries 100000 --repeats 3
 
 What runs: a synthetic but valid export bundle of a city's node log is written into a temp dir with
-the project's own code (keys.trust for the signed trust bundle, federation.agreement for the signed
+the project's own code (keys.trust for the signed trust bundle, domain.agreement for the signed
 agreement, keys.dsse for every logged statement, audit.merkle + audit.note for a signed C2SP
 checkpoint every --checkpoint-every entries, audit.bundle.line/b64 for the canonical lines). The
 log holds what a node logs: the agreement it loaded, then repeating groups of 10 entries, namely 3
@@ -193,10 +193,10 @@ def generate(root: Path, size: int, every: int) -> Generated:
     from audit import bundle as layout
     from audit.merkle import CompactRange, leaf_hash
     from audit.note import checkpoint_body, sign_note
-    from federation import agreement as agreement_doc
-    from federation import statements
-    from federation.agreement import Agreement, Appearance, FieldTerms
-    from federation.query import Dimension, Measure, MeasureKind, Query
+    from domain import agreement as agreement_doc
+    from domain import statements
+    from domain.agreement import Agreement, Appearance, FieldTerms
+    from domain.query import Dimension, Measure, MeasureKind, Query
     from keys import dsse, timefmt, tokens, trust
     from keys.ed25519 import Signer
     from keys.trust import KeyGrant, Party, Role, TrustBundle

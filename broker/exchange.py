@@ -16,15 +16,16 @@ from typing import Any
 
 from audit.log import MerkleLog
 from broker import merge
-from broker.fanout import CityChannels, fan_out
 from citybroker.node.v1 import node_pb2
-from federation import agreement as agreement_doc
-from federation import statements
-from federation.agreement import Agreement
-from federation.errors import InvalidArgument, VerificationError
-from federation.plan import QueryPlan, negotiate
-from federation.query import Query
-from federation.wire import envelope_from_pb, envelope_to_pb, plan_from_pb
+from domain import agreement as agreement_doc
+from domain import statements
+from domain.agreement import Agreement
+from domain.errors import InvalidArgument, VerificationError
+from domain.kinds import LogKind
+from domain.plan import QueryPlan, negotiate
+from domain.query import Query
+from edge.city_gateway import CityChannels, fan_out
+from edge.wire import envelope_from_pb, envelope_to_pb, plan_from_pb
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.tokens import VerifiedToken
@@ -286,7 +287,7 @@ class Broker:
             self._signer,
         )
         # One batch: the query as sent and the receipt of what came back, durable before replying.
-        self._log.append_many([signed.to_json(), receipt.to_json()], kind="exchange")
+        self._log.append_many([signed.to_json(), receipt.to_json()], kind=LogKind.EXCHANGE)
         self._after_log()
         return Exchange(request_id, cells, outcomes, signed, receipt, notes)
 

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, func, insert, select
 from audit.log import MerkleLog
 from audit.note import parse_checkpoint, unverified_body
 from audit.schema import log_cosignatures
-from broker.fanout import CityChannels
 from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
-from federation.rpc import remote_error
+from edge.city_gateway import CityChannels
+from edge.status import remote_error
 from keys.trust import Role, TrustStore
 
 log = logging.getLogger("citybroker.witnessing")

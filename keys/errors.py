@@ -1,6 +1,6 @@
-"""Errors of the keys package, in the families of federation.errors."""
+"""Errors of the keys package, in the families of domain.errors."""
 
-from federation.errors import ConfigError, VerificationError
+from domain.errors import ConfigError, VerificationError
 
 
 class KeyFileError(ConfigError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import jwt
 
-from federation.errors import AuthenticationError
+from domain.errors import AuthenticationError
 from keys.ed25519 import PublicKey, Signer
 from keys.trust import Role, TrustBundle
 

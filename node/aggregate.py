@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from federation.errors import InvalidArgument, PermissionDenied, TooLarge
-from federation.query import FilterOp, MeasureKind, Query
+from domain.errors import InvalidArgument, PermissionDenied, TooLarge
+from domain.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node import disclosure
 from node.catalogue import UNMAPPED, DatasetSpec, FieldSpec, FieldType

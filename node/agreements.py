@@ -13,15 +13,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
-from federation import agreement as agreement_doc
-from federation.agreement import Agreement
-from federation.errors import (
+from domain import agreement as agreement_doc
+from domain.agreement import Agreement
+from domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
 )
+from domain.kinds import LogKind
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
@@ -34,7 +35,7 @@ SUPERSEDED = "superseded"
 REVOKED = "revoked"
 EXPIRED = "expired"  # derived: active, but its validity window has passed
 MAX_PAGE = 100
-LOG_KIND = "agreement"  # the Merkle log kind of agreements and their revocations
+LOG_KIND = LogKind.AGREEMENT  # agreements and their revocations
 MAX_VERSION = 2**63 - 1  # the widest integer any supported database column holds
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.log import MerkleLog, SideWrite
-from federation import statements
-from federation.agreement import DEFAULT_K, Agreement
-from federation.errors import AuthenticationError, CitybrokerError, Conflict, PermissionDenied
-from federation.plan import QueryPlan
-from federation.query import Query, QueryKind
+from domain import statements
+from domain.agreement import DEFAULT_K, Agreement
+from domain.errors import AuthenticationError, CitybrokerError, Conflict, PermissionDenied
+from domain.kinds import LogKind
+from domain.plan import QueryPlan
+from domain.query import Query, QueryKind
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
@@ -130,7 +131,9 @@ class Answerer:
                 refusal.message,
                 self._signer,
             )
-            index = self._log.append_many([envelope.to_json(), signed.to_json()], kind="refusal")
+            index = self._log.append_many(
+                [envelope.to_json(), signed.to_json()], kind=LogKind.REFUSAL
+            )
             refusal.metadata["log_index"] = str(index[1])
             raise
 
@@ -162,7 +165,9 @@ class Answerer:
             side = record if release.charge is None else _charged(release.charge, record)
             try:
                 indexes = self._log.append_many(
-                    [envelope.to_json(), release.result.to_json()], kind="exchange", side_write=side
+                    [envelope.to_json(), release.result.to_json()],
+                    kind=LogKind.EXCHANGE,
+                    side_write=side,
                 )
             except Conflict as e:
                 if e.reason != "BUDGET_CHANGED" or attempt == _BUDGET_ATTEMPTS:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from federation.config import Section
-from federation.errors import ConfigError
+from domain.errors import ConfigError
+from infra.config import Section
 
 
 class FieldType(StrEnum):

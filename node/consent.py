@@ -18,14 +18,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from federation.errors import AlreadyExists, InvalidArgument, NotFound, StoreError
+from domain.errors import AlreadyExists, InvalidArgument, NotFound, StoreError
+from domain.kinds import Statement
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import taxonomy
 from node.consent_lifecycle import VALID, Actor, Event, State, next_state
 from node.schema import consent_events, consent_records, consent_scopes
 
-RECEIPT = "consent-receipt"
+RECEIPT = Statement.CONSENT_RECEIPT
 MAX_ID_CHARS = 128
 MAX_SCOPE_ITEMS = 32
 MAX_PAGE = 100

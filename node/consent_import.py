@@ -85,7 +85,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from audit.log import MerkleLog
-from federation.errors import CitybrokerError, InvalidArgument, StoreError
+from domain.errors import CitybrokerError, InvalidArgument, StoreError
+from domain.kinds import LogKind, Statement
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node.consent import (
@@ -136,12 +137,12 @@ IMPORTABLE: dict[str, Event] = {
 }
 # The statement signed for each batch (see the module docstring), and the most receipt payloads
 # one covers: 8192 digests make about 800 KB of envelope, within the log's 1 MB entry limit.
-BATCH_STATEMENT = "consent-batch"
+BATCH_STATEMENT = Statement.CONSENT_BATCH
 MAX_STATEMENT_EVENTS = 8192
 BATCH_FAILED = "BATCH_FAILED"
 ROW_MALFORMED = "ROW_MALFORMED"
 ERROR_REPORT_COLUMNS = ("row", "record_id", "reason", "message")
-LOG_KIND = "consent"
+LOG_KIND = LogKind.CONSENT
 
 (
     _EVENT,
@@ -1146,19 +1147,13 @@ def import_file(
     needs to be (as the node does on start), recipients are checked against the trust bundle,
     each batch is covered by a statement signed with the city's key and logged in the node's log.
     """
-    from federation.startup import open_party
-    from node.server import NodeConfig
+    from infra.party import open_party
+    from node.config import NodeConfig
 
     limits = limits or ImportLimits()
     with open_rows(path, fmt, limits) as reader:
         config = NodeConfig.load(config_path)
-        opened = open_party(
-            config.signing_key,
-            config.authority_key,
-            config.trust_bundle,
-            config.database,
-            f"citybroker/node/{config.city}",
-        )
+        opened = open_party(config, config.origin)
         try:
             parties = frozenset(opened.trust.current.parties)
             importer = ConsentImporter(

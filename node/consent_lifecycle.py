@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from federation.errors import FailedPrecondition
+from domain.errors import FailedPrecondition
 
 
 class State(StrEnum):

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from federation.agreement import Agreement, Appearance
-from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from federation.query import FilterOp, MeasureKind, Query, QueryKind
+from domain.agreement import Agreement, Appearance
+from domain.errors import CitybrokerError, InvalidArgument, PermissionDenied
+from domain.query import FilterOp, MeasureKind, Query, QueryKind
 from node import taxonomy
 from node.catalogue import Catalogue, FieldType
 from node.transfers import TransferRules

@@ -20,9 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from federation.agreement import Agreement, DpTerms
-from federation.errors import BudgetExhausted, Conflict, InvalidArgument
-from federation.query import MeasureKind, Query
+from domain.agreement import Agreement, DpTerms
+from domain.errors import BudgetExhausted, Conflict, InvalidArgument
+from domain.query import MeasureKind, Query
 from keys import timefmt
 from node.schema import dp_budgets, dp_ledger
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from federation.agreement import Agreement
-from federation.config import Section
-from federation.errors import ConfigError, PermissionDenied
+from domain.agreement import Agreement
+from domain.errors import ConfigError, PermissionDenied
+from infra.config import Section
 
 ALLOWED, FORBIDDEN, INSTRUMENT = "allowed", "forbidden", "instrument:"
 

@@ -43,7 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.log import SideWrite
-from federation.errors import InvalidArgument
+from domain.errors import InvalidArgument
 from keys import timefmt
 from node import aggregate
 from node.consent import page_size, page_token, read_page_token

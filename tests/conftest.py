@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from broker.client import PartnerClient
-from broker.server import BrokerConfig, BrokerServer
-from federation import agreement as agreement_doc
-from federation import sandbox, storage
+from broker.config import BrokerConfig
+from cli import sandbox
+from domain import agreement as agreement_doc
+from edge.broker_server import BrokerServer
+from edge.node_server import NodeServer
+from edge.operator_client import OperatorClient, consent_record
+from edge.partner_client import PartnerClient
+from infra import storage
 from node import synthetic
+from node.config import NodeConfig
 from node.consent import ConsentRecord, ConsentRegistry
-from node.operator_client import OperatorClient, consent_record
-from node.server import NodeConfig, NodeServer
 
 PURPOSE = "urban-mobility-planning"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from federation.cli import app
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.sandbox import LocalFederation
+from cli.main import app
+from cli.sandbox import LocalFederation
+from domain.query import Dimension, Measure, MeasureKind, Query
 from keys.ed25519 import PublicKey
 from keys.trust import load_authority_key
 from tests.conftest import PURPOSE, start_federation, stop_federation

@@ -17,9 +17,9 @@ import pytest
 
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from citybroker.node.v1 import node_pb2_grpc
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.rpc import CHANNEL_OPTIONS
-from federation.wire import query_to_pb
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.rpc import CHANNEL_OPTIONS
+from edge.wire import query_to_pb
 from keys import tokens
 from tests.conftest import PURPOSE, RunningFederation
 

@@ -15,17 +15,18 @@ from typing import Any
 import grpc
 import pytest
 
-from broker.client import Answer
 from citybroker.node.v1 import node_pb2
-from federation import agreement as doc
-from federation import sandbox, statements
-from federation.agreement import Agreement
-from federation.query import Measure, MeasureKind, Query
-from federation.rpc import remote_error
-from federation.wire import envelope_from_pb, envelope_to_pb
+from cli import sandbox
+from domain import agreement as doc
+from domain import statements
+from domain.agreement import Agreement
+from domain.query import Measure, MeasureKind, Query
+from edge.operator_client import consent_record
+from edge.partner_client import Answer
+from edge.status import remote_error
+from edge.wire import envelope_from_pb, envelope_to_pb
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
-from node.operator_client import consent_record
 from tests.conftest import PURPOSE, RunningFederation, start_federation, stop_federation
 from tests.integration.conftest import Wire
 

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from federation import agreement as agreement_doc
-from federation.agreement import Agreement, Appearance, FieldTerms
-from federation.query import Dimension, Filter, FilterOp, Query, QueryKind
-from node.operator_client import consent_record
+from domain import agreement as agreement_doc
+from domain.agreement import Agreement, Appearance, FieldTerms
+from domain.query import Dimension, Filter, FilterOp, Query, QueryKind
+from edge.operator_client import consent_record
 from tests.conftest import RunningFederation
 
 CITY = "borealis"

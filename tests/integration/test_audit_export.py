@@ -22,7 +22,7 @@ from audit.merkle import CompactRange, leaf_hash
 from audit.note import checkpoint_body, parse_checkpoint, sign_note, unverified_body
 from audit.verifier import BundleError, reconcile, verify_bundle, verify_bundles
 from audit.witness import broker_origin
-from federation.cli import app
+from cli.main import app
 from keys.ed25519 import Signer
 from tests.integration.audit_bundles import WITHDRAWING_CITY, Bundles, build, read_lines
 

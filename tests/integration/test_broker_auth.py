@@ -12,8 +12,8 @@ import jwt
 import pytest
 
 from citybroker.broker.v1 import broker_pb2
-from federation.rpc import remote_error
-from federation.wire import query_to_pb
+from edge.status import remote_error
+from edge.wire import query_to_pb
 from keys import tokens
 from keys.ed25519 import Signer
 from tests.integration.conftest import Wire, by_mode

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from broker.client import PartnerClient
-from broker.server import BrokerConfig, BrokerServer
+from broker.config import BrokerConfig
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
-from federation.wire import query_to_pb
+from edge.broker_server import BrokerServer
+from edge.partner_client import PartnerClient
+from edge.wire import query_to_pb
 from node.answering import Answerer
 from tests.conftest import RunningFederation
 from tests.integration.conftest import Wire, by_mode

@@ -12,14 +12,14 @@ from typing import Any
 import grpc
 import pytest
 
-from broker.client import Answer
 from citybroker.node.v1 import node_pb2
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.rpc import remote_error
-from federation.wire import envelope_from_pb
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.operator_client import consent_record
+from edge.partner_client import Answer
+from edge.status import remote_error
+from edge.wire import envelope_from_pb
 from keys import dsse, timefmt
 from node import consent, synthetic
-from node.operator_client import consent_record
 from tests.conftest import PURPOSE, RunningFederation, start_federation, stop_federation
 from tests.integration.conftest import Wire
 

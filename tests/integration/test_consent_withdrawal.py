@@ -6,11 +6,11 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from broker.client import Answer
 from citybroker.node.v1 import node_pb2
-from federation import storage
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.rpc import remote_error
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.partner_client import Answer
+from edge.status import remote_error
+from infra import storage
 from node import disclosure
 from node.synthetic import trips
 from tests.conftest import PURPOSE, RunningFederation

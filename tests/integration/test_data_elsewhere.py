@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.client import Answer
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.partner_client import Answer
 from tests.conftest import PURPOSE, RunningFederation, start_federation, stop_federation
 
 BY_DISTRICT = Query(

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from audit.merkle import leaf_hash, verify_inclusion
 from audit.note import NoteVerifier, parse_checkpoint, verify_note
-from broker.client import STATUS_NAMES
 from citybroker.broker.v1 import broker_pb2
-from federation import agreement as agreement_doc
-from federation import statements
-from federation.wire import envelope_from_pb
+from domain import agreement as agreement_doc
+from domain import statements
+from edge.partner_client import STATUS_NAMES
+from edge.wire import envelope_from_pb
 from keys import dsse
 from tests.conftest import PURPOSE, RunningFederation
 from tests.integration.conftest import Wire, by_mode

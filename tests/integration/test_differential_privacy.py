@@ -10,9 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from federation import agreement as agreement_doc
-from federation.agreement import DpTerms
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain import agreement as agreement_doc
+from domain.agreement import DpTerms
+from domain.query import Dimension, Measure, MeasureKind, Query
 from node.schema import dp_budgets, dp_ledger
 from tests.conftest import PURPOSE, RunningFederation
 

@@ -10,8 +10,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from broker.service import BROKER_SERVICE
-from node.service import AGREEMENT_SERVICE, CONSENT_SERVICE, QUERY_SERVICE
+from edge.broker_service import BROKER_SERVICE
+from edge.node_service import AGREEMENT_SERVICE, CONSENT_SERVICE, QUERY_SERVICE
 from tests.integration.conftest import Wire
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -13,9 +13,9 @@ import pytest
 from broker.exchange import Broker
 from citybroker.broker.v1 import broker_pb2
 from citybroker.node.v1 import node_pb2
-from federation import statements
-from federation.rpc import remote_error
-from federation.wire import envelope_to_pb
+from domain import statements
+from edge.status import remote_error
+from edge.wire import envelope_to_pb
 from node import aggregate
 from tests.integration.conftest import Wire, by_mode
 

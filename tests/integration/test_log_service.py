@@ -15,8 +15,9 @@ from audit.log import MerkleLog
 from audit.merkle import leaf_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion
 from audit.note import NoteVerifier, parse_checkpoint, verify_note
 from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
-from federation.query import Dimension, Measure, MeasureKind, Query
-from federation.rpc import CHANNEL_OPTIONS, remote_error
+from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.rpc import CHANNEL_OPTIONS
+from edge.status import remote_error
 from tests.conftest import PURPOSE, RunningFederation, start_federation, stop_federation
 
 BY_MODE = Query("mobility", PURPOSE, (Measure(MeasureKind.COUNT_RECORDS),), (Dimension("mode"),))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from federation import agreement as agreement_doc
-from federation.agreement import Appearance, FieldTerms
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain import agreement as agreement_doc
+from domain.agreement import Appearance, FieldTerms
+from domain.query import Dimension, Measure, MeasureKind, Query
 from tests.conftest import PURPOSE, RunningFederation
 
 BY_MONTH = Query(

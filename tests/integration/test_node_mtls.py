@@ -11,13 +11,14 @@ import grpc
 import pytest
 
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
-from federation import statements
-from federation.query import Query
-from federation.rpc import RemoteError, remote_error
-from federation.wire import envelope_to_pb
+from domain import statements
+from domain.errors import RemoteError
+from domain.query import Query
+from edge.operator_client import consent_record
+from edge.status import remote_error
+from edge.wire import envelope_to_pb
 from keys import dsse, tokens
 from keys.ed25519 import Signer
-from node.operator_client import consent_record
 from tests.conftest import PURPOSE
 from tests.integration.conftest import Wire, by_mode
 

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from broker.client import Answer, CallFailed
 from citybroker.broker.v1 import broker_pb2
 from citybroker.common.v1 import common_pb2
-from federation import agreement as agreement_doc
-from federation import storage
-from federation.agreement import Agreement, Appearance, FieldTerms
-from federation.config import Section
-from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
-from federation.wire import query_to_pb
+from domain import agreement as agreement_doc
+from domain.agreement import Agreement, Appearance, FieldTerms
+from domain.errors import CallFailed, CitybrokerError, InvalidArgument, PermissionDenied
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from edge.partner_client import Answer
+from edge.wire import query_to_pb
+from infra import storage
+from infra.config import Section
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, policy, synthetic
@@ -414,7 +414,7 @@ def _local_counts(engine: sa.Engine) -> list[int]:
 
 
 def _agreement() -> Agreement:
-    """The demo federation's terms (federation.sandbox), between this city and partner."""
+    """The demo federation's terms (cli.sandbox), between this city and partner."""
     now = timefmt.now()
     generalised = Appearance.GENERALISED
     return Agreement(

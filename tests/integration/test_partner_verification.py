@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from broker.client import PartnerClient
 from citybroker.broker.v1 import broker_pb2
-from federation import statements
-from federation.errors import VerificationError
-from federation.query import Measure, MeasureKind, Query
-from federation.wire import envelope_from_pb, envelope_to_pb
+from domain import statements
+from domain.errors import VerificationError
+from domain.query import Measure, MeasureKind, Query
+from edge.partner_client import PartnerClient
+from edge.wire import envelope_from_pb, envelope_to_pb
 from keys import dsse
 from keys.ed25519 import Signer
 from tests.conftest import RunningFederation

@@ -8,13 +8,15 @@ import dataclasses
 import grpc
 import pytest
 
-from broker.client import Answer, CallFailed
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from citybroker.common.v1 import common_pb2
-from federation import agreement as agreement_doc
-from federation.agreement import Appearance, FieldTerms
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
-from federation.rpc import MAX_MESSAGE_BYTES, remote_error
+from domain import agreement as agreement_doc
+from domain.agreement import Appearance, FieldTerms
+from domain.errors import CallFailed
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from edge.partner_client import Answer
+from edge.rpc import MAX_MESSAGE_BYTES
+from edge.status import remote_error
 from tests.conftest import PURPOSE, RunningFederation
 from tests.integration.conftest import Wire, by_mode
 

@@ -1,4 +1,4 @@
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain.query import Dimension, Measure, MeasureKind, Query
 from tests.conftest import PURPOSE, RunningFederation
 
 

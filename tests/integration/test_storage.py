@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain.query import Dimension, Measure, MeasureKind, Query
+from infra import storage
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, synthetic
@@ -98,6 +98,6 @@ def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
 
 
 def _catalogue_section():  # type: ignore[no-untyped-def]
-    from federation.config import Section
+    from infra.config import Section
 
     return Section({"mobility": synthetic.MOBILITY_CATALOGUE}, Path("test.toml"))

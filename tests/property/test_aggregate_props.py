@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation import storage
-from federation.config import Section
-from federation.errors import PermissionDenied
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from domain.errors import PermissionDenied
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from infra import storage
+from infra.config import Section
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, disclosure, synthetic

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from federation import storage
-from federation.errors import (
+from domain.errors import (
     AlreadyExists,
     CitybrokerError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import aggregate, consent

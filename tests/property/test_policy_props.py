@@ -8,10 +8,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.agreement import Agreement, Appearance, FieldTerms
-from federation.config import Section
-from federation.errors import InvalidArgument, PermissionDenied
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from domain.agreement import Agreement, Appearance, FieldTerms
+from domain.errors import InvalidArgument, PermissionDenied
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from infra.config import Section
 from keys import timefmt
 from node import policy
 from node.catalogue import Catalogue, FieldType

@@ -9,10 +9,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.agreement import Agreement, Appearance, FieldTerms
-from federation.config import Section
-from federation.errors import PermissionDenied
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain.agreement import Agreement, Appearance, FieldTerms
+from domain.errors import PermissionDenied
+from domain.query import Dimension, Measure, MeasureKind, Query
+from infra.config import Section
 from keys import timefmt
 from node import policy
 from node.catalogue import Catalogue

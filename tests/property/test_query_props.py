@@ -7,9 +7,9 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation import query as q
-from federation import wire
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from domain import query as q
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from edge import wire
 from keys import dsse
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)

@@ -17,7 +17,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 def command() -> list[str]:
     """The installed console script, or the module if the venv has none."""
-    return [str(BIN)] if BIN.exists() else [sys.executable, "-m", "federation.cli"]
+    return [str(BIN)] if BIN.exists() else [sys.executable, "-m", "cli.main"]
 
 
 def environment() -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from federation import agreement as doc
+from domain import agreement as doc
 from keys import dsse
 from tests.system.conftest import Cli, command, environment
 

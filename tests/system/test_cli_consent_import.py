@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from federation import sandbox
+from cli import sandbox
 from keys import timefmt
 from tests.system.conftest import environment
 
@@ -30,7 +30,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> sandbox.LocalFederation:
 
 def import_(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "federation.cli", "node", "consent", "import", *args],
+        [sys.executable, "-m", "cli.main", "node", "consent", "import", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -104,13 +104,13 @@ def test_import_reports_bad_rows_and_a_second_run_changes_nothing(
     # The auditor's verifier checks the node's log with its batch statements, offline.
     bundle = tmp_path / "bundle"
     exported = subprocess.run(
-        [sys.executable, "-m", "federation.cli", "audit", "export"]
+        [sys.executable, "-m", "cli.main", "audit", "export"]
         + ["--config", str(city.config), "--out", str(bundle)],
         capture_output=True, text=True, timeout=120, env=environment(), stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert exported.returncode == 0, exported.stdout + exported.stderr
     verified = subprocess.run(
-        [sys.executable, "-m", "federation.cli", "audit", "verify", str(bundle)]
+        [sys.executable, "-m", "cli.main", "audit", "verify", str(bundle)]
         + ["--authority-key", str(fed.authority_key)],
         capture_output=True, text=True, timeout=120, env=environment(), stdin=subprocess.DEVNULL,
     )  # fmt: skip

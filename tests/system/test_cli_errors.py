@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from federation import sandbox
+from cli import sandbox
 from tests.system.conftest import Cli
 
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from federation import sandbox
+from cli import sandbox
 from tests.system.conftest import command, environment
 
 

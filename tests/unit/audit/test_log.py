@@ -22,7 +22,7 @@ from audit.merkle import (
 )
 from audit.note import NoteVerifier, parse_checkpoint, verify_note
 from audit.schema import log_checkpoints, log_nodes, metadata
-from federation.errors import InvalidArgument, NotFound, StoreError, TooLarge
+from domain.errors import InvalidArgument, NotFound, StoreError, TooLarge
 from keys.ed25519 import Signer
 
 ORIGIN = "city-a.example/log"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from audit.merkle import ProofError, verify_consistency, verify_inclusion
-from federation.errors import VerificationError
+from domain.errors import VerificationError
 
 VECTORS = Path(__file__).resolve().parents[3].parent / "shared" / "vectors" / "rfc6962"
 

@@ -264,7 +264,7 @@ def test_checkpoint_body_refuses_bad_input() -> None:
 
 
 def test_note_error_is_a_verification_error() -> None:
-    from federation.errors import VerificationError
+    from domain.errors import VerificationError
 
     with pytest.raises(VerificationError) as raised:
         verify_note("x\n\n", [])

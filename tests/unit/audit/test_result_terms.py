@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from audit.verifier import BundleError, _check_result
-from federation.agreement import DpTerms
+from domain.agreement import DpTerms
 from keys import timefmt
-from tests.unit.federation.test_agreement import NOW, agreement
+from tests.unit.domain.test_agreement import NOW, agreement
 
 DP = agreement(dp=DpTerms(0.5, 1.0, {}, records_per_resident=3))
 AGREEMENTS = {(DP.agreement_id, DP.version): DP}

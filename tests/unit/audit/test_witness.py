@@ -18,8 +18,9 @@ from audit.merkle import ProofError
 from audit.note import NoteError, checkpoint_body, parse_checkpoint, sign_note, unverified_body
 from audit.schema import witnessed_logs
 from audit.witness import Witness, broker_origin
-from federation import sandbox, storage
-from federation.errors import CitybrokerError, FailedPrecondition, PermissionDenied
+from cli import sandbox
+from domain.errors import CitybrokerError, FailedPrecondition, PermissionDenied
+from infra import storage
 from keys import dsse
 from keys.ed25519 import Signer
 from keys.trust import TrustStore

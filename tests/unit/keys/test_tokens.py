@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
-from federation.errors import AuthenticationError
+from domain.errors import AuthenticationError
 from keys import timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import KeyGrant, Party, Role, TrustBundle

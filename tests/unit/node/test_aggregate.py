@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.config import Section
-from federation.errors import InvalidArgument, PermissionDenied
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from domain.errors import InvalidArgument, PermissionDenied
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from infra import storage
+from infra.config import Section
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, disclosure, synthetic

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from audit.log import MerkleLog
-from federation import agreement as doc
-from federation import sandbox, storage
-from federation.agreement import Agreement
-from federation.errors import (
+from cli import sandbox
+from domain import agreement as doc
+from domain.agreement import Agreement
+from domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -24,6 +24,7 @@ from federation.errors import (
     StoreError,
     VerificationError,
 )
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.trust import TrustStore

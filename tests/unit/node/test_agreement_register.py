@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from federation import agreement as doc
-from federation import sandbox, storage
-from federation.agreement import Agreement
-from federation.errors import AlreadyExists, InvalidArgument, PermissionDenied, VerificationError
+from cli import sandbox
+from domain import agreement as doc
+from domain.agreement import Agreement
+from domain.errors import AlreadyExists, InvalidArgument, PermissionDenied, VerificationError
+from infra import storage
 from keys import timefmt
 from keys.trust import TrustStore
 from node.agreements import ACTIVE, SUPERSEDED, AgreementRegister

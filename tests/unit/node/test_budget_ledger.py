@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.agreement import Agreement, DpTerms
-from federation.errors import BudgetExhausted, Conflict
+from domain.agreement import Agreement, DpTerms
+from domain.errors import BudgetExhausted, Conflict
+from infra import storage
 from keys import timefmt
 from node.privacy import BudgetLedger
 from node.schema import dp_budgets, dp_ledger

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import PublicKey, Signer
 from keys.errors import SignatureError

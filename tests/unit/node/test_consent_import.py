@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
-from federation import storage
-from federation.errors import AlreadyExists, FailedPrecondition
+from domain.errors import AlreadyExists, FailedPrecondition
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import PublicKey, Signer
 from node import consent_import

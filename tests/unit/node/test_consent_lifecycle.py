@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from federation.errors import FailedPrecondition
+from domain.errors import FailedPrecondition
 from node.consent_lifecycle import ACTORS, STARTING, VALID, Actor, Event, State, next_state
 
 TERMINAL = [s for s in State if s not in VALID]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.config import Section
-from federation.errors import PermissionDenied
-from federation.query import Measure, MeasureKind, Query
+from domain.errors import PermissionDenied
+from domain.query import Measure, MeasureKind, Query
+from infra import storage
+from infra.config import Section
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, synthetic

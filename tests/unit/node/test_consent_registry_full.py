@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.errors import (
+from domain.errors import (
     AlreadyExists,
     CitybrokerError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.errors import SignatureError

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
+from infra import storage
 from keys import timefmt
 from keys.ed25519 import Signer
 from node.consent import ConsentRecord, ConsentRegistry

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.config import Section
-from federation.query import Dimension, Measure, MeasureKind, Query
+from domain.query import Dimension, Measure, MeasureKind, Query
+from infra import storage
+from infra.config import Section
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, synthetic, transparency

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.agreement import Agreement, Appearance, FieldTerms
-from federation.config import Section
-from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from domain.agreement import Agreement, Appearance, FieldTerms
+from domain.errors import CitybrokerError, InvalidArgument, PermissionDenied
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from infra import storage
+from infra.config import Section
 from keys import timefmt
 from keys.ed25519 import Signer
 from node import aggregate, disclosure, policy, synthetic

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
-from federation import storage
+from infra import storage
 from node.consent import ConsentRegistry
 from node.schema import consent_events
 from tests.unit.node.test_consent_import import (

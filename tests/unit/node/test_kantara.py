@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from federation import storage
+from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import kantara, taxonomy

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from federation.agreement import Agreement, Appearance, FieldTerms
-from federation.config import Section
-from federation.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from federation.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from domain.agreement import Agreement, Appearance, FieldTerms
+from domain.errors import CitybrokerError, InvalidArgument, PermissionDenied
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from infra.config import Section
 from keys import timefmt
 from node import policy, synthetic
 from node.catalogue import Catalogue

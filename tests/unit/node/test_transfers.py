@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from federation.agreement import Agreement
-from federation.config import Section
-from federation.errors import ConfigError, PermissionDenied
+from domain.agreement import Agreement
+from domain.errors import ConfigError, PermissionDenied
+from infra.config import Section
 from keys import timefmt
 from node.transfers import TransferRules
 

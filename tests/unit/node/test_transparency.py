@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
-from federation.errors import InvalidArgument
+from domain.errors import InvalidArgument
+from infra import storage
 from keys import timefmt
 from node import transparency
 from node.consent import page_token

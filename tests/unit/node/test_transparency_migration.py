@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from federation import storage
+from infra import storage
 from keys import timefmt
 from node.transparency import BLOCK_BITS, ExchangeRecorder
 

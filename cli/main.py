@@ -1,0 +1,643 @@
+"""The `citybroker` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.agreements import agreement_app, node_agreement_app
+from cli.output import console, err, error, fail
+from domain.errors import CitybrokerError
+from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+
+app = typer.Typer(
+    help="citybroker: federated consent and data-sharing broker for cities.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Run and administer a city's node.", no_args_is_help=True)
+broker_app = typer.Typer(help="Run a federation broker.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(broker_app, name="broker")
+node_app.add_typer(node_agreement_app, name="agreement")
+app.add_typer(agreement_app, name="agreement")
+audit_app = typer.Typer(help="Export and verify audit bundles, offline.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+_error, _fail = error, fail
+
+
+def _serve_until_signalled(start: Any, stop: Any, what: str) -> None:
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    start()
+    err.print(f"{what}; SIGTERM or Ctrl-C stops it")
+    done.wait()
+    stop()
+    err.print("stopped")
+
+
+@node_app.command("serve")
+def node_serve(config: Annotated[Path, typer.Option(help="Node config file (TOML).")]) -> None:
+    """Run a city's node until SIGTERM/SIGINT."""
+    from edge.node_server import NodeServer
+    from node.config import NodeConfig
+
+    node = NodeServer(NodeConfig.load(config))
+    _serve_until_signalled(
+        node.start, node.stop, f"node {node.config.city} serving on port {node.port}"
+    )
+
+
+node_consent_app = typer.Typer(help="Residents' consent records.", no_args_is_help=True)
+node_app.add_typer(node_consent_app, name="consent")
+
+
+@node_consent_app.command("import")
+def node_consent_import(
+    file: Annotated[Path, typer.Argument(help="Consent events: CSV with a header, or JSONL.")],
+    config: Annotated[Path, typer.Option(help="Node config file (TOML).")],
+    errors: Annotated[
+        Path | None,
+        typer.Option(help="Per-row error report to write if rows fail (default FILE.errors.csv)."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows per transaction.", min=1, max=50_000)
+    ] = 5000,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="csv or jsonl (default: from the extension).")
+    ] = None,
+) -> None:
+    """Import consent events in bulk, in file order, with the API's validation and receipts.
+
+    Idempotent by record id (a second run applies nothing), one transaction per batch, and a bad
+    row never stops the good ones. Exit status: 0 all applied, 1 some rows failed (see the error
+    report), 2 unusable input.
+    """
+    import csv
+    import os
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from node.consent_import import (
+        ERROR_REPORT_COLUMNS,
+        ImportFormat,
+        ImportLimits,
+        ImportReport,
+        InputError,
+        RowError,
+        import_file,
+        open_rows,
+    )
+
+    try:
+        fmt = ImportFormat(format_.lower()) if format_ else None
+    except ValueError:
+        raise _fail(f"--format must be csv or jsonl, not {format_!r}") from None
+    report_path = errors or file.with_name(file.name + ".errors.csv")
+    if not os.access(report_path.parent.resolve(), os.W_OK):
+        raise _fail(f"cannot write the error report in {report_path.parent}")
+    opened: list[Any] = []  # the report file and its writer, once there is an error
+
+    def on_error(e: RowError) -> None:
+        if not opened:
+            f = report_path.open("w", newline="", encoding="utf-8")
+            opened.extend([f, csv.writer(f)])
+            opened[1].writerow(ERROR_REPORT_COLUMNS)
+        opened[1].writerow([e.row, e.record_id, e.reason, e.message])
+
+    try:
+        open_rows(file, fmt).close()  # unusable input fails here, before any output
+    except InputError as e:
+        raise _fail(e.message) from None
+    started = time.monotonic()
+    columns = (
+        TextColumn("importing {task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            total = file.stat().st_size if file.is_file() else None
+            task = bar.add_task(escape(file.name), total=total, rows=0, rate=0.0)
+
+            def progress(r: ImportReport) -> None:
+                rate = r.rows / max(time.monotonic() - started, 1e-6)
+                bar.update(task, completed=r.bytes_read, rows=r.rows, rate=rate)
+
+            result = import_file(
+                config, file, fmt, ImportLimits(batch_size=batch_size), on_error, progress
+            )
+    except InputError as e:
+        raise _fail(e.message) from None
+    finally:
+        if opened:
+            opened[0].close()
+    seconds = time.monotonic() - started
+    table = Table(title=escape(f"consent import of {file.name}"))
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{result.rows:,}")
+    table.add_row("applied", f"{result.applied:,}")
+    table.add_row("already applied (duplicates)", f"{result.duplicates:,}")
+    for reason, count in sorted(result.errors.items()):
+        table.add_row(f"[red]error {reason}[/]", f"{count:,}")
+    console.print(table)
+    rolled_back = f", {result.failed_batches} rolled back" if result.failed_batches else ""
+    console.print(
+        f"{result.rows:,} rows in {seconds:.1f} s ({result.rows / max(seconds, 1e-6):,.0f} rows/s), "
+        f"{result.batches} batches{rolled_back}"
+    )
+    if result.error_rows:
+        console.print(
+            escape(f"{result.error_rows:,} rows not applied; error report: {report_path}"),
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+@broker_app.command("serve")
+def broker_serve(config: Annotated[Path, typer.Option(help="Broker config file (TOML).")]) -> None:
+    """Run a broker until SIGTERM/SIGINT."""
+    from broker.config import BrokerConfig
+    from edge.broker_server import BrokerServer
+
+    broker = BrokerServer(BrokerConfig.load(config))
+    _serve_until_signalled(
+        broker.start, broker.stop, f"broker {broker.config.broker_id} serving on port {broker.port}"
+    )
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Empty directory to create the federation in (default: a new temp dir)."
+        ),
+    ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the federation running and write DIR/demo.json for outside clients."
+        ),
+    ] = False,
+    residents: Annotated[
+        int, typer.Option(help="Synthetic residents per city.", min=50, max=1_000_000)
+    ] = 600,
+) -> None:
+    """Create a local federation of three fictional cities, run example queries, verify them."""
+    from cli import demo as demo_mod
+
+    if serve:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    demo_mod.run(directory, serve, residents, console)
+
+
+@app.command()
+def token(
+    key: Annotated[Path, typer.Option(help="The partner's Ed25519 private key (PEM, mode 600).")],
+    issuer: Annotated[str, typer.Option(help="The partner's id in the trust bundle.")],
+    audience: Annotated[str, typer.Option(help="The broker's id.")],
+    lifetime: Annotated[
+        int, typer.Option(help="Seconds until expiry (at most 300).", min=1, max=300)
+    ] = 120,
+) -> None:
+    """Print a single-use partner token (EdDSA JWT) for `authorization: Bearer <token>`."""
+    from keys import tokens
+    from keys.ed25519 import Signer
+
+    print(tokens.issue(Signer.load(key), issuer, audience, lifetime))
+
+
+def _parse_measure(text: str) -> Measure:
+    kind, _, field = text.partition(":")
+    try:
+        return Measure(MeasureKind(kind), field)
+    except ValueError:
+        raise _fail(
+            f"measure {text!r}: use one of {', '.join(m.value for m in MeasureKind)}, "
+            "with :FIELD for sum/avg/min/max"
+        ) from None
+
+
+def _parse_dimension(text: str) -> Dimension:
+    field, _, how = text.partition(":")
+    return Dimension(field, how)
+
+
+def _parse_filter(text: str) -> Filter:
+    field, sep, values = text.partition("=")
+    if not sep or not field:
+        raise _fail(f"filter {text!r}: use FIELD=VALUE or FIELD=V1,V2")
+    vals = tuple(values.split(","))
+    return Filter(field, FilterOp.IN if len(vals) > 1 else FilterOp.EQUALS, vals)
+
+
+def _client(
+    demo_json: Path | None,
+    broker: str | None,
+    broker_id: str | None,
+    partner: str | None,
+    key: Path | None,
+    ca: Path | None,
+    trust_bundle: Path | None,
+    authority_key: Path | None,
+) -> Any:
+    from edge.partner_client import PartnerClient
+    from keys.ed25519 import Signer
+
+    if demo_json is not None:
+        try:
+            info = json.loads(demo_json.read_text())
+        except (OSError, ValueError) as e:
+            raise _fail(f"cannot read {demo_json}: {e}") from None
+        broker, broker_id = broker or info["broker"]["address"], broker_id or info["broker"]["id"]
+        partner = partner or info["partner"]["id"]
+        key = key or Path(info["partner"]["private_key"])
+        ca, trust_bundle = ca or Path(info["ca_cert"]), trust_bundle or Path(info["trust_bundle"])
+        authority_key = authority_key or Path(info["authority_key"])
+    missing = [
+        n
+        for n, v in (
+            ("--broker", broker),
+            ("--broker-id", broker_id),
+            ("--partner", partner),
+            ("--key", key),
+            ("--ca", ca),
+            ("--trust-bundle", trust_bundle),
+            ("--authority-key", authority_key),
+        )
+        if v is None
+    ]
+    if missing:
+        raise _fail(f"missing {', '.join(missing)} (or give --demo DIR/demo.json)")
+    assert broker and broker_id and partner and key and ca and trust_bundle and authority_key
+    return PartnerClient.connect(
+        broker, broker_id, partner, Signer.load(key), ca, trust_bundle, authority_key
+    )
+
+
+DemoOpt = Annotated[
+    Path | None, typer.Option("--demo", help="demo.json written by `citybroker demo --serve`.")
+]
+BrokerOpt = Annotated[str | None, typer.Option(help="Broker address HOST:PORT.")]
+BrokerIdOpt = Annotated[str | None, typer.Option(help="Broker id (the token audience).")]
+PartnerOpt = Annotated[str | None, typer.Option(help="Your partner id.")]
+KeyOpt = Annotated[Path | None, typer.Option(help="Your Ed25519 private key.")]
+CaOpt = Annotated[Path | None, typer.Option(help="Federation CA certificate (PEM).")]
+BundleOpt = Annotated[Path | None, typer.Option(help="Signed federation trust bundle.")]
+AuthorityOpt = Annotated[Path | None, typer.Option(help="Federation authority public key.")]
+
+
+@app.command()
+def query(
+    dataset: Annotated[str, typer.Option(help="Dataset name, such as mobility.")],
+    purpose: Annotated[str, typer.Option(help="Purpose code, such as urban-mobility-planning.")],
+    measure: Annotated[
+        list[str],
+        typer.Option(help="count_records, count_residents, or sum|avg|min|max:FIELD; repeatable."),
+    ],
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option(help="FIELD or FIELD:GENERALISATION (e.g. trip_date:month); repeatable."),
+    ] = None,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="FIELD=VALUE[,VALUE…]; repeatable.")
+    ] = None,
+    city: Annotated[
+        list[str] | None, typer.Option(help="City to ask; repeatable (default: all).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    negotiate: Annotated[
+        bool,
+        typer.Option(
+            help="Let the broker coarsen generalisations to the "
+            "finest shape every asked city allows."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Only show each city's plan and the negotiated shape (PlanQuery); no data is read."
+        ),
+    ] = False,
+    demo_json: DemoOpt = None,
+    broker: BrokerOpt = None,
+    broker_id: BrokerIdOpt = None,
+    partner: PartnerOpt = None,
+    key: KeyOpt = None,
+    ca: CaOpt = None,
+    trust_bundle: BundleOpt = None,
+    authority_key: AuthorityOpt = None,
+) -> None:
+    """Ask the federation a question as a partner, and verify every signature in the answer."""
+    from domain.errors import CallFailed
+
+    q = Query(
+        dataset,
+        purpose,
+        tuple(_parse_measure(m) for m in measure),
+        tuple(_parse_dimension(d) for d in group_by or []),
+        tuple(_parse_filter(f) for f in filter_ or []),
+        tuple(city or []),
+    )
+    try:
+        q.validate()
+        with _client(
+            demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
+        ) as client:
+            if dry_run:
+                _print_plan(client.plan(q), as_json)
+                return
+            answer = client.query(q, negotiate=negotiate)
+    except CallFailed as e:
+        raise _fail(
+            f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
+        ) from None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "query_id": answer.query_id,
+                    "cells": [
+                        {
+                            "key": c.key,
+                            "values": c.values,
+                            "withheld": c.withheld,
+                            "contributing": c.contributing,
+                            "withholding": c.withholding,
+                        }
+                        for c in answer.cells
+                    ],
+                    "cities": [c.__dict__ for c in answer.cities],
+                    "signatures_verified": answer.signatures_verified,
+                },
+                indent=2,
+            )
+        )
+        return
+    names = [m.name for m in q.measures]
+    dims = [d.field for d in q.group_by]
+    table = Table(title=f"{dataset} for {purpose}")
+    for d in dims:
+        table.add_column(d)
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("cities")
+    for c in answer.cells:
+        table.add_row(
+            *(c.key.get(d, "") for d in dims),
+            *("withheld" if c.withheld else f"{c.values[n]:g}" for n in names),
+            ", ".join(c.contributing)
+            + (f" (withheld by {', '.join(c.withholding)})" if c.withholding else ""),
+        )
+    console.print(table)
+    for c in answer.cities:
+        if c.status != "answered":
+            line = escape(f"{c.city}: {c.status} {c.code} {c.reason} {c.message}")
+            console.print(f"[yellow]{line}[/]")
+    for note in answer.negotiation:
+        console.print(f"negotiated: {escape(note)}")
+    console.print(f"verified {answer.signatures_verified} signatures")
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    from google.protobuf import json_format
+
+    if as_json:
+        print(json_format.MessageToJson(plan))
+        return
+    table = Table(title="Plan (dry run)")
+    for col in ("city", "would answer", "why not", "agreement", "k", "epsilon"):
+        table.add_column(col, overflow="fold")
+    for c in plan.cities:
+        p = c.plan
+        table.add_row(
+            c.city_id,
+            "yes" if p.allowed else "no",
+            escape(f"{p.reason} {p.message}".strip() or c.outcome.reason),
+            f"{p.agreement_id} v{p.agreement_version}" if p.agreement_id else "",
+            str(p.min_cell_size or ""),
+            f"{p.epsilon_per_query:g}" if p.epsilon_per_query else "",
+        )
+    console.print(table)
+    dims = ", ".join(
+        f"{d.field}:{d.generalisation}" if d.generalisation else d.field
+        for d in plan.negotiated.group_by
+    )
+    console.print(f"negotiated group-by: {dims or '(none)'}")
+    for note in plan.notes:
+        console.print(f"  {escape(note)}")
+
+
+@app.command()
+def describe(
+    demo_json: DemoOpt = None,
+    broker: BrokerOpt = None,
+    broker_id: BrokerIdOpt = None,
+    partner: PartnerOpt = None,
+    key: KeyOpt = None,
+    ca: CaOpt = None,
+    trust_bundle: BundleOpt = None,
+    authority_key: AuthorityOpt = None,
+) -> None:
+    """Show what each city lets you ask under agreements in force (BrokerService.DescribeFederation)."""
+    from domain.errors import CallFailed
+    from edge.partner_client import STATUS_NAMES
+
+    try:
+        with _client(
+            demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
+        ) as client:
+            response = client.describe_federation()
+    except CallFailed as e:
+        raise _fail(
+            f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
+        ) from None
+    table = Table(title="What you may ask")
+    for col in ("city", "agreement", "purposes", "dataset", "fields", "k", "valid until"):
+        # Fold, never cut: ids and purpose codes are what the partner copies into a query.
+        table.add_column(col, overflow="fold")
+    for offer in response.cities:
+        if STATUS_NAMES.get(offer.outcome.status) != "answered":
+            table.add_row(offer.city_id, f"[yellow]{offer.outcome.code} {offer.outcome.reason}[/]")
+        for a in offer.agreements:
+            for ds in a.datasets:
+                fields = ", ".join(
+                    f"{f.field} ({f.appearance}"
+                    + (f": {'/'.join(f.generalisations)}" if f.generalisations else "")
+                    + ")"
+                    for f in ds.fields
+                )
+                table.add_row(
+                    offer.city_id,
+                    f"{a.agreement_id} v{a.version}",
+                    ", ".join(a.purposes),
+                    ds.dataset,
+                    fields,
+                    str(a.min_cell_size),
+                    a.valid_until,
+                )
+    console.print(table)
+
+
+@audit_app.command("export")
+def audit_export(
+    config: Annotated[Path, typer.Option(help="The node's or broker's config file (TOML).")],
+    out: Annotated[Path, typer.Option(help="New directory to write the bundle into.")],
+) -> None:
+    """Write a node's or broker's log, checkpoints, trust bundles and agreements as a bundle."""
+    import sqlalchemy as sa
+    from rich.progress import Progress
+
+    from audit import bundle, trust_history
+    from audit.schema import log_cosignatures
+    from infra import storage
+    from infra.config import load_toml
+
+    if out.exists():
+        raise _fail(f"{out} already exists; choose a new directory")
+    data = load_toml(config)
+    if "city" in data:
+        from node.config import NodeConfig
+
+        node = NodeConfig.load(config)
+        party, role, url = node.city, "node", node.database
+    elif "broker" in data:
+        from broker.config import BrokerConfig
+
+        brk = BrokerConfig.load(config)
+        party, role, url = brk.broker_id, "broker", brk.database
+    else:
+        raise _fail(f"{config} is neither a node config (city = ...) nor a broker config")
+    engine = storage.create_engine(url)
+    with engine.connect() as conn:
+        cosignatures = [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                sa.select(
+                    log_cosignatures.c.tree_size,
+                    log_cosignatures.c.witness,
+                    log_cosignatures.c.cosignature,
+                ).order_by(log_cosignatures.c.tree_size, log_cosignatures.c.witness)
+            )
+        ]
+    agreements: list[tuple[str, int, bytes]] = []
+    if role == "node":
+        from node.schema import agreements as agreements_table
+
+        with engine.connect() as conn:
+            agreements = [
+                (r[0], r[1], bytes(r[2]))
+                for r in conn.execute(
+                    sa.select(
+                        agreements_table.c.agreement_id,
+                        agreements_table.c.version,
+                        agreements_table.c.envelope,
+                    )
+                )
+            ]
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("exporting entries", total=None)
+        size = bundle.export(
+            engine,
+            out,
+            origin=f"citybroker/{role}/{party}",
+            party=party,
+            role=role,
+            trust_envelopes=trust_history.envelopes(engine),
+            cosignatures=cosignatures,
+            agreement_envelopes=agreements,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    engine.dispose()
+    console.print(escape(f"exported {size} entries of {role} {party} to {out}"), soft_wrap=True)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle directories (node and broker).")],
+    authority_key: Annotated[
+        Path,
+        typer.Option(
+            help="The federation authority's public key, "
+            "obtained out of band (never from a bundle)."
+        ),
+    ],
+    report: Annotated[Path | None, typer.Option(help="Also write a JSON report here.")] = None,
+) -> None:
+    """Verify bundles offline: signatures, checkpoints, agreements, receipts against results."""
+    from rich.progress import Progress
+
+    from audit.verifier import BundleError, verify_bundles
+    from keys.trust import load_authority_key
+
+    authority = load_authority_key(authority_key)
+    try:
+        with Progress(console=err, transient=True) as bar:
+            tasks = {p: bar.add_task(f"verifying {p}", total=None) for p in bundles}
+            result = verify_bundles(
+                bundles,
+                authority,
+                lambda p, done, total: bar.update(tasks[p], completed=done, total=total),
+            )
+    except BundleError as e:
+        if report:
+            report.write_text(
+                json.dumps(
+                    {
+                        "ok": False,
+                        "file": str(e.file),
+                        "entry": e.entry,
+                        "reason": e.reason,
+                        "message": e.detail,
+                    },
+                    indent=2,
+                )
+            )
+        raise _fail(f"verification failed: {e.message} ({e.reason})", 1) from None
+    if report:
+        report.write_text(json.dumps(result.to_json(), indent=2))
+    table = Table(title="Audit bundles verified")
+    for col in ("bundle", "log", "entries", "signatures", "checkpoints", "results", "receipts"):
+        table.add_column(col)
+    for b in result.bundles:
+        table.add_row(
+            escape(str(b.path)),
+            escape(b.origin),
+            str(b.size),
+            str(b.signatures_verified),
+            str(b.checkpoints_verified),
+            str(b.result_count),
+            str(b.receipt_count),
+        )
+    console.print(table)
+    console.print(f"[bold green]OK[/]: {result.signatures_verified} signatures verified")
+
+
+def main() -> None:
+    try:
+        app()
+    except CitybrokerError as e:
+        _error(f"{e.message} ({e.reason})")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Data-sharing agreements: the signed document, its parsing, and the check of both parties' signatures.
+
+An agreement is made between a providing city and a consuming party, and is a DSSE envelope over
+canonical JSON that carries both parties' signatures. Only a verified agreement is ever enforced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from domain.errors import VerificationError
+from domain.kinds import Statement
+from keys import dsse, timefmt
+from keys.ed25519 import Signer
+from keys.trust import Role, TrustBundle
+
+THING = Statement.AGREEMENT
+REVOCATION = Statement.AGREEMENT_REVOCATION
+DEFAULT_K = 10
+MAX_COUNT = 1_000_000
+
+
+class Appearance(StrEnum):
+    RAW = "raw"
+    GENERALISED = "generalised"
+    AGGREGATE_ONLY = "aggregate_only"
+
+
+@dataclass(frozen=True)
+class FieldTerms:
+    appearance: Appearance
+    generalisations: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class DpTerms:
+    """Differential privacy the agreement requires: every answer spends `epsilon_per_query` of a
+    `total_epsilon` budget; sums are clamped to declared `bounds` per field. The unit protected
+    is a resident (a record, for observational data): each answer counts at most
+    `records_per_resident` of a resident's records, and the noise is scaled to that."""
+
+    epsilon_per_query: float
+    total_epsilon: float
+    bounds: dict[str, tuple[float, float]]
+    records_per_resident: int = 1
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "epsilon_per_query": self.epsilon_per_query,
+            "total_epsilon": self.total_epsilon,
+            "bounds": {f: [lo, hi] for f, (lo, hi) in sorted(self.bounds.items())},
+            "records_per_resident": self.records_per_resident,
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> DpTerms:
+        per_resident = obj.get("records_per_resident", 1)
+        if isinstance(per_resident, bool) or not isinstance(per_resident, int):
+            raise ValueError("dp records_per_resident must be a whole number")
+        terms = cls(
+            float(obj["epsilon_per_query"]),
+            float(obj["total_epsilon"]),
+            {str(f): (float(b[0]), float(b[1])) for f, b in obj.get("bounds", {}).items()},
+            per_resident,
+        )
+        if not 0 < terms.epsilon_per_query <= terms.total_epsilon <= 1000:
+            raise ValueError("dp needs 0 < epsilon_per_query <= total_epsilon <= 1000")
+        if any(lo >= hi for lo, hi in terms.bounds.values()):
+            raise ValueError("dp bounds must be [low, high] with low < high")
+        if not 1 <= terms.records_per_resident <= 1000:
+            raise ValueError("dp records_per_resident must be 1 to 1000")
+        return terms
+
+
+@dataclass(frozen=True)
+class Agreement:
+    agreement_id: str
+    version: int
+    provider: str
+    consumer: str
+    purposes: frozenset[str]
+    datasets: dict[str, dict[str, FieldTerms]]
+    min_cell_size: int
+    valid_from: datetime
+    valid_until: datetime
+    retention_days: int
+    # Legal instruments the transfer relies on (e.g. "scc-2021"), for cross-border rules.
+    legal_instruments: frozenset[str] = frozenset()
+    dp: DpTerms | None = None
+    # Kinds of query allowed: aggregate, attribute_check, record_release.
+    query_kinds: frozenset[str] = frozenset({"aggregate"})
+
+    def in_force(self, at: datetime) -> bool:
+        return self.valid_from <= at < self.valid_until
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "agreement_id": self.agreement_id,
+            "version": self.version,
+            "provider": self.provider,
+            "consumer": self.consumer,
+            "purposes": sorted(self.purposes),
+            "datasets": {
+                ds: {
+                    f: {
+                        "appearance": t.appearance.value,
+                        "generalisations": sorted(t.generalisations),
+                    }
+                    for f, t in fields.items()
+                }
+                for ds, fields in self.datasets.items()
+            },
+            "min_cell_size": self.min_cell_size,
+            "valid_from": timefmt.fmt(self.valid_from),
+            "valid_until": timefmt.fmt(self.valid_until),
+            "retention_days": self.retention_days,
+            "legal_instruments": sorted(self.legal_instruments),
+            "dp": self.dp.to_payload() if self.dp else None,
+            "query_kinds": sorted(self.query_kinds),
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> Agreement:
+        try:
+            datasets = {
+                str(ds): {
+                    str(f): FieldTerms(
+                        Appearance(t["appearance"]),
+                        frozenset(str(g) for g in t.get("generalisations", [])),
+                    )
+                    for f, t in fields.items()
+                }
+                for ds, fields in obj["datasets"].items()
+            }
+            a = cls(
+                agreement_id=str(obj["agreement_id"]),
+                version=int(obj["version"]),
+                provider=str(obj["provider"]),
+                consumer=str(obj["consumer"]),
+                purposes=frozenset(str(p) for p in obj["purposes"]),
+                datasets=datasets,
+                min_cell_size=int(obj.get("min_cell_size", DEFAULT_K)),
+                valid_from=timefmt.parse(obj["valid_from"]),
+                valid_until=timefmt.parse(obj["valid_until"]),
+                retention_days=int(obj.get("retention_days", 0)),
+                legal_instruments=frozenset(str(i) for i in obj.get("legal_instruments", [])),
+                dp=DpTerms.from_payload(obj["dp"]) if obj.get("dp") else None,
+                query_kinds=frozenset(str(k) for k in obj.get("query_kinds", ["aggregate"])),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise VerificationError(
+                f"agreement is malformed: {e}", reason="AGREEMENT_MALFORMED"
+            ) from None
+        if a.valid_until <= a.valid_from:
+            raise VerificationError(
+                "agreement validity ends before it starts", reason="AGREEMENT_DATES_INVALID"
+            )
+        # Bounded so that every number canonicalises (RFC 8785 allows at most 2^53 - 1).
+        for name, value in (
+            ("version", a.version),
+            ("min_cell_size", a.min_cell_size),
+            ("retention_days", a.retention_days),
+        ):
+            low = 0 if name == "retention_days" else 1
+            if not low <= value <= MAX_COUNT:
+                raise VerificationError(
+                    f"agreement {name} must be between {low} and {MAX_COUNT}",
+                    reason="AGREEMENT_MALFORMED",
+                )
+        return a
+
+
+def sign(agreement: Agreement, *signers: Signer) -> dsse.Envelope:
+    return dsse.sign(THING, agreement.to_payload(), *signers)
+
+
+def unverified_terms(envelope: dsse.Envelope) -> Agreement:
+    """The terms of an agreement whose signatures are not checked yet: only to decide whose
+    signature to check, or to show a proposal to the person about to sign it."""
+    if envelope.payload_type != dsse.media_type(THING):
+        raise VerificationError(
+            f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
+        )
+    try:
+        return Agreement.from_payload(json.loads(envelope.payload))
+    except ValueError:
+        raise VerificationError(
+            "agreement payload is not JSON", reason="AGREEMENT_MALFORMED"
+        ) from None
+
+
+def verify_signed_by(envelope: dsse.Envelope, bundle: TrustBundle, party: str) -> Agreement:
+    """A proposal: accept it if `party`, one of its two parties, signed these exact bytes."""
+    provider, consumer, starts, unverified = _parties(envelope, bundle)
+    if party not in (provider, consumer):
+        raise VerificationError(
+            f"{party} is not a party to this agreement", reason="AGREEMENT_PARTY_UNKNOWN"
+        )
+    if not dsse.verified_keyids(envelope, bundle.key_lookup(party, starts)):
+        raise VerificationError(
+            f"agreement lacks a valid signature of {party}",
+            reason="AGREEMENT_SIGNATURE_INVALID",
+            party=party,
+        )
+    return Agreement.from_payload(unverified)
+
+
+def _parties(
+    envelope: dsse.Envelope, bundle: TrustBundle
+) -> tuple[str, str, datetime, dict[str, Any]]:
+    """Provider, consumer and start of an unverified agreement, both parties known to the bundle.
+    Only used to choose whose keys to check the signatures against."""
+    if envelope.payload_type != dsse.media_type(THING):
+        raise VerificationError(
+            f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
+        )
+    try:
+        unverified = json.loads(envelope.payload)
+        provider, consumer = str(unverified["provider"]), str(unverified["consumer"])
+        starts = timefmt.parse(unverified["valid_from"])
+    except (ValueError, KeyError, TypeError):
+        raise VerificationError(
+            "agreement payload is malformed", reason="AGREEMENT_MALFORMED"
+        ) from None
+    if bundle.party(provider, Role.CITY) is None:
+        raise VerificationError(
+            f"agreement provider {provider!r} is not a city in the trust bundle",
+            reason="AGREEMENT_PARTY_UNKNOWN",
+        )
+    if bundle.party(consumer) is None:
+        raise VerificationError(
+            f"agreement consumer {consumer!r} is not in the trust bundle",
+            reason="AGREEMENT_PARTY_UNKNOWN",
+        )
+    return provider, consumer, starts, unverified
+
+
+def verify(envelope: dsse.Envelope, bundle: TrustBundle) -> Agreement:
+    """Accept an agreement only if the provider city and the consumer both signed these exact bytes,
+    with keys the trust bundle lists for them when the agreement starts.
+
+    The party names are read before the signatures are checked, only to choose whose keys to check
+    them against; nothing else of the payload is used until both signatures verify.
+    """
+    provider, consumer, starts, unverified = _parties(envelope, bundle)
+    for party in (provider, consumer):
+        if not dsse.verified_keyids(envelope, bundle.key_lookup(party, starts)):
+            raise VerificationError(
+                f"agreement lacks a valid signature of {party}",
+                reason="AGREEMENT_SIGNATURE_INVALID",
+                party=party,
+            )
+    return Agreement.from_payload(unverified)
+
+
+def sign_revocation(
+    agreement: Agreement, revoked_by: str, reason: str, signer: Signer
+) -> dsse.Envelope:
+    """Either party's signed statement that an agreement ends now."""
+    return dsse.sign(
+        REVOCATION,
+        {
+            "agreement_id": agreement.agreement_id,
+            "version": agreement.version,
+            "provider": agreement.provider,
+            "consumer": agreement.consumer,
+            "revoked_by": revoked_by,
+            "reason": reason,
+            "at": timefmt.fmt(timefmt.now()),
+        },
+        signer,
+    )
+
+
+def verify_revocation(
+    envelope: dsse.Envelope, agreement: Agreement, bundle: TrustBundle
+) -> dict[str, Any]:
+    """A revocation must name this agreement and be signed by the party it says revoked it."""
+    if envelope.payload_type != dsse.media_type(REVOCATION):
+        raise VerificationError(
+            f"expected an agreement revocation, got {envelope.payload_type!r}",
+            reason="PAYLOAD_TYPE_MISMATCH",
+        )
+    try:
+        unverified = json.loads(envelope.payload)
+        by, at = str(unverified["revoked_by"]), timefmt.parse(unverified["at"])
+    except (ValueError, KeyError, TypeError):
+        raise VerificationError(
+            "revocation payload is malformed", reason="REVOCATION_MALFORMED"
+        ) from None
+    if by not in (agreement.provider, agreement.consumer):
+        raise VerificationError(
+            f"{by} is not a party to agreement {agreement.agreement_id}",
+            reason="AGREEMENT_PARTY_UNKNOWN",
+        )
+    payload, _ = dsse.verify(envelope, REVOCATION, bundle.key_lookup(by, at))
+    if (payload.get("agreement_id"), payload.get("version")) != (
+        agreement.agreement_id,
+        agreement.version,
+    ):
+        raise VerificationError(
+            "the revocation is for another agreement", reason="REVOCATION_MISMATCH"
+        )
+    return payload

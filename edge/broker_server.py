@@ -1,0 +1,85 @@
+"""A broker process: the exchange, witnessing and servicers on one gRPC server (two listeners)."""
+
+from __future__ import annotations
+
+import grpc
+
+from broker.config import BrokerConfig
+from broker.exchange import Broker
+from broker.witnessing import WitnessCollector
+from citybroker.audit.v1 import audit_pb2_grpc
+from citybroker.broker.v1 import broker_pb2_grpc
+from edge.broker_service import BROKER_SERVICE, BrokerServicer, partner_token_guard
+from edge.city_gateway import CityChannels
+from edge.log_service import LOG_SERVICE, LogServicer
+from edge.rpc import add_listener, build_server, require_peer, server_credentials
+from infra.party import open_party
+from keys.trust import Role
+
+
+class BrokerServer:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        opened = open_party(config, config.origin)
+        signer, store, self.engine, self.log = (
+            opened.signer,
+            opened.trust,
+            opened.engine,
+            opened.log,
+        )
+        self.channels = CityChannels(*config.tls.read())
+        self.witnessing = WitnessCollector(
+            self.engine, self.log, store, self.channels, config.witness_interval_s
+        )
+        broker = Broker(
+            config.broker_id,
+            signer,
+            store,
+            self.channels,
+            self.log,
+            config.city_timeout_s,
+            after_log=self.witnessing.nudge,
+        )
+
+        def register(server: grpc.Server) -> None:
+            broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(broker), server)
+            audit_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.log), server)
+
+        def log_readers() -> list[str]:
+            return [
+                p.id for p in store.current.parties.values() if p.role in (Role.CITY, Role.BROKER)
+            ]
+
+        self.server, self.health = build_server(
+            register,
+            [BROKER_SERVICE, LOG_SERVICE],
+            guards={
+                BROKER_SERVICE: partner_token_guard(config.broker_id, store),
+                LOG_SERVICE: require_peer(log_readers, "cities and brokers of the federation"),
+            },
+        )
+        self.port = add_listener(
+            self.server, config.listen, server_credentials(config.tls, require_client_cert=False)
+        )
+        # Partners have no certificates, so parties that must present one come in on their own port.
+        self.peer_port = (
+            add_listener(
+                self.server,
+                config.peer_listen,
+                server_credentials(config.tls, require_client_cert=True),
+            )
+            if config.peer_listen
+            else None
+        )
+
+    def start(self) -> BrokerServer:
+        self.server.start()
+        self.witnessing.start()
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.server.stop(grace).wait()
+        self.witnessing.stop()
+        self.channels.close()
+        self.log.close()
+        self.engine.dispose()

@@ -1,0 +1,318 @@
+"""The node's gRPC servicers: protobuf in, domain calls, protobuf out."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import grpc
+
+from audit.log import MerkleLog
+from citybroker.common.v1 import common_pb2
+from citybroker.node.v1 import node_pb2, node_pb2_grpc
+from domain.agreement import Agreement
+from domain.errors import InvalidArgument, VerificationError
+from domain.kinds import LogKind
+from domain.odrl import to_odrl
+from edge.rpc import peer_common_names
+from edge.wire import envelope_from_pb, envelope_to_pb, plan_to_pb
+from keys import dsse, timefmt
+from node.agreements import AgreementRegister, StoredAgreement
+from node.answering import Answerer
+from node.consent import ConsentRecord, ConsentRegistry
+from node.kantara import from_signed_receipt as kantara_receipt
+from node.transparency import ExchangeRecorder
+
+QUERY_SERVICE = node_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+CONSENT_SERVICE = node_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+AGREEMENT_SERVICE = node_pb2.DESCRIPTOR.services_by_name["AgreementService"].full_name
+
+
+def _actor(on_behalf_of: str, context: grpc.ServicerContext) -> str:
+    return f"{on_behalf_of} via {','.join(peer_common_names(context)) or 'unknown'}"
+
+
+class QueryServicer(node_pb2_grpc.QueryServiceServicer):
+    def __init__(self, answerer: Answerer) -> None:
+        self._answerer = answerer
+
+    def RunQuery(
+        self, request: node_pb2.RunQueryRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RunQueryResponse:
+        result, index = self._answerer.run_query(
+            envelope_from_pb(request.signed_query), peer_common_names(context)
+        )
+        return node_pb2.RunQueryResponse(signed_result=envelope_to_pb(result), log_index=index)
+
+    def PlanQuery(
+        self, request: node_pb2.PlanQueryRequest, context: grpc.ServicerContext
+    ) -> node_pb2.PlanQueryResponse:
+        plan = self._answerer.plan(
+            envelope_from_pb(request.signed_request), peer_common_names(context)
+        )
+        return node_pb2.PlanQueryResponse(plan=plan_to_pb(plan))
+
+    def DescribeOffer(
+        self, request: node_pb2.DescribeOfferRequest, context: grpc.ServicerContext
+    ) -> node_pb2.DescribeOfferResponse:
+        found = self._answerer.describe_offer(
+            envelope_from_pb(request.signed_request), peer_common_names(context)
+        )
+        return node_pb2.DescribeOfferResponse(agreements=[envelope_to_pb(e) for e in found])
+
+
+def _time(text: str, field: str, default: datetime | None = None) -> datetime | None:
+    if not text:
+        return default
+    try:
+        return timefmt.parse(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{field}: {e}", reason="TIMESTAMP_INVALID", field=field) from None
+
+
+def _record_pb(r: ConsentRecord) -> node_pb2.ConsentRecord:
+    return node_pb2.ConsentRecord(
+        record_id=r.record_id,
+        resident_id=r.resident_id,
+        purposes=r.purposes,
+        recipients=r.recipients,
+        data_categories=r.data_categories,
+        valid_from=timefmt.fmt(r.valid_from),
+        valid_until=timefmt.fmt(r.valid_until) if r.valid_until else "",
+        state=r.state.value,
+        lawful_basis=r.lawful_basis,
+        notice_url=r.notice_url,
+        notice_hash=r.notice_hash,
+        language=r.language,
+        jurisdiction=r.jurisdiction,
+        retention_days=r.retention_days,
+        collection_method=r.collection_method,
+        withdrawal_method=r.withdrawal_method,
+    )
+
+
+def record_from_pb(r: node_pb2.ConsentRecord) -> ConsentRecord:
+    valid_from = _time(r.valid_from, "valid_from", timefmt.now())
+    assert valid_from is not None
+    return ConsentRecord(
+        record_id=r.record_id,
+        resident_id=r.resident_id,
+        purposes=tuple(r.purposes),
+        recipients=tuple(r.recipients),
+        data_categories=tuple(r.data_categories),
+        valid_from=valid_from,
+        valid_until=_time(r.valid_until, "valid_until"),
+        lawful_basis=r.lawful_basis or "consent",
+        notice_url=r.notice_url,
+        notice_hash=r.notice_hash,
+        language=r.language or "en",
+        jurisdiction=r.jurisdiction,
+        retention_days=r.retention_days,
+        collection_method=r.collection_method,
+        withdrawal_method=r.withdrawal_method,
+    )
+
+
+def _receipt_pb(receipt: bytes) -> common_pb2.Envelope:
+    return envelope_to_pb(dsse.Envelope.from_json(receipt))
+
+
+class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
+    """Each consent event's signed receipt is also committed to the node's log before the reply:
+    it is the evidence that consent existed when a later result used it.
+
+    Callers are the city's operators; residents act through them (the portal), so the recorded
+    actor names both: "resident via <operator>" or "city via <operator>".
+    """
+
+    def __init__(
+        self,
+        registry: ConsentRegistry,
+        log: MerkleLog,
+        exchanges: ExchangeRecorder,
+        controller_name: str,
+    ) -> None:
+        self._registry, self._log, self._exchanges = registry, log, exchanges
+        self._controller = controller_name
+
+    def _logged(self, receipt: bytes) -> common_pb2.Envelope:
+        self._log.append(receipt, kind=LogKind.CONSENT)
+        return _receipt_pb(receipt)
+
+    def GiveConsent(
+        self, request: node_pb2.GiveConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GiveConsentResponse:
+        receipt = self._registry.give(record_from_pb(request.record), _actor("resident", context))
+        return node_pb2.GiveConsentResponse(receipt=self._logged(receipt))
+
+    def RefuseConsent(
+        self, request: node_pb2.RefuseConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RefuseConsentResponse:
+        receipt = self._registry.refuse(record_from_pb(request.record), _actor("resident", context))
+        return node_pb2.RefuseConsentResponse(receipt=self._logged(receipt))
+
+    def RenewConsent(
+        self, request: node_pb2.RenewConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RenewConsentResponse:
+        receipt = self._registry.renew(
+            request.record_id,
+            _time(request.valid_until, "valid_until"),
+            _actor("resident", context),
+        )
+        return node_pb2.RenewConsentResponse(receipt=self._logged(receipt))
+
+    def WithdrawConsent(
+        self, request: node_pb2.WithdrawConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.WithdrawConsentResponse:
+        receipt = self._registry.withdraw(request.record_id, _actor("resident", context))
+        return node_pb2.WithdrawConsentResponse(receipt=self._logged(receipt))
+
+    def RevokeConsent(
+        self, request: node_pb2.RevokeConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RevokeConsentResponse:
+        receipt = self._registry.revoke(request.record_id, _actor("city", context))
+        return node_pb2.RevokeConsentResponse(receipt=self._logged(receipt))
+
+    def InvalidateConsent(
+        self, request: node_pb2.InvalidateConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.InvalidateConsentResponse:
+        receipt = self._registry.invalidate(request.record_id, _actor("city", context))
+        return node_pb2.InvalidateConsentResponse(receipt=self._logged(receipt))
+
+    def GetConsent(
+        self, request: node_pb2.GetConsentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetConsentResponse:
+        return node_pb2.GetConsentResponse(record=_record_pb(self._registry.get(request.record_id)))
+
+    def ListResidentConsents(
+        self, request: node_pb2.ListResidentConsentsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListResidentConsentsResponse:
+        page = self._registry.list_by_resident(
+            request.resident_id, request.page_size, request.page_token
+        )
+        return node_pb2.ListResidentConsentsResponse(
+            records=[_record_pb(r) for r in page.records], next_page_token=page.next_page_token
+        )
+
+    def GetConsentHistory(
+        self, request: node_pb2.GetConsentHistoryRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetConsentHistoryResponse:
+        return node_pb2.GetConsentHistoryResponse(
+            events=[
+                node_pb2.ConsentEvent(
+                    event=e.event.value,
+                    actor=e.actor,
+                    at=timefmt.fmt(e.at),
+                    receipt=_receipt_pb(e.receipt),
+                )
+                for e in self._registry.history(request.record_id)
+            ]
+        )
+
+    def ExportConsentReceipt(
+        self, request: node_pb2.ExportConsentReceiptRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ExportConsentReceiptResponse:
+        latest = self._registry.history(request.record_id)[-1]
+        kantara = json.dumps(kantara_receipt(latest.receipt, self._controller), indent=2)
+        return node_pb2.ExportConsentReceiptResponse(
+            kantara_json=kantara, receipt=_receipt_pb(latest.receipt)
+        )
+
+    def ListResidentExchanges(
+        self, request: node_pb2.ListResidentExchangesRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListResidentExchangesResponse:
+        items, token = self._exchanges.for_resident(
+            request.resident_id, request.page_size, request.page_token
+        )
+        return node_pb2.ListResidentExchangesResponse(
+            exchanges=[
+                node_pb2.ResidentExchange(
+                    request_id=e.request_id,
+                    partner=e.partner,
+                    purpose=e.purpose,
+                    dataset=e.dataset,
+                    agreement_id=e.agreement_id,
+                    agreement_version=e.agreement_version,
+                    released_at=timefmt.fmt(e.released_at),
+                    log_index=e.log_index,
+                )
+                for e in items
+            ],
+            next_page_token=token,
+        )
+
+
+def _agreement_pb(a: StoredAgreement) -> node_pb2.GetAgreementResponse:
+    return node_pb2.GetAgreementResponse(
+        agreement=envelope_to_pb(a.envelope), status=a.status_at(timefmt.now())
+    )
+
+
+class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
+    """Agreements in force and their revocations are logged (by the register, in the transaction
+    that makes the change) before the reply; proposals, signed by one party only, are not evidence
+    of anything yet."""
+
+    def __init__(self, register: AgreementRegister) -> None:
+        self._register = register
+
+    def ProposeAgreement(
+        self, request: node_pb2.ProposeAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ProposeAgreementResponse:
+        try:
+            terms = json.loads(request.terms_json)
+        except ValueError:
+            raise InvalidArgument("terms_json is not JSON", reason="AGREEMENT_MALFORMED") from None
+        if not isinstance(terms, dict):
+            raise InvalidArgument("terms_json must be an object", reason="AGREEMENT_MALFORMED")
+        try:
+            agreement = Agreement.from_payload(terms)
+        except VerificationError as e:  # the document's own checks, here about caller input
+            raise InvalidArgument(e.message, reason=e.reason) from None
+        envelope = self._register.propose(agreement)
+        return node_pb2.ProposeAgreementResponse(agreement=envelope_to_pb(envelope))
+
+    def CountersignAgreement(
+        self, request: node_pb2.CountersignAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CountersignAgreementResponse:
+        envelope, agreement = self._register.countersign(envelope_from_pb(request.agreement))
+        in_force_here = agreement.provider == self._register.city  # activated and logged
+        return node_pb2.CountersignAgreementResponse(
+            agreement=envelope_to_pb(envelope),
+            status="active" if in_force_here else "countersigned",
+        )
+
+    def ActivateAgreement(
+        self, request: node_pb2.ActivateAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ActivateAgreementResponse:
+        envelope = envelope_from_pb(request.agreement)
+        a = self._register.activate(envelope)  # logged in the same transaction
+        return node_pb2.ActivateAgreementResponse(agreement_id=a.agreement_id, version=a.version)
+
+    def RevokeAgreement(
+        self, request: node_pb2.RevokeAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.RevokeAgreementResponse:
+        given = envelope_from_pb(request.revocation) if request.HasField("revocation") else None
+        revocation = self._register.revoke(request.agreement_id, request.reason, given)
+        return node_pb2.RevokeAgreementResponse(revocation=envelope_to_pb(revocation))
+
+    def GetAgreement(
+        self, request: node_pb2.GetAgreementRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetAgreementResponse:
+        return _agreement_pb(self._register.get(request.agreement_id))
+
+    def ListAgreements(
+        self, request: node_pb2.ListAgreementsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ListAgreementsResponse:
+        items, token = self._register.page(request.page_size, request.page_token)
+        return node_pb2.ListAgreementsResponse(
+            agreements=[_agreement_pb(a) for a in items], next_page_token=token
+        )
+
+    def ExportAgreementOdrl(
+        self, request: node_pb2.ExportAgreementOdrlRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ExportAgreementOdrlResponse:
+        a = self._register.get(request.agreement_id)
+        return node_pb2.ExportAgreementOdrlResponse(
+            odrl_json=json.dumps(to_odrl(a.verified), indent=2)
+        )

@@ -1,0 +1,222 @@
+"""A small client for partner services: ask the federation, and verify everything it answers.
+
+    client = PartnerClient.connect("127.0.0.1:7000", broker_id="broker-1", partner_id="partner-x",
+                                   key=Signer.load(Path("partner.key")), ca_cert=Path("ca.crt"),
+                                   trust_bundle=Path("trust-bundle.json"),
+                                   authority_key=Path("authority.pub"))
+    answer = client.query(Query(dataset="mobility", purpose="urban-mobility-planning",
+                                measures=(Measure(MeasureKind.COUNT_RECORDS),)))
+    answer.cells, answer.cities, answer.signatures_verified
+
+Each call mints a fresh single-use token. `query` verifies the broker's signed query, every city's
+signed result and the broker's receipt against the trust bundle, and recomputes the merged answer
+from the verified results; any mismatch raises VerificationError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from broker import merge
+from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
+from domain import statements
+from domain.errors import CallFailed, VerificationError
+from domain.plan import is_coarsening
+from domain.query import Query
+from edge.rpc import CHANNEL_OPTIONS, client_credentials
+from edge.status import remote_error
+from edge.wire import envelope_from_pb, query_to_pb
+from keys import dsse, tokens, trust
+from keys.ed25519 import Signer
+from keys.trust import TrustBundle
+
+# What the broker's receipt says about each city, in the order compared with the response.
+RECEIPT_OUTCOME_FIELDS = ("city", "status", "code", "reason", "result_digest", "node_log_index")
+STATUS_NAMES = {v: k.removeprefix("CITY_STATUS_").lower() for k, v in broker_pb2.CityStatus.items()}
+
+
+@dataclass(frozen=True)
+class CityAnswer:
+    city: str
+    status: str
+    code: str
+    reason: str
+    message: str
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    query_id: str
+    cells: list[merge.MergedCell]
+    cities: list[CityAnswer]
+    receipt: dict[str, Any]
+    signatures_verified: int
+    # What negotiation changed and why (signed by the broker), and the query the cities answered.
+    negotiation: tuple[str, ...] = ()
+    answered_query: Query | None = None
+    # A record release's records from the verified city results: {"city", "pseudonym", "fields"}.
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PartnerClient:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        broker_id: str,
+        partner_id: str,
+        key: Signer,
+        bundle: TrustBundle,
+    ) -> None:
+        self._channel = channel
+        self._stub = broker_pb2_grpc.BrokerServiceStub(channel)
+        self.broker_id, self.partner_id, self._key, self.bundle = (
+            broker_id,
+            partner_id,
+            key,
+            bundle,
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        address: str,
+        broker_id: str,
+        partner_id: str,
+        key: Signer,
+        ca_cert: Path,
+        trust_bundle: Path,
+        authority_key: Path,
+    ) -> PartnerClient:
+        bundle = trust.load_bundle(trust_bundle, trust.load_authority_key(authority_key))
+        channel = grpc.secure_channel(
+            address, client_credentials(ca_cert.read_bytes()), options=CHANNEL_OPTIONS
+        )
+        return cls(channel, broker_id, partner_id, key, bundle)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PartnerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        token = tokens.issue(self._key, self.partner_id, self.broker_id, lifetime_s=60)
+        return [("authorization", f"Bearer {token}")]
+
+    def query(self, query: Query, timeout_s: float = 15.0, negotiate: bool = False) -> Answer:
+        """Ask; with `negotiate` the broker may coarsen generalisations to the finest shape every
+        asked city allows (Answer.negotiation says what changed, signed by the broker)."""
+        try:
+            response = self._stub.Query(
+                broker_pb2.QueryRequest(query=query_to_pb(query), negotiate=negotiate),
+                metadata=self._metadata(),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return self.verify(query, response)
+
+    def describe_federation(self, timeout_s: float = 15.0) -> broker_pb2.DescribeFederationResponse:
+        try:
+            response: broker_pb2.DescribeFederationResponse = self._stub.DescribeFederation(
+                broker_pb2.DescribeFederationRequest(), metadata=self._metadata(), timeout=timeout_s
+            )
+            return response
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+
+    def verify(self, asked: Query, response: broker_pb2.QueryResponse) -> Answer:
+        """Check every signature and every link between the statements; count the signatures."""
+        bundle = self.bundle
+        signed_query = envelope_from_pb(response.signed_query)
+        request = statements.verify_request(signed_query, statements.QUERY, bundle)
+        if request.broker != self.broker_id or request.partner != self.partner_id:
+            raise VerificationError(
+                "the broker signed a query for another party", reason="QUERY_MISMATCH"
+            )
+        assert request.query is not None
+        negotiated = request.asked == asked and is_coarsening(asked, request.query)
+        if request.query != asked and not negotiated:
+            raise VerificationError(
+                "the broker sent the cities a different query", reason="QUERY_MISMATCH"
+            )
+        verified = 1
+        results: dict[str, tuple[dict[str, Any], str]] = {}
+        cities = []
+        for c in response.cities:
+            status = STATUS_NAMES.get(c.status, "unspecified")
+            if status == "answered":
+                env = envelope_from_pb(c.signed_result)
+                result = statements.verify_result(env, bundle)
+                verified += 1
+                if (result["city"], result["query_digest"]) != (c.city_id, request.digest):
+                    raise VerificationError(
+                        f"result of {c.city_id} answers another query", reason="RESULT_MISMATCH"
+                    )
+                results[c.city_id] = (result, statements.digest(env.payload))
+            cities.append(CityAnswer(c.city_id, status, c.code, c.reason, c.message, c.log_index))
+        receipt = statements.verify_receipt(envelope_from_pb(response.receipt), bundle)
+        verified += 1
+        if receipt["query_digest"] != request.digest or receipt["partner"] != self.partner_id:
+            raise VerificationError("the receipt is for another query", reason="RECEIPT_MISMATCH")
+        # Every city's outcome as returned (status, code, reason, result, node log index) must be
+        # the one the broker signed, city by city and in order.
+        receipted = [
+            tuple(r.get(k) for k in RECEIPT_OUTCOME_FIELDS)
+            for r in receipt.get("cities", [])
+            if isinstance(r, dict)
+        ]
+        returned_outcomes = [
+            (c.city, c.status, c.code, c.reason)
+            + ((results[c.city][1], c.log_index) if c.city in results else (None, None))
+            for c in cities
+        ]
+        if receipted != returned_outcomes:
+            raise VerificationError(
+                "the receipt does not list the outcomes returned", reason="RECEIPT_MISMATCH"
+            )
+        cells = merge.merge((city, r) for city, (r, _) in results.items())
+        if statements.digest(dsse.canonical(merge.to_payload(cells))) != receipt["answer_digest"]:
+            raise VerificationError(
+                "the merged answer does not match the signed results", reason="ANSWER_MISMATCH"
+            )
+        returned = [(dict(c.key), dict(c.values), c.withheld) for c in response.cells]
+        if returned != [(c.key, c.values, c.withheld) for c in cells]:
+            raise VerificationError(
+                "the broker's merged cells differ from the signed results", reason="ANSWER_MISMATCH"
+            )
+        released = [
+            {"city": city, **record}
+            for city, (r, _) in results.items()
+            for record in r.get("records", [])
+        ]
+        return Answer(
+            response.query_id,
+            cells,
+            cities,
+            receipt,
+            verified,
+            request.negotiation,
+            request.query,
+            released,
+        )
+
+    def plan(self, query: Query, timeout_s: float = 15.0) -> broker_pb2.PlanQueryResponse:
+        """A dry run: each city's plan and the shape negotiation would choose. Reads no data."""
+        try:
+            response: broker_pb2.PlanQueryResponse = self._stub.PlanQuery(
+                broker_pb2.PlanQueryRequest(query=query_to_pb(query)),
+                metadata=self._metadata(),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return response
