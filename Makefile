@@ -28,6 +28,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/function_shape.py
 
 # buf comes from npm; without npx (no Node.js) the proto lint is skipped, and says so.
 buf-lint:

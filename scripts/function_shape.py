@@ -1,0 +1,55 @@
+"""List functions over a line or parameter bound in the project's own packages (`make lint` runs it).
+
+Functions stay under about 60 lines and 7 parameters where a natural split or a value object exists;
+the bounds here are the hard ceiling that fails the build: 80 lines, 7 parameters (self and cls
+not counted). A Typer command takes one parameter per command-line option, so only its length counts."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGES = ("domain", "keys", "audit", "infra", "node", "broker", "edge", "cli")
+MAX_LINES, MAX_PARAMS = 80, 7
+
+
+def _is_cli_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for d in node.decorator_list:
+        target = d.func if isinstance(d, ast.Call) else d
+        if isinstance(target, ast.Attribute) and target.attr in ("command", "callback"):
+            return True
+    return False
+
+
+def offenders(root: Path) -> list[str]:
+    """One line per function of the packages under `root` that passes a bound."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                args = node.args
+                params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                count = len([a for a in params if a.arg not in ("self", "cls")])
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                where = f"{path.relative_to(root)}:{node.lineno} {node.name}"
+                if lines > MAX_LINES:
+                    found.append(f"{where}: {lines} lines (at most {MAX_LINES})")
+                if count > MAX_PARAMS and not _is_cli_command(node):
+                    found.append(f"{where}: {count} parameters (at most {MAX_PARAMS})")
+    return found
+
+
+def main() -> int:
+    found = offenders(Path(__file__).resolve().parent.parent)
+    for line in found:
+        print(line)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
