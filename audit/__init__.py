@@ -9,7 +9,7 @@ Public API, for auditors who script their own checks:
     verify_consistency(size1, size2, proof, root1, root2)                     # RFC 9162 2.1.4.2
     body = verify_note(note_text, [NoteVerifier.for_key(origin, public_key)]) # C2SP signed-note
     origin, size, root = parse_checkpoint(body)                               # C2SP tlog-checkpoint
-    payload, keyids = verify_envelope(envelope, "result", key_lookup)         # DSSE, verify-then-parse
+    payload, keyids = verify_envelope(envelope, Statement.RESULT, lookup)     # DSSE, verify-then-parse
     summary = verify_bundle(Path("bundle"), authority_public_key)             # one export bundle
     report = verify_bundles([node_bundle, broker_bundle], authority_public_key)  # + reconciliation
 
@@ -17,10 +17,11 @@ Every failure raises a `domain.errors.VerificationError` subclass whose `reason`
 UPPER_SNAKE code and whose message names what failed (for bundles: file and entry, `BundleError`).
 """
 
+from audit.checks import BundleError, BundleSummary
 from audit.cosign import verify_cosignature
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import NoteError, NoteVerifier, parse_checkpoint, verify_note
-from audit.verifier import BundleError, BundleSummary, Report, verify_bundle, verify_bundles
+from audit.verifier import Report, verify_bundle, verify_bundles
 from keys.dsse import Envelope
 from keys.dsse import verify as verify_envelope
 

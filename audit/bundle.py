@@ -10,6 +10,9 @@
 Every line and file is in one canonical form (sorted keys, no spaces, canonical base64), so that
 any changed byte is detected: entries by the Merkle root, everything else by a byte comparison
 with its canonical re-encoding. The manifest's authority is the checkpoints, never itself.
+
+I/O boundary: `export` reads the log's database and writes the bundle's files; `line` and `b64`
+are the pure encodings both it and the verifier (audit.checks, audit.bundle_reader) rely on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,38 +47,73 @@ def line(obj: dict[str, Any]) -> bytes:
 
 
 def b64(data: bytes) -> str:
+    """The one accepted base64 encoding of `data` (standard alphabet, padded)."""
     return base64.b64encode(data).decode()
 
 
-def export(
-    engine: Engine,
-    out: Path,
-    *,
-    origin: str,
-    party: str,
-    role: str,
-    trust_envelopes: Iterable[bytes],
-    agreement_envelopes: Iterable[tuple[str, int, bytes]] = (),
-    cosignatures: Iterable[tuple[int, str, str]] = (),  # (tree size, witness city, line)
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
+@dataclass(frozen=True)
+class ExportSpec:
+    """Whose log a bundle holds, and what it carries besides the log's entries and checkpoints."""
+
+    origin: str
+    party: str
+    role: str
+    trust_envelopes: Iterable[bytes]
+    agreement_envelopes: Iterable[tuple[str, int, bytes]] = ()
+    cosignatures: Iterable[tuple[int, str, str]] = ()  # (tree size, witness city, line)
+
+
+Progress = Callable[[int, int], None]
+
+
+def export(engine: Engine, out: Path, spec: ExportSpec, progress: Progress | None = None) -> int:
     """Write the log in `engine` as a bundle into the new directory `out`; returns its size.
 
     The size is that of the latest checkpoint, so the bundle is exactly what the log signed,
     even while appends go on.
     """
     out.mkdir(parents=True, exist_ok=False)
+    size = _write_checkpoints(engine, out / CHECKPOINTS)
+    _write_entries(engine, out / ENTRIES, size, progress)
+    with (out / COSIGNATURES).open("wb") as f:
+        for tree_size, witness, note in spec.cosignatures:
+            f.write(line({"size": tree_size, "witness": witness, "cosignature": note}))
+    (out / TRUST_DIR).mkdir()
+    for env in spec.trust_envelopes:
+        version = json.loads(base64.b64decode(json.loads(env)["payload"]))["version"]
+        (out / TRUST_DIR / f"v{int(version)}.json").write_bytes(env)
+    (out / AGREEMENTS_DIR).mkdir()
+    for agreement_id, version, env in spec.agreement_envelopes:
+        (out / AGREEMENTS_DIR / f"{agreement_id}-v{version}.json").write_bytes(env)
+    manifest = {
+        "format": FORMAT,
+        "origin": spec.origin,
+        "party": spec.party,
+        "role": spec.role,
+        "size": size,
+    }
+    # Written last: a bundle whose export was interrupted has no manifest and never verifies.
+    (out / MANIFEST).write_bytes(line(manifest))
+    return size
+
+
+def _write_checkpoints(engine: Engine, path: Path) -> int:
+    """Write every checkpoint; return the size of the latest, the bundle's extent."""
     with engine.connect() as conn:
         checkpoints = conn.execute(
             select(log_checkpoints.c.tree_size, log_checkpoints.c.note).order_by(
                 log_checkpoints.c.tree_size
             )
         ).all()
-    size = checkpoints[-1][0] if checkpoints else 0
-    with (out / CHECKPOINTS).open("wb") as f:
+    with path.open("wb") as f:
         for tree_size, note in checkpoints:
             f.write(line({"size": tree_size, "note": note}))
-    with (out / ENTRIES).open("wb") as f:
+    return checkpoints[-1][0] if checkpoints else 0
+
+
+def _write_entries(engine: Engine, path: Path, size: int, progress: Progress | None) -> None:
+    with path.open("wb") as f:
+        # A page per connection, so memory and the read transaction stay short for any size.
         for start in range(0, size, PAGE):
             with engine.connect() as conn:
                 rows = conn.execute(
@@ -86,16 +125,3 @@ def export(
                 f.write(line({"index": idx, "kind": kind, "entry": b64(bytes(entry))}))
             if progress:
                 progress(min(size, start + PAGE), size)
-    with (out / COSIGNATURES).open("wb") as f:
-        for tree_size, witness, note in cosignatures:
-            f.write(line({"size": tree_size, "witness": witness, "cosignature": note}))
-    (out / TRUST_DIR).mkdir()
-    for env in trust_envelopes:
-        version = json.loads(base64.b64decode(json.loads(env)["payload"]))["version"]
-        (out / TRUST_DIR / f"v{int(version)}.json").write_bytes(env)
-    (out / AGREEMENTS_DIR).mkdir()
-    for agreement_id, version, env in agreement_envelopes:
-        (out / AGREEMENTS_DIR / f"{agreement_id}-v{version}.json").write_bytes(env)
-    manifest = {"format": FORMAT, "origin": origin, "party": party, "role": role, "size": size}
-    (out / MANIFEST).write_bytes(line(manifest))
-    return size

@@ -2,6 +2,8 @@
 
 A city cosigns a broker's checkpoint only after checking that it extends the last one it cosigned,
 so a broker cannot show different histories to different parties without one of them noticing.
+
+Pure: text and keys in, text or NoteError out; no I/O.
 """
 
 from __future__ import annotations
@@ -60,4 +62,5 @@ def verify_cosignature(line: str, body: str, name: str, public: PublicKey) -> in
 
 
 def witness_name(city: str) -> str:
+    """The witness name a city cosigns under."""
     return f"citybroker/witness/{city}"

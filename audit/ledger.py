@@ -79,6 +79,8 @@ class Witnessed:
 
 @dataclass(frozen=True)
 class Bundle:
+    """One bundle the ledger holds, by its row id."""
+
     id: int
     path: Path
     origin: str
@@ -95,6 +97,8 @@ def _at(us: int) -> datetime:
 
 
 class Ledger:
+    """The verifier's spill store of what reconciliation needs, in bounded memory."""
+
     def __init__(self) -> None:
         self._db = sqlite3.connect("")  # "": a private on-disk temporary database
         self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
@@ -106,9 +110,11 @@ class Ledger:
         self._receipt_seq = 0
 
     def close(self) -> None:
+        """Close the database; SQLite deletes its file."""
         self._db.close()
 
     def add_bundle(self, path: Path, origin: str, party: str, role: str) -> Bundle:
+        """Register a bundle; its rows are kept under the returned id."""
         cur = self._db.execute(
             "INSERT INTO bundles (path, origin, party, role) VALUES (?, ?, ?, ?)",
             (str(path), origin, party, role),
@@ -117,6 +123,7 @@ class Ledger:
         return Bundle(cur.lastrowid, path, origin, party, role)
 
     def add_checkpoint(self, bundle: Bundle, size: int, root: bytes) -> None:
+        """A verified checkpoint of the bundle."""
         self._db.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (bundle.id, size, root))
 
     def next_checkpoint(self, bundle: Bundle, after: int) -> tuple[int, bytes] | None:
@@ -129,12 +136,14 @@ class Ledger:
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def root(self, bundle: Bundle, size: int) -> bytes | None:
+        """The root of the bundle's checkpoint of this size, if it has one."""
         row = self._db.execute(
             "SELECT root FROM checkpoints WHERE bundle = ? AND size = ?", (bundle.id, size)
         ).fetchone()
         return None if row is None else bytes(row[0])
 
     def checkpoint_roots(self, bundle: Bundle) -> Iterator[tuple[int, bytes]]:
+        """Each verified checkpoint's (size, root), smallest first."""
         for size, root in self._db.execute(
             "SELECT size, root FROM checkpoints WHERE bundle = ? ORDER BY size", (bundle.id,)
         ):
@@ -152,6 +161,7 @@ class Ledger:
         )
 
     def add_result(self, bundle: Bundle, r: ResultRef) -> None:
+        """A verified result a city's bundle logged."""
         self._results.append(
             (bundle.id, r.city, r.broker, r.request_id, r.digest, r.index, _us(r.issued_at))
         )
@@ -159,6 +169,7 @@ class Ledger:
             self._flush()
 
     def add_receipt(self, bundle: Bundle, r: ReceiptRef) -> None:
+        """One verified receipt line a broker's bundle logged."""
         self._receipt_seq += 1
         self._receipts.append(
             (
@@ -186,6 +197,7 @@ class Ledger:
             self._receipts.clear()
 
     def results(self, bundle: Bundle) -> Iterator[ResultRef]:
+        """The bundle's results, in log order."""
         self._flush()
         for row in self._db.execute(
             "SELECT city, broker, request_id, digest, idx, issued_us FROM results "
@@ -195,6 +207,7 @@ class Ledger:
             yield _result(row)
 
     def receipts(self, bundle: Bundle) -> Iterator[ReceiptRef]:
+        """The bundle's receipt lines, in log order."""
         self._flush()
         for row in self._db.execute(
             "SELECT broker, city, request_id, result_digest, node_log_index, issued_us "
@@ -204,6 +217,7 @@ class Ledger:
             yield _receipt(row)
 
     def bundles(self) -> list[Bundle]:
+        """Every bundle registered, in registration order."""
         return [
             Bundle(int(i), Path(p), o, party, role)
             for i, p, o, party, role in self._db.execute(

@@ -109,6 +109,8 @@ class LogLimits:
 
 @dataclass(frozen=True)
 class LogRecord:
+    """One stored entry with its kind and commit time."""
+
     index: int
     entry: bytes
     kind: str
@@ -371,26 +373,8 @@ class MerkleLog:
             # the same database appended) is refreshed here instead of failing and retrying.
             if _lock_log(conn) and check_size and self._stored_size(conn) != committed.size:
                 committed = self._load_frontier(conn)
-            now = datetime.now(UTC)
             frontier = committed.copy()
-            firsts: list[int] = []
-            entry_rows: list[dict[str, Any]] = []
-            node_rows: list[dict[str, Any]] = []
-            for request in batch:
-                firsts.append(frontier.size)
-                for entry in request.entries:
-                    lh = leaf_hash(entry)
-                    entry_rows.append(
-                        {
-                            "idx": frontier.size,
-                            "entry": entry,
-                            "leaf_hash": lh,
-                            "kind": request.kind,
-                            "created_at": now,
-                        }
-                    )
-                    for level, index, h in frontier.append(lh):
-                        node_rows.append({"level": level, "idx": index, "hash": h})
+            firsts, entry_rows, node_rows = _rows(frontier, batch, datetime.now(UTC))
             # Side writes first: one that refuses its request does so before the tree with its
             # entries is signed.
             for request, first in zip(batch, firsts, strict=True):
@@ -411,10 +395,12 @@ class MerkleLog:
     # -- reading ---------------------------------------------------------------------------
 
     def size(self) -> int:
+        """The number of committed entries."""
         with self._reading() as conn:
             return self._stored_size(conn)
 
     def root(self, size: int | None = None) -> bytes:
+        """The root of the tree of `size` entries (by default, all committed)."""
         with self._reading() as conn:
             current = self._stored_size(conn)
             size = current if size is None else size
@@ -422,6 +408,7 @@ class MerkleLog:
             return self._root_at(conn, size)
 
     def entries(self, start: int, end: int) -> list[bytes]:
+        """The entries in [start, end)."""
         return [r.entry for r in self.records(start, end)]
 
     def records(self, start: int, end: int) -> list[LogRecord]:
@@ -449,6 +436,7 @@ class MerkleLog:
         return [LogRecord(r.idx, bytes(r.entry), r.kind, _as_utc(r.created_at)) for r in rows]
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Proof that entry `index` is in the tree of `size` entries."""
         with self._reading() as conn:
             self._check_size(size, self._stored_size(conn))
             if not 0 <= index < size:
@@ -526,6 +514,32 @@ class MerkleLog:
         keys = perfect_subtrees(0, size)
         nodes = _fetch_nodes(conn, keys)
         return fold_subtrees([nodes[k] for k in keys])
+
+
+def _rows(
+    frontier: CompactRange, batch: list[_Request], now: datetime
+) -> tuple[list[int], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Append the batch's leaves to `frontier`; return each request's first index, the entry
+    rows and the tree node rows they complete."""
+    firsts: list[int] = []
+    entry_rows: list[dict[str, Any]] = []
+    node_rows: list[dict[str, Any]] = []
+    for request in batch:
+        firsts.append(frontier.size)
+        for entry in request.entries:
+            lh = leaf_hash(entry)
+            entry_rows.append(
+                {
+                    "idx": frontier.size,
+                    "entry": entry,
+                    "leaf_hash": lh,
+                    "kind": request.kind,
+                    "created_at": now,
+                }
+            )
+            for level, index, h in frontier.append(lh):
+                node_rows.append({"level": level, "idx": index, "hash": h})
+    return firsts, entry_rows, node_rows
 
 
 def _fetch_nodes(conn: Connection, keys: Iterable[NodeKey]) -> dict[NodeKey, bytes]:

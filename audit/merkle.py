@@ -29,10 +29,12 @@ class ProofError(VerificationError):
 
 
 def leaf_hash(entry: bytes) -> bytes:
+    """SHA-256(0x00 || entry), the RFC 6962 leaf hash."""
     return hashlib.sha256(b"\x00" + entry).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
+    """SHA-256(0x01 || left || right), the RFC 6962 interior node hash."""
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
@@ -100,6 +102,7 @@ class CompactRange:
         self.hashes = list(hashes)
 
     def copy(self) -> CompactRange:
+        """An independent copy."""
         return CompactRange(self.size, self.hashes)
 
     def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
@@ -118,6 +121,7 @@ class CompactRange:
         return created
 
     def root(self) -> bytes:
+        """The root of the tree this range covers."""
         return fold_subtrees(self.hashes)
 
 
@@ -167,10 +171,12 @@ def consistency_proof_ranges(size1: int, size2: int) -> list[tuple[int, int]]:
 
 
 def inclusion_proof(index: int, size: int, subtree_hash: SubtreeHash) -> list[bytes]:
+    """The inclusion proof of `index` in the tree of `size` leaves."""
     return [subtree_hash(s, e) for s, e in inclusion_proof_ranges(index, size)]
 
 
 def consistency_proof(size1: int, size2: int, subtree_hash: SubtreeHash) -> list[bytes]:
+    """The proof that the tree of `size2` leaves extends that of `size1`."""
     if size1 == size2:
         return []
     return [subtree_hash(s, e) for s, e in consistency_proof_ranges(size1, size2)]

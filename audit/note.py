@@ -3,6 +3,8 @@
 A note is a text ending in a newline, a blank line, then one signature line per key:
 ``— <key name> base64(key ID || Ed25519 signature)``. A checkpoint is a note whose text is
 ``<origin>\\n<tree size>\\n<base64 root>\\n`` followed by optional extension lines.
+
+Pure: text and keys in, text or NoteError out; no I/O.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class NoteVerifier:
 
     @classmethod
     def for_key(cls, name: str, public: PublicKey) -> NoteVerifier:
+        """The verifier of `public`'s signatures under key name `name`."""
         check_key_name(name)
         return cls(name, note_key_id(name, public.raw), public)
 
@@ -61,10 +64,12 @@ def note_key_id(name: str, public_raw: bytes) -> bytes:
 
 
 def verifier_key(name: str, public: PublicKey) -> str:
+    """The vkey text of `public` under `name`."""
     return NoteVerifier.for_key(name, public).vkey
 
 
 def check_key_name(name: str) -> None:
+    """Refuse a key name the signed-note format cannot carry."""
     if not name:
         raise NoteError("key name is empty")
     if any(c.isspace() or c == "+" or ord(c) < 0x20 for c in name):
@@ -185,6 +190,7 @@ def unverified_body(note_text: str) -> str:
 
 
 def parse_signature_line(line: str, number: int) -> tuple[str, bytes]:
+    """The key name and signature blob of signature line `number`."""
     if not line.startswith(SIG_PREFIX):
         raise NoteError(f"signature line {number} does not start with an em dash and a space")
     fields = line[len(SIG_PREFIX) :].split(" ")

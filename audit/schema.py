@@ -1,6 +1,7 @@
 """Tables of the append-only Merkle log, on `metadata` so Alembic migrations can include them.
 
 One database holds one log. Rows are only ever inserted, never updated or deleted.
+Declarations only: this module opens no connection.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The trust bundle versions a node or broker has installed, kept as signed, for later exports."""
+"""The trust bundle versions a node or broker has installed, kept as signed, for later exports.
+
+I/O boundary: reads and writes the party's database through the engine it is given.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def record(engine: Engine, bundle: TrustBundle, envelope: dsse.Envelope) -> None
 
 
 def envelopes(engine: Engine) -> list[bytes]:
+    """Every recorded version's envelope, as signed, oldest first."""
     with engine.connect() as conn:
         rows = conn.execute(select(trust_bundles.c.envelope).order_by(trust_bundles.c.version))
         return [bytes(r[0]) for r in rows]

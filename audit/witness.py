@@ -1,5 +1,8 @@
 """A city's witness of brokers' logs (the C2SP witness role, over gRPC).
 
+I/O boundary: it reads and writes the city's database (what it last cosigned) and appends to the
+city's log; the extension rule itself is `_check_extends`, over values.
+
 It cosigns a broker checkpoint only if the checkpoint is signed by that broker and extends, by a
 valid consistency proof, the largest checkpoint it cosigned before; it then remembers the new one.
 
@@ -34,10 +37,13 @@ COSIGNATURE, LOG_KIND = Statement.COSIGNATURE, LogKind.WITNESS
 
 
 def broker_origin(broker: str) -> str:
+    """The origin line of `broker`'s log checkpoints."""
     return f"citybroker/broker/{broker}"
 
 
 class Witness:
+    """A city's witness: cosigns brokers' checkpoints that extend what it cosigned before."""
+
     def __init__(
         self, engine: Engine, city: str, signer: Signer, trust: TrustStore, log: MerkleLog
     ) -> None:
@@ -76,38 +82,9 @@ class Witness:
                     reason="WITNESS_OLD_SIZE_MISMATCH",
                     known_size=str(known_size),
                 )
-            if size < known_size:
-                raise FailedPrecondition(
-                    "checkpoint is older than one already cosigned",
-                    reason="CHECKPOINT_STALE",
-                    known_size=str(known_size),
-                )
-            if known_size == 0:
-                if proof:
-                    raise FailedPrecondition(
-                        "no proof is needed from the empty tree", reason="PROOF_INVALID"
-                    )
-            elif size == known_size:
-                if root != known_root:
-                    raise PermissionDenied(
-                        f"{origin} signed two trees of size {size}", reason="LOG_FORK"
-                    )
-            else:
-                verify_consistency(known_size, size, proof, known_root, root)
+            _check_extends(origin, (known_size, known_root), (size, root), proof)
             line = cosign(body, self.name, self._signer, int(time.time()))
-            statement = dsse.sign(
-                COSIGNATURE,
-                {
-                    "city": self.city,
-                    "at": timefmt.fmt(timefmt.now()),
-                    "broker": broker,
-                    "origin": origin,
-                    "tree_size": size,
-                    "root": base64.b64encode(root).decode(),
-                    "cosignature": line,
-                },
-                self._signer,
-            )
+            statement = self._statement(broker, origin, size, root, line)
 
             def remember(conn: Connection, _: int) -> None:
                 values = {"tree_size": size, "root": root, "updated_at": datetime.now(UTC)}
@@ -123,3 +100,44 @@ class Witness:
             # Serialised by the lock, so what was read above still stands when this commits.
             self._log.append_many([statement.to_json()], LOG_KIND, side_write=remember)
         return line
+
+    def _statement(
+        self, broker: str, origin: str, size: int, root: bytes, line: str
+    ) -> dsse.Envelope:
+        """The signed record, for the city's own log, that it cosigned this checkpoint."""
+        return dsse.sign(
+            COSIGNATURE,
+            {
+                "city": self.city,
+                "at": timefmt.fmt(timefmt.now()),
+                "broker": broker,
+                "origin": origin,
+                "tree_size": size,
+                "root": base64.b64encode(root).decode(),
+                "cosignature": line,
+            },
+            self._signer,
+        )
+
+
+def _check_extends(
+    origin: str, known: tuple[int, bytes], new: tuple[int, bytes], proof: list[bytes]
+) -> None:
+    """The new checkpoint must extend the last one cosigned: never older, never a fork."""
+    (known_size, known_root), (size, root) = known, new
+    if size < known_size:
+        raise FailedPrecondition(
+            "checkpoint is older than one already cosigned",
+            reason="CHECKPOINT_STALE",
+            known_size=str(known_size),
+        )
+    if known_size == 0:
+        if proof:
+            raise FailedPrecondition(
+                "no proof is needed from the empty tree", reason="PROOF_INVALID"
+            )
+    elif size == known_size:
+        if root != known_root:
+            raise PermissionDenied(f"{origin} signed two trees of size {size}", reason="LOG_FORK")
+    else:
+        verify_consistency(known_size, size, proof, known_root, root)

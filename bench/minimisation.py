@@ -453,7 +453,7 @@ class RawSql:
         )
         ds = config.catalogue.datasets[QUERY.dataset]
         self.stmt = aggregate.compile_query(
-            QUERY, ds, recipients, timefmt.now(), self.engine.dialect.name
+            aggregate.Scan(QUERY, ds, recipients, timefmt.now()), self.engine.dialect.name
         )
         self.sql = str(self.stmt.compile(dialect=self.engine.dialect))
         self.conn = self.engine.connect()
@@ -508,6 +508,7 @@ def measure_stages(
     node = storage.create_engine(config.database)
     data = node if not pushed else storage.create_engine(config.data, True, config.duckdb)
     recorder = ExchangeRecorder(node, data)
+    compiler = aggregate.QueryCompiler()
     times: dict[str, list[float]] = {}
 
     def timing(stage: str, t0: float) -> None:
@@ -524,7 +525,9 @@ def measure_stages(
                 sync(conn, "consent_sync_full")
                 # Untimed, as the node's warm-up query: DuckDB then knows the query's cell count
                 # and computes the contributors in the aggregate's own scan (node.aggregate.run).
-                aggregate.run(conn, QUERY, ds, recipients, timefmt.now(), K, pushed=True)
+                compiler.run(
+                    conn, aggregate.Scan(QUERY, ds, recipients, timefmt.now(), pushed=True), K
+                )
             for _ in range(runs):
                 at = timefmt.now()
                 bitmap = None
@@ -533,12 +536,14 @@ def measure_stages(
                     _withdraw(node, WITHDRAWALS, at)
                     sync(conn, f"consent_sync_{WITHDRAWALS}_withdrawals")
                     t0 = time.perf_counter()
-                    answer = aggregate.run(conn, QUERY, ds, recipients, at, K, pushed=True)
+                    answer = compiler.run(
+                        conn, aggregate.Scan(QUERY, ds, recipients, at, pushed=True), K
+                    )
                     timing("aggregate_on_mirror", t0)
                     # Contributors from the aggregate's scan (DuckDB): the record only writes.
                     bitmap = answer.contributor_bitmap
-                contributors = aggregate.contributors_statement(
-                    QUERY, ds, recipients, at, conn.dialect.name, [], pushed
+                contributors = compiler.contributors_statement(
+                    aggregate.Scan(QUERY, ds, recipients, at, pushed=pushed), conn.dialect.name, []
                 )
                 assert contributors is not None
                 stmt, params = contributors if bitmap is None else (None, None)
@@ -601,11 +606,13 @@ class Partner:
         token = tokens.issue(f.partner_signer, f.partner_id, f.broker_id, 120)
         env = statements.sign_request(
             statements.QUERY,
-            str(uuid.uuid4()),
-            f.broker_id,
-            f.partner_id,
-            token,
-            QUERY,
+            statements.UnsignedRequest(
+                str(uuid.uuid4()),
+                f.broker_id,
+                f.partner_id,
+                token,
+                QUERY,
+            ),
             f.broker_signer,
         )
         return node_pb2.RunQueryRequest(signed_query=envelope_to_pb(env))

@@ -89,7 +89,7 @@ def worker(bundle: Path, authority_b64: str, trace: bool, workers: int | None) -
     import inspect
     import tracemalloc
 
-    from audit import verifier
+    from audit.parallel import default_workers
     from audit.verifier import verify_bundle
     from keys.ed25519 import PublicKey
 
@@ -111,7 +111,7 @@ def worker(bundle: Path, authority_b64: str, trace: bool, workers: int | None) -
     elif workers is not None:
         processes = workers
     else:
-        processes = verifier._default_workers(summary.size)
+        processes = default_workers(summary.size)
     traced_peak = tracemalloc.get_traced_memory()[1] if trace else None
     if trace:
         tracemalloc.stop()

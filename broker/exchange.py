@@ -11,33 +11,33 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from audit.log import MerkleLog
 from broker import merge
-from citybroker.node.v1 import node_pb2
+from broker.gateway import CityGateway, CityReply, SignedResult
+from broker.outcomes import (
+    ANSWERED,
+    FAILED,
+    REFUSED,
+    TIMED_OUT,
+    UNVERIFIED,
+    CityOffer,
+    CityOutcome,
+    CityPlan,
+    Exchange,
+    FederationPlan,
+)
 from domain import agreement as agreement_doc
+from domain import receipt as receipt_doc
 from domain import statements
-from domain.agreement import Agreement
-from domain.errors import InvalidArgument, VerificationError
+from domain.errors import InvalidArgument, RemoteError, VerificationError
 from domain.kinds import LogKind
-from domain.plan import QueryPlan, negotiate
+from domain.plan import negotiate
 from domain.query import Query
-from edge.city_gateway import CityChannels, fan_out
-from edge.wire import envelope_from_pb, envelope_to_pb, plan_from_pb
-from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from keys.tokens import VerifiedToken
-from keys.trust import Role, TrustStore
+from keys.trust import Role, TrustBundle, TrustStore
 
-ANSWERED, REFUSED, FAILED, TIMED_OUT, UNVERIFIED = (
-    "answered",
-    "refused",
-    "failed",
-    "timed_out",
-    "unverified",
-)
 # Of the partner's remaining deadline, this share (at most REPLY_RESERVE_MAX_S) is kept for the
 # broker's own work after the cities answer.
 REPLY_RESERVE_SHARE = 0.25
@@ -50,44 +50,6 @@ _REFUSAL_CODES = {
     "FAILED_PRECONDITION",
     "NOT_FOUND",
 }
-
-
-@dataclass
-class CityOutcome:
-    city: str
-    status: str
-    code: str = "OK"
-    reason: str = ""
-    message: str = ""
-    signed_result: dsse.Envelope | None = None
-    log_index: int = 0
-    verified_result: dict[str, Any] | None = None
-
-
-@dataclass
-class Exchange:
-    request_id: str
-    cells: list[merge.MergedCell]
-    outcomes: list[CityOutcome]
-    signed_query: dsse.Envelope
-    receipt: dsse.Envelope
-    negotiation: list[str] = field(default_factory=list)
-
-
-@dataclass
-class CityPlan:
-    city: str
-    outcome: CityOutcome
-    plan: QueryPlan | None
-
-
-@dataclass
-class CityOffer:
-    city: str
-    name: str
-    jurisdiction: str
-    outcome: CityOutcome
-    agreements: list[tuple[Agreement, dsse.Envelope]] = field(default_factory=list)
 
 
 _ID_LOCK = threading.Lock()
@@ -110,7 +72,7 @@ def new_request_id() -> str:
     return str(uuid.UUID(int=value | secrets.randbits(62)))
 
 
-def _failure(city: str, error: Any) -> CityOutcome:
+def _failure(city: str, error: RemoteError) -> CityOutcome:
     if error.code == "DEADLINE_EXCEEDED":
         status = TIMED_OUT
     elif error.code in _REFUSAL_CODES:
@@ -120,22 +82,50 @@ def _failure(city: str, error: Any) -> CityOutcome:
     return CityOutcome(city, status, error.code, error.reason, error.message)
 
 
+def _verified_outcome(
+    reply: CityReply[SignedResult], request_id: str, query_digest: str, bundle: TrustBundle
+) -> CityOutcome:
+    """A city's outcome: its error, or its signed result if that verifies and answers this query."""
+    if reply.error is not None or reply.value is None:
+        return _failure(reply.city, reply.error or RemoteError("UNKNOWN", "", "no reply"))
+    env = reply.value.envelope
+    try:
+        result = statements.verify_result(env, bundle)
+        if (result["city"], result["request_id"], result["query_digest"]) != (
+            reply.city,
+            request_id,
+            query_digest,
+        ):
+            raise VerificationError("result does not answer this query", reason="RESULT_MISMATCH")
+    except VerificationError as e:
+        return CityOutcome(reply.city, UNVERIFIED, "DATA_LOSS", e.reason, e.message)
+    return CityOutcome(
+        reply.city,
+        ANSWERED,
+        signed_result=env,
+        log_index=reply.value.log_index,
+        verified_result=result,
+    )
+
+
 class Broker:
+    """Plans, runs and describes federated exchanges; cities are reached through `gateway`."""
+
     def __init__(
         self,
         broker_id: str,
         signer: Signer,
         trust: TrustStore,
-        channels: CityChannels,
+        gateway: CityGateway,
         log: MerkleLog,
         city_timeout_s: float = 5.0,
         after_log: Callable[[], None] = lambda: None,
     ) -> None:
-        self.id, self._signer, self._trust, self._channels, self._log = (
+        self.id, self._signer, self._trust, self._gateway, self._log = (
             broker_id,
             signer,
             trust,
-            channels,
+            gateway,
             log,
         )
         self._timeout = city_timeout_s
@@ -164,33 +154,25 @@ class Broker:
             targets[c] = party.endpoint
         return targets
 
-    def plan(
-        self, caller: VerifiedToken, query: Query, deadline_s: float | None
-    ) -> tuple[Query, list[str], list[CityPlan]]:
+    def plan(self, caller: VerifiedToken, query: Query, deadline_s: float | None) -> FederationPlan:
         """Ask every city for its dry-run plan; negotiate the finest shape they all allow."""
         targets = self._targets(query.cities)
         signed = statements.sign_request(
             statements.PLAN,
-            str(uuid.uuid4()),
-            self.id,
-            caller.issuer,
-            caller.raw,
-            query,
+            statements.UnsignedRequest(
+                str(uuid.uuid4()), self.id, caller.issuer, caller.raw, query
+            ),
             self._signer,
         )
-        request = node_pb2.PlanQueryRequest(signed_request=envelope_to_pb(signed))
-        timeout = self._city_timeout(deadline_s)
-        replies = fan_out(
-            targets, lambda stub: stub.PlanQuery.future(request, timeout=timeout), self._channels
-        )
+        replies = self._gateway.plan_query(targets, signed, self._city_timeout(deadline_s))
         cities = [
             CityPlan(r.city, _failure(r.city, r.error), None)
             if r.error is not None
-            else CityPlan(r.city, CityOutcome(r.city, ANSWERED), plan_from_pb(r.response.plan))
+            else CityPlan(r.city, CityOutcome(r.city, ANSWERED), r.value)
             for r in replies
         ]
         negotiated, notes = negotiate(query, {c.city: c.plan for c in cities if c.plan})
-        return negotiated, notes, cities
+        return FederationPlan(negotiated, notes, cities)
 
     def query(
         self,
@@ -199,116 +181,61 @@ class Broker:
         deadline_s: float | None,
         negotiate_shape: bool = False,
     ) -> Exchange:
+        """Ask the cities (after negotiating the shape, if asked), verify and merge their results,
+        and log the signed query with a signed receipt of every city's outcome before returning."""
         asked, notes = query, list[str]()
         if negotiate_shape:
-            query, notes, _ = self.plan(caller, query, deadline_s)
+            planned = self.plan(caller, query, deadline_s)
+            query, notes = planned.negotiated, planned.notes
         targets = self._targets(query.cities)
         request_id = new_request_id()
         signed = statements.sign_request(
             statements.QUERY,
-            request_id,
-            self.id,
-            caller.issuer,
-            caller.raw,
-            query,
+            statements.UnsignedRequest(
+                request_id,
+                self.id,
+                caller.issuer,
+                caller.raw,
+                query,
+                asked=asked,
+                negotiation=tuple(notes),
+            ),
             self._signer,
-            asked=asked,
-            negotiation=notes,
         )
-        request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(signed))
-        timeout = self._city_timeout(deadline_s)
-        replies = fan_out(
-            targets, lambda stub: stub.RunQuery.future(request, timeout=timeout), self._channels
-        )
+        replies = self._gateway.run_query(targets, signed, self._city_timeout(deadline_s))
         query_digest = statements.digest(signed.payload)
         bundle = self._trust.current
-        outcomes = []
-        for r in replies:
-            if r.error is not None:
-                outcomes.append(_failure(r.city, r.error))
-                continue
-            env = envelope_from_pb(r.response.signed_result)
-            try:
-                result = statements.verify_result(env, bundle)
-                if (result["city"], result["request_id"], result["query_digest"]) != (
-                    r.city,
-                    request_id,
-                    query_digest,
-                ):
-                    raise VerificationError(
-                        "result does not answer this query", reason="RESULT_MISMATCH"
-                    )
-            except VerificationError as e:
-                outcomes.append(CityOutcome(r.city, UNVERIFIED, "DATA_LOSS", e.reason, e.message))
-                continue
-            outcomes.append(
-                CityOutcome(
-                    r.city,
-                    ANSWERED,
-                    signed_result=env,
-                    log_index=r.response.log_index,
-                    verified_result=result,
-                )
-            )
-
-        def jurisdiction(party_id: str) -> str:
-            party = bundle.party(party_id)
-            return party.jurisdiction if party else ""
-
+        outcomes = [_verified_outcome(r, request_id, query_digest, bundle) for r in replies]
         cells = merge.merge((o.city, o.verified_result) for o in outcomes if o.verified_result)
-        receipt = dsse.sign(
-            statements.RECEIPT,
-            {
-                "request_id": request_id,
-                "query_digest": query_digest,
-                "broker": self.id,
-                "partner": caller.issuer,
-                "purpose": query.purpose,
-                "dataset": query.dataset,
-                "cities": [
-                    {
-                        "city": o.city,
-                        "status": o.status,
-                        "code": o.code,
-                        "reason": o.reason,
-                        "result_digest": statements.digest(o.signed_result.payload)
-                        if o.signed_result
-                        else None,
-                        "node_log_index": o.log_index if o.signed_result else None,
-                        "jurisdiction": jurisdiction(o.city),
-                    }
-                    for o in outcomes
-                ],
-                "partner_jurisdiction": jurisdiction(caller.issuer),
-                "answer_digest": statements.digest(dsse.canonical(merge.to_payload(cells))),
-                "negotiation": notes,
-                "issued_at": timefmt.fmt(timefmt.now()),
-            },
-            self._signer,
+        receipt = receipt_doc.Receipt(
+            request_id,
+            query_digest,
+            self.id,
+            caller.issuer,
+            _jurisdiction(bundle, caller.issuer),
+            query.purpose,
+            query.dataset,
+            tuple(_receipt_entry(o, bundle) for o in outcomes),
+            receipt_doc.answer_digest(merge.to_payload(cells)),
+            tuple(notes),
         )
+        signed_receipt = receipt_doc.sign(receipt, self._signer)
         # One batch: the query as sent and the receipt of what came back, durable before replying.
-        self._log.append_many([signed.to_json(), receipt.to_json()], kind=LogKind.EXCHANGE)
+        self._log.append_many([signed.to_json(), signed_receipt.to_json()], kind=LogKind.EXCHANGE)
         self._after_log()
-        return Exchange(request_id, cells, outcomes, signed, receipt, notes)
+        return Exchange(request_id, cells, outcomes, signed, signed_receipt, notes)
 
     def describe(self, caller: VerifiedToken, deadline_s: float | None) -> list[CityOffer]:
+        """Each city's agreements with the caller that verify, or what went wrong with that city."""
         bundle = self._trust.current
         cities = bundle.by_role(Role.CITY)
         signed = statements.sign_request(
             statements.DESCRIBE,
-            str(uuid.uuid4()),
-            self.id,
-            caller.issuer,
-            caller.raw,
-            None,
+            statements.UnsignedRequest(str(uuid.uuid4()), self.id, caller.issuer, caller.raw, None),
             self._signer,
         )
-        request = node_pb2.DescribeOfferRequest(signed_request=envelope_to_pb(signed))
-        timeout = self._city_timeout(deadline_s)
-        replies = fan_out(
-            {c.id: c.endpoint for c in cities},
-            lambda stub: stub.DescribeOffer.future(request, timeout=timeout),
-            self._channels,
+        replies = self._gateway.describe_offer(
+            {c.id: c.endpoint for c in cities}, signed, self._city_timeout(deadline_s)
         )
         offers = []
         for city, r in zip(cities, replies, strict=True):
@@ -318,8 +245,7 @@ class Broker:
                 )
                 continue
             offer = CityOffer(city.id, city.name, city.jurisdiction, CityOutcome(city.id, ANSWERED))
-            for pb in r.response.agreements:
-                env = envelope_from_pb(pb)
+            for env in r.value or []:
                 try:
                     a = agreement_doc.verify(env, bundle)
                 except VerificationError as e:
@@ -331,3 +257,21 @@ class Broker:
                     offer.agreements.append((a, env))
             offers.append(offer)
         return offers
+
+
+def _jurisdiction(bundle: TrustBundle, party_id: str) -> str:
+    party = bundle.party(party_id)
+    return party.jurisdiction if party else ""
+
+
+def _receipt_entry(o: CityOutcome, bundle: TrustBundle) -> receipt_doc.CityEntry:
+    signed = o.signed_result
+    return receipt_doc.CityEntry(
+        o.city,
+        o.status,
+        o.code,
+        o.reason,
+        statements.digest(signed.payload) if signed else None,
+        o.log_index if signed else None,
+        _jurisdiction(bundle, o.city),
+    )

@@ -11,37 +11,41 @@ from __future__ import annotations
 import logging
 import threading
 
-import grpc
 from sqlalchemy import Engine, func, insert, select
 
 from audit.log import MerkleLog
 from audit.note import parse_checkpoint, unverified_body
 from audit.schema import log_cosignatures
-from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
-from edge.city_gateway import CityChannels
-from edge.status import remote_error
+from broker.gateway import CityGateway
+from domain.errors import CallFailed
 from keys.trust import Role, TrustStore
 
 log = logging.getLogger("citybroker.witnessing")
 
 
 class WitnessCollector:
+    """Offers the broker log's checkpoints to every city, through `gateway`, and stores the
+    cosignatures; runs in a background thread between start() and stop()."""
+
     def __init__(
         self,
         engine: Engine,
         broker_log: MerkleLog,
         trust: TrustStore,
-        channels: CityChannels,
+        gateway: CityGateway,
         interval_s: float,
         timeout_s: float = 5.0,
     ) -> None:
-        self._engine, self._log, self._trust, self._channels = engine, broker_log, trust, channels
+        self._engine, self._log, self._trust, self._gateway = engine, broker_log, trust, gateway
         self._interval, self._timeout = interval_s, timeout_s
         self._stop = threading.Event()
+        # Rounds from the thread and from direct calls must not both store one cosignature.
+        self._one_round = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start collecting in a background thread."""
         self._thread = threading.Thread(target=self._run, name="witnessing", daemon=True)
         self._thread.start()
 
@@ -82,6 +86,10 @@ class WitnessCollector:
 
     def collect_once(self) -> int:
         """Offer the latest checkpoint to every city once; returns how many cosigned it."""
+        with self._one_round:
+            return self._collect()
+
+    def _collect(self) -> int:
         note = self._log.checkpoint()
         _, size, _ = parse_checkpoint(unverified_body(note))
         cosigned = 0
@@ -89,17 +97,14 @@ class WitnessCollector:
             old = self._last_cosigned(city.id)
             if size == 0 or old == size:
                 continue
-            stub = audit_pb2_grpc.WitnessServiceStub(self._channels.channel(city.endpoint))
             for _ in range(2):  # a second try from the size the witness says it knows
-                request = audit_pb2.AddCheckpointRequest(
-                    old_size=old,
-                    checkpoint=note,
-                    proof=self._log.consistency_proof(old, size) if old else [],
-                )
+                proof = self._log.consistency_proof(old, size) if old else []
                 try:
-                    line = stub.AddCheckpoint(request, timeout=self._timeout).cosignature
-                except grpc.RpcError as e:
-                    err = remote_error(e)
+                    line = self._gateway.add_checkpoint(
+                        city.endpoint, old, note, proof, self._timeout
+                    )
+                except CallFailed as e:
+                    err = e.error
                     if err.reason == "WITNESS_OLD_SIZE_MISMATCH" and "known_size" in err.metadata:
                         old = int(err.metadata["known_size"])
                         continue

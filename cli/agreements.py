@@ -4,23 +4,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import grpc
 import typer
 from rich.table import Table
 
 from cli.output import console, fail
 from domain import agreement as agreement_doc
 from domain.agreement import Agreement, Appearance, DpTerms, FieldTerms
-from domain.errors import CitybrokerError
+from domain.errors import CallFailed, CitybrokerError
 from domain.odrl import to_odrl
-from edge.status import remote_error
-from edge.wire import envelope_from_pb, envelope_to_pb
+from edge.operator_client import OperatorClient
 from infra.config import Section, load_toml
 from keys import dsse, timefmt
+from keys.ed25519 import Signer
 
 node_agreement_app = typer.Typer(
     help="Administer this city's agreements through its node.", no_args_is_help=True
@@ -39,20 +40,19 @@ OperatorOpt = Annotated[
 ]
 
 
-def _operator(path: Path) -> Any:
-    from edge.operator_client import OperatorClient
-
-    section = Section(load_toml(path), path)
-    return OperatorClient(
+@contextmanager
+def _node(operator: Path) -> Iterator[OperatorClient]:
+    """The operator's client of its node, closed afterwards; a call the node refuses ends the
+    command with one line of error and exit status 1."""
+    section = Section(load_toml(operator), operator)
+    client = OperatorClient(
         section.str("node"), section.path_("ca_cert"), section.path_("cert"), section.path_("key")
     )
-
-
-def _call(fn: Any, *args: Any) -> Any:
     try:
-        return fn(*args, timeout=15)
-    except grpc.RpcError as e:
-        r = remote_error(e)
+        with client:
+            yield client
+    except CallFailed as e:
+        r = e.error
         raise fail(f"the node refused: {r.code} {r.reason}: {r.message}", 1) from None
 
 
@@ -61,6 +61,14 @@ def _read_envelope(path: Path) -> dsse.Envelope:
         return dsse.Envelope.from_json(path.read_bytes())
     except OSError as e:
         raise fail(f"cannot read {path}: {e.strerror}") from None
+    except CitybrokerError as e:
+        raise fail(f"{path}: {e.message}") from None
+
+
+def _unverified_terms(path: Path, env: dsse.Envelope) -> Agreement:
+    # Offline the signatures cannot be checked; the user reads the terms before signing anything.
+    try:
+        return agreement_doc.unverified_terms(env)
     except CitybrokerError as e:
         raise fail(f"{path}: {e.message}") from None
 
@@ -214,14 +222,9 @@ def propose(
         legal_instruments=frozenset(instrument or []),
         dp=dp,
     )
-    from citybroker.node.v1 import node_pb2
-
-    op = _operator(operator)
-    response = _call(
-        op.agreements.ProposeAgreement,
-        node_pb2.ProposeAgreementRequest(terms_json=json.dumps(terms.to_payload())),
-    )
-    _write(out, envelope_from_pb(response.agreement).to_json())
+    with _node(operator) as node:
+        proposal = node.propose_agreement(terms)
+    _write(out, proposal.to_json())
     console.print(_summary(terms, "proposed"))
     other = consumer if Section(load_toml(operator), operator).str("city") == provider else provider
     console.print(f"signed proposal written to {out}; send it to {other} to countersign")
@@ -239,17 +242,11 @@ def countersign(
     ] = None,
 ) -> None:
     """Check the other party's signature, add this city's, and (as provider) put it in force."""
-    from citybroker.node.v1 import node_pb2
-
-    op = _operator(operator)
-    response = _call(
-        op.agreements.CountersignAgreement,
-        node_pb2.CountersignAgreementRequest(agreement=envelope_to_pb(_read_envelope(proposal))),
-    )
-    env = envelope_from_pb(response.agreement)
+    with _node(operator) as node:
+        signed = node.countersign_agreement(_read_envelope(proposal))
     target = out or proposal.with_suffix(".signed.json")
-    _write(target, env.to_json())
-    console.print(_summary(agreement_doc.unverified_terms(env), response.status))
+    _write(target, signed.envelope.to_json())
+    console.print(_summary(agreement_doc.unverified_terms(signed.envelope), signed.status))
     console.print(f"countersigned agreement written to {target}")
 
 
@@ -259,15 +256,9 @@ def activate(
     agreement: Annotated[Path, typer.Argument(help="An agreement signed by both parties.")],
 ) -> None:
     """Put in force an agreement both parties signed (e.g. this city's proposal, countersigned)."""
-    from citybroker.node.v1 import node_pb2
-
-    op = _operator(operator)
-    env = _read_envelope(agreement)
-    response = _call(
-        op.agreements.ActivateAgreement,
-        node_pb2.ActivateAgreementRequest(agreement=envelope_to_pb(env)),
-    )
-    console.print(f"agreement {response.agreement_id} v{response.version} is in force")
+    with _node(operator) as node:
+        agreement_id, version = node.activate_agreement(_read_envelope(agreement))
+    console.print(f"agreement {agreement_id} v{version} is in force")
 
 
 @node_agreement_app.command("revoke")
@@ -281,44 +272,30 @@ def revoke(
     ] = None,
 ) -> None:
     """End an agreement now: revoked by this city, or by the consumer's signed revocation."""
-    from citybroker.node.v1 import node_pb2
-
-    op = _operator(operator)
-    request = node_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason)
-    if revocation is not None:
-        request.revocation.CopyFrom(envelope_to_pb(_read_envelope(revocation)))
-    _call(op.agreements.RevokeAgreement, request)
+    with _node(operator) as node:
+        signed = _read_envelope(revocation) if revocation is not None else None
+        node.revoke_agreement(agreement_id, reason, signed)
     console.print(f"agreement {agreement_id} is revoked; queries under it are refused from now on")
 
 
 @node_agreement_app.command("list")
 def list_agreements(operator: OperatorOpt) -> None:
     """Every agreement of this city with its status."""
-    from citybroker.node.v1 import node_pb2
-
-    op = _operator(operator)
+    with _node(operator) as node:
+        held = node.list_agreements()
     table = Table(title="agreements")
     for col in ("agreement", "version", "status", "consumer", "purposes", "valid until"):
         table.add_column(col, overflow="fold")
-    token = ""
-    while True:
-        page = _call(
-            op.agreements.ListAgreements,
-            node_pb2.ListAgreementsRequest(page_size=100, page_token=token),
+    for item in held:
+        a = agreement_doc.unverified_terms(item.envelope)
+        table.add_row(
+            a.agreement_id,
+            str(a.version),
+            item.status,
+            a.consumer,
+            ", ".join(sorted(a.purposes)),
+            timefmt.fmt(a.valid_until),
         )
-        for item in page.agreements:
-            a = agreement_doc.unverified_terms(envelope_from_pb(item.agreement))
-            table.add_row(
-                a.agreement_id,
-                str(a.version),
-                item.status,
-                a.consumer,
-                ", ".join(sorted(a.purposes)),
-                timefmt.fmt(a.valid_until),
-            )
-        token = page.next_page_token
-        if not token:
-            break
     console.print(table)
 
 
@@ -329,22 +306,12 @@ def show(
     odrl: Annotated[bool, typer.Option(help="Print it as an ODRL policy (JSON-LD).")] = False,
 ) -> None:
     """Show an agreement's terms and status, or its ODRL policy."""
-    from citybroker.node.v1 import node_pb2
-
-    op = _operator(operator)
-    if odrl:
-        response = _call(
-            op.agreements.ExportAgreementOdrl,
-            node_pb2.ExportAgreementOdrlRequest(agreement_id=agreement_id),
-        )
-        print(response.odrl_json)
-        return
-    item = _call(
-        op.agreements.GetAgreement, node_pb2.GetAgreementRequest(agreement_id=agreement_id)
-    )
-    console.print(
-        _summary(agreement_doc.unverified_terms(envelope_from_pb(item.agreement)), item.status)
-    )
+    with _node(operator) as node:
+        if odrl:
+            print(node.agreement_odrl(agreement_id))
+            return
+        item = node.get_agreement(agreement_id)
+    console.print(_summary(agreement_doc.unverified_terms(item.envelope), item.status))
 
 
 @agreement_app.command("sign")
@@ -354,13 +321,8 @@ def sign_file(
     out: Annotated[Path, typer.Option(help="Where to write the countersigned agreement.")],
 ) -> None:
     """Countersign a proposal as its other party (a partner, or a city without node access)."""
-    from keys.ed25519 import Signer
-
     env = _read_envelope(proposal)
-    try:
-        terms = agreement_doc.unverified_terms(env)
-    except CitybrokerError as e:
-        raise fail(f"{proposal}: {e.message}") from None
+    terms = _unverified_terms(proposal, env)
     console.print(_summary(terms, "you are signing these terms"))
     _write(out, env.countersigned(Signer.load(key)).to_json())
     console.print(f"countersigned agreement written to {out}; return it to {terms.provider}")
@@ -375,12 +337,7 @@ def revoke_file(
     reason: Annotated[str, typer.Option(help="Why.")] = "",
 ) -> None:
     """Sign a revocation as a party; the providing city's node applies it at once."""
-    from keys.ed25519 import Signer
-
-    try:
-        terms = agreement_doc.unverified_terms(_read_envelope(agreement))
-    except CitybrokerError as e:
-        raise fail(f"{agreement}: {e.message}") from None
+    terms = _unverified_terms(agreement, _read_envelope(agreement))
     if party not in (terms.provider, terms.consumer):
         raise fail(f"{party} is not a party to agreement {terms.agreement_id}")
     revocation = agreement_doc.sign_revocation(terms, party, reason, Signer.load(key))
@@ -393,8 +350,5 @@ def odrl_file(
     agreement: Annotated[Path, typer.Argument(help="An agreement (DSSE JSON).")],
 ) -> None:
     """Print an agreement file as an ODRL policy (JSON-LD), for dataspace connectors."""
-    try:
-        terms = agreement_doc.unverified_terms(_read_envelope(agreement))
-    except CitybrokerError as e:
-        raise fail(f"{agreement}: {e.message}") from None
+    terms = _unverified_terms(agreement, _read_envelope(agreement))
     print(json.dumps(to_odrl(terms), indent=2))

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
@@ -26,9 +24,10 @@ from cli import sandbox
 from domain import agreement as agreement_doc
 from domain.errors import ConfigError
 from domain.query import Dimension, Measure, MeasureKind, Query
+from edge.health import wait_serving
 from edge.operator_client import OperatorClient, consent_record
 from edge.partner_client import Answer, PartnerClient
-from edge.rpc import client_credentials
+from edge.rpc import ChannelCredentials, client_credentials
 from infra import storage
 from node import synthetic
 
@@ -69,23 +68,9 @@ class Processes:
                 proc.wait()
 
 
-def wait_healthy(
-    address: str, creds: grpc.ChannelCredentials, procs: Processes, timeout_s: float = 60.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.secure_channel(address, creds) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            procs.check()
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise ConfigError(f"{address} did not become healthy in {timeout_s:.0f}s")
-            time.sleep(0.1)
+def wait_healthy(address: str, creds: ChannelCredentials, procs: Processes) -> None:
+    """Wait until the process at `address` serves; fail at once if any demo process has died."""
+    wait_serving(address, creds, procs.check)
 
 
 def _load_city_data(
@@ -191,6 +176,44 @@ def _outcomes_table(title: str, answer: Answer) -> Table:
     return t
 
 
+def _withdrawal_example(
+    client: PartnerClient,
+    fed: sandbox.LocalFederation,
+    operators: dict[str, OperatorClient],
+    consenting: dict[str, list[synthetic.Resident]],
+    console: Console,
+) -> int:
+    """Example 3: one city's trips by district, before and after residents withdraw consent.
+    Returns how many signatures were verified."""
+    city = next(iter(fed.cities))
+    district = fed.cities[city].plan.districts[0]
+    by_district = Query(
+        "mobility",
+        PURPOSE,
+        (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
+        group_by=(Dimension("district"),),
+        cities=(city,),
+    )
+    before = client.query(by_district)
+    # All but a handful withdraw, so the district falls under k and its cell is withheld.
+    withdrawing = [r for r in consenting[city] if r.district == district][:-6]
+    for r in withdrawing:
+        operators[city].withdraw(f"{r.resident_id}-c1")
+    after = client.query(by_district)
+    dims, measures = ["district"], ["count_records", "count_residents"]
+    console.print(_answer_table(f"3a. Trips by district in {city}, before", before, dims, measures))
+    console.print(
+        _answer_table(
+            f"3b. ... after {len(withdrawing)} residents of {district} withdrew consent "
+            "(one more district is withheld too, so the city total cannot reveal it)",
+            after,
+            dims,
+            measures,
+        )
+    )
+    return before.signatures_verified + after.signatures_verified
+
+
 def run_examples(
     fed: sandbox.LocalFederation,
     operators: dict[str, OperatorClient],
@@ -244,36 +267,7 @@ def run_examples(
             )
         )
 
-        city = next(iter(fed.cities))
-        district = fed.cities[city].plan.districts[0]
-        by_district = Query(
-            "mobility",
-            PURPOSE,
-            (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
-            group_by=(Dimension("district"),),
-            cities=(city,),
-        )
-        before = client.query(by_district)
-        verified += before.signatures_verified
-        # All but a handful withdraw, so the district falls under k and its cell is withheld.
-        withdrawing = [r for r in consenting[city] if r.district == district][:-6]
-        for r in withdrawing:
-            operators[city].withdraw(f"{r.resident_id}-c1")
-        after = client.query(by_district)
-        verified += after.signatures_verified
-        dims, measures = ["district"], ["count_records", "count_residents"]
-        console.print(
-            _answer_table(f"3a. Trips by district in {city}, before", before, dims, measures)
-        )
-        console.print(
-            _answer_table(
-                f"3b. ... after {len(withdrawing)} residents of {district} withdrew consent "
-                "(one more district is withheld too, so the city total cannot reveal it)",
-                after,
-                dims,
-                measures,
-            )
-        )
+        verified += _withdrawal_example(client, fed, operators, consenting, console)
 
         # Observational data from public space: no residents, so no consent filter; the
         # agreement and minimisation still apply (k counts camera-hours).

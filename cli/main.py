@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from broker.config import BrokerConfig
 from cli.agreements import agreement_app, node_agreement_app
 from cli.output import console, err, error, fail
 from domain.errors import CitybrokerError
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
+from infra.config import load_toml
+from keys import tokens
+from keys.ed25519 import Signer
+from keys.trust import load_authority_key
+
+if TYPE_CHECKING:
+    from broker.outcomes import FederationPlan
+    from edge.partner_client import Answer, PartnerClient
+    from node.consent_import import ImportReport, RowError
+
+# Commands that serve, import or export import the node's, the broker's and the audit tools' modules
+# inside themselves: those load SQLAlchemy, DuckDB and the servers, about 0.5 s that every
+# `citybroker --help` would otherwise pay.
 
 app = typer.Typer(
     help="citybroker: federated consent and data-sharing broker for cities.",
@@ -35,7 +55,9 @@ app.add_typer(audit_app, name="audit")
 _error, _fail = error, fail
 
 
-def _serve_until_signalled(start: Any, stop: Any, what: str) -> None:
+def _serve_until_signalled(
+    start: Callable[[], object], stop: Callable[[], object], what: str
+) -> None:
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -66,6 +88,66 @@ node_consent_app = typer.Typer(help="Residents' consent records.", no_args_is_he
 node_app.add_typer(node_consent_app, name="consent")
 
 
+class _ErrorReport:
+    """The per-row error report: a CSV file created at the first failed row, so a clean run
+    leaves none behind."""
+
+    def __init__(self, path: Path, columns: Iterable[str]) -> None:
+        self.path, self._columns = path, tuple(columns)
+        self._file: Any = None
+        self._write: Callable[[Iterable[object]], object] | None = None
+
+    def add(self, e: RowError) -> None:
+        """Write one failed row, creating the report first if this is the first."""
+        if self._write is None:
+            self._file = self.path.open("w", newline="", encoding="utf-8")
+            self._write = csv.writer(self._file).writerow
+            self._write(self._columns)
+        self._write([e.row, e.record_id, e.reason, e.message])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _with_progress(
+    file: Path, started: float, run: Callable[[Callable[[ImportReport], None]], ImportReport]
+) -> ImportReport:
+    """Run an import, showing bytes read, rows and rows/s on stderr while it goes."""
+    columns = (
+        TextColumn("importing {task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        total = file.stat().st_size if file.is_file() else None
+        task = bar.add_task(escape(file.name), total=total, rows=0, rate=0.0)
+
+        def progress(r: ImportReport) -> None:
+            rate = r.rows / max(time.monotonic() - started, 1e-6)
+            bar.update(task, completed=r.bytes_read, rows=r.rows, rate=rate)
+
+        return run(progress)
+
+
+def _print_import_summary(file: Path, result: ImportReport, seconds: float) -> None:
+    table = Table(title=escape(f"consent import of {file.name}"))
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{result.rows:,}")
+    table.add_row("applied", f"{result.applied:,}")
+    table.add_row("already applied (duplicates)", f"{result.duplicates:,}")
+    for reason, count in sorted(result.errors.items()):
+        table.add_row(f"[red]error {reason}[/]", f"{count:,}")
+    console.print(table)
+    rolled_back = f", {result.failed_batches} rolled back" if result.failed_batches else ""
+    console.print(
+        f"{result.rows:,} rows in {seconds:.1f} s ({result.rows / max(seconds, 1e-6):,.0f} rows/s), "
+        f"{result.batches} batches{rolled_back}"
+    )
+
+
 @node_consent_app.command("import")
 def node_consent_import(
     file: Annotated[Path, typer.Argument(help="Consent events: CSV with a header, or JSONL.")],
@@ -87,19 +169,11 @@ def node_consent_import(
     row never stops the good ones. Exit status: 0 all applied, 1 some rows failed (see the error
     report), 2 unusable input.
     """
-    import csv
-    import os
-    import time
-
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from node.consent_import import (
         ERROR_REPORT_COLUMNS,
         ImportFormat,
         ImportLimits,
-        ImportReport,
         InputError,
-        RowError,
         import_file,
         open_rows,
     )
@@ -108,64 +182,29 @@ def node_consent_import(
         fmt = ImportFormat(format_.lower()) if format_ else None
     except ValueError:
         raise _fail(f"--format must be csv or jsonl, not {format_!r}") from None
-    report_path = errors or file.with_name(file.name + ".errors.csv")
-    if not os.access(report_path.parent.resolve(), os.W_OK):
-        raise _fail(f"cannot write the error report in {report_path.parent}")
-    opened: list[Any] = []  # the report file and its writer, once there is an error
-
-    def on_error(e: RowError) -> None:
-        if not opened:
-            f = report_path.open("w", newline="", encoding="utf-8")
-            opened.extend([f, csv.writer(f)])
-            opened[1].writerow(ERROR_REPORT_COLUMNS)
-        opened[1].writerow([e.row, e.record_id, e.reason, e.message])
-
+    report = _ErrorReport(errors or file.with_name(file.name + ".errors.csv"), ERROR_REPORT_COLUMNS)
+    if not os.access(report.path.parent.resolve(), os.W_OK):
+        raise _fail(f"cannot write the error report in {report.path.parent}")
     try:
         open_rows(file, fmt).close()  # unusable input fails here, before any output
     except InputError as e:
         raise _fail(e.message) from None
     started = time.monotonic()
-    columns = (
-        TextColumn("importing {task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
-        TimeElapsedColumn(),
-    )
+    limits = ImportLimits(batch_size=batch_size)
     try:
-        with Progress(*columns, console=err, transient=True) as bar:
-            total = file.stat().st_size if file.is_file() else None
-            task = bar.add_task(escape(file.name), total=total, rows=0, rate=0.0)
-
-            def progress(r: ImportReport) -> None:
-                rate = r.rows / max(time.monotonic() - started, 1e-6)
-                bar.update(task, completed=r.bytes_read, rows=r.rows, rate=rate)
-
-            result = import_file(
-                config, file, fmt, ImportLimits(batch_size=batch_size), on_error, progress
-            )
+        result = _with_progress(
+            file,
+            started,
+            lambda progress: import_file(config, file, fmt, limits, report.add, progress),
+        )
     except InputError as e:
         raise _fail(e.message) from None
     finally:
-        if opened:
-            opened[0].close()
-    seconds = time.monotonic() - started
-    table = Table(title=escape(f"consent import of {file.name}"))
-    table.add_column("rows")
-    table.add_column("count", justify="right")
-    table.add_row("read", f"{result.rows:,}")
-    table.add_row("applied", f"{result.applied:,}")
-    table.add_row("already applied (duplicates)", f"{result.duplicates:,}")
-    for reason, count in sorted(result.errors.items()):
-        table.add_row(f"[red]error {reason}[/]", f"{count:,}")
-    console.print(table)
-    rolled_back = f", {result.failed_batches} rolled back" if result.failed_batches else ""
-    console.print(
-        f"{result.rows:,} rows in {seconds:.1f} s ({result.rows / max(seconds, 1e-6):,.0f} rows/s), "
-        f"{result.batches} batches{rolled_back}"
-    )
+        report.close()
+    _print_import_summary(file, result, time.monotonic() - started)
     if result.error_rows:
         console.print(
-            escape(f"{result.error_rows:,} rows not applied; error report: {report_path}"),
+            escape(f"{result.error_rows:,} rows not applied; error report: {report.path}"),
             soft_wrap=True,
         )
         raise typer.Exit(1)
@@ -174,7 +213,6 @@ def node_consent_import(
 @broker_app.command("serve")
 def broker_serve(config: Annotated[Path, typer.Option(help="Broker config file (TOML).")]) -> None:
     """Run a broker until SIGTERM/SIGINT."""
-    from broker.config import BrokerConfig
     from edge.broker_server import BrokerServer
 
     broker = BrokerServer(BrokerConfig.load(config))
@@ -219,9 +257,6 @@ def token(
     ] = 120,
 ) -> None:
     """Print a single-use partner token (EdDSA JWT) for `authorization: Bearer <token>`."""
-    from keys import tokens
-    from keys.ed25519 import Signer
-
     print(tokens.issue(Signer.load(key), issuer, audience, lifetime))
 
 
@@ -249,47 +284,60 @@ def _parse_filter(text: str) -> Filter:
     return Filter(field, FilterOp.IN if len(vals) > 1 else FilterOp.EQUALS, vals)
 
 
-def _client(
-    demo_json: Path | None,
-    broker: str | None,
-    broker_id: str | None,
-    partner: str | None,
-    key: Path | None,
-    ca: Path | None,
-    trust_bundle: Path | None,
-    authority_key: Path | None,
-) -> Any:
+@dataclass(frozen=True)
+class _Connection:
+    """The partner options of `query` and `describe`, as given (any may be missing)."""
+
+    demo_json: Path | None
+    broker: str | None
+    broker_id: str | None
+    partner: str | None
+    key: Path | None
+    ca: Path | None
+    trust_bundle: Path | None
+    authority_key: Path | None
+
+
+def _client(given: _Connection) -> PartnerClient:
+    """A partner client from the options, completed from --demo's demo.json where left out."""
     from edge.partner_client import PartnerClient
     from keys.ed25519 import Signer
 
-    if demo_json is not None:
+    c = given
+    if c.demo_json is not None:
         try:
-            info = json.loads(demo_json.read_text())
+            info = json.loads(c.demo_json.read_text())
         except (OSError, ValueError) as e:
-            raise _fail(f"cannot read {demo_json}: {e}") from None
-        broker, broker_id = broker or info["broker"]["address"], broker_id or info["broker"]["id"]
-        partner = partner or info["partner"]["id"]
-        key = key or Path(info["partner"]["private_key"])
-        ca, trust_bundle = ca or Path(info["ca_cert"]), trust_bundle or Path(info["trust_bundle"])
-        authority_key = authority_key or Path(info["authority_key"])
+            raise _fail(f"cannot read {c.demo_json}: {e}") from None
+        c = _Connection(
+            c.demo_json,
+            c.broker or info["broker"]["address"],
+            c.broker_id or info["broker"]["id"],
+            c.partner or info["partner"]["id"],
+            c.key or Path(info["partner"]["private_key"]),
+            c.ca or Path(info["ca_cert"]),
+            c.trust_bundle or Path(info["trust_bundle"]),
+            c.authority_key or Path(info["authority_key"]),
+        )
     missing = [
         n
         for n, v in (
-            ("--broker", broker),
-            ("--broker-id", broker_id),
-            ("--partner", partner),
-            ("--key", key),
-            ("--ca", ca),
-            ("--trust-bundle", trust_bundle),
-            ("--authority-key", authority_key),
+            ("--broker", c.broker),
+            ("--broker-id", c.broker_id),
+            ("--partner", c.partner),
+            ("--key", c.key),
+            ("--ca", c.ca),
+            ("--trust-bundle", c.trust_bundle),
+            ("--authority-key", c.authority_key),
         )
         if v is None
     ]
     if missing:
         raise _fail(f"missing {', '.join(missing)} (or give --demo DIR/demo.json)")
-    assert broker and broker_id and partner and key and ca and trust_bundle and authority_key
+    assert c.broker and c.broker_id and c.partner and c.key and c.ca
+    assert c.trust_bundle and c.authority_key
     return PartnerClient.connect(
-        broker, broker_id, partner, Signer.load(key), ca, trust_bundle, authority_key
+        c.broker, c.broker_id, c.partner, Signer.load(c.key), c.ca, c.trust_bundle, c.authority_key
     )
 
 
@@ -357,11 +405,12 @@ def query(
         tuple(_parse_filter(f) for f in filter_ or []),
         tuple(city or []),
     )
+    connection = _Connection(
+        demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
+    )
     try:
         q.validate()
-        with _client(
-            demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
-        ) as client:
+        with _client(connection) as client:
             if dry_run:
                 _print_plan(client.plan(q), as_json)
                 return
@@ -371,30 +420,38 @@ def query(
             f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
         ) from None
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "query_id": answer.query_id,
-                    "cells": [
-                        {
-                            "key": c.key,
-                            "values": c.values,
-                            "withheld": c.withheld,
-                            "contributing": c.contributing,
-                            "withholding": c.withholding,
-                        }
-                        for c in answer.cells
-                    ],
-                    "cities": [c.__dict__ for c in answer.cities],
-                    "signatures_verified": answer.signatures_verified,
-                },
-                indent=2,
-            )
+        _print_answer_json(answer)
+    else:
+        _print_answer(answer, q)
+
+
+def _print_answer_json(answer: Answer) -> None:
+    print(
+        json.dumps(
+            {
+                "query_id": answer.query_id,
+                "cells": [
+                    {
+                        "key": c.key,
+                        "values": c.values,
+                        "withheld": c.withheld,
+                        "contributing": c.contributing,
+                        "withholding": c.withholding,
+                    }
+                    for c in answer.cells
+                ],
+                "cities": [c.__dict__ for c in answer.cities],
+                "signatures_verified": answer.signatures_verified,
+            },
+            indent=2,
         )
-        return
+    )
+
+
+def _print_answer(answer: Answer, q: Query) -> None:
     names = [m.name for m in q.measures]
     dims = [d.field for d in q.group_by]
-    table = Table(title=f"{dataset} for {purpose}")
+    table = Table(title=f"{q.dataset} for {q.purpose}")
     for d in dims:
         table.add_column(d)
     for n in names:
@@ -408,28 +465,29 @@ def query(
             + (f" (withheld by {', '.join(c.withholding)})" if c.withholding else ""),
         )
     console.print(table)
-    for c in answer.cities:
-        if c.status != "answered":
-            line = escape(f"{c.city}: {c.status} {c.code} {c.reason} {c.message}")
+    for city in answer.cities:
+        if city.status != "answered":
+            line = escape(f"{city.city}: {city.status} {city.code} {city.reason} {city.message}")
             console.print(f"[yellow]{line}[/]")
     for note in answer.negotiation:
         console.print(f"negotiated: {escape(note)}")
     console.print(f"verified {answer.signatures_verified} signatures")
 
 
-def _print_plan(plan: Any, as_json: bool) -> None:
-    from google.protobuf import json_format
+def _print_plan(plan: FederationPlan, as_json: bool) -> None:
+    from domain.plan import QueryPlan
+    from edge.wire import federation_plan_json
 
     if as_json:
-        print(json_format.MessageToJson(plan))
+        print(federation_plan_json(plan))
         return
     table = Table(title="Plan (dry run)")
     for col in ("city", "would answer", "why not", "agreement", "k", "epsilon"):
         table.add_column(col, overflow="fold")
     for c in plan.cities:
-        p = c.plan
+        p = c.plan or QueryPlan(allowed=False)
         table.add_row(
-            c.city_id,
+            c.city,
             "yes" if p.allowed else "no",
             escape(f"{p.reason} {p.message}".strip() or c.outcome.reason),
             f"{p.agreement_id} v{p.agreement_version}" if p.agreement_id else "",
@@ -459,13 +517,14 @@ def describe(
 ) -> None:
     """Show what each city lets you ask under agreements in force (BrokerService.DescribeFederation)."""
     from domain.errors import CallFailed
-    from edge.partner_client import STATUS_NAMES
+    from keys import timefmt
 
+    connection = _Connection(
+        demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
+    )
     try:
-        with _client(
-            demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
-        ) as client:
-            response = client.describe_federation()
+        with _client(connection) as client:
+            offers = client.describe_federation()
     except CallFailed as e:
         raise _fail(
             f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
@@ -474,25 +533,25 @@ def describe(
     for col in ("city", "agreement", "purposes", "dataset", "fields", "k", "valid until"):
         # Fold, never cut: ids and purpose codes are what the partner copies into a query.
         table.add_column(col, overflow="fold")
-    for offer in response.cities:
-        if STATUS_NAMES.get(offer.outcome.status) != "answered":
-            table.add_row(offer.city_id, f"[yellow]{offer.outcome.code} {offer.outcome.reason}[/]")
-        for a in offer.agreements:
-            for ds in a.datasets:
+    for offer in offers:
+        if offer.outcome.status != "answered":
+            table.add_row(offer.city, f"[yellow]{offer.outcome.code} {offer.outcome.reason}[/]")
+        for a, _ in offer.agreements:
+            for dataset, terms in sorted(a.datasets.items()):
                 fields = ", ".join(
-                    f"{f.field} ({f.appearance}"
-                    + (f": {'/'.join(f.generalisations)}" if f.generalisations else "")
+                    f"{name} ({t.appearance.value}"
+                    + (f": {'/'.join(sorted(t.generalisations))}" if t.generalisations else "")
                     + ")"
-                    for f in ds.fields
+                    for name, t in sorted(terms.items())
                 )
                 table.add_row(
-                    offer.city_id,
+                    offer.city,
                     f"{a.agreement_id} v{a.version}",
-                    ", ".join(a.purposes),
-                    ds.dataset,
+                    ", ".join(sorted(a.purposes)),
+                    dataset,
                     fields,
                     str(a.min_cell_size),
-                    a.valid_until,
+                    timefmt.fmt(a.valid_until),
                 )
     console.print(table)
 
@@ -504,24 +563,20 @@ def audit_export(
 ) -> None:
     """Write a node's or broker's log, checkpoints, trust bundles and agreements as a bundle."""
     import sqlalchemy as sa
-    from rich.progress import Progress
 
     from audit import bundle, trust_history
     from audit.schema import log_cosignatures
     from infra import storage
-    from infra.config import load_toml
+    from node.config import NodeConfig
+    from node.schema import agreements as agreements_table
 
     if out.exists():
         raise _fail(f"{out} already exists; choose a new directory")
     data = load_toml(config)
     if "city" in data:
-        from node.config import NodeConfig
-
         node = NodeConfig.load(config)
         party, role, url = node.city, "node", node.database
     elif "broker" in data:
-        from broker.config import BrokerConfig
-
         brk = BrokerConfig.load(config)
         party, role, url = brk.broker_id, "broker", brk.database
     else:
@@ -540,8 +595,6 @@ def audit_export(
         ]
     agreements: list[tuple[str, int, bytes]] = []
     if role == "node":
-        from node.schema import agreements as agreements_table
-
         with engine.connect() as conn:
             agreements = [
                 (r[0], r[1], bytes(r[2]))
@@ -555,15 +608,18 @@ def audit_export(
             ]
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("exporting entries", total=None)
-        size = bundle.export(
-            engine,
-            out,
+        spec = bundle.ExportSpec(
             origin=f"citybroker/{role}/{party}",
             party=party,
             role=role,
             trust_envelopes=trust_history.envelopes(engine),
-            cosignatures=cosignatures,
             agreement_envelopes=agreements,
+            cosignatures=cosignatures,
+        )
+        size = bundle.export(
+            engine,
+            out,
+            spec,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     engine.dispose()
@@ -583,10 +639,7 @@ def audit_verify(
     report: Annotated[Path | None, typer.Option(help="Also write a JSON report here.")] = None,
 ) -> None:
     """Verify bundles offline: signatures, checkpoints, agreements, receipts against results."""
-    from rich.progress import Progress
-
     from audit.verifier import BundleError, verify_bundles
-    from keys.trust import load_authority_key
 
     authority = load_authority_key(authority_key)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import socket
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,123 @@ class LocalFederation:
         }
 
 
+@dataclass(frozen=True)
+class _Issuer:
+    """What every party's files are made with: the directory, the authority, the CA, the window
+    the trust bundle grants keys for, and any fixed ports."""
+
+    root: Path
+    authority: Signer
+    authority_pub: Path
+    ca: FederationCA
+    ca_cert: Path
+    window: tuple[datetime, datetime]
+    ports: dict[str, int]
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def trust_path(self) -> Path:
+        return self.root / "trust-bundle.json"
+
+    @classmethod
+    def create(cls, root: Path, federation: str, ports: dict[str, int], now: datetime) -> _Issuer:
+        """A new authority (public key in root/authority.pub) and CA (root/tls/ca.crt)."""
+        authority = Signer.generate()
+        authority.save(root / "keys" / "authority.key")
+        authority_pub = root / "authority.pub"
+        authority_pub.write_text(authority.public.b64 + "\n")
+        ca = FederationCA.create(federation)
+        ca_cert = root / "tls" / "ca.crt"
+        ca_cert.parent.mkdir(parents=True, exist_ok=True)
+        ca_cert.write_bytes(ca.cert_pem)
+        window = (now - timedelta(days=1), now + timedelta(days=365))
+        return cls(root, authority, authority_pub, ca, ca_cert, window, ports)
+
+    def signer(self, party: str) -> Signer:
+        """A new signing key for `party`, saved as keys/PARTY.key."""
+        signer = Signer.generate()
+        signer.save(self.keys_dir / f"{party}.key")
+        return signer
+
+    def grant(self, signer: Signer) -> tuple[KeyGrant, ...]:
+        return (KeyGrant(signer.public, *self.window),)
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports.get(name) or free_port()}"
+
+    def tls(self, name: str) -> dict[str, str]:
+        """A config's [tls] table, with a new certificate for `name`."""
+        cert, key = self.ca.issue(name).write(self.root / "tls", name)
+        return {"ca_cert": str(self.ca_cert), "cert": str(cert), "key": str(key)}
+
+    def trust(self) -> dict[str, str]:
+        """A config's [trust] table."""
+        return {"bundle": str(self.trust_path), "authority_key": str(self.authority_pub)}
+
+
+def _city(issuer: _Issuer, plan: CityPlan) -> tuple[Party, CityLayout]:
+    """A city's key, certificates, empty data file, node config and operator connection file."""
+    root = issuer.root
+    signer = issuer.signer(plan.id)
+    address = issuer.address(plan.id)
+    party = Party(plan.id, Role.CITY, plan.name, plan.jurisdiction, address, issuer.grant(signer))
+    operator = issuer.tls(f"{plan.id}.operator")
+    database = root / "data" / f"{plan.id}.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    data = database.with_suffix(".duckdb")
+    engine = storage.create_engine(f"duckdb:///{data}")
+    synthetic.create_tables(engine)  # empty until the demo or a test loads rows
+    engine.dispose()
+    config = root / f"node-{plan.id}.toml"
+    node = {
+        "city": plan.id,
+        "listen": address,
+        "database": f"sqlite:///{database}",
+        "signing_key": str(issuer.keys_dir / f"{plan.id}.key"),
+        "operators": [f"{plan.id}.operator"],
+        "k_floor": 5,
+        "tls": issuer.tls(plan.id),
+        "trust": issuer.trust(),
+        "datasets": {
+            "mobility": synthetic.MOBILITY_CATALOGUE,
+            "traffic": synthetic.TRAFFIC_CATALOGUE,
+            "residents": synthetic.RESIDENTS_CATALOGUE,
+        },
+        # Within the EU data may flow; anywhere else only under standard clauses.
+        "transfers": {"EU": "allowed", "*": "instrument:scc-2021"},
+    }
+    write_toml(config, node)
+    # What the city's data team needs to administer its node from the CLI.
+    write_toml(root / f"operator-{plan.id}.toml", {"city": plan.id, "node": address, **operator})
+    layout = CityLayout(
+        plan, address, config, database, data, signer, Path(operator["cert"]), Path(operator["key"])
+    )
+    return party, layout
+
+
+def _broker_config(issuer: _Issuer, broker_id: str, address: str) -> Path:
+    """The broker's config, with a new certificate; its path."""
+    config = issuer.root / "broker.toml"
+    write_toml(
+        config,
+        {
+            "broker": broker_id,
+            "listen": address,
+            "database": f"sqlite:///{issuer.root / 'data' / 'broker.db'}",
+            "signing_key": str(issuer.keys_dir / f"{broker_id}.key"),
+            "city_timeout_s": 5.0,
+            "witness_interval_s": 1.0,
+            "peer_listen": issuer.address(broker_id + ".peers"),
+            "tls": issuer.tls(broker_id),
+            "trust": issuer.trust(),
+        },
+    )
+    return config
+
+
 def create(
     root: Path,
     cities: tuple[CityPlan, ...] = DEMO_CITIES,
@@ -157,130 +274,49 @@ def create(
     ports: dict[str, int] | None = None,
 ) -> LocalFederation:
     """Write keys, certificates, the signed trust bundle and node/broker configs under `root`."""
-    ports = ports or {}
     root.mkdir(parents=True, exist_ok=True)
-    keys_dir, tls_dir = root / "keys", root / "tls"
     now = timefmt.now()
-    window = (now - timedelta(days=1), now + timedelta(days=365))
-
-    def grant(s: Signer) -> tuple[KeyGrant, ...]:
-        return (KeyGrant(s.public, *window),)
-
-    authority = Signer.generate()
-    authority.save(keys_dir / "authority.key")
-    authority_pub = root / "authority.pub"
-    authority_pub.write_text(authority.public.b64 + "\n")
-    ca = FederationCA.create(federation)
-    ca_cert = tls_dir / "ca.crt"
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    ca_cert.write_bytes(ca.cert_pem)
-
-    parties: dict[str, Party] = {}
-    broker_signer = Signer.generate()
-    broker_signer.save(keys_dir / f"{broker_id}.key")
-    broker_address = f"127.0.0.1:{ports.get(broker_id) or free_port()}"
-    parties[broker_id] = Party(
-        broker_id, Role.BROKER, "Demo federation broker", "EU", broker_address, grant(broker_signer)
-    )
-    partner_signer = Signer.generate()
-    partner_key = keys_dir / f"{partner_id}.key"
-    partner_signer.save(partner_key)
-    parties[partner_id] = Party(
-        partner_id,
-        Role.PARTNER,
-        "Northwind Mobility (fictional)",
-        "EU-DE",
-        "",
-        grant(partner_signer),
-        categories=("public-transport-operator",),
-    )
+    issuer = _Issuer.create(root, federation, ports or {}, now)
+    broker_signer = issuer.signer(broker_id)
+    broker_address = issuer.address(broker_id)
+    partner_signer = issuer.signer(partner_id)
+    parties = {
+        broker_id: Party(
+            broker_id,
+            Role.BROKER,
+            "Demo federation broker",
+            "EU",
+            broker_address,
+            issuer.grant(broker_signer),
+        ),
+        partner_id: Party(
+            partner_id,
+            Role.PARTNER,
+            "Northwind Mobility (fictional)",
+            "EU-DE",
+            "",
+            issuer.grant(partner_signer),
+            categories=("public-transport-operator",),
+        ),
+    }
     layouts = {}
     for plan in cities:
-        signer = Signer.generate()
-        signer.save(keys_dir / f"{plan.id}.key")
-        address = f"127.0.0.1:{ports.get(plan.id) or free_port()}"
-        parties[plan.id] = Party(
-            plan.id, Role.CITY, plan.name, plan.jurisdiction, address, grant(signer)
-        )
-        cert, key = ca.issue(plan.id).write(tls_dir, plan.id)
-        op_cert, op_key = ca.issue(f"{plan.id}.operator").write(tls_dir, f"{plan.id}.operator")
-        database = root / "data" / f"{plan.id}.db"
-        database.parent.mkdir(parents=True, exist_ok=True)
-        data = database.with_suffix(".duckdb")
-        engine = storage.create_engine(f"duckdb:///{data}")
-        synthetic.create_tables(engine)  # empty until the demo or a test loads rows
-        engine.dispose()
-        config = root / f"node-{plan.id}.toml"
-        write_toml(
-            config,
-            {
-                "city": plan.id,
-                "listen": address,
-                "database": f"sqlite:///{database}",
-                "signing_key": str(keys_dir / f"{plan.id}.key"),
-                "operators": [f"{plan.id}.operator"],
-                "k_floor": 5,
-                "tls": {"ca_cert": str(ca_cert), "cert": str(cert), "key": str(key)},
-                "trust": {
-                    "bundle": str(root / "trust-bundle.json"),
-                    "authority_key": str(authority_pub),
-                },
-                "datasets": {
-                    "mobility": synthetic.MOBILITY_CATALOGUE,
-                    "traffic": synthetic.TRAFFIC_CATALOGUE,
-                    "residents": synthetic.RESIDENTS_CATALOGUE,
-                },
-                # Within the EU data may flow; anywhere else only under standard clauses.
-                "transfers": {"EU": "allowed", "*": "instrument:scc-2021"},
-            },
-        )
-        # What the city's data team needs to administer its node from the CLI.
-        write_toml(
-            root / f"operator-{plan.id}.toml",
-            {
-                "city": plan.id,
-                "node": address,
-                "ca_cert": str(ca_cert),
-                "cert": str(op_cert),
-                "key": str(op_key),
-            },
-        )
-        layouts[plan.id] = CityLayout(
-            plan, address, config, database, data, signer, op_cert, op_key
-        )
-
+        parties[plan.id], layouts[plan.id] = _city(issuer, plan)
     bundle = TrustBundle(federation, 1, now, parties)
-    trust_path = root / "trust-bundle.json"
-    trust_path.write_bytes(trust.sign_bundle(bundle, authority).to_json())
-    cert, key = ca.issue(broker_id).write(tls_dir, broker_id)
-    broker_config = root / "broker.toml"
-    write_toml(
-        broker_config,
-        {
-            "broker": broker_id,
-            "listen": broker_address,
-            "database": f"sqlite:///{root / 'data' / 'broker.db'}",
-            "signing_key": str(keys_dir / f"{broker_id}.key"),
-            "city_timeout_s": 5.0,
-            "witness_interval_s": 1.0,
-            "peer_listen": f"127.0.0.1:{ports.get(broker_id + '.peers') or free_port()}",
-            "tls": {"ca_cert": str(ca_cert), "cert": str(cert), "key": str(key)},
-            "trust": {"bundle": str(trust_path), "authority_key": str(authority_pub)},
-        },
-    )
+    issuer.trust_path.write_bytes(trust.sign_bundle(bundle, issuer.authority).to_json())
     return LocalFederation(
         root=root,
-        authority=authority,
+        authority=issuer.authority,
         bundle=bundle,
-        ca_cert=ca_cert,
-        trust_bundle=trust_path,
-        authority_key=authority_pub,
+        ca_cert=issuer.ca_cert,
+        trust_bundle=issuer.trust_path,
+        authority_key=issuer.authority_pub,
         broker_id=broker_id,
         broker_address=broker_address,
-        broker_config=broker_config,
+        broker_config=_broker_config(issuer, broker_id, broker_address),
         broker_signer=broker_signer,
         partner_id=partner_id,
-        partner_key=partner_key,
+        partner_key=issuer.keys_dir / f"{partner_id}.key",
         partner_signer=partner_signer,
         cities=layouts,
     )

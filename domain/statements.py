@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ WITH_QUERY = frozenset({QUERY, PLAN})
 
 
 def digest(payload: bytes) -> str:
+    """The sha256 digest of a payload, as statements name each other."""
     return "sha256:" + hashlib.sha256(payload).hexdigest()
 
 
@@ -76,35 +77,40 @@ class BrokerRequest:
     negotiation: tuple[str, ...] = ()
 
 
-def sign_request(
-    thing: str,
-    request_id: str,
-    broker: str,
-    partner: str,
-    token: str,
-    query: Query | None,
-    signer: Signer,
-    asked: Query | None = None,
-    negotiation: list[str] | None = None,
-) -> dsse.Envelope:
-    """A broker's request to the cities. When negotiation changed the partner's query, `asked` is
-    the query as the partner asked it and `negotiation` says what changed and why."""
+@dataclass(frozen=True)
+class UnsignedRequest:
+    """A broker's request to the cities before it signs it. When negotiation changed the
+    partner's query, `asked` is the query as the partner asked it and `negotiation` says what
+    changed and why."""
+
+    request_id: str
+    broker: str
+    partner: str
+    token: str
+    query: Query | None
+    asked: Query | None = None
+    negotiation: tuple[str, ...] = ()
+
+
+def sign_request(thing: str, request: UnsignedRequest, signer: Signer) -> dsse.Envelope:
+    """A broker's request to the cities, signed as a `thing` (query, plan or describe)."""
     payload: dict[str, Any] = {
-        "request_id": request_id,
-        "broker": broker,
-        "partner": partner,
-        "token": token,
+        "request_id": request.request_id,
+        "broker": request.broker,
+        "partner": request.partner,
+        "token": request.token,
         "issued_at": timefmt.fmt(timefmt.now()),
     }
-    if query is not None:
-        payload["query"] = query.to_payload()
-    if asked is not None and asked != query:
-        payload["asked"] = asked.to_payload()
-        payload["negotiation"] = list(negotiation or [])
+    if request.query is not None:
+        payload["query"] = request.query.to_payload()
+    if request.asked is not None and request.asked != request.query:
+        payload["asked"] = request.asked.to_payload()
+        payload["negotiation"] = list(request.negotiation)
     return dsse.sign(thing, payload, signer)
 
 
 def verify_request(envelope: dsse.Envelope, thing: str, bundle: TrustBundle) -> BrokerRequest:
+    """A broker-signed `thing`, verified against the trust bundle, or SignatureError."""
     payload, broker = verify_from(envelope, thing, bundle, "broker", Role.BROKER, "issued_at")
     try:
         query = Query.from_payload(payload["query"]) if thing in WITH_QUERY else None
@@ -123,40 +129,50 @@ def verify_request(envelope: dsse.Envelope, thing: str, bundle: TrustBundle) -> 
         raise SignatureError(f"{thing} payload is malformed", reason="PAYLOAD_MALFORMED") from None
 
 
-def sign_result(
-    request: BrokerRequest,
-    city: str,
-    agreement: tuple[str, int],
-    k: int,
-    cells: list[dict[str, Any]],
-    withheld: list[dict[str, str]],
-    signer: Signer,
-    jurisdictions: tuple[str, str] = ("", ""),
-    privacy: dict[str, Any] | None = None,
-    records: list[dict[str, Any]] | None = None,
-) -> dsse.Envelope:
-    """A city's signed, minimised answer; it states where the data comes from and goes to."""
+@dataclass(frozen=True)
+class UnsignedResult:
+    """A city's minimised answer before it signs it: under which agreement and k, its cells (or
+    a record release's records) and the cells withheld, where the data comes from and goes to."""
+
+    city: str
+    # (agreement id, version)
+    agreement: tuple[str, int]
+    k: int
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    withheld: list[dict[str, str]] = field(default_factory=list)
+    # (provider, recipient)
+    jurisdictions: tuple[str, str] = ("", "")
+    # Differential privacy applied (mechanism, epsilon spent, budget left), if any.
+    privacy: dict[str, Any] | None = None
+    # A record release's records: allowed fields, residents pseudonymised per agreement.
+    records: list[dict[str, Any]] | None = None
+
+
+def sign_result(request: BrokerRequest, result: UnsignedResult, signer: Signer) -> dsse.Envelope:
+    """A city's signed, minimised answer to `request`; it states where the data comes from and
+    goes to."""
     assert request.query is not None
     return dsse.sign(
         RESULT,
         {
             "request_id": request.request_id,
             "query_digest": request.digest,
-            "city": city,
+            "city": result.city,
             "broker": request.broker,
             "partner": request.partner,
             "purpose": request.query.purpose,
             "dataset": request.query.dataset,
-            "agreement": {"id": agreement[0], "version": agreement[1]},
-            "min_cell_size": k,
-            "cells": cells,
-            "withheld": withheld,
-            "jurisdictions": {"provider": jurisdictions[0], "recipient": jurisdictions[1]},
-            # Differential privacy applied (mechanism, epsilon spent, budget left), if any.
-            "privacy": privacy,
+            "agreement": {"id": result.agreement[0], "version": result.agreement[1]},
+            "min_cell_size": result.k,
+            "cells": result.cells,
+            "withheld": result.withheld,
+            "jurisdictions": {
+                "provider": result.jurisdictions[0],
+                "recipient": result.jurisdictions[1],
+            },
+            "privacy": result.privacy,
             "kind": request.query.kind.value,
-            # A record release's records: allowed fields, residents pseudonymised per agreement.
-            "records": records if records is not None else [],
+            "records": result.records if result.records is not None else [],
             "issued_at": timefmt.fmt(timefmt.now()),
         },
         signer,
@@ -185,10 +201,12 @@ def sign_refusal(
 
 
 def verify_result(envelope: dsse.Envelope, bundle: TrustBundle) -> dict[str, Any]:
+    """A city-signed result's payload, verified against the trust bundle, or SignatureError."""
     payload, _ = verify_from(envelope, RESULT, bundle, "city", Role.CITY, "issued_at")
     return payload
 
 
 def verify_receipt(envelope: dsse.Envelope, bundle: TrustBundle) -> dict[str, Any]:
+    """A broker-signed receipt's payload, verified against the trust bundle, or SignatureError."""
     payload, _ = verify_from(envelope, RECEIPT, bundle, "broker", Role.BROKER, "issued_at")
     return payload

@@ -10,7 +10,7 @@ from broker.witnessing import WitnessCollector
 from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.broker.v1 import broker_pb2_grpc
 from edge.broker_service import BROKER_SERVICE, BrokerServicer, partner_token_guard
-from edge.city_gateway import CityChannels
+from edge.city_gateway import CityChannels, GrpcCityGateway
 from edge.log_service import LOG_SERVICE, LogServicer
 from edge.rpc import add_listener, build_server, require_peer, server_credentials
 from infra.party import open_party
@@ -28,14 +28,15 @@ class BrokerServer:
             opened.log,
         )
         self.channels = CityChannels(*config.tls.read())
+        gateway = GrpcCityGateway(self.channels)
         self.witnessing = WitnessCollector(
-            self.engine, self.log, store, self.channels, config.witness_interval_s
+            self.engine, self.log, store, gateway, config.witness_interval_s
         )
         broker = Broker(
             config.broker_id,
             signer,
             store,
-            self.channels,
+            gateway,
             self.log,
             config.city_timeout_s,
             after_log=self.witnessing.nudge,

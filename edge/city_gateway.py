@@ -1,4 +1,8 @@
-"""Ask several cities at once, each over its own mTLS channel, with one deadline for all."""
+"""Ask several cities at once, each over its own mTLS channel, with one deadline for all.
+
+GrpcCityGateway is the broker's CityGateway over gRPC: it owns the node and witness requests and
+turns each failed call's status into a RemoteError.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,21 @@ from typing import Any
 
 import grpc
 
-from citybroker.node.v1 import node_pb2_grpc
-from domain.errors import RemoteError
+from broker.gateway import CityReply, SignedResult, Targets
+from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
+from citybroker.node.v1 import node_pb2, node_pb2_grpc
+from domain.errors import CallFailed, RemoteError
+from domain.plan import QueryPlan
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
 from edge.status import remote_error
+from edge.wire import envelope_from_pb, envelope_to_pb, plan_from_pb
+from keys import dsse
 
 
 @dataclass(frozen=True)
 class Reply:
+    """One city's raw gRPC reply to a fan_out: its response message, or its error."""
+
     city: str
     response: Any  # None when error is set
     error: RemoteError | None
@@ -38,12 +49,15 @@ class CityChannels:
             return self._stubs[endpoint]
 
     def stub(self, endpoint: str) -> node_pb2_grpc.QueryServiceStub:
+        """The QueryService stub of the city at `endpoint`."""
         return self._entry(endpoint)[1]
 
     def channel(self, endpoint: str) -> grpc.Channel:
+        """The channel to `endpoint`, for other services of that city."""
         return self._entry(endpoint)[0]
 
     def close(self) -> None:
+        """Close every channel; later calls open new ones."""
         with self._lock:
             for channel, _ in self._stubs.values():
                 channel.close()
@@ -77,3 +91,75 @@ def fan_out(
         except grpc.RpcError as e:
             replies.append(Reply(city, None, remote_error(e)))
     return replies
+
+
+def _replies(replies: list[Reply], value: Callable[[Any], Any]) -> list[CityReply[Any]]:
+    return [
+        CityReply(r.city, error=r.error)
+        if r.error is not None
+        else CityReply(r.city, value=value(r.response))
+        for r in replies
+    ]
+
+
+class GrpcCityGateway:
+    """The broker's CityGateway over gRPC, on one long-lived mTLS channel per city."""
+
+    def __init__(self, channels: CityChannels) -> None:
+        self.channels = channels
+
+    def run_query(
+        self, targets: Targets, signed_query: dsse.Envelope, timeout_s: float
+    ) -> list[CityReply[SignedResult]]:
+        """Each city's RunQuery reply: its signed result and node log index, or its error."""
+        request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(signed_query))
+        replies = fan_out(
+            dict(targets),
+            lambda stub: stub.RunQuery.future(request, timeout=timeout_s),
+            self.channels,
+        )
+        return _replies(
+            replies, lambda r: SignedResult(envelope_from_pb(r.signed_result), r.log_index)
+        )
+
+    def plan_query(
+        self, targets: Targets, signed_request: dsse.Envelope, timeout_s: float
+    ) -> list[CityReply[QueryPlan]]:
+        """Each city's PlanQuery reply: its plan, or its error."""
+        request = node_pb2.PlanQueryRequest(signed_request=envelope_to_pb(signed_request))
+        replies = fan_out(
+            dict(targets),
+            lambda stub: stub.PlanQuery.future(request, timeout=timeout_s),
+            self.channels,
+        )
+        return _replies(replies, lambda r: plan_from_pb(r.plan))
+
+    def describe_offer(
+        self, targets: Targets, signed_request: dsse.Envelope, timeout_s: float
+    ) -> list[CityReply[list[dsse.Envelope]]]:
+        """Each city's DescribeOffer reply: its signed agreements, or its error."""
+        request = node_pb2.DescribeOfferRequest(signed_request=envelope_to_pb(signed_request))
+        replies = fan_out(
+            dict(targets),
+            lambda stub: stub.DescribeOffer.future(request, timeout=timeout_s),
+            self.channels,
+        )
+        return _replies(replies, lambda r: [envelope_from_pb(pb) for pb in r.agreements])
+
+    def add_checkpoint(
+        self, endpoint: str, old_size: int, checkpoint: str, proof: list[bytes], timeout_s: float
+    ) -> str:
+        """WitnessService.AddCheckpoint at `endpoint`; a failed call raises CallFailed."""
+        stub = audit_pb2_grpc.WitnessServiceStub(self.channels.channel(endpoint))
+        request = audit_pb2.AddCheckpointRequest(
+            old_size=old_size, checkpoint=checkpoint, proof=proof
+        )
+        try:
+            cosignature: str = stub.AddCheckpoint(request, timeout=timeout_s).cosignature
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return cosignature
+
+    def close(self) -> None:
+        """Close every city's channel."""
+        self.channels.close()

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 import grpc
 
-from audit.log import MerkleLog
 from citybroker.common.v1 import common_pb2
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
-from domain.agreement import Agreement
-from domain.errors import InvalidArgument, VerificationError
-from domain.kinds import LogKind
 from domain.odrl import to_odrl
 from edge.rpc import peer_common_names
-from edge.wire import envelope_from_pb, envelope_to_pb, plan_to_pb
-from keys import dsse, timefmt
-from node.agreements import AgreementRegister, StoredAgreement
+from edge.wire import (
+    agreement_terms_from_json,
+    consent_event_to_pb,
+    consent_record_from_pb,
+    consent_record_to_pb,
+    envelope_from_pb,
+    envelope_to_pb,
+    plan_to_pb,
+    receipt_to_pb,
+    resident_exchange_to_pb,
+    stored_agreement_to_pb,
+    time_from_pb,
+)
+from keys import timefmt
+from node.agreements import AgreementRegister
 from node.answering import Answerer
-from node.consent import ConsentRecord, ConsentRegistry
+from node.consent import ConsentRegistry
 from node.kantara import from_signed_receipt as kantara_receipt
 from node.transparency import ExchangeRecorder
 
@@ -61,62 +68,6 @@ class QueryServicer(node_pb2_grpc.QueryServiceServicer):
         return node_pb2.DescribeOfferResponse(agreements=[envelope_to_pb(e) for e in found])
 
 
-def _time(text: str, field: str, default: datetime | None = None) -> datetime | None:
-    if not text:
-        return default
-    try:
-        return timefmt.parse(text)
-    except ValueError as e:
-        raise InvalidArgument(f"{field}: {e}", reason="TIMESTAMP_INVALID", field=field) from None
-
-
-def _record_pb(r: ConsentRecord) -> node_pb2.ConsentRecord:
-    return node_pb2.ConsentRecord(
-        record_id=r.record_id,
-        resident_id=r.resident_id,
-        purposes=r.purposes,
-        recipients=r.recipients,
-        data_categories=r.data_categories,
-        valid_from=timefmt.fmt(r.valid_from),
-        valid_until=timefmt.fmt(r.valid_until) if r.valid_until else "",
-        state=r.state.value,
-        lawful_basis=r.lawful_basis,
-        notice_url=r.notice_url,
-        notice_hash=r.notice_hash,
-        language=r.language,
-        jurisdiction=r.jurisdiction,
-        retention_days=r.retention_days,
-        collection_method=r.collection_method,
-        withdrawal_method=r.withdrawal_method,
-    )
-
-
-def record_from_pb(r: node_pb2.ConsentRecord) -> ConsentRecord:
-    valid_from = _time(r.valid_from, "valid_from", timefmt.now())
-    assert valid_from is not None
-    return ConsentRecord(
-        record_id=r.record_id,
-        resident_id=r.resident_id,
-        purposes=tuple(r.purposes),
-        recipients=tuple(r.recipients),
-        data_categories=tuple(r.data_categories),
-        valid_from=valid_from,
-        valid_until=_time(r.valid_until, "valid_until"),
-        lawful_basis=r.lawful_basis or "consent",
-        notice_url=r.notice_url,
-        notice_hash=r.notice_hash,
-        language=r.language or "en",
-        jurisdiction=r.jurisdiction,
-        retention_days=r.retention_days,
-        collection_method=r.collection_method,
-        withdrawal_method=r.withdrawal_method,
-    )
-
-
-def _receipt_pb(receipt: bytes) -> common_pb2.Envelope:
-    return envelope_to_pb(dsse.Envelope.from_json(receipt))
-
-
 class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
     """Each consent event's signed receipt is also committed to the node's log before the reply:
     it is the evidence that consent existed when a later result used it.
@@ -128,27 +79,30 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
     def __init__(
         self,
         registry: ConsentRegistry,
-        log: MerkleLog,
         exchanges: ExchangeRecorder,
         controller_name: str,
     ) -> None:
-        self._registry, self._log, self._exchanges = registry, log, exchanges
+        self._registry, self._exchanges = registry, exchanges
         self._controller = controller_name
 
     def _logged(self, receipt: bytes) -> common_pb2.Envelope:
-        self._log.append(receipt, kind=LogKind.CONSENT)
-        return _receipt_pb(receipt)
+        # The registry has committed the receipt to the log (node.consent_evidence).
+        return receipt_to_pb(receipt)
 
     def GiveConsent(
         self, request: node_pb2.GiveConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.GiveConsentResponse:
-        receipt = self._registry.give(record_from_pb(request.record), _actor("resident", context))
+        receipt = self._registry.give(
+            consent_record_from_pb(request.record), _actor("resident", context)
+        )
         return node_pb2.GiveConsentResponse(receipt=self._logged(receipt))
 
     def RefuseConsent(
         self, request: node_pb2.RefuseConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.RefuseConsentResponse:
-        receipt = self._registry.refuse(record_from_pb(request.record), _actor("resident", context))
+        receipt = self._registry.refuse(
+            consent_record_from_pb(request.record), _actor("resident", context)
+        )
         return node_pb2.RefuseConsentResponse(receipt=self._logged(receipt))
 
     def RenewConsent(
@@ -156,7 +110,7 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
     ) -> node_pb2.RenewConsentResponse:
         receipt = self._registry.renew(
             request.record_id,
-            _time(request.valid_until, "valid_until"),
+            time_from_pb(request.valid_until, "valid_until"),
             _actor("resident", context),
         )
         return node_pb2.RenewConsentResponse(receipt=self._logged(receipt))
@@ -182,7 +136,8 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
     def GetConsent(
         self, request: node_pb2.GetConsentRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetConsentResponse:
-        return node_pb2.GetConsentResponse(record=_record_pb(self._registry.get(request.record_id)))
+        record = self._registry.get(request.record_id)
+        return node_pb2.GetConsentResponse(record=consent_record_to_pb(record))
 
     def ListResidentConsents(
         self, request: node_pb2.ListResidentConsentsRequest, context: grpc.ServicerContext
@@ -191,23 +146,15 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
             request.resident_id, request.page_size, request.page_token
         )
         return node_pb2.ListResidentConsentsResponse(
-            records=[_record_pb(r) for r in page.records], next_page_token=page.next_page_token
+            records=[consent_record_to_pb(r) for r in page.records],
+            next_page_token=page.next_page_token,
         )
 
     def GetConsentHistory(
         self, request: node_pb2.GetConsentHistoryRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetConsentHistoryResponse:
-        return node_pb2.GetConsentHistoryResponse(
-            events=[
-                node_pb2.ConsentEvent(
-                    event=e.event.value,
-                    actor=e.actor,
-                    at=timefmt.fmt(e.at),
-                    receipt=_receipt_pb(e.receipt),
-                )
-                for e in self._registry.history(request.record_id)
-            ]
-        )
+        history = self._registry.history(request.record_id)
+        return node_pb2.GetConsentHistoryResponse(events=[consent_event_to_pb(e) for e in history])
 
     def ExportConsentReceipt(
         self, request: node_pb2.ExportConsentReceiptRequest, context: grpc.ServicerContext
@@ -215,7 +162,7 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
         latest = self._registry.history(request.record_id)[-1]
         kantara = json.dumps(kantara_receipt(latest.receipt, self._controller), indent=2)
         return node_pb2.ExportConsentReceiptResponse(
-            kantara_json=kantara, receipt=_receipt_pb(latest.receipt)
+            kantara_json=kantara, receipt=receipt_to_pb(latest.receipt)
         )
 
     def ListResidentExchanges(
@@ -225,27 +172,8 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
             request.resident_id, request.page_size, request.page_token
         )
         return node_pb2.ListResidentExchangesResponse(
-            exchanges=[
-                node_pb2.ResidentExchange(
-                    request_id=e.request_id,
-                    partner=e.partner,
-                    purpose=e.purpose,
-                    dataset=e.dataset,
-                    agreement_id=e.agreement_id,
-                    agreement_version=e.agreement_version,
-                    released_at=timefmt.fmt(e.released_at),
-                    log_index=e.log_index,
-                )
-                for e in items
-            ],
-            next_page_token=token,
+            exchanges=[resident_exchange_to_pb(e) for e in items], next_page_token=token
         )
-
-
-def _agreement_pb(a: StoredAgreement) -> node_pb2.GetAgreementResponse:
-    return node_pb2.GetAgreementResponse(
-        agreement=envelope_to_pb(a.envelope), status=a.status_at(timefmt.now())
-    )
 
 
 class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
@@ -259,17 +187,7 @@ class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
     def ProposeAgreement(
         self, request: node_pb2.ProposeAgreementRequest, context: grpc.ServicerContext
     ) -> node_pb2.ProposeAgreementResponse:
-        try:
-            terms = json.loads(request.terms_json)
-        except ValueError:
-            raise InvalidArgument("terms_json is not JSON", reason="AGREEMENT_MALFORMED") from None
-        if not isinstance(terms, dict):
-            raise InvalidArgument("terms_json must be an object", reason="AGREEMENT_MALFORMED")
-        try:
-            agreement = Agreement.from_payload(terms)
-        except VerificationError as e:  # the document's own checks, here about caller input
-            raise InvalidArgument(e.message, reason=e.reason) from None
-        envelope = self._register.propose(agreement)
+        envelope = self._register.propose(agreement_terms_from_json(request.terms_json))
         return node_pb2.ProposeAgreementResponse(agreement=envelope_to_pb(envelope))
 
     def CountersignAgreement(
@@ -299,14 +217,15 @@ class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):
     def GetAgreement(
         self, request: node_pb2.GetAgreementRequest, context: grpc.ServicerContext
     ) -> node_pb2.GetAgreementResponse:
-        return _agreement_pb(self._register.get(request.agreement_id))
+        return stored_agreement_to_pb(self._register.get(request.agreement_id), timefmt.now())
 
     def ListAgreements(
         self, request: node_pb2.ListAgreementsRequest, context: grpc.ServicerContext
     ) -> node_pb2.ListAgreementsResponse:
         items, token = self._register.page(request.page_size, request.page_token)
+        now = timefmt.now()
         return node_pb2.ListAgreementsResponse(
-            agreements=[_agreement_pb(a) for a in items], next_page_token=token
+            agreements=[stored_agreement_to_pb(a, now) for a in items], next_page_token=token
         )
 
     def ExportAgreementOdrl(

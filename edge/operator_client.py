@@ -6,18 +6,46 @@ its config to ConsentService and AgreementService.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import grpc
 
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
+from domain.agreement import Agreement
+from domain.errors import CallFailed
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
-from edge.wire import envelope_from_pb, envelope_to_pb
+from edge.status import remote_error
+from edge.wire import agreement_terms_to_json, envelope_from_pb, envelope_to_pb
 from keys import dsse, timefmt
+
+AGREEMENT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class NodeAgreement:
+    """An agreement as the node holds it: the envelope as signed (not verified by this client) and
+    its status there (proposed, countersigned, active, superseded, revoked or expired)."""
+
+    envelope: dsse.Envelope
+    status: str
+
+
+def _call(method: Callable[..., Any], request: Any, timeout_s: float) -> Any:
+    try:
+        return method(request, timeout=timeout_s)
+    except grpc.RpcError as e:
+        raise CallFailed(remote_error(e)) from None
 
 
 class OperatorClient:
+    """The agreement methods raise CallFailed with what the node said; the consent methods, which
+    tests and the demo use to drive load, let grpc.RpcError through."""
+
     def __init__(self, address: str, ca_cert: Path, cert: Path, key: Path) -> None:
         creds = client_credentials(ca_cert.read_bytes(), cert.read_bytes(), key.read_bytes())
         self.channel = grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
@@ -25,7 +53,19 @@ class OperatorClient:
         self.agreements = node_pb2_grpc.AgreementServiceStub(self.channel)
 
     def close(self) -> None:
+        """Close the channel; calls still in flight are cancelled."""
         self.channel.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def give_consents(
         self, records: list[node_pb2.ConsentRecord], timeout_s: float = 30.0, in_flight: int = 32
@@ -43,16 +83,81 @@ class OperatorClient:
         return receipts
 
     def withdraw(self, record_id: str) -> dsse.Envelope:
+        """Withdraw a resident's consent; the node's signed receipt."""
         response = self.consent.WithdrawConsent(
             node_pb2.WithdrawConsentRequest(record_id=record_id), timeout=10
         )
         return envelope_from_pb(response.receipt)
 
-    def activate_agreement(self, envelope: dsse.Envelope) -> tuple[str, int]:
-        response = self.agreements.ActivateAgreement(
-            node_pb2.ActivateAgreementRequest(agreement=envelope_to_pb(envelope)), timeout=10
-        )
+    def propose_agreement(
+        self, terms: Agreement, timeout_s: float = AGREEMENT_TIMEOUT_S
+    ) -> dsse.Envelope:
+        """The proposal of `terms`, signed by this city, for the other party to countersign."""
+        request = node_pb2.ProposeAgreementRequest(terms_json=agreement_terms_to_json(terms))
+        response = _call(self.agreements.ProposeAgreement, request, timeout_s)
+        return envelope_from_pb(response.agreement)
+
+    def countersign_agreement(
+        self, proposal: dsse.Envelope, timeout_s: float = AGREEMENT_TIMEOUT_S
+    ) -> NodeAgreement:
+        """The proposal with this city's signature added; active at once if this city provides."""
+        request = node_pb2.CountersignAgreementRequest(agreement=envelope_to_pb(proposal))
+        response = _call(self.agreements.CountersignAgreement, request, timeout_s)
+        return NodeAgreement(envelope_from_pb(response.agreement), response.status)
+
+    def activate_agreement(
+        self, envelope: dsse.Envelope, timeout_s: float = AGREEMENT_TIMEOUT_S
+    ) -> tuple[str, int]:
+        """Put in force an agreement both parties signed; its id and version."""
+        request = node_pb2.ActivateAgreementRequest(agreement=envelope_to_pb(envelope))
+        response = _call(self.agreements.ActivateAgreement, request, timeout_s)
         return response.agreement_id, response.version
+
+    def revoke_agreement(
+        self,
+        agreement_id: str,
+        reason: str = "",
+        revocation: dsse.Envelope | None = None,
+        timeout_s: float = AGREEMENT_TIMEOUT_S,
+    ) -> dsse.Envelope:
+        """End an agreement now, by this city or by the consumer's signed `revocation`; the node's
+        signed revocation."""
+        request = node_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason)
+        if revocation is not None:
+            request.revocation.CopyFrom(envelope_to_pb(revocation))
+        response = _call(self.agreements.RevokeAgreement, request, timeout_s)
+        return envelope_from_pb(response.revocation)
+
+    def get_agreement(
+        self, agreement_id: str, timeout_s: float = AGREEMENT_TIMEOUT_S
+    ) -> NodeAgreement:
+        """The newest version of an agreement and its status."""
+        request = node_pb2.GetAgreementRequest(agreement_id=agreement_id)
+        response = _call(self.agreements.GetAgreement, request, timeout_s)
+        return NodeAgreement(envelope_from_pb(response.agreement), response.status)
+
+    def list_agreements(
+        self, page_size: int = 100, timeout_s: float = AGREEMENT_TIMEOUT_S
+    ) -> list[NodeAgreement]:
+        """Every agreement of this city, all pages, in the node's order."""
+        found: list[NodeAgreement] = []
+        token = ""
+        while True:
+            request = node_pb2.ListAgreementsRequest(page_size=page_size, page_token=token)
+            page = _call(self.agreements.ListAgreements, request, timeout_s)
+            found += [
+                NodeAgreement(envelope_from_pb(a.agreement), a.status) for a in page.agreements
+            ]
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def agreement_odrl(self, agreement_id: str, timeout_s: float = AGREEMENT_TIMEOUT_S) -> str:
+        """An agreement as an ODRL policy: the node's JSON-LD text, as it wrote it."""
+        request = node_pb2.ExportAgreementOdrlRequest(agreement_id=agreement_id)
+        response = _call(self.agreements.ExportAgreementOdrl, request, timeout_s)
+        odrl_json: str = response.odrl_json
+        return odrl_json
 
 
 def consent_record(

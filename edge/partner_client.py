@@ -10,7 +10,8 @@
 
 Each call mints a fresh single-use token. `query` verifies the broker's signed query, every city's
 signed result and the broker's receipt against the trust bundle, and recomputes the merged answer
-from the verified results; any mismatch raises VerificationError.
+from the verified results; `describe_federation` verifies every agreement it lists. Any mismatch
+raises VerificationError. Every method returns domain types; protobuf stays inside this module.
 """
 
 from __future__ import annotations
@@ -22,25 +23,32 @@ from typing import Any
 import grpc
 
 from broker import merge
+from broker.outcomes import CityOffer, FederationPlan
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
+from domain import agreement as agreement_doc
+from domain import receipt as receipt_doc
 from domain import statements
 from domain.errors import CallFailed, VerificationError
 from domain.plan import is_coarsening
 from domain.query import Query
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
 from edge.status import remote_error
-from edge.wire import envelope_from_pb, query_to_pb
-from keys import dsse, tokens, trust
+from edge.wire import (
+    CITY_STATUS_NAMES,
+    city_outcome_from_pb,
+    envelope_from_pb,
+    federation_plan_from_pb,
+    query_to_pb,
+)
+from keys import tokens, trust
 from keys.ed25519 import Signer
 from keys.trust import TrustBundle
-
-# What the broker's receipt says about each city, in the order compared with the response.
-RECEIPT_OUTCOME_FIELDS = ("city", "status", "code", "reason", "result_digest", "node_log_index")
-STATUS_NAMES = {v: k.removeprefix("CITY_STATUS_").lower() for k, v in broker_pb2.CityStatus.items()}
 
 
 @dataclass(frozen=True)
 class CityAnswer:
+    """One city's outcome as the broker returned it (checked against the broker's receipt)."""
+
     city: str
     status: str
     code: str
@@ -51,6 +59,8 @@ class CityAnswer:
 
 @dataclass(frozen=True)
 class Answer:
+    """A verified answer: merged cells recomputed from the cities' verified results."""
+
     query_id: str
     cells: list[merge.MergedCell]
     cities: list[CityAnswer]
@@ -64,6 +74,8 @@ class Answer:
 
 
 class PartnerClient:
+    """A partner's connection to one broker; use as a context manager, or close() it."""
+
     def __init__(
         self,
         channel: grpc.Channel,
@@ -92,6 +104,7 @@ class PartnerClient:
         trust_bundle: Path,
         authority_key: Path,
     ) -> PartnerClient:
+        """Open a TLS channel to the broker at `address`, trusting the verified trust bundle."""
         bundle = trust.load_bundle(trust_bundle, trust.load_authority_key(authority_key))
         channel = grpc.secure_channel(
             address, client_credentials(ca_cert.read_bytes()), options=CHANNEL_OPTIONS
@@ -99,6 +112,7 @@ class PartnerClient:
         return cls(channel, broker_id, partner_id, key, bundle)
 
     def close(self) -> None:
+        """Close the channel."""
         self._channel.close()
 
     def __enter__(self) -> PartnerClient:
@@ -124,14 +138,28 @@ class PartnerClient:
             raise CallFailed(remote_error(e)) from None
         return self.verify(query, response)
 
-    def describe_federation(self, timeout_s: float = 15.0) -> broker_pb2.DescribeFederationResponse:
+    def describe_federation(self, timeout_s: float = 15.0) -> list[CityOffer]:
+        """What each city lets this partner ask: its verified agreements, or why it did not say."""
         try:
             response: broker_pb2.DescribeFederationResponse = self._stub.DescribeFederation(
                 broker_pb2.DescribeFederationRequest(), metadata=self._metadata(), timeout=timeout_s
             )
-            return response
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
+        return [self._verified_offer(pb) for pb in response.cities]
+
+    def _verified_offer(self, pb: broker_pb2.CityOffer) -> CityOffer:
+        offer = CityOffer(pb.city_id, pb.name, pb.jurisdiction, city_outcome_from_pb(pb.outcome))
+        for summary in pb.agreements:
+            env = envelope_from_pb(summary.signed_agreement)
+            verified = agreement_doc.verify(env, self.bundle)
+            if (verified.provider, verified.consumer) != (pb.city_id, self.partner_id):
+                raise VerificationError(
+                    f"{pb.city_id} listed an agreement between other parties",
+                    reason="AGREEMENT_MISMATCH",
+                )
+            offer.agreements.append((verified, env))
+        return offer
 
     def verify(self, asked: Query, response: broker_pb2.QueryResponse) -> Answer:
         """Check every signature and every link between the statements; count the signatures."""
@@ -152,7 +180,7 @@ class PartnerClient:
         results: dict[str, tuple[dict[str, Any], str]] = {}
         cities = []
         for c in response.cities:
-            status = STATUS_NAMES.get(c.status, "unspecified")
+            status = CITY_STATUS_NAMES.get(c.status, "unspecified")
             if status == "answered":
                 env = envelope_from_pb(c.signed_result)
                 result = statements.verify_result(env, bundle)
@@ -169,11 +197,7 @@ class PartnerClient:
             raise VerificationError("the receipt is for another query", reason="RECEIPT_MISMATCH")
         # Every city's outcome as returned (status, code, reason, result, node log index) must be
         # the one the broker signed, city by city and in order.
-        receipted = [
-            tuple(r.get(k) for k in RECEIPT_OUTCOME_FIELDS)
-            for r in receipt.get("cities", [])
-            if isinstance(r, dict)
-        ]
+        receipted = receipt_doc.listed_outcomes(receipt)
         returned_outcomes = [
             (c.city, c.status, c.code, c.reason)
             + ((results[c.city][1], c.log_index) if c.city in results else (None, None))
@@ -184,7 +208,7 @@ class PartnerClient:
                 "the receipt does not list the outcomes returned", reason="RECEIPT_MISMATCH"
             )
         cells = merge.merge((city, r) for city, (r, _) in results.items())
-        if statements.digest(dsse.canonical(merge.to_payload(cells))) != receipt["answer_digest"]:
+        if receipt_doc.answer_digest(merge.to_payload(cells)) != receipt["answer_digest"]:
             raise VerificationError(
                 "the merged answer does not match the signed results", reason="ANSWER_MISMATCH"
             )
@@ -209,7 +233,7 @@ class PartnerClient:
             released,
         )
 
-    def plan(self, query: Query, timeout_s: float = 15.0) -> broker_pb2.PlanQueryResponse:
+    def plan(self, query: Query, timeout_s: float = 15.0) -> FederationPlan:
         """A dry run: each city's plan and the shape negotiation would choose. Reads no data."""
         try:
             response: broker_pb2.PlanQueryResponse = self._stub.PlanQuery(
@@ -219,4 +243,4 @@ class PartnerClient:
             )
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
-        return response
+        return federation_plan_from_pb(response)

@@ -110,6 +110,10 @@ def add_listener(server: grpc.Server, address: str, credentials: grpc.ServerCred
     return port
 
 
+# What client_credentials returns, named here so callers above the edge need not import grpc.
+ChannelCredentials = grpc.ChannelCredentials
+
+
 def client_credentials(
     ca_cert: bytes, cert: bytes | None = None, key: bytes | None = None
 ) -> grpc.ChannelCredentials:

@@ -21,6 +21,7 @@ from domain.errors import InvalidArgument, PermissionDenied, TooLarge
 from domain.query import FilterOp, MeasureKind, Query
 from keys import timefmt
 from node import disclosure
+from node.cache import BoundedCache
 from node.catalogue import UNMAPPED, DatasetSpec, FieldSpec, FieldType
 from node.numbers import number_selected
 from node.schema import consent_events, consent_scopes, resident_numbers
@@ -29,17 +30,15 @@ VALID_STATES = ("given", "renewed")
 _RESIDENTS, _RECORDS = "_residents", "_records"
 # The time consent must be valid at: the one value of a compiled query that changes between runs.
 _AT = "consent_at"
-# Compiled statements by query shape; building one costs more than running it on a small city.
-_STATEMENTS: dict[tuple[Any, ...], sa.Select[Any]] = {}
+# Entries kept per cache (node.cache.BoundedCache) of a QueryCompiler: compiled statements by
+# query shape, whose building costs more than running one on a small city, and what answers of
+# each shape taught.
 _MAX_STATEMENTS = 256
 # Contributors computed in the aggregate's own scan (DuckDB, consents mirrored: `run`): one
 # bitmap of R/8 bytes per cell (R: resident numbers), held by DuckDB while it aggregates and read
 # back, so only when the cells' bitmaps fit in this; the cell count is the one the last answer of
 # the same shape had (unknown: two scans, which learn it).
 _MAX_CELL_BITMAPS = 16 << 20
-_CELLS: dict[tuple[Any, ...], int] = {}
-# Shapes whose one scan ran out of DuckDB's memory (its memory_limit): two scans from then on.
-_TWO_SCANS: set[tuple[Any, ...]] = set()
 _BITS_MAX = "bits_max"
 _BITS, _UNNUMBERED = "_bits", "_unnumbered"
 # DuckDB's BIT, cast to BLOB, holds the first bit in the most significant bit of its byte.
@@ -62,6 +61,25 @@ class AggregateResult:
     # bitmap over resident numbers from 0, bit n & 7 of byte n >> 3 for number n, as
     # node.transparency records it. None: ask `contributors_statement` (a second scan).
     contributor_bitmap: bytes | None = None
+
+
+# Per-field (name, low, high) clamps for sums under differential privacy.
+Bounds = tuple[tuple[str, float, float], ...]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One query as this city runs it: over dataset `ds`, for `recipients` (the partner by name
+    and its recipient categories), with consent valid at `at`. `pushed`: consent is read from the
+    mirror on the data connection. `bounds` and `per_resident`: see `_compile`."""
+
+    query: Query
+    ds: DatasetSpec
+    recipients: tuple[str, ...]
+    at: datetime
+    pushed: bool = False
+    bounds: Bounds = ()
+    per_resident: int = 0
 
 
 def _generalise(
@@ -107,6 +125,7 @@ def consent_filter(
     category: str,
     at: datetime,
 ) -> sa.ColumnElement[bool]:
+    """Residents with a valid consent for this purpose, recipient and category at `at`."""
     return _consent_filter(resident, purpose, recipients, category, _at_param(at))
 
 
@@ -244,20 +263,8 @@ def push_consenting(
         latest = source.execute(sa.select(sa.func.max(consent_events.c.event_id))).scalar()
     if state is not None and pair in state.pairs and (latest or 0) == state.event_id:
         return 0  # nothing changed since the last sync: no writes
-    e, c = consent_events.c, consent_scopes.c
-    replay: list[str] = []
-    with consents.begin() as source:
-        high = _high_water(source)
-        if state is not None and high > state.event_id:
-            replay = list(
-                source.execute(
-                    sa.select(e.record_id)
-                    .distinct()
-                    .where(e.event_id > state.event_id, e.event_id <= high)
-                ).scalars()
-            )
-            if len(replay) > _MAX_REPLAY:
-                state, replay = None, []
+    c = consent_scopes.c
+    high, replay, state = _changes_since(consents, state)
     old = state.pairs if state is not None else set()
     # Numbers first, so that the rows read next carry them (node.transparency). A transaction of
     # its own that writes first: SQLite cannot turn a reading transaction into a writing one
@@ -298,6 +305,28 @@ def push_consenting(
     data.commit()
     data.info[_MIRROR_STATE] = _MirrorState(high, old | {pair})
     return n
+
+
+def _changes_since(
+    consents: sa.Engine, state: _MirrorState | None
+) -> tuple[int, list[str], _MirrorState | None]:
+    """The high-water event id (`_high_water`), the records changed since the mirror's `state`,
+    and that state; None, with nothing to replay, when so many changed that a reload is cheaper."""
+    e = consent_events.c
+    replay: list[str] = []
+    with consents.begin() as source:
+        high = _high_water(source)
+        if state is not None and high > state.event_id:
+            replay = list(
+                source.execute(
+                    sa.select(e.record_id)
+                    .distinct()
+                    .where(e.event_id > state.event_id, e.event_id <= high)
+                ).scalars()
+            )
+            if len(replay) > _MAX_REPLAY:
+                state, replay = None, []
+    return high, replay, state
 
 
 def mirrored_numbers(data: sa.Connection) -> sa.FromClause | None:
@@ -363,23 +392,17 @@ def _consent_filter(
     return resident.in_(consenting)
 
 
-def compile_query(
-    query: Query, ds: DatasetSpec, recipients: tuple[str, ...], at: datetime, dialect: str
-) -> sa.Select[Any]:
-    return _compile(query, ds, recipients, _at_param(at), dialect)
+def compile_query(scan: Scan, dialect: str) -> sa.Select[Any]:
+    """The aggregate statement for `scan` in `dialect`, with its consent time bound in."""
+    return _compile(scan, _at_param(scan.at), dialect)
 
 
 def _source(
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: sa.BindParameter[Any],
-    dialect: str,
-    pushed: bool = False,
-    consent_filter: bool = True,
+    scan: Scan, at: sa.BindParameter[Any], dialect: str, consent_filter: bool = True
 ) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
     """The dataset table, the generalised group-by expressions, and the row conditions (consent
     filter for resident-linked data, and the query's filters) shared by every statement."""
+    query, ds = scan.query, scan.ds
     columns: list[sa.ColumnClause[Any]] = [sa.column(f.column) for f in ds.fields.values()]
     if ds.resident_linked:
         columns.append(sa.column(ds.resident_column))
@@ -398,10 +421,10 @@ def _source(
             _consent_filter(
                 table.c[ds.resident_column],
                 query.purpose,
-                recipients,
+                scan.recipients,
                 ds.data_category,
                 at,
-                pushed,
+                scan.pushed,
             )
         )
     for f in query.filters:
@@ -416,10 +439,6 @@ def _source(
                 value == f.values[0] if f.op is FilterOp.EQUALS else value.in_(f.values)
             )
     return table, dims, conditions
-
-
-# Per-field (name, low, high) clamps for sums under differential privacy.
-Bounds = tuple[tuple[str, float, float], ...]
 
 
 def _clamp(
@@ -437,69 +456,46 @@ def _people(table: sa.TableClause, ds: DatasetSpec) -> sa.ColumnElement[Any]:
     return sa.func.count()
 
 
+@dataclass
+class _Rows:
+    """What an aggregate reads: its source, row conditions, labelled group-by expressions, the
+    resident column (None: observational data) and the measured fields' columns."""
+
+    source: sa.FromClause
+    conditions: list[sa.ColumnElement[bool]]
+    dims: list[sa.ColumnElement[Any]]
+    resident: sa.ColumnElement[Any] | None
+    values: dict[str, sa.ColumnElement[Any]]
+
+
 def _compile(
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: sa.BindParameter[Any],
-    dialect: str,
-    pushed: bool = False,
-    bounds: Bounds = (),
-    per_resident: int = 0,
-    numbered: bool = False,
+    scan: Scan, at: sa.BindParameter[Any], dialect: str, numbered: bool = False
 ) -> sa.Select[Any]:
-    """`per_resident` (differential privacy with the resident as the unit): keep at most that
+    """`scan.per_resident` (differential privacy with the resident as the unit): keep at most that
     many of each resident's rows, chosen by the resident's own rows alone, so that adding or
     removing one resident changes any count by at most that much. `numbered` (consents
     mirrored, DuckDB, no `per_resident`): each cell also gets its contributors' bitmap over
     resident numbers 0 to the bound `bits_max` (`_BITS`), and how many of its rows belong to a
     resident the mirror has no number for (`_UNNUMBERED`)."""
-    assert not numbered or (pushed and not per_resident and ds.resident_linked)
-    table, generalised, conditions = _source(
-        query, ds, recipients, at, dialect, pushed, consent_filter=not numbered
+    ds = scan.ds
+    assert not numbered or (scan.pushed and not scan.per_resident and ds.resident_linked)
+    table, generalised, conditions = _source(scan, at, dialect, consent_filter=not numbered)
+    fields = sorted({m.field for m in scan.query.measures if m.field})
+    rows = _Rows(
+        table,
+        conditions,
+        [g.label(f"d{i}") for i, g in enumerate(generalised)],
+        table.c[ds.resident_column] if ds.resident_linked else None,
+        {f: table.c[ds.fields[f].column] for f in fields},
     )
-    fields = sorted({m.field for m in query.measures if m.field})
-    dims: list[sa.ColumnElement[Any]] = [g.label(f"d{i}") for i, g in enumerate(generalised)]
-    resident: sa.ColumnElement[Any] | None = (
-        table.c[ds.resident_column] if ds.resident_linked else None
-    )
-    source: sa.FromClause = table
-    values: dict[str, sa.ColumnElement[Any]] = {f: table.c[ds.fields[f].column] for f in fields}
     number: sa.ColumnElement[Any] | None = None
     if numbered:
-        # The consent filter as a join, to carry the numbers: one row per consenting resident.
-        mirror = _MIRROR.c
-        consenting = (
-            sa.select(mirror.resident_id, sa.func.max(mirror.number).label("number"))
-            .where(*_mirror_conditions(query.purpose, recipients, ds.data_category, at))
-            .group_by(mirror.resident_id)
-            .subquery("consenting")
-        )
-        source = table.join(consenting, consenting.c.resident_id == table.c[ds.resident_column])
-        number = consenting.c.number
-    if per_resident and resident is not None:
-        rank = sa.func.row_number().over(
-            partition_by=resident,
-            order_by=[*generalised, *values.values(), *(table.c[c] for c in _key_columns(ds))],
-        )
-        inner = (
-            sa.select(
-                *dims,
-                resident.label("r"),
-                *(v.label(f"f{j}") for j, v in enumerate(values.values())),
-                rank.label("rank"),
-            )
-            .select_from(table)
-            .where(*conditions)
-            .subquery("bounded")
-        )
-        source, conditions = inner, [inner.c.rank <= per_resident]
-        dims = [inner.c[f"d{i}"] for i in range(len(generalised))]
-        resident = inner.c.r
-        values = {f: inner.c[f"f{j}"] for j, f in enumerate(values)}
+        rows.source, number = _numbered(scan, table, at)
+    if scan.per_resident and rows.resident is not None:
+        rows = _bounded(scan, table, generalised, rows)
     bits: sa.ColumnElement[Any] | None = None
     residents: sa.ColumnElement[Any] = sa.func.count()  # observational: k counts records
-    if number is not None and resident is not None:
+    if number is not None and rows.resident is not None:
         bits = sa.func.bitstring_agg(
             number, sa.literal_column("0"), sa.bindparam(_BITS_MAX, type_=sa.BigInteger())
         )
@@ -507,13 +503,81 @@ def _compile(
         # hash strings, the larger part of the aggregate's time. Residents without a number are
         # not among them: `run` then answers by id (`_UNNUMBERED`).
         residents = sa.func.coalesce(sa.func.bit_count(bits), 0)  # 0: no rows at all
-    elif resident is not None:
-        residents = sa.func.count(sa.distinct(resident))
+    elif rows.resident is not None:
+        residents = sa.func.count(sa.distinct(rows.resident))
     measures: list[sa.ColumnElement[Any]] = [
         residents.label(_RESIDENTS),
         sa.func.count().label(_RECORDS),
+        *_measures(scan, residents, rows.values, dialect),
     ]
-    for i, m in enumerate(query.measures):
+    if number is not None and bits is not None:
+        measures += [
+            sa.cast(bits, sa.LargeBinary).label(_BITS),
+            sa.func.count().filter(number.is_(None)).label(_UNNUMBERED),
+        ]
+    stmt = sa.select(*rows.dims, *measures).select_from(rows.source).where(*rows.conditions)
+    if rows.dims:
+        stmt = stmt.group_by(*rows.dims).order_by(*rows.dims)
+    return stmt
+
+
+def _numbered(
+    scan: Scan, table: sa.TableClause, at: sa.BindParameter[Any]
+) -> tuple[sa.FromClause, sa.ColumnElement[Any]]:
+    """The consent filter as a join, to carry the numbers: one row per consenting resident."""
+    ds, mirror = scan.ds, _MIRROR.c
+    consenting = (
+        sa.select(mirror.resident_id, sa.func.max(mirror.number).label("number"))
+        .where(*_mirror_conditions(scan.query.purpose, scan.recipients, ds.data_category, at))
+        .group_by(mirror.resident_id)
+        .subquery("consenting")
+    )
+    source = table.join(consenting, consenting.c.resident_id == table.c[ds.resident_column])
+    return source, consenting.c.number
+
+
+def _bounded(
+    scan: Scan, table: sa.TableClause, generalised: list[sa.ColumnElement[Any]], rows: _Rows
+) -> _Rows:
+    """`rows` with at most `scan.per_resident` rows of each resident (see `_compile`)."""
+    assert rows.resident is not None
+    rank = sa.func.row_number().over(
+        partition_by=rows.resident,
+        order_by=[
+            *generalised,
+            *rows.values.values(),
+            *(table.c[c] for c in _key_columns(scan.ds)),
+        ],
+    )
+    inner = (
+        sa.select(
+            *rows.dims,
+            rows.resident.label("r"),
+            *(v.label(f"f{j}") for j, v in enumerate(rows.values.values())),
+            rank.label("rank"),
+        )
+        .select_from(table)
+        .where(*rows.conditions)
+        .subquery("bounded")
+    )
+    return _Rows(
+        inner,
+        [inner.c.rank <= scan.per_resident],
+        [inner.c[f"d{i}"] for i in range(len(generalised))],
+        inner.c.r,
+        {f: inner.c[f"f{j}"] for j, f in enumerate(rows.values)},
+    )
+
+
+def _measures(
+    scan: Scan,
+    residents: sa.ColumnElement[Any],
+    values: dict[str, sa.ColumnElement[Any]],
+    dialect: str,
+) -> list[sa.ColumnElement[Any]]:
+    """The query's measures, labelled m0, m1, ... in order; sums clamped to `scan.bounds`."""
+    measures: list[sa.ColumnElement[Any]] = []
+    for i, m in enumerate(scan.query.measures):
         expr: sa.ColumnElement[Any]
         if m.kind is MeasureKind.COUNT_RECORDS:
             expr = sa.func.count()
@@ -526,19 +590,11 @@ def _compile(
                 MeasureKind.MIN: sa.func.min,
                 MeasureKind.MAX: sa.func.max,
             }[m.kind]
-            bound = next(((lo, hi) for f, lo, hi in bounds if f == m.field), None)
+            bound = next(((lo, hi) for f, lo, hi in scan.bounds if f == m.field), None)
             value = values[m.field]
             expr = fn(value if bound is None else _clamp(value, *bound, dialect))
         measures.append(expr.label(f"m{i}"))
-    if number is not None and bits is not None:
-        measures += [
-            sa.cast(bits, sa.LargeBinary).label(_BITS),
-            sa.func.count().filter(number.is_(None)).label(_UNNUMBERED),
-        ]
-    stmt = sa.select(*dims, *measures).select_from(source).where(*conditions)
-    if dims:
-        stmt = stmt.group_by(*dims).order_by(*dims)
-    return stmt
+    return measures
 
 
 def _key_columns(ds: DatasetSpec) -> list[str]:
@@ -556,105 +612,130 @@ def _number(v: Any) -> float | int:
     return int(f) if f.is_integer() else round(f, 6)
 
 
-def run(
-    conn: sa.Connection,
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: datetime,
-    k: int,
-    pushed: bool = False,
-    bounds: Bounds = (),
-    per_resident: int = 0,
-    one_scan: bool = True,
-) -> AggregateResult:
-    """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
-    distinct consenting residents, and enough others that none can be recovered from margins.
-    A query whose whole population is under k is refused. `bounds` and `per_resident`: see
-    `_compile`.
+def _dataset_shape(ds: DatasetSpec) -> tuple[Any, ...]:
+    """Everything about the dataset that a statement is built from."""
+    return (ds.name, ds.table, ds.resident_column, ds.data_category, *ds.fields.items())
 
-    On DuckDB with the consent mirror (`pushed`) and no `per_resident`, the same scan also
-    computes each cell's contributors as a bitmap over resident numbers, and the result carries
-    the released cells' OR (`contributor_bitmap`), so that the transparency record needs no second
-    scan; only when the last answer of this shape had few enough cells for their bitmaps to fit
-    (`_MAX_CELL_BITMAPS`). When a row belongs to a resident the mirror has no number for, the
-    query is answered again without bitmaps (`one_scan` False), and the contributors statement
-    records them by id."""
-    dialect = conn.dialect.name
-    # Everything the statement is built from except the consent time, which binds at execution.
-    shape: tuple[Any, ...] = (
-        query,
-        recipients,
-        pushed,
-        bounds,
-        per_resident,
-        dialect,
-        ds.name,
-        ds.table,
-        ds.resident_column,
-    )
-    shape += (ds.data_category, *ds.fields.items())
-    params: dict[str, Any] = {_AT: timefmt.to_db(at)}
-    numbered, bits = False, 0
-    cells_before = _CELLS.get(shape)
-    if (
-        one_scan
-        and cells_before is not None
-        and shape not in _TWO_SCANS
-        and pushed
-        and dialect == "duckdb"
-        and ds.resident_linked
-        and not per_resident
-        and mirrored_numbers(conn) is not None
-    ):
-        bits = _bitmap_bits(conn)
-        if cells_before * (bits // 8) <= _MAX_CELL_BITMAPS:
-            numbered = True
+
+class QueryCompiler:
+    """Compiled statements by query shape, and what answers of each shape taught (cell counts,
+    one scans that ran out of memory): one per node, for its data engine, so that nodes sharing
+    a process share nothing."""
+
+    def __init__(self, limit: int = _MAX_STATEMENTS) -> None:
+        self._statements: BoundedCache[tuple[Any, ...], sa.Select[Any]] = BoundedCache(limit)
+        self._cells: BoundedCache[tuple[Any, ...], int] = BoundedCache(limit)
+        self._two_scans: BoundedCache[tuple[Any, ...], bool] = BoundedCache(limit)
+
+    def run(self, conn: sa.Connection, scan: Scan, k: int) -> AggregateResult:
+        """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
+        distinct consenting residents, and enough others that none can be recovered from margins.
+        A query whose whole population is under k is refused.
+
+        On DuckDB with the consent mirror (`scan.pushed`) and no `per_resident`, the same scan
+        also computes each cell's contributors as a bitmap over resident numbers, and the result
+        carries the released cells' OR (`contributor_bitmap`), so that the transparency record
+        needs no second scan; only when the last answer of this shape had few enough cells for
+        their bitmaps to fit (`_MAX_CELL_BITMAPS`). When a row belongs to a resident the mirror
+        has no number for, the query is answered again without bitmaps, and the contributors
+        statement records them by id."""
+        return self._run(conn, scan, k, one_scan=True)
+
+    def _run(self, conn: sa.Connection, scan: Scan, k: int, one_scan: bool) -> AggregateResult:
+        dialect = conn.dialect.name
+        # Everything the statement is built from except the consent time, which binds at execution.
+        shape: tuple[Any, ...] = (
+            scan.query,
+            scan.recipients,
+            scan.pushed,
+            scan.bounds,
+            scan.per_resident,
+            dialect,
+            *_dataset_shape(scan.ds),
+        )
+        params: dict[str, Any] = {_AT: timefmt.to_db(scan.at)}
+        bits = self._one_scan_bits(conn, scan, shape, one_scan)
+        numbered = bits > 0
+        if numbered:
             params[_BITS_MAX] = bits - 1
-    stmt = _STATEMENTS.get((*shape, numbered))
-    if stmt is None:
-        stmt = _compile(
-            query, ds, recipients, _at_param(None), dialect, pushed, bounds, per_resident, numbered
+        stmt = self._statements.get((*shape, numbered))
+        if stmt is None:
+            stmt = self._statements.put(
+                (*shape, numbered), _compile(scan, _at_param(None), dialect, numbered)
+            )
+        try:
+            rows = conn.execute(stmt, params).mappings().all()
+        except sa.exc.DBAPIError as e:
+            if not numbered or not _out_of_memory(e):
+                raise
+            # The join that numbers the rows and the cells' bitmaps need more memory than the
+            # aggregate alone: this shape takes two scans from now on. The mirror is committed.
+            conn.rollback()
+            self._two_scans.put(shape, True)
+            return self._run(conn, scan, k, one_scan=True)
+        if numbered and any(row[_UNNUMBERED] for row in rows):
+            # A resident consented after the mirror numbered and read the others: neither the
+            # bitmap nor the counts from it include them. Answered again by id; the contributors
+            # statement (a second scan) records them.
+            return self._run(conn, scan, k, one_scan=False)
+        self._cells.put(shape, len(rows))
+        return _released(conn, scan, k, rows, bits)
+
+    def _one_scan_bits(
+        self, conn: sa.Connection, scan: Scan, shape: tuple[Any, ...], one_scan: bool
+    ) -> int:
+        """How many resident numbers the cells' bitmaps cover when this answer computes its
+        contributors in its own scan; 0 when it does not."""
+        cells_before = self._cells.get(shape)
+        if not (
+            one_scan
+            and cells_before is not None
+            and shape not in self._two_scans
+            and scan.pushed
+            and conn.dialect.name == "duckdb"
+            and scan.ds.resident_linked
+            and not scan.per_resident
+            and mirrored_numbers(conn) is not None
+        ):
+            return 0
+        bits = _bitmap_bits(conn)
+        return bits if cells_before * (bits // 8) <= _MAX_CELL_BITMAPS else 0
+
+    def contributors_statement(
+        self, scan: Scan, dialect: str, withheld: list[dict[str, str]]
+    ) -> tuple[sa.Select[Any], dict[str, Any]] | None:
+        """`contributors`, as a statement cached by shape (like `run`'s) and the parameters to
+        execute it with: the consent time binds at execution, not into the statement."""
+        if not scan.ds.resident_linked:
+            return None
+        # Everything the statement is built from except the consent time; cells are keyed by
+        # strings.
+        shape: tuple[Any, ...] = (
+            "contributors",
+            scan.query,
+            scan.recipients,
+            scan.pushed,
+            dialect,
+            tuple(tuple(sorted(key.items())) for key in withheld),
+            *_dataset_shape(scan.ds),
         )
-        if len(_STATEMENTS) >= _MAX_STATEMENTS:
-            _STATEMENTS.clear()
-        _STATEMENTS[(*shape, numbered)] = stmt
-    names = [m.name for m in query.measures]
-    try:
-        rows = conn.execute(stmt, params).mappings().all()
-    except sa.exc.DBAPIError as e:
-        if not numbered or not _out_of_memory(e):
-            raise
-        # The join that numbers the rows and the cells' bitmaps need more memory than the
-        # aggregate alone: this shape takes two scans from now on. The mirror is committed.
-        conn.rollback()
-        if len(_TWO_SCANS) >= _MAX_STATEMENTS:
-            _TWO_SCANS.clear()
-        _TWO_SCANS.add(shape)
-        return run(conn, query, ds, recipients, at, k, pushed, bounds, per_resident)
-    if numbered and any(row[_UNNUMBERED] for row in rows):
-        # A resident consented after the mirror numbered and read the others: neither the
-        # bitmap nor the counts from it include them. Answered again by id; the contributors
-        # statement (a second scan) records them.
-        return run(conn, query, ds, recipients, at, k, pushed, bounds, per_resident, False)
-    if len(_CELLS) >= _MAX_STATEMENTS:
-        _CELLS.clear()
-    _CELLS[shape] = len(rows)
+        stmt = self._statements.get(shape)
+        if stmt is None:
+            stmt = self._statements.put(
+                shape, _contributors(scan, _at_param(None), dialect, withheld)
+            )
+        return stmt, {_AT: timefmt.to_db(scan.at)}
+
+
+def _released(
+    conn: sa.Connection, scan: Scan, k: int, rows: Sequence[sa.RowMapping], bits: int
+) -> AggregateResult:
+    """The answer from the aggregate's rows: small cells withheld (or the query refused), and,
+    when the scan computed bitmaps (`bits` > 0), the released cells' contributors."""
+    query = scan.query
     keys = [tuple(str(row[f"d{i}"]) for i in range(len(query.group_by))) for row in rows]
-    population = [int(row[_RESIDENTS]) for row in rows]
-    if max(population, default=0) < k and _population(conn, query, ds, recipients, at, pushed) < k:
-        # Two answers over populations this small could be subtracted to isolate someone.
-        raise PermissionDenied(
-            f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
-        )
-    try:
-        hidden = disclosure.suppress(keys, population, k)
-    except disclosure.TooLargeToAudit as e:
-        raise InvalidArgument(
-            f"the answer is too fine to protect its small cells ({e}): group by fewer or "
-            "coarser dimensions",
-            reason="GROUP_BY_TOO_FINE",
-        ) from None
+    hidden = _withheld(conn, scan, k, keys, [int(row[_RESIDENTS]) for row in rows])
+    names = [m.name for m in query.measures]
     cells: list[Cell] = []
     withheld: list[dict[str, str]] = []
     contributors = 0
@@ -666,13 +747,36 @@ def run(
         cells.append(
             Cell(key, {n: _number(row[f"m{j}"]) for j, n in enumerate(names)}, int(row[_RECORDS]))
         )
-        if numbered and row[_BITS] is not None:
+        if bits and row[_BITS] is not None:
             contributors |= int.from_bytes(bytes(row[_BITS]), "big")
-    if not numbered:
+    if not bits:
         return AggregateResult(cells, withheld)
     # The first number is the most significant bit: reversed, as bytes, to the record's order.
     bitmap = contributors.to_bytes(bits // 8, "big").translate(_REVERSED)
     return AggregateResult(cells, withheld, bitmap)
+
+
+def _withheld(
+    conn: sa.Connection,
+    scan: Scan,
+    k: int,
+    keys: list[tuple[str, ...]],
+    population: list[int],
+) -> set[int]:
+    """Which cells (by position) to withhold; refuses a query whose population is under k."""
+    if max(population, default=0) < k and _population(conn, scan) < k:
+        # Two answers over populations this small could be subtracted to isolate someone.
+        raise PermissionDenied(
+            f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
+        )
+    try:
+        return disclosure.suppress(keys, population, k)
+    except disclosure.TooLargeToAudit as e:
+        raise InvalidArgument(
+            f"the answer is too fine to protect its small cells ({e}): group by fewer or "
+            "coarser dimensions",
+            reason="GROUP_BY_TOO_FINE",
+        ) from None
 
 
 def _out_of_memory(error: sa.exc.DBAPIError) -> bool:
@@ -687,90 +791,36 @@ def _bitmap_bits(conn: sa.Connection) -> int:
     return (int(largest or 0) // 8 + 1) * 8
 
 
-def _population(
-    conn: sa.Connection,
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: datetime,
-    pushed: bool,
-) -> int:
+def _population(conn: sa.Connection, scan: Scan) -> int:
     """Distinct people in the query's population; asked only when every cell is under k."""
-    table, _, conditions = _source(query, ds, recipients, _at_param(at), conn.dialect.name, pushed)
-    stmt = sa.select(_people(table, ds)).select_from(table).where(*conditions)
+    table, _, conditions = _source(scan, _at_param(scan.at), conn.dialect.name)
+    stmt = sa.select(_people(table, scan.ds)).select_from(table).where(*conditions)
     return int(conn.execute(stmt).scalar_one())
 
 
-def contributors(
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: datetime,
-    dialect: str,
-    withheld: list[dict[str, str]],
-    pushed: bool = False,
-) -> sa.Select[Any] | None:
+def contributors(scan: Scan, dialect: str, withheld: list[dict[str, str]]) -> sa.Select[Any] | None:
     """The distinct residents whose records went into released cells (withheld ones excluded),
     for the residents' transparency record; None for observational data, which has no residents."""
-    if not ds.resident_linked:
+    if not scan.ds.resident_linked:
         return None
-    return _contributors(query, ds, recipients, _at_param(at), dialect, withheld, pushed)
-
-
-def contributors_statement(
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: datetime,
-    dialect: str,
-    withheld: list[dict[str, str]],
-    pushed: bool = False,
-) -> tuple[sa.Select[Any], dict[str, Any]] | None:
-    """`contributors`, as a statement cached by shape (like `run`'s) and the parameters to
-    execute it with: the consent time binds at execution, not into the statement."""
-    if not ds.resident_linked:
-        return None
-    # Everything the statement is built from except the consent time; cells are keyed by strings.
-    shape: tuple[Any, ...] = (
-        "contributors",
-        query,
-        recipients,
-        pushed,
-        dialect,
-        ds.name,
-        ds.table,
-        ds.resident_column,
-        tuple(tuple(sorted(key.items())) for key in withheld),
-    )
-    shape += (ds.data_category, *ds.fields.items())
-    stmt = _STATEMENTS.get(shape)
-    if stmt is None:
-        stmt = _contributors(query, ds, recipients, _at_param(None), dialect, withheld, pushed)
-        if len(_STATEMENTS) >= _MAX_STATEMENTS:
-            _STATEMENTS.clear()
-        _STATEMENTS[shape] = stmt
-    return stmt, {_AT: timefmt.to_db(at)}
+    return _contributors(scan, _at_param(scan.at), dialect, withheld)
 
 
 def _contributors(
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: sa.BindParameter[Any],
-    dialect: str,
-    withheld: list[dict[str, str]],
-    pushed: bool,
+    scan: Scan, at: sa.BindParameter[Any], dialect: str, withheld: list[dict[str, str]]
 ) -> sa.Select[Any]:
-    table, dims, conditions = _source(query, ds, recipients, at, dialect, pushed)
+    table, dims, conditions = _source(scan, at, dialect)
     if withheld and not dims:
         conditions.append(sa.false())  # the single total cell was withheld: nobody's data left
     for key in withheld if dims else []:
         conditions.append(
             sa.not_(
-                sa.and_(*(g == key[d.field] for g, d in zip(dims, query.group_by, strict=True)))
+                sa.and_(
+                    *(g == key[d.field] for g, d in zip(dims, scan.query.group_by, strict=True))
+                )
             )
         )
-    return sa.select(table.c[ds.resident_column]).distinct().where(*conditions)
+    return sa.select(table.c[scan.ds.resident_column]).distinct().where(*conditions)
 
 
 MAX_RELEASED_RECORDS = 10_000
@@ -801,7 +851,7 @@ def attribute_check(conn: sa.Connection, query: Query, ds: DatasetSpec, at: date
     """Yes if the subject's records meet every condition. Consent is checked by the caller; this
     reads only the subject's own rows."""
     table, _, conditions = _source(
-        query, ds, (), _at_param(at), conn.dialect.name, consent_filter=False
+        Scan(query, ds, (), at), _at_param(at), conn.dialect.name, consent_filter=False
     )
     stmt = (
         sa.select(sa.literal(1))
@@ -812,22 +862,12 @@ def attribute_check(conn: sa.Connection, query: Query, ds: DatasetSpec, at: date
     return conn.execute(stmt).first() is not None
 
 
-def release_records(
-    conn: sa.Connection,
-    query: Query,
-    ds: DatasetSpec,
-    recipients: tuple[str, ...],
-    at: datetime,
-    pseudonym_key: bytes,
-    pushed: bool = False,
-) -> list[dict[str, Any]]:
+def release_records(conn: sa.Connection, scan: Scan, pseudonym_key: bytes) -> list[dict[str, Any]]:
     """Consenting residents' records: only the requested (allowed) columns, generalised as asked,
     and the resident id replaced by HMAC-SHA256 under a key unique to the agreement."""
-    table, dims, conditions = _source(
-        query, ds, recipients, _at_param(at), conn.dialect.name, pushed
-    )
+    table, dims, conditions = _source(scan, _at_param(scan.at), conn.dialect.name)
     stmt = (
-        sa.select(table.c[ds.resident_column], *dims)
+        sa.select(table.c[scan.ds.resident_column], *dims)
         .where(*conditions)
         .limit(MAX_RELEASED_RECORDS + 1)
     )
@@ -837,7 +877,7 @@ def release_records(
             f"a release holds at most {MAX_RELEASED_RECORDS} records; narrow the filters",
             reason="RELEASE_TOO_LARGE",
         )
-    names = [d.field for d in query.group_by]
+    names = [d.field for d in scan.query.group_by]
     return [
         {
             "pseudonym": hmac.new(pseudonym_key, str(r[0]).encode(), hashlib.sha256).hexdigest(),

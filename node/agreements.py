@@ -46,6 +46,7 @@ class StoredAgreement:
     status: str
 
     def status_at(self, at: datetime) -> str:
+        """The status at `at`: an active agreement past its validity is expired."""
         if self.status == ACTIVE and at >= self.verified.valid_until:
             return EXPIRED
         return self.status
@@ -255,6 +256,7 @@ class AgreementRegister:
         return out
 
     def active(self) -> list[StoredAgreement]:
+        """Every active agreement, read once and kept until the register changes."""
         with self._lock:
             if self._active is None:
                 with self._engine.connect() as conn:
@@ -268,11 +270,13 @@ class AgreementRegister:
             return self._active
 
     def in_force_for(self, consumer: str, at: datetime) -> list[StoredAgreement]:
+        """The active agreements with `consumer` that are in force at `at`."""
         return [
             a for a in self.active() if a.verified.consumer == consumer and a.verified.in_force(at)
         ]
 
     def get(self, agreement_id: str) -> StoredAgreement:
+        """The newest version of an agreement, or NotFound."""
         with self._engine.connect() as conn:
             found = self._load(
                 conn.execute(

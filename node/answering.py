@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from audit.log import MerkleLog, SideWrite
 from domain import statements
-from domain.agreement import DEFAULT_K, Agreement
+from domain.agreement import DEFAULT_K, Agreement, DpTerms
 from domain.errors import AuthenticationError, CitybrokerError, Conflict, PermissionDenied
 from domain.kinds import LogKind
 from domain.plan import QueryPlan
@@ -26,15 +26,46 @@ from keys.ed25519 import Signer
 from keys.trust import TrustStore
 from node import aggregate, policy, privacy, taxonomy
 from node.agreements import AgreementRegister
-from node.catalogue import Catalogue, DatasetSpec
+from node.catalogue import Catalogue
 from node.transfers import TransferRules
 from node.transparency import Exchange, ExchangeRecorder
 
 
 @dataclass(frozen=True)
 class NodeSettings:
+    """The city's party id, and the smallest k it answers with whatever an agreement says."""
+
     city: str
     k_floor: int = 5
+
+
+@dataclass(frozen=True)
+class NodeParts:
+    """What a city answers with: its settings, key and trust store, its agreements, catalogue
+    and transfer rules, its data and consent databases, its log and exchange recorder."""
+
+    settings: NodeSettings
+    signer: Signer
+    trust: TrustStore
+    agreements: AgreementRegister
+    catalogue: Catalogue
+    data: sa.Engine
+    consents: sa.Engine
+    log: MerkleLog
+    exchanges: ExchangeRecorder
+    transfers: TransferRules
+
+
+@dataclass(frozen=True)
+class _Permitted:
+    """One query this city may answer: under which agreement and k, how it scans the data, and
+    where the data comes from and goes to (provider, recipient jurisdictions)."""
+
+    request: statements.BrokerRequest
+    agreement: Agreement
+    k: int
+    scan: aggregate.Scan
+    jurisdictions: tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -67,28 +98,17 @@ def _charged(charge: privacy.Charge, record: SideWrite) -> SideWrite:
 
 
 class Answerer:
-    def __init__(
-        self,
-        settings: NodeSettings,
-        signer: Signer,
-        trust: TrustStore,
-        agreements: AgreementRegister,
-        catalogue: Catalogue,
-        data: sa.Engine,
-        log: MerkleLog,
-        exchanges: ExchangeRecorder,
-        transfers: TransferRules,
-        consents: sa.Engine,
-    ) -> None:
-        self._ledger = privacy.BudgetLedger(consents)
-        self._s, self._signer, self._trust = settings, signer, trust
-        self._agreements, self._catalogue, self._data, self._log = (
-            agreements,
-            catalogue,
-            data,
-            log,
-        )
-        self._exchanges, self._transfers, self._consents = exchanges, transfers, consents
+    """Answers, plans and describes for brokers; see the module docstring."""
+
+    def __init__(self, parts: NodeParts) -> None:
+        self._ledger = privacy.BudgetLedger(parts.consents)
+        self._s, self._signer, self._trust = parts.settings, parts.signer, parts.trust
+        self._agreements, self._catalogue = parts.agreements, parts.catalogue
+        self._data, self._consents, self._log = parts.data, parts.consents, parts.log
+        self._exchanges, self._transfers = parts.exchanges, parts.transfers
+        self._provider = policy.Provider(parts.settings.city, parts.catalogue, parts.transfers)
+        # Statements compiled for this node's data engine, and what its answers taught.
+        self._compiler = aggregate.QueryCompiler()
         self._replay = tokens.ReplayCache()
 
     def _authenticate(
@@ -193,150 +213,152 @@ class Answerer:
             raise PermissionDenied(
                 f"the query does not ask {self._s.city}", reason="CITY_NOT_ASKED"
             )
-        started = timefmt.now()
+        permitted = self._permitted(request, query, timefmt.now())
+        scan = permitted.scan
+        if query.kind is QueryKind.ATTRIBUTE_CHECK:
+            return self._check_attribute(permitted, conn)
+        if scan.pushed:
+            aggregate.push_consenting(
+                conn, self._consents, query.purpose, scan.recipients, scan.ds.data_category, scan.at
+            )
+        if query.kind is QueryKind.RECORD_RELEASE:
+            return self._release_records(permitted, conn)
+        return self._aggregate(permitted, conn)
+
+    def _permitted(
+        self, request: statements.BrokerRequest, query: Query, started: datetime
+    ) -> _Permitted:
+        """The policy decision, and how the permitted query is answered; or the refusal."""
         permit = policy.decide(
             query,
             request.partner,
-            self._s.city,
             (a.verified for a in self._agreements.in_force_for(request.partner, started)),
-            self._catalogue,
             started,
-            self._transfers,
+            self._provider,
             self._jurisdiction(request.partner),
         )
-        agreement = permit.agreement
+        agreement, terms = permit.agreement, permit.agreement.dp
         k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
         ds = self._catalogue.datasets[query.dataset]
-        recipients = self._recipients(request.partner)
         jurisdictions = (self._transfers.home, self._jurisdiction(request.partner))
-        if agreement.dp is not None:
-            privacy.check_query(query, agreement.dp)
-        if query.kind is QueryKind.ATTRIBUTE_CHECK:
-            with self._consents.connect() as consents:
-                if not aggregate.has_consent(
-                    consents, query.subject, query.purpose, recipients, ds.data_category, started
-                ):
-                    raise PermissionDenied(
-                        "this resident gave no valid consent for this purpose and recipient",
-                        reason="CONSENT_MISSING",
-                    )
-            match = aggregate.attribute_check(conn, query, ds, started)
-            result = statements.sign_result(
-                request,
+        if terms is not None:
+            privacy.check_query(query, terms)
+        scan = aggregate.Scan(
+            query,
+            ds,
+            self._recipients(request.partner),
+            started,
+            pushed=ds.resident_linked and self._data is not self._consents,
+            bounds=tuple(sorted((f, lo, hi) for f, (lo, hi) in terms.bounds.items()))
+            if terms
+            else (),
+            per_resident=terms.records_per_resident if terms and ds.resident_linked else 0,
+        )
+        return _Permitted(request, agreement, k, scan, jurisdictions)
+
+    def _sign(
+        self,
+        permitted: _Permitted,
+        cells: list[dict[str, Any]],
+        withheld: list[dict[str, str]],
+        spent: dict[str, Any] | None = None,
+        records: list[dict[str, Any]] | None = None,
+    ) -> dsse.Envelope:
+        agreement = permitted.agreement
+        return statements.sign_result(
+            permitted.request,
+            statements.UnsignedResult(
                 self._s.city,
                 (agreement.agreement_id, agreement.version),
-                k,
-                [{"key": {}, "values": {"match": int(match)}, "records": 0}],
-                [],
-                self._signer,
-                jurisdictions=jurisdictions,
-            )
-            return _Release(
-                result,
-                query,
-                agreement,
-                started,
-                sa.select(sa.literal(query.subject, type_=sa.String)),
-            )
-        pushed = ds.resident_linked and self._data is not self._consents
-        if pushed:
-            aggregate.push_consenting(
-                conn, self._consents, query.purpose, recipients, ds.data_category, started
-            )
-        if query.kind is QueryKind.RECORD_RELEASE:
-            # A pseudonym key per agreement, so releases under different agreements never link.
-            key = self._signer.derive_secret(
-                f"citybroker pseudonyms\0{agreement.agreement_id}\0{agreement.version}".encode()
-            )
-            released = aggregate.release_records(conn, query, ds, recipients, started, key, pushed)
-            result = statements.sign_result(
-                request,
-                self._s.city,
-                (agreement.agreement_id, agreement.version),
-                k,
-                [],
-                [],
-                self._signer,
-                jurisdictions=jurisdictions,
-                records=released,
-            )
-            return _Release(
-                result,
-                query,
-                agreement,
-                started,
-                aggregate.contributors(
-                    query, ds, recipients, started, conn.dialect.name, [], pushed
-                ),
-            )
-        return self._aggregate(
-            request, conn, query, ds, agreement, recipients, started, k, pushed, jurisdictions
+                permitted.k,
+                cells,
+                withheld,
+                permitted.jurisdictions,
+                spent,
+                records,
+            ),
+            self._signer,
         )
 
-    def _aggregate(
-        self,
-        request: statements.BrokerRequest,
-        conn: sa.Connection,
-        query: Query,
-        ds: DatasetSpec,
-        agreement: Agreement,
-        recipients: tuple[str, ...],
-        started: datetime,
-        k: int,
-        pushed: bool,
-        jurisdictions: tuple[str, str],
-    ) -> _Release:
-        terms = agreement.dp
-        bounds = tuple(sorted((f, lo, hi) for f, (lo, hi) in terms.bounds.items())) if terms else ()
-        per_resident = terms.records_per_resident if terms and ds.resident_linked else 0
-        answer = aggregate.run(
-            conn, query, ds, recipients, started, k, pushed, bounds, per_resident
+    def _check_attribute(self, permitted: _Permitted, conn: sa.Connection) -> _Release:
+        scan = permitted.scan
+        query = scan.query
+        with self._consents.connect() as consents:
+            if not aggregate.has_consent(
+                consents,
+                query.subject,
+                query.purpose,
+                scan.recipients,
+                scan.ds.data_category,
+                scan.at,
+            ):
+                raise PermissionDenied(
+                    "this resident gave no valid consent for this purpose and recipient",
+                    reason="CONSENT_MISSING",
+                )
+        match = aggregate.attribute_check(conn, query, scan.ds, scan.at)
+        result = self._sign(
+            permitted, [{"key": {}, "values": {"match": int(match)}, "records": 0}], []
         )
+        return _Release(
+            result,
+            query,
+            permitted.agreement,
+            scan.at,
+            sa.select(sa.literal(query.subject, type_=sa.String)),
+        )
+
+    def _release_records(self, permitted: _Permitted, conn: sa.Connection) -> _Release:
+        agreement, scan = permitted.agreement, permitted.scan
+        # A pseudonym key per agreement, so releases under different agreements never link.
+        key = self._signer.derive_secret(
+            f"citybroker pseudonyms\0{agreement.agreement_id}\0{agreement.version}".encode()
+        )
+        released = aggregate.release_records(conn, scan, key)
+        result = self._sign(permitted, [], [], records=released)
+        return _Release(
+            result,
+            scan.query,
+            agreement,
+            scan.at,
+            aggregate.contributors(scan, conn.dialect.name, []),
+        )
+
+    def _aggregate(self, permitted: _Permitted, conn: sa.Connection) -> _Release:
+        agreement, scan = permitted.agreement, permitted.scan
+        terms = agreement.dp
+        answer = self._compiler.run(conn, scan, permitted.k)
         cells: list[dict[str, Any]] = [
             {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells
         ]
         charge = spend = None
         if terms is not None:
             # Quoted now (an exhausted budget refuses the answer), booked when it is released.
-            charge = self._ledger.quote(agreement, request.request_id)
+            charge = self._ledger.quote(agreement, permitted.request.request_id)
             spend = charge.spend()
-            share = spend.epsilon / len(query.measures)
-            records = privacy.sensitivity(terms, ds.resident_linked)
-            for cell in cells:
-                cell["values"] = {
-                    m.name: privacy.noisy(
-                        cell["values"][m.name], m.kind, m.field, terms, share, records
-                    )
-                    for m in query.measures
-                }
-                cell["records"] = 0  # exact counts must not travel beside noisy ones
-        result = statements.sign_result(
-            request,
-            self._s.city,
-            (agreement.agreement_id, agreement.version),
-            k,
+            _add_noise(cells, scan, terms, spend.epsilon)
+        result = self._sign(
+            permitted,
             cells,
             answer.withheld,
-            self._signer,
-            jurisdictions=jurisdictions,
-            privacy=spend.statement(per_resident or None) if spend else None,
+            spend.statement(scan.per_resident or None) if spend else None,
         )
         if answer.contributor_bitmap is not None:
             return _Release(
                 result,
-                query,
+                scan.query,
                 agreement,
-                started,
+                scan.at,
                 None,
                 charge=charge,
                 contributor_bitmap=answer.contributor_bitmap,
             )
-        contributors = aggregate.contributors_statement(
-            query, ds, recipients, started, conn.dialect.name, answer.withheld, pushed
+        contributors = self._compiler.contributors_statement(
+            scan, conn.dialect.name, answer.withheld
         )
         if contributors is None:
-            return _Release(result, query, agreement, started, None, charge=charge)
-        return _Release(result, query, agreement, started, *contributors, charge=charge)
+            return _Release(result, scan.query, agreement, scan.at, None, charge=charge)
+        return _Release(result, scan.query, agreement, scan.at, *contributors, charge=charge)
 
     def plan(self, envelope: dsse.Envelope, peers: Sequence[str]) -> QueryPlan:
         """A dry run: would this city answer, and under which terms? No data is read."""
@@ -354,11 +376,9 @@ class Answerer:
             permit = policy.decide(
                 query,
                 request.partner,
-                self._s.city,
                 in_force,
-                self._catalogue,
                 at,
-                self._transfers,
+                self._provider,
                 self._jurisdiction(request.partner),
             )
             terms, refusal = permit.agreement, None
@@ -380,5 +400,20 @@ class Answerer:
         )
 
     def describe_offer(self, envelope: dsse.Envelope, peers: Sequence[str]) -> list[dsse.Envelope]:
+        """The envelopes of the agreements in force with the request's partner."""
         request = self._authenticate(envelope, statements.DESCRIBE, peers)
         return [a.envelope for a in self._agreements.in_force_for(request.partner, timefmt.now())]
+
+
+def _add_noise(
+    cells: list[dict[str, Any]], scan: aggregate.Scan, terms: DpTerms, epsilon: float
+) -> None:
+    """Each cell's measures with differential privacy's noise, `epsilon` shared among them."""
+    share = epsilon / len(scan.query.measures)
+    records = privacy.sensitivity(terms, scan.ds.resident_linked)
+    for cell in cells:
+        cell["values"] = {
+            m.name: privacy.noisy(cell["values"][m.name], m.kind, m.field, terms, share, records)
+            for m in scan.query.measures
+        }
+        cell["records"] = 0  # exact counts must not travel beside noisy ones

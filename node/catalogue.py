@@ -52,6 +52,7 @@ class FieldSpec:
     maps: tuple[tuple[str, Mapping], ...] = ()
 
     def mapping(self, generalisation: str) -> Mapping | None:
+        """The mapping table behind `generalisation`, if it goes through one."""
         return dict(self.maps).get(generalisation)
 
 
@@ -75,6 +76,7 @@ class Catalogue:
 
     @classmethod
     def from_config(cls, section: Section) -> Catalogue:
+        """The catalogue a node's config describes, validated."""
         datasets = {}
         for name in section:
             ds = section.section(name)

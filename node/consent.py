@@ -14,19 +14,22 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from domain.errors import AlreadyExists, InvalidArgument, NotFound, StoreError
-from domain.kinds import Statement
+from audit.log import MerkleLog
+from domain.errors import InvalidArgument, NotFound, StoreError
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import taxonomy
-from node.consent_lifecycle import VALID, Actor, Event, State, next_state
+from node.consent_evidence import RECEIPT as RECEIPT
+from node.consent_evidence import ConsentEvidence
+from node.consent_evidence import sign_receipt_payload as sign_receipt_payload
+from node.consent_lifecycle import VALID, Actor, Event, State
+from node.consent_rules import Decision, Outcome, Proposed, decide
 from node.schema import consent_events, consent_records, consent_scopes
 
-RECEIPT = Statement.CONSENT_RECEIPT
 MAX_ID_CHARS = 128
 MAX_SCOPE_ITEMS = 32
 MAX_PAGE = 100
@@ -79,9 +82,11 @@ class ConsentRecord:
         }
 
     def digest(self) -> str:
+        """The content digest of its terms (`terms_digest`)."""
         return terms_digest(self.terms())
 
     def scopes(self) -> list[tuple[str, str, str]]:
+        """Every (purpose, recipient, data category) it covers, sorted."""
         return [
             (p, r, c)
             for p in sorted(set(self.purposes))
@@ -90,6 +95,9 @@ class ConsentRecord:
         ]
 
     def validate(self, known_party: Callable[[str], bool] | None = None) -> ConsentRecord:
+        """The record itself if its terms are valid (recipients that are parties must be
+        `known_party`s); InvalidArgument naming the first problem otherwise."""
+
         def bad(message: str, reason: str, **meta: str) -> InvalidArgument:
             return InvalidArgument(message, reason=reason, **meta)
 
@@ -182,10 +190,12 @@ class Page:
 
 
 def page_token(*parts: str) -> str:
+    """An opaque page token carrying `parts` (`read_page_token` reads it)."""
     return base64.urlsafe_b64encode("\x00".join(parts).encode()).decode()
 
 
 def read_page_token(token: str, parts: int) -> list[str]:
+    """The `parts` values of a page token; InvalidArgument if it is not one."""
     try:
         values = base64.urlsafe_b64decode(token.encode()).decode().split("\x00")
     except (ValueError, UnicodeDecodeError):
@@ -196,6 +206,7 @@ def read_page_token(token: str, parts: int) -> list[str]:
 
 
 def page_size(requested: int) -> int:
+    """The page size to serve: the requested one, at most MAX_PAGE (0 or less: MAX_PAGE)."""
     return MAX_PAGE if requested <= 0 else min(requested, MAX_PAGE)
 
 
@@ -273,13 +284,6 @@ def event_payload(
     )
 
 
-def sign_receipt_payload(body: bytes, signer: Signer) -> bytes:
-    """The DSSE consent receipt (`Envelope.to_json`) over a canonical receipt payload."""
-    ptype = dsse.media_type(RECEIPT)
-    sig = dsse.Signature(signer.keyid, signer.sign(dsse.pae(ptype, body)))
-    return dsse.Envelope(ptype, body, (sig,)).to_json()
-
-
 def record_row(record: ConsentRecord, state: State, digest: str | None = None) -> dict[str, Any]:
     """The consent_records row of a record (`digest`: its precomputed `record.digest()`)."""
     return {
@@ -301,6 +305,7 @@ def record_row(record: ConsentRecord, state: State, digest: str | None = None) -
 
 
 def scope_rows(record: ConsentRecord, state: State) -> list[dict[str, Any]]:
+    """The consent_scopes rows of a record in `state`."""
     valid_from = timefmt.to_db(record.valid_from)
     valid_until = timefmt.to_db(record.valid_until) if record.valid_until else None
     return [
@@ -318,24 +323,44 @@ def scope_rows(record: ConsentRecord, state: State) -> list[dict[str, Any]]:
     ]
 
 
+class _Stored(NamedTuple):
+    """A stored record and its stored terms digest, as `node.consent_rules.decide` reads it."""
+
+    record: ConsentRecord
+    digest: str
+
+    @property
+    def state(self) -> State:
+        return self.record.state
+
+    @property
+    def valid_from(self) -> datetime:
+        return self.record.valid_from
+
+
 class ConsentRegistry:
+    """Consent records and their events. Each event's signed receipt is committed to `log` once
+    the event is stored (`node.consent_evidence`); without a log nothing is logged."""
+
     def __init__(
         self,
         engine: sa.Engine,
         city: str,
         signer: Signer,
         known_party: Callable[[str], bool] | None = None,
+        log: MerkleLog | None = None,
     ) -> None:
-        self._engine, self._city, self._signer = engine, city, signer
+        self._engine, self._city = engine, city
         self._known_party = known_party
+        self._evidence = ConsentEvidence(city, signer, log)
 
     def receipt(
         self, record: ConsentRecord, event: Event, actor: str, at: datetime, state: State
     ) -> bytes:
         """The signed consent receipt of one event (DSSE over canonical JSON)."""
-        return dsse.sign(
-            RECEIPT, receipt_payload(self._city, record, event, actor, at, state), self._signer
-        ).to_json()
+        return self._evidence.sign_receipt(
+            receipt_payload(self._city, record, event, actor, at, state)
+        )
 
     def stored_receipt(self, event: sa.Row[Any], record: ConsentRecord) -> bytes:
         """An event's signed receipt from its consent_events row (`event`) and its record: the
@@ -347,7 +372,7 @@ class ConsentRegistry:
             return bytes(event.receipt)
         if event.batch_id is None:
             raise StoreError("a consent event has neither a receipt nor a batch")
-        return sign_receipt_payload(self.event_payload(event, record), self._signer)
+        return self._evidence.sign_receipt_payload(self.event_payload(event, record))
 
     def event_payload(self, event: sa.Row[Any], record: ConsentRecord) -> bytes:
         """The receipt payload of a stored event (its consent_events row `event`)."""
@@ -356,66 +381,61 @@ class ConsentRegistry:
     # -- events ------------------------------------------------------------------------------
 
     def give(self, record: ConsentRecord, actor: str) -> bytes:
+        """Record a new record's consent; its signed receipt."""
         return self._start(record, Event.GIVE, actor)
 
     def refuse(self, record: ConsentRecord, actor: str) -> bytes:
+        """Record a new record's refusal; its signed receipt."""
         return self._start(record, Event.REFUSE, actor)
 
     def _start(self, record: ConsentRecord, event: Event, actor: str) -> bytes:
         """A new record. Giving the same record (same terms) again is a no-op that returns the
         first receipt, so imports can be retried; other terms under the same id are refused."""
         record.validate(self._known_party)
-        state = next_state(None, event)
         at = timefmt.now()
-        receipt = self.receipt(record, event, actor, at, state)
         with self._engine.begin() as conn:
-            existing = conn.execute(
-                sa.select(consent_records.c.content_digest).where(
-                    consent_records.c.record_id == record.record_id
-                )
-            ).first()
-            if existing is not None:
-                if existing[0] != record.digest():
-                    raise AlreadyExists(
-                        f"consent record {record.record_id} exists with different terms",
-                        reason="CONSENT_RECORD_CONFLICT",
-                    )
+            stored = self._find(conn, record.record_id)
+            decision = _decided(stored, Proposed(record.record_id, event, record.digest()))
+            if decision.outcome is Outcome.ALREADY:
+                assert stored is not None
                 first = conn.execute(
                     sa.select(consent_events)
                     .where(consent_events.c.record_id == record.record_id)
                     .order_by(consent_events.c.event_id)
                     .limit(1)
                 ).one()
-                # A retry of the same decision is a no-op; the opposite decision is not.
-                if first.event != event.value:
-                    raise AlreadyExists(
-                        f"consent record {record.record_id} was {first.event}, not {event.value}",
-                        reason="CONSENT_RECORD_CONFLICT",
+                receipt = self.stored_receipt(first, stored.record)
+            else:
+                assert decision.state is not None
+                receipt = self.receipt(record, event, actor, at, decision.state)
+                conn.execute(consent_records.insert().values(record_row(record, decision.state)))
+                conn.execute(consent_scopes.insert(), scope_rows(record, decision.state))
+                conn.execute(
+                    consent_events.insert().values(
+                        record_id=record.record_id,
+                        event=event.value,
+                        actor=actor,
+                        at=timefmt.to_db(at),
+                        receipt=receipt,
                     )
-                return self.stored_receipt(first, self._get(conn, record.record_id))
-            conn.execute(consent_records.insert().values(record_row(record, state)))
-            conn.execute(consent_scopes.insert(), scope_rows(record, state))
-            conn.execute(
-                consent_events.insert().values(
-                    record_id=record.record_id,
-                    event=event.value,
-                    actor=actor,
-                    at=timefmt.to_db(at),
-                    receipt=receipt,
                 )
-            )
-        return receipt
+        # A retry logs its receipt again, as every call does: the log says what was answered.
+        return self._evidence.log_receipt(receipt)
 
     def renew(self, record_id: str, valid_until: datetime | None, actor: str) -> bytes:
+        """Record a renewal to `valid_until` (None: until withdrawn); its signed receipt."""
         return self._transition(record_id, Event.RENEW, actor, valid_until=valid_until)
 
     def withdraw(self, record_id: str, actor: str) -> bytes:
+        """Record the resident's withdrawal; its signed receipt."""
         return self._transition(record_id, Event.WITHDRAW, actor)
 
     def revoke(self, record_id: str, actor: str) -> bytes:
+        """Record the city's revocation; its signed receipt."""
         return self._transition(record_id, Event.REVOKE, actor)
 
     def invalidate(self, record_id: str, actor: str) -> bytes:
+        """Record the city's invalidation; its signed receipt."""
         return self._transition(record_id, Event.INVALIDATE, actor)
 
     def _transition(
@@ -423,13 +443,11 @@ class ConsentRegistry:
     ) -> bytes:
         at = timefmt.now()
         with self._engine.begin() as conn:
-            record = self._get(conn, record_id)
-            state = next_state(record.state, event)
+            stored = self._find(conn, record_id)
+            decision = _decided(stored, Proposed(record_id, event, valid_until=valid_until))
+            assert stored is not None and decision.state is not None
+            state, record = decision.state, stored.record
             if event is Event.RENEW:
-                if valid_until is not None and valid_until <= record.valid_from:
-                    raise InvalidArgument(
-                        "valid_until must be after valid_from", reason="CONSENT_DATES_INVALID"
-                    )
                 record = replace(record, valid_until=valid_until)
             receipt = self.receipt(record, event, actor, at, state)
             values: dict[str, Any] = {"state": state.value}
@@ -460,7 +478,7 @@ class ConsentRegistry:
                     receipt=receipt,
                 )
             )
-        return receipt
+        return self._evidence.log_receipt(receipt)
 
     def expire_due(self, at: datetime | None = None, batch: int = 1000) -> list[bytes]:
         """Record `expired` for valid consents whose validity has run out; returns receipts."""
@@ -487,10 +505,12 @@ class ConsentRegistry:
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, record_id: str) -> ConsentRecord:
+        """The stored record; NotFound if there is none."""
         with self._engine.connect() as conn:
             return self._get(conn, record_id)
 
     def history(self, record_id: str) -> list[ConsentEvent]:
+        """The record's events in order, each with its signed receipt."""
         with self._engine.connect() as conn:
             record = self._get(conn, record_id)
             rows = conn.execute(
@@ -509,6 +529,7 @@ class ConsentRegistry:
             ]
 
     def list_by_resident(self, resident_id: str, size: int, token: str) -> Page:
+        """One page of a resident's records, by record id."""
         stmt = sa.select(consent_records.c.record_id).where(
             consent_records.c.resident_id == resident_id
         )
@@ -523,21 +544,38 @@ class ConsentRegistry:
             records = [self._get(conn, i) for i in ids[:n]]
         return Page(records, page_token(ids[n - 1]) if len(ids) > n else "")
 
+    @classmethod
+    def _get(cls, conn: sa.Connection, record_id: str) -> ConsentRecord:
+        stored = cls._find(conn, record_id)
+        if stored is None:
+            raise NotFound(f"no consent record {record_id!r}", reason="CONSENT_NOT_FOUND")
+        return stored.record
+
     @staticmethod
-    def _get(conn: sa.Connection, record_id: str) -> ConsentRecord:
+    def _find(conn: sa.Connection, record_id: str) -> _Stored | None:
         row = (
             conn.execute(sa.select(consent_records).where(consent_records.c.record_id == record_id))
             .mappings()
             .first()
         )
         if row is None:
-            raise NotFound(f"no consent record {record_id!r}", reason="CONSENT_NOT_FOUND")
+            return None
         scopes = conn.execute(
             sa.select(
                 consent_scopes.c.purpose, consent_scopes.c.recipient, consent_scopes.c.data_category
             ).where(consent_scopes.c.record_id == record_id)
         ).all()
-        return record_from_row(row, [(s[0], s[1], s[2]) for s in scopes])
+        return _Stored(
+            record_from_row(row, [(s[0], s[1], s[2]) for s in scopes]), row["content_digest"]
+        )
+
+
+def _decided(stored: _Stored | None, proposed: Proposed) -> Decision:
+    """The consent rule's decision on an API call; raises its refusal."""
+    decision = decide(stored, proposed)
+    if decision.refusal is not None:
+        raise decision.refusal
+    return decision
 
 
 def record_from_row(

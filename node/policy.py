@@ -20,7 +20,19 @@ from node.transfers import TransferRules
 
 @dataclass(frozen=True)
 class Permit:
+    """The agreement a query may run under."""
+
     agreement: Agreement
+
+
+@dataclass(frozen=True)
+class Provider:
+    """The city that decides: its party id, its catalogue, and its operator's transfer rules
+    (None: where the data goes is not checked)."""
+
+    city: str
+    catalogue: Catalogue
+    transfers: TransferRules | None = None
 
 
 def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
@@ -166,19 +178,18 @@ def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
 def decide(
     query: Query,
     partner: str,
-    city: str,
     agreements: Iterable[Agreement],
-    catalogue: Catalogue,
     at: datetime,
-    transfers: TransferRules | None = None,
+    provider: Provider,
     destination: str = "",
 ) -> Permit:
     """Return the permit (the newest covering agreement in force) or raise the refusal.
 
     Permission comes before existence: a partner with no agreement at all learns nothing about the
-    catalogue. With `transfers`, the data may only go to the partner's jurisdiction `destination`
-    as the node operator's rules allow under that agreement.
+    catalogue. With the provider's transfer rules, the data may only go to the partner's
+    jurisdiction `destination` as the node operator's rules allow under that agreement.
     """
+    city, transfers = provider.city, provider.transfers
     # A newer version of an agreement supersedes the older ones even before it comes into force,
     # as AgreementRegister.activate does: a superseded version never authorises anything.
     newest: dict[str, Agreement] = {}
@@ -194,7 +205,7 @@ def decide(
             reason="NO_AGREEMENT",
             partner=partner,
         )
-    _check_catalogue(query, catalogue)
+    _check_catalogue(query, provider.catalogue)
     # Report the refusal of the agreement closest to covering the query, not merely the first.
     best: tuple[int, CitybrokerError] | None = None
     for a in in_force:

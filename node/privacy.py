@@ -117,6 +117,7 @@ class Charge:
     request_id: str
 
     def spend(self) -> Spend:
+        """What this answer spends, and the budget left once it is booked."""
         return Spend(self.epsilon, round(self.total_epsilon - self.spent_before - self.epsilon, 9))
 
     def write(self, conn: sa.Connection) -> None:

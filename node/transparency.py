@@ -19,7 +19,7 @@ record cost more than the query. Instead:
   about one row per 32 residents comes back, and nothing is written per resident. A contributor
   without a number yet (a resident new since the last consent sync) comes back by id and is
   numbered in the log's transaction. On DuckDB with the consent mirror, the aggregate's own scan
-  computes each cell's bitmap (node.aggregate.run) and the released cells' OR is recorded as is,
+  computes each cell's bitmap (node.aggregate.QueryCompiler.run) and the released cells' OR is recorded as is,
   with no second scan, when the cells' bitmaps fit and every contributor has a number.
 
 A bitmap over a dense numbering is both smaller and cheaper than a sorted, delta-coded list at
@@ -46,6 +46,7 @@ from audit.log import SideWrite
 from domain.errors import InvalidArgument
 from keys import timefmt
 from node import aggregate
+from node.cache import BoundedCache
 from node.consent import page_size, page_token, read_page_token
 from node.numbers import numbers_of
 from node.schema import exchange_contributors, exchanges, resident_numbers
@@ -58,8 +59,8 @@ _CHUNK = 10_000
 _SCAN = 500
 _INSERT_EXCHANGE = exchanges.insert()
 _INSERT_BLOCKS = exchange_contributors.insert()
-# Words statements by the (cached, node.aggregate) contributors statement and numbers they use.
-_WORDS_FROM: dict[tuple[sa.Select[Any], sa.FromClause], sa.Select[Any]] = {}
+# Words statements kept per recorder, by the (cached, node.aggregate) contributors statement and
+# the numbers they use.
 _MAX_WORDS_FROM = 256
 
 
@@ -67,28 +68,21 @@ def words_statement(contributors: sa.Select[Any], numbers: sa.FromClause) -> sa.
     """Rows (unnumbered resident, word, bits): for numbered contributors, 32-bit word n >> 5 of
     their bitmap (bit n & 31 set for each; a sum of distinct powers of two is their OR); for a
     contributor that `numbers` (columns resident_id, number) does not number, its id."""
-    key = (contributors, numbers)
-    stmt: sa.Select[Any] | None = _WORDS_FROM.get(key)
-    if stmt is None:
-        c = contributors.subquery("contributors")
-        number = numbers.c.number
-        unnumbered = sa.case((number.is_(None), c.c[0])).label("unnumbered")
-        # Literals, not parameters: PostgreSQL has no bigint >> bigint, and a parameter in the
-        # GROUP BY is not the same expression as one in the select list.
-        word = number.op(">>")(sa.literal_column("5", sa.Integer)).label("word")
-        bit = sa.cast(sa.literal_column("1"), sa.BigInteger).op("<<")(
-            sa.cast(number.op("&")(sa.literal_column("31", sa.Integer)), sa.Integer)
-        )
-        columns: list[sa.ColumnElement[Any]] = [unnumbered, word, sa.func.sum(bit).label("bits")]
-        stmt = (
-            sa.select(*columns)
-            .select_from(c.outerjoin(numbers, numbers.c.resident_id == c.c[0]))
-            .group_by(unnumbered, word)
-        )
-        if len(_WORDS_FROM) >= _MAX_WORDS_FROM:
-            _WORDS_FROM.clear()
-        _WORDS_FROM[key] = stmt
-    return stmt
+    c = contributors.subquery("contributors")
+    number = numbers.c.number
+    unnumbered = sa.case((number.is_(None), c.c[0])).label("unnumbered")
+    # Literals, not parameters: PostgreSQL has no bigint >> bigint, and a parameter in the
+    # GROUP BY is not the same expression as one in the select list.
+    word = number.op(">>")(sa.literal_column("5", sa.Integer)).label("word")
+    bit = sa.cast(sa.literal_column("1"), sa.BigInteger).op("<<")(
+        sa.cast(number.op("&")(sa.literal_column("31", sa.Integer)), sa.Integer)
+    )
+    columns: list[sa.ColumnElement[Any]] = [unnumbered, word, sa.func.sum(bit).label("bits")]
+    return (
+        sa.select(*columns)
+        .select_from(c.outerjoin(numbers, numbers.c.resident_id == c.c[0]))
+        .group_by(unnumbered, word)
+    )
 
 
 class _Bitmap:
@@ -158,8 +152,22 @@ class Exchange:
 
 
 class ExchangeRecorder:
+    """Writes each release's exchange and contributors, and finds a resident's exchanges."""
+
     def __init__(self, node: sa.Engine, data: sa.Engine) -> None:
         self._node, self._data = node, data
+        self._words: BoundedCache[tuple[sa.Select[Any], sa.FromClause], sa.Select[Any]] = (
+            BoundedCache(_MAX_WORDS_FROM)
+        )
+
+    def _words_statement(
+        self, contributors: sa.Select[Any], numbers: sa.FromClause
+    ) -> sa.Select[Any]:
+        """`words_statement`, built once per contributors statement and numbers."""
+        stmt = self._words.get((contributors, numbers))
+        if stmt is None:
+            stmt = self._words.put((contributors, numbers), words_statement(contributors, numbers))
+        return stmt
 
     def side_write(
         self,
@@ -190,7 +198,7 @@ class ExchangeRecorder:
             unnumbered = [str(r[0]) for r in data.execute(contributors, params)]
         else:
             for resident, word, bits in data.execute(
-                words_statement(contributors, numbered), params
+                self._words_statement(contributors, numbered), params
             ):
                 if word is None:
                     unnumbered.append(str(resident))

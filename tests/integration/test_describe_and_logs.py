@@ -8,7 +8,6 @@ from audit.note import NoteVerifier, parse_checkpoint, verify_note
 from citybroker.broker.v1 import broker_pb2
 from domain import agreement as agreement_doc
 from domain import statements
-from edge.partner_client import STATUS_NAMES
 from edge.wire import envelope_from_pb
 from keys import dsse
 from tests.conftest import PURPOSE, RunningFederation
@@ -17,47 +16,46 @@ from tests.integration.conftest import Wire, by_mode
 
 def test_describe_federation_lists_the_three_cities(federation: RunningFederation) -> None:
     with federation.partner() as client:
-        response = client.describe_federation()
+        offers = client.describe_federation()
     fed = federation.fed
-    assert [c.city_id for c in response.cities] == ["aurora", "borealis", "cascadia"]
-    for offer in response.cities:
-        plan = fed.cities[offer.city_id].plan
+    assert [c.city for c in offers] == ["aurora", "borealis", "cascadia"]
+    for offer in offers:
+        plan = fed.cities[offer.city].plan
         assert (offer.name, offer.jurisdiction) == (plan.name, plan.jurisdiction)
-        assert STATUS_NAMES[offer.outcome.status] == "answered"
-        (a,) = offer.agreements
-        assert a.agreement_id == f"{offer.city_id}--{fed.partner_id}"
+        assert offer.outcome.status == "answered"
+        ((a, signed),) = offer.agreements
+        assert a.agreement_id == f"{offer.city}--{fed.partner_id}"
         assert a.version == 1
         assert list(a.purposes) == [PURPOSE]
         assert a.min_cell_size == 10
-        by_name = {d.dataset: d for d in a.datasets}
-        assert set(by_name) == {"mobility", "traffic"}
-        ds = by_name["mobility"]
-        terms = {f.field: (f.appearance, list(f.generalisations)) for f in ds.fields}
+        assert set(a.datasets) == {"mobility", "traffic"}
+        terms = {
+            f: (t.appearance.value, sorted(t.generalisations))
+            for f, t in a.datasets["mobility"].items()
+        }
         assert terms == {
             "distance_km": ("aggregate_only", []),
             "district": ("raw", []),
             "mode": ("raw", []),
             "trip_date": ("generalised", ["month", "year"]),
         }
-        # The summary is backed by the agreement itself, signed by city and partner.
-        verified = agreement_doc.verify(envelope_from_pb(a.signed_agreement), fed.bundle)
-        assert (verified.provider, verified.consumer) == (offer.city_id, fed.partner_id)
+        # The terms are the agreement itself, signed by city and partner.
+        verified = agreement_doc.verify(signed, fed.bundle)
+        assert (verified.provider, verified.consumer) == (offer.city, fed.partner_id)
         assert verified.purposes == frozenset(a.purposes)
 
 
 def test_describe_reports_a_city_that_is_down(fresh_federation: RunningFederation) -> None:
     fresh_federation.nodes["cascadia"].stop(0)
     with fresh_federation.partner() as client:
-        response = client.describe_federation()
-    outcomes = {
-        c.city_id: (STATUS_NAMES[c.outcome.status], c.outcome.code) for c in response.cities
-    }
+        offers = client.describe_federation()
+    outcomes = {c.city: (c.outcome.status, c.outcome.code) for c in offers}
     assert outcomes == {
         "aurora": ("answered", "OK"),
         "borealis": ("answered", "OK"),
         "cascadia": ("failed", "UNAVAILABLE"),
     }
-    assert [len(c.agreements) for c in response.cities] == [1, 1, 0]
+    assert [len(c.agreements) for c in offers] == [1, 1, 0]
 
 
 def test_node_log_holds_the_exact_signed_result(wire: Wire) -> None:

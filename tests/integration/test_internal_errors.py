@@ -72,7 +72,7 @@ def test_broker_keeps_serving_while_handlers_crash(
 def test_node_handler_crash_is_reported_per_city(
     wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(aggregate, "run", _boom)
+    monkeypatch.setattr(aggregate.QueryCompiler, "run", _boom)
     response = wire.query()
     assert [(c.city_id, c.status, c.code, c.message) for c in response.cities] == [
         (c, broker_pb2.CITY_STATUS_FAILED, "INTERNAL", "internal error")
@@ -89,17 +89,19 @@ def test_node_crash_seen_directly(wire: Wire, monkeypatch: pytest.MonkeyPatch) -
     def signed_query() -> node_pb2.RunQueryRequest:
         env = statements.sign_request(
             statements.QUERY,
-            str(uuid.uuid4()),
-            fed.broker_id,
-            fed.partner_id,
-            wire.token(),
-            by_mode(),
+            statements.UnsignedRequest(
+                str(uuid.uuid4()),
+                fed.broker_id,
+                fed.partner_id,
+                wire.token(),
+                by_mode(),
+            ),
             fed.broker_signer,
         )
         return node_pb2.RunQueryRequest(signed_query=envelope_to_pb(env))
 
     stub = wire.node_query("borealis")
-    monkeypatch.setattr(aggregate, "run", _boom)
+    monkeypatch.setattr(aggregate.QueryCompiler, "run", _boom)
     with pytest.raises(grpc.RpcError) as info:
         stub.RunQuery(signed_query(), timeout=10)
     e = remote_error(info.value)

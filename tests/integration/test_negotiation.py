@@ -58,7 +58,7 @@ def test_plan_is_a_dry_run_with_each_citys_terms(fresh_federation: RunningFedera
     size_before = fresh_federation.nodes["aurora"].log.size()
     with fresh_federation.partner() as client:
         plan = client.plan(BY_MONTH)
-    plans = {c.city_id: c.plan for c in plan.cities}
+    plans = {c.city: c.plan for c in plan.cities}
     assert plans["aurora"].allowed is False
     assert plans["aurora"].reason == "GENERALISATION_NOT_IN_AGREEMENT"
     assert plans["borealis"].allowed is True and plans["borealis"].min_cell_size == 10

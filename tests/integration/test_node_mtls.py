@@ -34,11 +34,13 @@ def _request(
     fed = wire.fed
     env = statements.sign_request(
         statements.QUERY,
-        str(uuid.uuid4()),
-        broker or fed.broker_id,
-        partner or fed.partner_id,
-        token or wire.token(),
-        query or by_mode(),
+        statements.UnsignedRequest(
+            str(uuid.uuid4()),
+            broker or fed.broker_id,
+            partner or fed.partner_id,
+            token or wire.token(),
+            query or by_mode(),
+        ),
         signer or fed.broker_signer,
     )
     return node_pb2.RunQueryRequest(signed_query=envelope_to_pb(env))
@@ -143,11 +145,13 @@ def test_a_tampered_query_is_refused(wire: Wire) -> None:
 def test_a_query_of_the_wrong_payload_type_is_refused(wire: Wire) -> None:
     env = statements.sign_request(
         statements.DESCRIBE,
-        str(uuid.uuid4()),
-        wire.fed.broker_id,
-        wire.fed.partner_id,
-        wire.token(),
-        None,
+        statements.UnsignedRequest(
+            str(uuid.uuid4()),
+            wire.fed.broker_id,
+            wire.fed.partner_id,
+            wire.token(),
+            None,
+        ),
         wire.fed.broker_signer,
     )
     request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(env))

@@ -387,6 +387,7 @@ CATALOGUE = Catalogue.from_config(
         "datasets.",
     )
 )
+PROVIDER = policy.Provider(CITY, CATALOGUE)
 
 
 @pytest.fixture(scope="module")
@@ -451,16 +452,22 @@ def test_injection_straight_at_the_policy(place: str) -> None:
         query = make(s).validate()
         if code == "PERMISSION_DENIED":
             # Values are not the policy's business: the query is permitted, and runs as data.
-            assert policy.decide(query, PARTNER, CITY, [_agreement()], CATALOGUE, timefmt.now())
+            assert policy.decide(query, PARTNER, [_agreement()], timefmt.now(), PROVIDER)
             continue
         with pytest.raises(InvalidArgument) as info:
-            policy.decide(query, PARTNER, CITY, [_agreement()], CATALOGUE, timefmt.now())
+            policy.decide(query, PARTNER, [_agreement()], timefmt.now(), PROVIDER)
         assert info.value.reason == reason, s
     # Injected partner or city ids find no agreement, and learn nothing more.
     for s in INJECTIONS:
         for partner, city in ((s, CITY), (PARTNER, s)):
             with pytest.raises(PermissionDenied) as denied:
-                policy.decide(_by_mode(), partner, city, [_agreement()], CATALOGUE, timefmt.now())
+                policy.decide(
+                    _by_mode(),
+                    partner,
+                    [_agreement()],
+                    timefmt.now(),
+                    policy.Provider(city, CATALOGUE),
+                )
             assert denied.value.reason == "NO_AGREEMENT"
 
 
@@ -477,13 +484,15 @@ def test_injection_straight_at_the_policy(place: str) -> None:
     ids=["mode", "district", "week", "band", "purpose", "traffic-month"],
 )
 def test_injection_straight_at_the_aggregation(node: sa.Engine, make: Any) -> None:
-    """aggregate.run binds every value: nothing matches, so each query is refused as empty."""
+    """QueryCompiler.run binds every value: nothing matches, so each query is refused as empty."""
     before = _local_counts(node)
     for s in INJECTIONS:
         query = make(s)
         ds = CATALOGUE.datasets[query.dataset]
         with node.connect() as conn, pytest.raises(PermissionDenied) as info:
-            aggregate.run(conn, query, ds, (PARTNER,), timefmt.now(), 1)
+            aggregate.QueryCompiler().run(
+                conn, aggregate.Scan(query, ds, (PARTNER,), timefmt.now()), 1
+            )
         assert info.value.reason == "POPULATION_BELOW_K", s
     assert _local_counts(node) == before
 
@@ -492,7 +501,11 @@ def test_injected_recipients_see_nobody(node: sa.Engine) -> None:
     before = _local_counts(node)
     for s in INJECTIONS:
         with node.connect() as conn, pytest.raises(PermissionDenied) as info:
-            aggregate.run(conn, _by_mode(), CATALOGUE.datasets["mobility"], (s,), timefmt.now(), 1)
+            aggregate.QueryCompiler().run(
+                conn,
+                aggregate.Scan(_by_mode(), CATALOGUE.datasets["mobility"], (s,), timefmt.now()),
+                1,
+            )
         assert info.value.reason == "POPULATION_BELOW_K"
     assert _local_counts(node) == before
 
@@ -512,19 +525,25 @@ def test_observational_data_needs_no_consent_and_k_counts_records(tmp_path: Path
             group_by=(),
             filters=(Filter("observed_on", FilterOp.EQUALS, ("2026-08-02",), "day"),),
         )
+        compiler = aggregate.QueryCompiler()
         with engine.connect() as conn:
-            result = aggregate.run(conn, one_day, ds, (), timefmt.now(), HOURS_A_DAY)
+            result = compiler.run(conn, aggregate.Scan(one_day, ds, (), timefmt.now()), HOURS_A_DAY)
             assert [c.values for c in result.cells] == [{"count_records": HOURS_A_DAY}]
             with pytest.raises(PermissionDenied) as info:
-                aggregate.run(conn, one_day, ds, (), timefmt.now(), HOURS_A_DAY + 1)
+                compiler.run(conn, aggregate.Scan(one_day, ds, (), timefmt.now()), HOURS_A_DAY + 1)
             assert info.value.reason == "POPULATION_BELOW_K"
             # By day: three cells of 16; with k = 17 all are withheld, the total (48) is not under k.
             daily = dataclasses.replace(
                 one_day, group_by=(Dimension("observed_on", "day"),), filters=()
             )
-            result = aggregate.run(conn, daily, ds, (), timefmt.now(), HOURS_A_DAY + 1)
+            result = compiler.run(
+                conn, aggregate.Scan(daily, ds, (), timefmt.now()), HOURS_A_DAY + 1
+            )
             assert result.cells == [] and len(result.withheld) == 3
-            assert aggregate.contributors(daily, ds, (), timefmt.now(), "sqlite", []) is None
+            assert (
+                aggregate.contributors(aggregate.Scan(daily, ds, (), timefmt.now()), "sqlite", [])
+                is None
+            )
     finally:
         engine.dispose()
 
@@ -532,6 +551,6 @@ def test_observational_data_needs_no_consent_and_k_counts_records(tmp_path: Path
 def test_policy_refuses_counting_residents_of_observational_data() -> None:
     q = traffic(measures=(Measure(MeasureKind.COUNT_RESIDENTS),))
     with pytest.raises(CitybrokerError) as info:
-        policy.decide(q, PARTNER, CITY, [_agreement()], CATALOGUE, timefmt.now())
+        policy.decide(q, PARTNER, [_agreement()], timefmt.now(), PROVIDER)
     assert isinstance(info.value, InvalidArgument)
     assert info.value.reason == "MEASURE_INVALID"

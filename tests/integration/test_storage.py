@@ -79,8 +79,10 @@ def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
         group_by=(Dimension("trip_date", "month"),),
     )
     with engine.connect() as conn:
-        result = aggregate.run(
-            conn, query, catalogue.datasets["mobility"], ("partner",), timefmt.now(), k=1
+        result = aggregate.QueryCompiler().run(
+            conn,
+            aggregate.Scan(query, catalogue.datasets["mobility"], ("partner",), timefmt.now()),
+            k=1,
         )
     allowed = {r.resident_id for r in consenting[1:]}
     rows = list(synthetic.trip_rows(people, 3, date(2026, 8, 1), 60, seed=1))

@@ -1,4 +1,4 @@
-"""aggregate.run on SQLite against a naive Python oracle over the consenting residents only."""
+"""QueryCompiler.run on SQLite against a naive Python oracle over the consenting residents only."""
 
 from __future__ import annotations
 
@@ -217,11 +217,11 @@ def test_run_matches_the_oracle(world: World, q: Query, k: int) -> None:
     outcome = oracle(world, q, k)
     if outcome is None:
         with world.engine.connect() as conn, pytest.raises(PermissionDenied) as info:
-            aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
+            aggregate.QueryCompiler().run(conn, aggregate.Scan(q, DATASET, (PARTNER,), NOW), k)
         assert info.value.reason == "POPULATION_BELOW_K"
         return
     with world.engine.connect() as conn:
-        result = aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
+        result = aggregate.QueryCompiler().run(conn, aggregate.Scan(q, DATASET, (PARTNER,), NOW), k)
     expected, expected_withheld = outcome
 
     def key_of(cell_key: dict[str, str]) -> tuple[str, ...]:
@@ -249,7 +249,9 @@ def test_every_released_cell_has_k_consenting_residents(world: World, q: Query, 
     )
     with world.engine.connect() as conn:
         try:
-            result = aggregate.run(conn, counted, DATASET, (PARTNER,), NOW, k)
+            result = aggregate.QueryCompiler().run(
+                conn, aggregate.Scan(counted, DATASET, (PARTNER,), NOW), k
+            )
         except PermissionDenied as e:
             assert e.reason == "POPULATION_BELOW_K"
             return

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from node import consent_import
+from node.consent_import import chunks
 
 LIMIT = 64  # bytes a line may have
 
@@ -76,8 +76,8 @@ def test_block_reading_cuts_as_line_reading_does(
 ) -> None:
     data = "\n".join(body).encode() + (b"\n" if final_newline and body else b"")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(consent_import, "_READ_BYTES", block)
-        reader = consent_import._Lines(io.BytesIO(data), LIMIT)
+        mp.setattr(chunks, "READ_BYTES", block)
+        reader = chunks.Lines(io.BytesIO(data), LIMIT)
         got = [tuple(c) for c in reader.chunks(records, quoted)]
     assert got == list(model_chunks(data, records, quoted))
     assert reader.bytes == len(data)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 
-from node.consent_import import sqlite_datetime
+from node.consent_import.codec import sqlite_datetime
 
 _dialect = sqlite.dialect()
 _sqlalchemy = sa.DateTime().dialect_impl(_dialect).bind_processor(_dialect)

@@ -187,7 +187,9 @@ def queries(draw: st.DrawFn) -> Query:
 
 def outcome(q: Query, agreements: list[Agreement]) -> tuple[str, policy.Permit | None]:
     try:
-        return "permit", policy.decide(q, PARTNER, CITY, agreements, CATALOGUE, NOW)
+        return "permit", policy.decide(
+            q, PARTNER, agreements, NOW, policy.Provider(CITY, CATALOGUE)
+        )
     except PermissionDenied as e:
         return ("no-agreement" if e.reason == "NO_AGREEMENT" else "denied"), None
     except InvalidArgument:

@@ -142,7 +142,9 @@ def test_decide_never_permits_a_forbidden_transfer(
         (a for a in world if covers(a) and transfer_ok(rule, a)), key=lambda a: a.agreement_id
     )
     try:
-        permit = policy.decide(QUERY, PARTNER, CITY, world, CATALOGUE, NOW, transfers, destination)
+        permit = policy.decide(
+            QUERY, PARTNER, world, NOW, policy.Provider(CITY, CATALOGUE, transfers), destination
+        )
     except PermissionDenied as e:
         assert not usable, f"refused ({e.reason}) though {usable[0].agreement_id} may be used"
         if all(covers(a) for a in world):
@@ -165,7 +167,9 @@ def test_a_forbidding_rule_refuses_whatever_the_agreements_say(
     if destination == "":
         transfers = TransferRules(home, {k: "forbidden" for k in [*rules, "*"]})
     try:
-        policy.decide(QUERY, PARTNER, CITY, world, CATALOGUE, NOW, transfers, destination)
+        policy.decide(
+            QUERY, PARTNER, world, NOW, policy.Provider(CITY, CATALOGUE, transfers), destination
+        )
     except PermissionDenied:
         return
     raise AssertionError(f"permitted a transfer to {destination!r} under {transfers.rules}")
@@ -178,7 +182,9 @@ def test_without_rules_only_home_receives(
 ) -> None:
     transfers = TransferRules(home)
     try:
-        policy.decide(QUERY, PARTNER, CITY, world, CATALOGUE, NOW, transfers, destination)
+        policy.decide(
+            QUERY, PARTNER, world, NOW, policy.Provider(CITY, CATALOGUE, transfers), destination
+        )
     except PermissionDenied:
         assert destination != home or not any(covers(a) for a in world)
         return

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import consent_import
+from node.consent_import import codec
 from tests.property.test_canonical_json_props import texts
 
 KEYS = st.sampled_from(
@@ -22,7 +22,7 @@ VALUES = st.one_of(texts, st.integers(0, 36500), st.none(), st.lists(texts, max_
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(KEYS, VALUES, max_size=12))
 def test_same_bytes_as_rfc8785(obj: dict[str, Any]) -> None:
-    assert consent_import._receipt_json(obj) == rfc8785.dumps(obj)
+    assert codec.receipt_json(obj) == rfc8785.dumps(obj)
 
 
 def test_a_lone_surrogate_goes_the_canonical_way() -> None:
@@ -33,7 +33,7 @@ def test_a_lone_surrogate_goes_the_canonical_way() -> None:
     except Exception as e:
         expected = type(e)
     try:
-        got: bytes | type[Exception] = consent_import._receipt_json(obj)
+        got: bytes | type[Exception] = codec.receipt_json(obj)
     except Exception as e:
         got = type(e)
     assert got == expected

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from audit.verifier import BundleError, _check_result
+from audit.checks import BundleError, check_result
 from domain.agreement import DpTerms
 from keys import timefmt
 from tests.unit.domain.test_agreement import NOW, agreement
@@ -32,7 +32,7 @@ def result(**privacy: Any) -> dict[str, Any]:
 
 
 def check(r: dict[str, Any], spent: dict[tuple[str, int], float] | None = None) -> None:
-    _check_result(r, AGREEMENTS, Path("node.entries"), 7, {} if spent is None else spent)
+    check_result(r, AGREEMENTS, Path("node.entries"), 7, {} if spent is None else spent)
 
 
 def test_the_agreements_bound_and_epsilon_pass() -> None:

@@ -45,7 +45,9 @@ def bundle() -> TrustBundle:
 
 def request() -> statements.BrokerRequest:
     env = statements.sign_request(
-        statements.QUERY, "req-1", "broker-1", "northwind", "tok", QUERY, KEYS["broker-1"]
+        statements.QUERY,
+        statements.UnsignedRequest("req-1", "broker-1", "northwind", "tok", QUERY),
+        KEYS["broker-1"],
     )
     return statements.verify_request(env, statements.QUERY, bundle())
 
@@ -53,11 +55,13 @@ def request() -> statements.BrokerRequest:
 def result(city: str = "aurora", signer: str | None = None) -> dsse.Envelope:
     return statements.sign_result(
         request(),
-        city,
-        ("aurora--northwind", 1),
-        10,
-        [{"key": {"mode": "bus"}, "values": {"count_records": 42}, "records": 42}],
-        [{"mode": "car"}],
+        statements.UnsignedResult(
+            city,
+            ("aurora--northwind", 1),
+            10,
+            [{"key": {"mode": "bus"}, "values": {"count_records": 42}, "records": 42}],
+            [{"mode": "car"}],
+        ),
         KEYS[signer or city],
     )
 
@@ -82,7 +86,9 @@ def test_broker_request_round_trip() -> None:
 
 def test_request_signed_by_a_city_is_refused() -> None:
     env = statements.sign_request(
-        statements.QUERY, "r", "aurora", "northwind", "tok", QUERY, KEYS["aurora"]
+        statements.QUERY,
+        statements.UnsignedRequest("r", "aurora", "northwind", "tok", QUERY),
+        KEYS["aurora"],
     )
     with pytest.raises(SignatureError) as e:
         statements.verify_request(env, statements.QUERY, bundle())
@@ -123,7 +129,9 @@ def test_result_reattributed_to_another_city_is_refused() -> None:
 
 def test_a_query_envelope_is_not_a_result() -> None:
     env = statements.sign_request(
-        statements.QUERY, "r", "broker-1", "northwind", "tok", QUERY, KEYS["broker-1"]
+        statements.QUERY,
+        statements.UnsignedRequest("r", "broker-1", "northwind", "tok", QUERY),
+        KEYS["broker-1"],
     )
     assert reason(env) == "PAYLOAD_TYPE_MISMATCH"
 

@@ -1,4 +1,4 @@
-"""aggregate.run: withdrawal takes effect at once, and filter values are data, never SQL."""
+"""aggregate.QueryCompiler.run: withdrawal takes effect at once, and filter values are data, never SQL."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def _node(url: str) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
 
 def run(engine: sa.Engine, q: Query, k: int = 1) -> aggregate.AggregateResult:
     with engine.connect() as conn:
-        return aggregate.run(conn, q, DATASET, (PARTNER,), timefmt.now(), k)
+        return aggregate.QueryCompiler().run(
+            conn, aggregate.Scan(q, DATASET, (PARTNER,), timefmt.now()), k
+        )
 
 
 def trips_of(engine: sa.Engine, resident: str) -> int:
@@ -174,8 +176,12 @@ def test_a_real_filter_value_still_matches(
 def test_other_recipient_sees_nobody(node: tuple[sa.Engine, ConsentRegistry, list[str]]) -> None:
     engine, _, _ = node
     with engine.connect() as conn, pytest.raises(PermissionDenied) as info:
-        aggregate.run(
-            conn, Query("mobility", PURPOSE, COUNTS), DATASET, ("other-partner",), timefmt.now(), 1
+        aggregate.QueryCompiler().run(
+            conn,
+            aggregate.Scan(
+                Query("mobility", PURPOSE, COUNTS), DATASET, ("other-partner",), timefmt.now()
+            ),
+            1,
         )
     assert info.value.reason == "POPULATION_BELOW_K"
 
@@ -183,9 +189,10 @@ def test_other_recipient_sees_nobody(node: tuple[sa.Engine, ConsentRegistry, lis
 def _bounded(engine: sa.Engine, q: Query, per_resident: int) -> aggregate.AggregateResult:
     bounds = (("distance_km", 0.0, 5.0),)
     with engine.connect() as conn:
-        return aggregate.run(
-            conn, q, DATASET, (PARTNER,), timefmt.now(), 1, bounds=bounds, per_resident=per_resident
+        scan = aggregate.Scan(
+            q, DATASET, (PARTNER,), timefmt.now(), bounds=bounds, per_resident=per_resident
         )
+        return aggregate.QueryCompiler().run(conn, scan, 1)
 
 
 def test_differential_privacy_counts_at_most_l_records_of_each_resident(

@@ -102,7 +102,9 @@ def residents(
     written = aggregate.push_consenting(
         conn, consents, query.purpose, (PARTNER,), DATASET.data_category, at
     )
-    result = aggregate.run(conn, query, DATASET, (PARTNER,), at, k=1, pushed=True)
+    result = aggregate.QueryCompiler().run(
+        conn, aggregate.Scan(query, DATASET, (PARTNER,), at, pushed=True), k=1
+    )
     return written, sum(int(c.values["count_residents"]) for c in result.cells)
 
 
@@ -155,8 +157,8 @@ def test_the_mirror_numbers_contributors_for_the_transparency_record(
     at = timefmt.now()
     with data.connect() as conn:
         residents(conn, consents)
-        stmt, params = aggregate.contributors_statement(
-            RESIDENTS, DATASET, (PARTNER,), at, conn.dialect.name, [], pushed=True
+        stmt, params = aggregate.QueryCompiler().contributors_statement(
+            aggregate.Scan(RESIDENTS, DATASET, (PARTNER,), at, pushed=True), conn.dialect.name, []
         ) or (None, None)
         assert stmt is not None
         exchange = Exchange("q1", PARTNER, PURPOSE, "mobility", "a", 1, at, 7)

@@ -1,6 +1,6 @@
-"""Contributors computed in the aggregate's own scan (node.aggregate.run: DuckDB data, consents
-mirrored): the released cells' residents, exactly those the contributors statement (a second
-scan) finds, recorded alike; and the second scan whenever the one scan cannot be used."""
+"""Contributors computed in the aggregate's own scan (node.aggregate.QueryCompiler.run: DuckDB
+data, consents mirrored): the released cells' residents, exactly those the contributors statement
+(a second scan) finds, recorded alike; and the second scan whenever the one scan cannot be used."""
 
 from __future__ import annotations
 
@@ -37,12 +37,15 @@ QUERY = Query(
 PEOPLE = synthetic.residents(CITY, ("North", "South", "East"), 40, seed=7)
 
 
+# Cell counts (and one scan's failures) are learnt per query shape by the node's compiler.
+COMPILER = aggregate.QueryCompiler()
+
+
 @pytest.fixture(autouse=True)
 def no_cell_counts() -> None:
-    """Cell counts (and one scan's failures) are learnt per query shape and process: every test
-    starts without them."""
-    aggregate._CELLS.clear()
-    aggregate._TWO_SCANS.clear()
+    """Every test starts with a compiler that has learnt nothing."""
+    global COMPILER
+    COMPILER = aggregate.QueryCompiler()
 
 
 @pytest.fixture
@@ -68,8 +71,8 @@ def statement(
     result: aggregate.AggregateResult, at: datetime
 ) -> tuple[sa.Select[Any], dict[str, Any]]:
     """The contributors statement (the second scan) for the released cells of `result`."""
-    stmt = aggregate.contributors_statement(
-        QUERY, DATASET, (PARTNER,), at, "duckdb", result.withheld, pushed=True
+    stmt = COMPILER.contributors_statement(
+        aggregate.Scan(QUERY, DATASET, (PARTNER,), at, pushed=True), "duckdb", result.withheld
     )
     assert stmt is not None
     return stmt
@@ -92,9 +95,8 @@ def answer(
 ) -> tuple[aggregate.AggregateResult, datetime]:
     at = timefmt.now()
     aggregate.push_consenting(conn, consents, PURPOSE, (PARTNER,), "mobility", at)
-    return aggregate.run(
-        conn, QUERY, DATASET, (PARTNER,), at, k, pushed=True, per_resident=per_resident
-    ), at
+    scan = aggregate.Scan(QUERY, DATASET, (PARTNER,), at, pushed=True, per_resident=per_resident)
+    return COMPILER.run(conn, scan, k), at
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

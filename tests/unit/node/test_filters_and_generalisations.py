@@ -1,4 +1,4 @@
-"""Filters compare generalised values, end to end: aggregate.run on SQLite (and PostgreSQL) against
+"""Filters compare generalised values, end to end: QueryCompiler.run on SQLite (and PostgreSQL) against
 a Python oracle; the policy refuses raw date and number filters; ISO week labels match Python's."""
 
 from __future__ import annotations
@@ -151,11 +151,11 @@ def check(world: World, q: Query, k: int) -> None:
         expected, expected_withheld = oracle(world, q, k)
     except PermissionDenied:
         with world.engine.connect() as conn, pytest.raises(PermissionDenied) as info:
-            aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
+            aggregate.QueryCompiler().run(conn, aggregate.Scan(q, DATASET, (PARTNER,), NOW), k)
         assert info.value.reason == "POPULATION_BELOW_K"
         return
     with world.engine.connect() as conn:
-        result = aggregate.run(conn, q, DATASET, (PARTNER,), NOW, k)
+        result = aggregate.QueryCompiler().run(conn, aggregate.Scan(q, DATASET, (PARTNER,), NOW), k)
 
     def key_of(cell_key: dict[str, str]) -> tuple[str, ...]:
         assert list(cell_key) == [d.field for d in q.group_by]
@@ -342,7 +342,7 @@ MONTHS = agreement(FieldTerms(Appearance.GENERALISED, frozenset({"month"})))
 
 
 def decide(query: Query, a: Agreement = MONTHS) -> policy.Permit:
-    return policy.decide(query.validate(), PARTNER, CITY, [a], CATALOGUE, NOW)
+    return policy.decide(query.validate(), PARTNER, [a], NOW, policy.Provider(CITY, CATALOGUE))
 
 
 def refusal(query: Query, a: Agreement = MONTHS) -> CitybrokerError:
@@ -418,6 +418,6 @@ def test_a_number_with_no_generalisation_cannot_be_filtered_on() -> None:
         filters=(Filter("vehicles", FilterOp.EQUALS, ("100",)),),
     )
     with pytest.raises(InvalidArgument) as info:
-        policy.decide(raw, PARTNER, CITY, [a], catalogue, NOW)
+        policy.decide(raw, PARTNER, [a], NOW, policy.Provider(CITY, catalogue))
     assert info.value.reason == "FILTER_ON_RAW_VALUE"
     assert "vehicles has no generalisation" in info.value.message

@@ -13,7 +13,7 @@ from audit.log import MerkleLog
 from infra import storage
 from node.consent import ConsentRegistry
 from node.schema import consent_events
-from tests.unit.node.test_consent_import import (
+from tests.unit.node.consent_import.support import (
     CITY_KEY,
     LATER,
     ORIGIN,

@@ -84,7 +84,9 @@ def test_groups_and_filters_by_district_through_the_mapping_table(
         group_by=(Dimension("stop", "district"),),
     )
     with engine.connect() as conn:
-        answer = aggregate.run(conn, by_district, ds, (PARTNER,), timefmt.now(), 1)
+        answer = aggregate.QueryCompiler().run(
+            conn, aggregate.Scan(by_district, ds, (PARTNER,), timefmt.now()), 1
+        )
         expected = Counter(STOPS.get(stop, UNMAPPED) for _, stop in consenting_rows)
         assert {c.key["stop"]: c.values["count_records"] for c in answer.cells} == expected
         residents = {
@@ -97,7 +99,9 @@ def test_groups_and_filters_by_district_through_the_mapping_table(
             (Measure(MeasureKind.COUNT_RECORDS),),
             filters=(Filter("stop", FilterOp.EQUALS, ("North",), "district"),),
         )
-        only = aggregate.run(conn, north, ds, (PARTNER,), timefmt.now(), 1)
+        only = aggregate.QueryCompiler().run(
+            conn, aggregate.Scan(north, ds, (PARTNER,), timefmt.now()), 1
+        )
         assert [c.values["count_records"] for c in only.cells] == [expected["North"]]
 
 

@@ -53,7 +53,7 @@ def query(**changes: Any) -> Query:
 
 
 def decide(q: Query, *agreements: Agreement, partner: str = PARTNER) -> policy.Permit:
-    return policy.decide(q, partner, CITY, agreements, CATALOGUE, NOW)
+    return policy.decide(q, partner, agreements, NOW, policy.Provider(CITY, CATALOGUE))
 
 
 def refusal(q: Query, *agreements: Agreement, partner: str = PARTNER) -> CitybrokerError:

@@ -1,14 +1,12 @@
-"""Bulk consent import: parsing, idempotence, conflicts, per-row errors, batch transactions,
-receipts (the API's, byte for byte) and the signed batch statements in the log that cover them."""
+"""Bulk consent import: idempotence, conflicts, per-row errors, batch transactions, receipts (the
+API's, byte for byte) and the signed batch statements in the log that cover them."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,303 +15,38 @@ import pytest
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
+from domain import consent_batch
 from domain.errors import AlreadyExists, FailedPrecondition
 from infra import storage
 from keys import dsse, timefmt
-from keys.ed25519 import PublicKey, Signer
-from node import consent_import
 from node.consent import RECEIPT, ConsentRecord, ConsentRegistry
 from node.consent_import import (
-    BATCH_STATEMENT,
-    COLUMNS,
     ConsentImporter,
     ImportFormat,
     ImportLimits,
-    ImportReport,
-    InputError,
-    RowError,
-    open_rows,
+    checkpoints,
+    write,
 )
 from node.consent_lifecycle import Event, State
-from node.schema import consent_batches, consent_events, consent_records, consent_scopes
-
-CITY_KEY = Signer.generate()
-ORIGIN = "citybroker/node/aurora"
-PARTIES = frozenset({"northwind", "borealis"})
-NOW = timefmt.now()
-FROM = timefmt.fmt(NOW - timedelta(days=1))
-UNTIL = timefmt.fmt(NOW + timedelta(days=30))
-LATER = timefmt.fmt(NOW + timedelta(days=90))
-HEADER = (
-    "event,record_id,resident_id,purposes,recipients,data_categories,valid_from,valid_until,actor"
+from node.schema import consent_events, consent_records, consent_scopes
+from tests.unit.node.consent_import.support import (
+    CITY_KEY,
+    FROM,
+    LATER,
+    NOW,
+    ORIGIN,
+    UNTIL,
+    event,
+    given,
+    history,
+    importer,
+    logged_statements,
+    receipts,
+    rows_of,
+    run,
+    verified,
+    write_csv,
 )
-
-
-def given(rid: str, resident: str = "res-1", **changes: str) -> dict[str, str]:
-    row = {
-        "event": "given",
-        "record_id": rid,
-        "resident_id": resident,
-        "purposes": "urban-mobility-planning",
-        "recipients": "northwind",
-        "data_categories": "mobility;location",
-        "valid_from": FROM,
-        "valid_until": UNTIL,
-        "actor": "",
-    }
-    row.update(changes)
-    return row
-
-
-def event(name: str, rid: str, **changes: str) -> dict[str, str]:
-    return {"event": name, "record_id": rid, **changes}
-
-
-def write_csv(path: Path, rows: list[dict[str, str]], header: str = HEADER) -> Path:
-    names = header.split(",")
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for row in rows:
-            w.writerow([row.get(n, "") for n in names])
-    return path
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
-    storage.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def log(engine: sa.Engine) -> Iterator[MerkleLog]:
-    with MerkleLog(engine, ORIGIN, CITY_KEY) as log:
-        yield log
-
-
-def importer(
-    engine: sa.Engine, log: MerkleLog, batch_size: int = 3, workers: int = 0
-) -> ConsentImporter:
-    return ConsentImporter(
-        engine,
-        "aurora",
-        CITY_KEY,
-        log,
-        PARTIES,
-        ImportLimits(batch_size=batch_size, workers=workers),
-    )
-
-
-def run(
-    imp: ConsentImporter, path: Path, fmt: ImportFormat | None = None
-) -> tuple[ImportReport, list[RowError]]:
-    errors: list[RowError] = []
-    report = imp.run(path, fmt, on_error=errors.append)
-    return report, errors
-
-
-def rows_of(engine: sa.Engine, table: sa.Table, *order: sa.ColumnElement[Any]) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.select(table).order_by(*order)).mappings())
-
-
-def history(engine: sa.Engine, rid: str) -> list[str]:
-    with engine.connect() as conn:
-        return [
-            r[0]
-            for r in conn.execute(
-                sa.select(consent_events.c.event)
-                .where(consent_events.c.record_id == rid)
-                .order_by(consent_events.c.event_id)
-            )
-        ]
-
-
-def city_lookup(kid: str) -> PublicKey | None:
-    return CITY_KEY.public if kid == CITY_KEY.keyid else None
-
-
-def verified(receipt: bytes) -> dict[str, Any]:
-    payload, _ = dsse.verify(dsse.Envelope.from_json(receipt), RECEIPT, city_lookup)
-    return payload
-
-
-def event_rows(engine: sa.Engine) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.select(consent_events).order_by(consent_events.c.event_id)))
-
-
-def receipts(engine: sa.Engine) -> list[bytes]:
-    """Every event's signed receipt, as the registry gives it (history, export), in order."""
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
-    return [registry.stored_receipt(e, registry.get(e.record_id)) for e in event_rows(engine)]
-
-
-def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]:
-    """Check that every imported event is covered: its receipt payload's digest is listed in its
-    batch's statement, signed by the city and in the node's log. Returns the statements in log
-    order."""
-    statements: dict[int, dict[str, Any]] = {}
-    order: dict[int, int] = {}
-    for b in rows_of(engine, consent_batches):
-        index = b["log_index"]
-        assert index is not None
-        record = log.records(index, index + 1)[0]
-        assert (record.entry, record.kind) == (bytes(b["envelope"]), "consent")
-        envelope = dsse.Envelope.from_json(record.entry)
-        statements[b["batch_id"]], _ = dsse.verify(envelope, BATCH_STATEMENT, city_lookup)
-        order[b["batch_id"]] = index
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
-    for e in event_rows(engine):
-        if e.receipt is None:
-            payload = registry.event_payload(e, registry.get(e.record_id))
-            digest = "sha256:" + hashlib.sha256(payload).hexdigest()
-            assert digest in statements[e.batch_id]["receipts"], e
-    return [statements[b] for b in sorted(order, key=order.__getitem__)]
-
-
-# -- reading --------------------------------------------------------------------------------------
-
-
-def read(path: Path, fmt: ImportFormat | None = None) -> list[tuple[int, Any]]:
-    with open_rows(path, fmt) as reader:
-        return list(reader)
-
-
-def test_csv_rows_come_in_column_order_with_absent_columns_none(tmp_path: Path) -> None:
-    path = tmp_path / "e.csv"
-    lines = ["\ufeffrecord_id , event,purposes", "r1,given,a;b ; c", "", 'r2,withdrawn,"x;', 'y"']
-    path.write_text("\n".join([*lines, "r3,revoked,"]) + "\n")
-    rows = read(path)
-    assert [line for line, _ in rows] == [2, 4, 6]
-    values = dict(zip(COLUMNS, rows[0][1], strict=True))
-    assert values["record_id"] == "r1" and values["event"] == "given"
-    assert values["purposes"] == "a;b ; c"
-    assert values["resident_id"] is None and values["actor"] is None
-    assert consent_import._codes(rows[0][1], COLUMNS.index("purposes")) == ("a", "b", "c")
-    assert rows[1][1][COLUMNS.index("purposes")] == "x;\ny"
-
-
-def test_jsonl_rows_keep_arrays_and_report_bad_lines(tmp_path: Path) -> None:
-    path = tmp_path / "e.jsonl"
-    path.write_bytes(
-        b'{"event": "given", "record_id": "r1", "purposes": ["a", "b"], "retention_days": 30}\n'
-        b"\n"
-        b"not json\n"
-        b"[1, 2]\n"
-        b'{"event": "given", "record_id": "r2", "colour": "blue"}\n'
-        b'{"event": "given", "record_id": "r\xff"}\n'
-    )
-    rows = read(path)
-    assert [line for line, _ in rows] == [1, 3, 4, 5, 6]
-    values = dict(zip(COLUMNS, rows[0][1], strict=True))
-    assert values["purposes"] == ["a", "b"] and values["retention_days"] == 30
-    assert values["valid_until"] is None
-    bad = [v for _, v in rows[1:]]
-    assert all(isinstance(v, consent_import._Bad) for v in bad)
-    assert [b.reason for b in bad] == ["ROW_MALFORMED"] * 4
-    assert "not JSON" in bad[0].message
-    assert "JSON object" in bad[1].message
-    assert "'colour'" in bad[2].message and bad[2].record_id == "r2"
-    assert "UTF-8" in bad[3].message
-
-
-def test_csv_rows_with_the_wrong_width_bad_utf8_or_an_over_long_line(tmp_path: Path) -> None:
-    path = tmp_path / "e.csv"
-    path.write_bytes(
-        b"event,record_id\n"
-        b"given,r1,extra\n"
-        b"given,r\xff\n" + b"given," + b"x" * 2000 + b"\n" + b"given,r4\n"
-    )
-    with open_rows(path, limits=ImportLimits(max_line_bytes=1024)) as reader:
-        rows = list(reader)
-    assert [line for line, _ in rows] == [2, 3, 4, 5]
-    bad = [v for _, v in rows[:3] if isinstance(v, consent_import._Bad)]
-    assert len(bad) == 3
-    assert "3 fields" in bad[0].message and bad[0].record_id == "r1"
-    assert "UTF-8" in bad[1].message
-    assert "longer than 1024 bytes" in bad[2].message
-    assert rows[3][1][:2] == ("given", "r4")
-
-
-def test_chunks_are_cut_between_records_and_parse_to_the_same_rows(tmp_path: Path) -> None:
-    path = tmp_path / "e.csv"
-    lines = ["event,record_id,purposes", "given,r1,a", 'given,r2,"x;', "y;", 'z"', "given,r3,b"]
-    path.write_text("\n".join([*lines, "", "given,r4,c", "given,r5,d"]) + "\n")
-    with open_rows(path) as reader:
-        header = reader.header
-        chunks = list(reader.chunks(1))
-    # One record per chunk: the quoted field's three lines travel together; the blank line
-    # counts as a record of its own (and parses to nothing).
-    assert [c.first_line for c in chunks] == [2, 3, 6, 7, 8, 9]
-    assert chunks[1].data == b'given,r2,"x;\ny;\nz"\n'
-    rows = [r for c in chunks for r in consent_import.parse_chunk(c, header)]
-    assert rows == read(path)
-    assert [line for line, _ in rows] == [2, 3, 6, 8, 9]
-    assert rows[1][1][COLUMNS.index("purposes")] == "x;\ny;\nz"
-
-
-def test_an_unclosed_quote_is_cut_off_and_reported_not_read_to_the_end(tmp_path: Path) -> None:
-    path = tmp_path / "e.csv"
-    body = ['given,r0,"never closed'] + [f"given,r{i},a" for i in range(1, 60)]
-    path.write_text("event,record_id,purposes\n" + "\n".join(body) + "\n")
-    with open_rows(path) as reader:
-        header = reader.header
-        chunks = list(reader.chunks(2))
-    # A chunk holds at most 8 times its records in lines, whatever the quotes say.
-    assert max(c.data.count(b"\n") for c in chunks) <= 16
-    rows = [r for c in chunks for r in consent_import.parse_chunk(c, header)]
-    bad = [v for _, v in rows if isinstance(v, consent_import._Bad)]
-    assert bad and all(b.reason == "ROW_MALFORMED" for b in bad)
-    # Past the cut, the rows read as rows again.
-    line, values = rows[-1]
-    assert (line, values[:2], values[COLUMNS.index("purposes")]) == (61, ("given", "r59"), "a")
-
-
-def test_problems_keep_their_line_numbers_across_chunks(tmp_path: Path) -> None:
-    path = tmp_path / "e.csv"
-    body = [b"given,r1", b"given,r2", b"given,r\xff", b"given," + b"x" * 2000, b"given,r5"]
-    path.write_bytes(b"event,record_id\n" + b"\n".join(body) + b"\n")
-    with open_rows(path, limits=ImportLimits(max_line_bytes=1024)) as reader:
-        header = reader.header
-        rows = [r for c in reader.chunks(2) for r in consent_import.parse_chunk(c, header)]
-    assert [line for line, _ in rows] == [2, 3, 4, 5, 6]
-    messages = [v.message for _, v in rows if isinstance(v, consent_import._Bad)]
-    assert len(messages) == 2
-    assert "UTF-8" in messages[0] and "longer than 1024" in messages[1]
-    assert rows[4][1][:2] == ("given", "r5")
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        ("", "is empty"),
-        ("record_id,actor\n", "lacks event"),
-        ("event,record_id,colour\n", "unknown column(s) 'colour'"),
-        ("event,record_id,event\n", "event repeated"),
-    ],
-)
-def test_unusable_csv_headers(tmp_path: Path, content: str, expected: str) -> None:
-    path = tmp_path / "e.csv"
-    path.write_text(content)
-    with pytest.raises(InputError) as e:
-        open_rows(path)
-    assert expected in e.value.message
-
-
-def test_unusable_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read"):
-        open_rows(tmp_path / "missing.csv")
-    with pytest.raises(InputError, match="format"):
-        open_rows(tmp_path / "events.txt")
-    (tmp_path / "d.csv").mkdir()
-    with pytest.raises(InputError, match="directory"):
-        open_rows(tmp_path / "d.csv")
-    assert ImportFormat.of(Path("x.JSONL")) is ImportFormat.JSONL
-    assert ImportFormat.of(Path("x.ndjson")) is ImportFormat.JSONL
-
 
 # -- applying -------------------------------------------------------------------------------------
 
@@ -604,7 +337,7 @@ def test_a_change_through_the_api_while_importing_is_respected(
         actor="portal",
     )
     path = write_csv(tmp_path / "events.csv", [event("withdrawn", "r1"), given("r2")])
-    original = consent_import._Run._write
+    original = write.BatchWriter.write
     calls = {"n": 0}
 
     def api_withdraws_first(self: Any, batch: Any) -> None:
@@ -613,7 +346,7 @@ def test_a_change_through_the_api_while_importing_is_respected(
             registry.withdraw("r1", actor="resident via portal")
         original(self, batch)
 
-    monkeypatch.setattr(consent_import._Run, "_write", api_withdraws_first)
+    monkeypatch.setattr(write.BatchWriter, "write", api_withdraws_first)
     report, errors = run(importer(engine, log), path)
     assert calls["n"] == 2  # the first attempt found r1 changed and resolved the batch again
     assert errors == [] and (report.applied, report.duplicates) == (1, 1)
@@ -748,16 +481,16 @@ def test_a_record_the_api_changes_meanwhile_is_resolved_again(
 ) -> None:
     registry = ConsentRegistry(engine, "aurora", CITY_KEY)
     run(importer(engine, log), write_csv(tmp_path / "given.csv", [given("r1"), given("r2")]))
-    write = consent_import._Run._write
+    original = write.BatchWriter.write
     withdrawn: list[str] = []
 
     def api_first(self: Any, batch: Any) -> None:
         if not withdrawn:  # the resident withdraws through the API just before it is written
             withdrawn.append("r1")
             registry.withdraw("r1", actor="resident")
-        write(self, batch)
+        original(self, batch)
 
-    monkeypatch.setattr(consent_import._Run, "_write", api_first)
+    monkeypatch.setattr(write.BatchWriter, "write", api_first)
     path = write_csv(
         tmp_path / "later.csv",
         [event("renewed", "r1", valid_until=LATER), event("renewed", "r2", valid_until=LATER)],
@@ -775,7 +508,7 @@ def test_the_wal_is_copied_back_in_the_background_and_starts_over(
     engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # However short the WAL, the writer waits for a pass before each batch, so it starts over.
-    monkeypatch.setattr(consent_import, "_CHECKPOINT_PAGES", 1)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_PAGES", 1)
     database, wal = tmp_path / "node.db", tmp_path / "node.db-wal"
 
     def autocheckpoint() -> int:
@@ -929,7 +662,7 @@ def test_a_refusal_and_a_consent_under_one_id_conflict_as_in_the_api(
 def test_every_imported_event_is_covered_by_a_signed_statement_in_the_log(
     engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(consent_import, "MAX_STATEMENT_EVENTS", 2)
+    monkeypatch.setattr(consent_batch, "MAX_EVENTS", 2)
     rows = [given(f"r{i}", f"res-{i}") for i in range(5)]
     path = write_csv(tmp_path / "events.csv", [*rows, event("withdrawn", "r0")])
     report, errors = run(importer(engine, log, batch_size=10), path)
