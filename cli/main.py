@@ -23,10 +23,11 @@ from rich.table import Table
 from broker.config import BrokerConfig
 from cli.agreements import agreement_app, node_agreement_app
 from cli.output import console, err, error, fail
-from domain.errors import CitybrokerError
+from domain.errors import CallFailed, CitybrokerError
+from domain.plan import QueryPlan
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from infra.config import load_toml
-from keys import tokens
+from keys import timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import load_authority_key
 
@@ -301,7 +302,6 @@ class _Connection:
 def _client(given: _Connection) -> PartnerClient:
     """A partner client from the options, completed from --demo's demo.json where left out."""
     from edge.partner_client import PartnerClient
-    from keys.ed25519 import Signer
 
     c = given
     if c.demo_json is not None:
@@ -395,7 +395,6 @@ def query(
     authority_key: AuthorityOpt = None,
 ) -> None:
     """Ask the federation a question as a partner, and verify every signature in the answer."""
-    from domain.errors import CallFailed
 
     q = Query(
         dataset,
@@ -475,7 +474,6 @@ def _print_answer(answer: Answer, q: Query) -> None:
 
 
 def _print_plan(plan: FederationPlan, as_json: bool) -> None:
-    from domain.plan import QueryPlan
     from edge.wire import federation_plan_json
 
     if as_json:
@@ -516,8 +514,6 @@ def describe(
     authority_key: AuthorityOpt = None,
 ) -> None:
     """Show what each city lets you ask under agreements in force (BrokerService.DescribeFederation)."""
-    from domain.errors import CallFailed
-    from keys import timefmt
 
     connection = _Connection(
         demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
