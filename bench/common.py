@@ -16,6 +16,7 @@ be collected, compared across runs and plotted by one tool.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -105,6 +106,26 @@ def figures_table(title: str, figures: Iterable[Figure]) -> Table:
             fmt_number(f.ratio, 3),
         )
     return t
+
+
+def measured_source(*relative: str) -> dict[str, Any]:
+    """Which code was measured: the files' combined SHA-256 and the git commit, with local changes
+    flagged (several people work in this tree at once)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for name in relative:
+        digest.update((root / name).read_bytes())
+
+    def git(*argv: str) -> str:
+        proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {
+        "file": ", ".join(relative),
+        "sha256": digest.hexdigest()[:16],
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "changed_since_head": bool(git("status", "--porcelain", "--", *relative)),
+    }
 
 
 def environment() -> dict[str, Any]:

@@ -37,7 +37,6 @@ import hashlib
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +54,7 @@ from common import (
     environment,
     figures_table,
     fmt_number,
+    measured_source,
     process_cpu_s,
     terminate_on_sigterm,
     write_figures,
@@ -88,24 +88,6 @@ raw_entries = sa.Table(
     sa.Column("kind", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
-
-
-def measured_source(relative: str) -> dict[str, Any]:
-    """Which code was measured: the file's SHA-256 and the git commit, with local changes flagged
-    (several people work in this tree at once)."""
-    root = Path(__file__).resolve().parent.parent
-    data = (root / relative).read_bytes()
-
-    def git(*argv: str) -> str:
-        proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    return {
-        "file": relative,
-        "sha256": hashlib.sha256(data).hexdigest()[:16],
-        "git_head": git("rev-parse", "--short", "HEAD"),
-        "changed_since_head": bool(git("status", "--porcelain", "--", relative)),
-    }
 
 
 # -- entries --------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ Output: tables, bench/results/<name>.json (the shared figure format, see bench/c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -57,24 +56,6 @@ PURPOSE = "urban-mobility-planning"
 GROUP = 10  # entries per repeating group: 3 exchanges (query + result) and 4 consent receipts
 REFUSAL_EVERY = 50  # one exchange in this many is a refusal instead of a result
 MODES = ("bike", "bus", "car", "ferry", "metro", "scooter", "train", "tram", "walk")
-
-
-def measured_source(relative: str) -> dict[str, Any]:
-    """Which code was measured: the file's SHA-256 and the git commit, with local changes flagged
-    (several people work in this tree at once)."""
-    root = Path(__file__).resolve().parent.parent
-    data = (root / relative).read_bytes()
-
-    def git(*argv: str) -> str:
-        proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    return {
-        "file": relative,
-        "sha256": hashlib.sha256(data).hexdigest()[:16],
-        "git_head": git("rev-parse", "--short", "HEAD"),
-        "changed_since_head": bool(git("status", "--porcelain", "--", relative)),
-    }
 
 
 # -- the worker: one verification in a fresh process ------------------------------------------------
@@ -514,7 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         return worker(args.worker, args.authority, args.trace, args.workers)
 
-    from common import RESULTS_DIR, Figure, environment, figures_table, fmt_number, write_figures
+    from common import (
+        RESULTS_DIR,
+        Figure,
+        environment,
+        figures_table,
+        fmt_number,
+        measured_source,
+        write_figures,
+    )
     from rich.console import Console
     from rich.table import Table
 
@@ -618,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_time_ratio_what": "signatures per CPU second of the verifier (all its processes) "
         "over raw signatures per CPU second: below 1 by the parsing, checks and IPC",
         "goal_ratio": GOAL_RATIO,
-        "measured": measured_source("audit/verifier.py"),
+        "measured": measured_source(
+            "audit/verifier.py", "audit/checks.py", "audit/parallel.py", "audit/bundle_reader.py"
+        ),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         **environment(),

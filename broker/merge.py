@@ -24,6 +24,7 @@ class MergedCell:
 
     @property
     def withheld(self) -> bool:
+        """True when no city contributed to this cell, so it carries no values."""
         return not self.contributing
 
 
@@ -67,6 +68,7 @@ def merge(results: Iterable[tuple[str, dict[str, Any]]]) -> list[MergedCell]:
 
 
 def to_payload(cells: list[MergedCell]) -> list[dict[str, Any]]:
+    """One JSON-ready dict per cell, in order: key, values, contributing and withholding cities."""
     return [
         {
             "key": c.key,

@@ -222,11 +222,18 @@ def propose(
         legal_instruments=frozenset(instrument or []),
         dp=dp,
     )
+    _send_proposal(operator, terms, out)
+
+
+def _send_proposal(operator: Path, terms: Agreement, out: Path) -> None:
+    """Have the node sign `terms` as this city, write the proposal to `out` and say who is to
+    countersign it; exits with status 1 if the node refuses, 2 if `out` cannot be written."""
     with _node(operator) as node:
         proposal = node.propose_agreement(terms)
     _write(out, proposal.to_json())
     console.print(_summary(terms, "proposed"))
-    other = consumer if Section(load_toml(operator), operator).str("city") == provider else provider
+    this_city = Section(load_toml(operator), operator).str("city")
+    other = terms.consumer if this_city == terms.provider else terms.provider
     console.print(f"signed proposal written to {out}; send it to {other} to countersign")
 
 

@@ -43,6 +43,7 @@ class Processes:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, *args: str) -> None:
+        """Start `citybroker ARGS` as a child, its stdout and stderr going to LOGS/NAME.log."""
         self.logs.mkdir(parents=True, exist_ok=True)
         out = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
@@ -51,6 +52,7 @@ class Processes:
         self.children.append((name, proc))
 
     def check(self) -> None:
+        """ConfigError, with its exit status and log tail, if any child has exited."""
         for name, proc in self.children:
             if proc.poll() is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
@@ -214,14 +216,77 @@ def _withdrawal_example(
     return before.signatures_verified + after.signatures_verified
 
 
+def _by_mode_example(client: PartnerClient, console: Console) -> int:
+    """Example 1: trips by mode across the cities. Returns how many signatures were verified."""
+    by_mode = Query(
+        "mobility",
+        PURPOSE,
+        (
+            Measure(MeasureKind.COUNT_RECORDS),
+            Measure(MeasureKind.COUNT_RESIDENTS),
+            Measure(MeasureKind.AVG, "distance_km"),
+        ),
+        group_by=(Dimension("mode"),),
+    )
+    answer = client.query(by_mode)
+    console.print(
+        _answer_table(
+            "1. Trips by mode across three cities (purpose: urban-mobility-planning)",
+            answer,
+            ["mode"],
+            ["count_records", "count_residents", "avg(distance_km)"],
+        )
+    )
+    return answer.signatures_verified
+
+
+def _marketing_example(client: PartnerClient, console: Console) -> int:
+    """Example 2: the same question for a purpose no agreement allows, refused by every city.
+    Returns how many signatures were verified."""
+    marketing = Query(
+        "mobility",
+        "direct-marketing",
+        (Measure(MeasureKind.COUNT_RECORDS),),
+        group_by=(Dimension("mode"),),
+    )
+    answer = client.query(marketing)
+    console.print(
+        _outcomes_table("2. The same question for direct marketing: refused by every city", answer)
+    )
+    return answer.signatures_verified
+
+
+def _traffic_example(client: PartnerClient, console: Console) -> int:
+    """Example 4: traffic-camera counts by month across the cities. Returns how many signatures
+    were verified."""
+    # Observational data from public space: no residents, so no consent filter; the
+    # agreement and minimisation still apply (k counts camera-hours).
+    traffic = Query(
+        "traffic",
+        PURPOSE,
+        (Measure(MeasureKind.SUM, "vehicles"), Measure(MeasureKind.SUM, "cyclists")),
+        group_by=(Dimension("observed_on", "month"),),
+    )
+    answer = client.query(traffic)
+    console.print(
+        _answer_table(
+            "4. Traffic-camera counts by month across three cities (sensor data)",
+            answer,
+            ["observed_on"],
+            ["sum(vehicles)", "sum(cyclists)"],
+        )
+    )
+    return answer.signatures_verified
+
+
 def run_examples(
     fed: sandbox.LocalFederation,
     operators: dict[str, OperatorClient],
     consenting: dict[str, list[synthetic.Resident]],
     console: Console,
 ) -> int:
-    """The three example exchanges. Returns how many signatures were verified."""
-    verified = 0
+    """The four example exchanges, as the partner, printed in order. Returns how many signatures
+    were verified."""
     client = PartnerClient.connect(
         fed.broker_address,
         fed.broker_id,
@@ -232,61 +297,10 @@ def run_examples(
         fed.authority_key,
     )
     with client:
-        by_mode = Query(
-            "mobility",
-            PURPOSE,
-            (
-                Measure(MeasureKind.COUNT_RECORDS),
-                Measure(MeasureKind.COUNT_RESIDENTS),
-                Measure(MeasureKind.AVG, "distance_km"),
-            ),
-            group_by=(Dimension("mode"),),
-        )
-        answer = client.query(by_mode)
-        verified += answer.signatures_verified
-        console.print(
-            _answer_table(
-                "1. Trips by mode across three cities (purpose: urban-mobility-planning)",
-                answer,
-                ["mode"],
-                ["count_records", "count_residents", "avg(distance_km)"],
-            )
-        )
-
-        marketing = Query(
-            "mobility",
-            "direct-marketing",
-            (Measure(MeasureKind.COUNT_RECORDS),),
-            group_by=(Dimension("mode"),),
-        )
-        answer = client.query(marketing)
-        verified += answer.signatures_verified
-        console.print(
-            _outcomes_table(
-                "2. The same question for direct marketing: refused by every city", answer
-            )
-        )
-
+        verified = _by_mode_example(client, console)
+        verified += _marketing_example(client, console)
         verified += _withdrawal_example(client, fed, operators, consenting, console)
-
-        # Observational data from public space: no residents, so no consent filter; the
-        # agreement and minimisation still apply (k counts camera-hours).
-        traffic = Query(
-            "traffic",
-            PURPOSE,
-            (Measure(MeasureKind.SUM, "vehicles"), Measure(MeasureKind.SUM, "cyclists")),
-            group_by=(Dimension("observed_on", "month"),),
-        )
-        answer = client.query(traffic)
-        verified += answer.signatures_verified
-        console.print(
-            _answer_table(
-                "4. Traffic-camera counts by month across three cities (sensor data)",
-                answer,
-                ["observed_on"],
-                ["sum(vehicles)", "sum(cyclists)"],
-            )
-        )
+        verified += _traffic_example(client, console)
     console.print(
         f"[bold green]Verified {verified} signatures[/] in the returned bundles "
         "(broker queries, city results, broker receipts)."
@@ -295,6 +309,9 @@ def run_examples(
 
 
 def run(directory: Path | None, serve: bool, residents_per_city: int, console: Console) -> int:
+    """Create a federation in `directory` (a new temporary one if None), run the examples and, with
+    `serve`, keep it running until Ctrl-C; every process is stopped on return. Returns 0;
+    ConfigError if `directory` is not empty or a process dies."""
     root = directory or Path(tempfile.mkdtemp(prefix="citybroker-demo-"))
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} is not empty; the demo needs a fresh directory")

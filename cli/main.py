@@ -32,6 +32,8 @@ from keys.ed25519 import Signer
 from keys.trust import load_authority_key
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from broker.outcomes import FederationPlan
     from edge.partner_client import Answer, PartnerClient
     from node.consent_import import ImportReport, RowError
@@ -396,17 +398,36 @@ def query(
 ) -> None:
     """Ask the federation a question as a partner, and verify every signature in the answer."""
 
-    q = Query(
-        dataset,
-        purpose,
-        tuple(_parse_measure(m) for m in measure),
-        tuple(_parse_dimension(d) for d in group_by or []),
-        tuple(_parse_filter(f) for f in filter_ or []),
-        tuple(city or []),
-    )
+    q = _parsed_query(dataset, purpose, measure, group_by or [], filter_ or [], city or [])
     connection = _Connection(
         demo_json, broker, broker_id, partner, key, ca, trust_bundle, authority_key
     )
+    _ask(connection, q, negotiate=negotiate, dry_run=dry_run, as_json=as_json)
+
+
+def _parsed_query(
+    dataset: str,
+    purpose: str,
+    measures: list[str],
+    group_by: list[str],
+    filters: list[str],
+    cities: list[str],
+) -> Query:
+    """The query the options describe, not yet validated; exits with status 2 on a measure or
+    filter it cannot parse."""
+    return Query(
+        dataset,
+        purpose,
+        tuple(_parse_measure(m) for m in measures),
+        tuple(_parse_dimension(d) for d in group_by),
+        tuple(_parse_filter(f) for f in filters),
+        tuple(cities),
+    )
+
+
+def _ask(connection: _Connection, q: Query, negotiate: bool, dry_run: bool, as_json: bool) -> None:
+    """Validate `q`, send it (or with `dry_run` only plan it) and print the verified answer or the
+    plan; exits with status 1 if the broker refuses."""
     try:
         q.validate()
         with _client(connection) as client:
@@ -415,13 +436,16 @@ def query(
                 return
             answer = client.query(q, negotiate=negotiate)
     except CallFailed as e:
-        raise _fail(
-            f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
-        ) from None
+        raise _refused(e) from None
     if as_json:
         _print_answer_json(answer)
     else:
         _print_answer(answer, q)
+
+
+def _refused(e: CallFailed) -> typer.Exit:
+    """Print the broker's refusal; the caller raises what this returns, to exit with status 1."""
+    return _fail(f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1)
 
 
 def _print_answer_json(answer: Answer) -> None:
@@ -522,9 +546,7 @@ def describe(
         with _client(connection) as client:
             offers = client.describe_federation()
     except CallFailed as e:
-        raise _fail(
-            f"the broker refused: {e.error.code} {e.error.reason}: {e.error.message}", 1
-        ) from None
+        raise _refused(e) from None
     table = Table(title="What you may ask")
     for col in ("city", "agreement", "purposes", "dataset", "fields", "k", "valid until"):
         # Fold, never cut: ids and purpose codes are what the partner copies into a query.
@@ -558,50 +580,39 @@ def audit_export(
     out: Annotated[Path, typer.Option(help="New directory to write the bundle into.")],
 ) -> None:
     """Write a node's or broker's log, checkpoints, trust bundles and agreements as a bundle."""
-    import sqlalchemy as sa
-
-    from audit import bundle, trust_history
-    from audit.schema import log_cosignatures
     from infra import storage
-    from node.config import NodeConfig
-    from node.schema import agreements as agreements_table
 
     if out.exists():
         raise _fail(f"{out} already exists; choose a new directory")
+    party, role, url = _exporting_party(config)
+    engine = storage.create_engine(url)
+    size = _export_bundle(engine, out, party, role)
+    engine.dispose()
+    console.print(escape(f"exported {size} entries of {role} {party} to {out}"), soft_wrap=True)
+
+
+def _exporting_party(config: Path) -> tuple[str, str, str]:
+    """The party id, role ("node" or "broker") and database URL of a node's or broker's config;
+    exits with status 2 if the config is neither."""
+    from node.config import NodeConfig
+
     data = load_toml(config)
     if "city" in data:
         node = NodeConfig.load(config)
-        party, role, url = node.city, "node", node.database
-    elif "broker" in data:
+        return node.city, "node", node.database
+    if "broker" in data:
         brk = BrokerConfig.load(config)
-        party, role, url = brk.broker_id, "broker", brk.database
-    else:
-        raise _fail(f"{config} is neither a node config (city = ...) nor a broker config")
-    engine = storage.create_engine(url)
-    with engine.connect() as conn:
-        cosignatures = [
-            (r[0], r[1], r[2])
-            for r in conn.execute(
-                sa.select(
-                    log_cosignatures.c.tree_size,
-                    log_cosignatures.c.witness,
-                    log_cosignatures.c.cosignature,
-                ).order_by(log_cosignatures.c.tree_size, log_cosignatures.c.witness)
-            )
-        ]
-    agreements: list[tuple[str, int, bytes]] = []
-    if role == "node":
-        with engine.connect() as conn:
-            agreements = [
-                (r[0], r[1], bytes(r[2]))
-                for r in conn.execute(
-                    sa.select(
-                        agreements_table.c.agreement_id,
-                        agreements_table.c.version,
-                        agreements_table.c.envelope,
-                    )
-                )
-            ]
+        return brk.broker_id, "broker", brk.database
+    raise _fail(f"{config} is neither a node config (city = ...) nor a broker config")
+
+
+def _export_bundle(engine: Engine, out: Path, party: str, role: str) -> int:
+    """Export the party's log with its cosignatures, trust bundles and (for a node) agreements to
+    the new directory `out`, showing progress on stderr; returns how many entries it holds."""
+    from audit import bundle, trust_history
+
+    cosignatures = _cosignatures(engine)
+    agreements = _agreement_envelopes(engine) if role == "node" else []
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("exporting entries", total=None)
         spec = bundle.ExportSpec(
@@ -612,14 +623,38 @@ def audit_export(
             agreement_envelopes=agreements,
             cosignatures=cosignatures,
         )
-        size = bundle.export(
+        return bundle.export(
             engine,
             out,
             spec,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    engine.dispose()
-    console.print(escape(f"exported {size} entries of {role} {party} to {out}"), soft_wrap=True)
+
+
+def _cosignatures(engine: Engine) -> list[tuple[int, str, str]]:
+    """Every stored witness cosignature as (tree size, witness, cosignature line), in that order."""
+    import sqlalchemy as sa
+
+    from audit.schema import log_cosignatures
+
+    c = log_cosignatures.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(c.tree_size, c.witness, c.cosignature).order_by(c.tree_size, c.witness)
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _agreement_envelopes(engine: Engine) -> list[tuple[str, int, bytes]]:
+    """Every agreement version a node holds, as (agreement id, version, signed envelope)."""
+    import sqlalchemy as sa
+
+    from node.schema import agreements as agreements_table
+
+    c = agreements_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(c.agreement_id, c.version, c.envelope))
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
 
 
 @audit_app.command("verify")
@@ -681,6 +716,8 @@ def audit_verify(
 
 
 def main() -> None:
+    """Run the command line; a CitybrokerError a command lets through is printed as one error
+    line (message and reason) and exits with status 2."""
     try:
         app()
     except CitybrokerError as e:

@@ -15,6 +15,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def error(message: str) -> None:
+    """Print `error: MESSAGE` to stderr, unwrapped, any markup in `message` shown as text."""
     # Messages quote paths and (in audit) bundle content: print them as text, on one line.
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 

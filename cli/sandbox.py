@@ -55,6 +55,7 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` as TOML, replacing any file there."""
     path.write_text(tomli_w.dumps(data))
 
 
@@ -110,6 +111,8 @@ class LocalFederation:
         k: int = 10,
         purposes: tuple[str, ...] = ("urban-mobility-planning",),
     ) -> Agreement:
+        """Unsigned terms from `city` to the partner for the demo's traffic and mobility datasets,
+        valid from a minute ago until a year from now."""
         now = timefmt.now()
         return Agreement(
             agreement_id=f"{city}--{self.partner_id}",
@@ -138,6 +141,7 @@ class LocalFederation:
         )
 
     def demo_json(self) -> dict[str, Any]:
+        """The connection details `citybroker demo --serve` writes to demo.json (`query --demo`)."""
         return {
             "broker": {"address": self.broker_address, "id": self.broker_id},
             "ca_cert": str(self.ca_cert),

@@ -49,6 +49,7 @@ class DpTerms:
     records_per_resident: int = 1
 
     def to_payload(self) -> dict[str, Any]:
+        """The terms as the JSON object `from_payload` reads, bounds as sorted `field: [low, high]`."""
         return {
             "epsilon_per_query": self.epsilon_per_query,
             "total_epsilon": self.total_epsilon,
@@ -58,6 +59,7 @@ class DpTerms:
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> DpTerms:
+        """Terms from a payload; ValueError (or KeyError, TypeError) unless present and in range."""
         per_resident = obj.get("records_per_resident", 1)
         if isinstance(per_resident, bool) or not isinstance(per_resident, int):
             raise ValueError("dp records_per_resident must be a whole number")
@@ -95,9 +97,11 @@ class Agreement:
     query_kinds: frozenset[str] = frozenset({"aggregate"})
 
     def in_force(self, at: datetime) -> bool:
+        """True if `valid_from <= at < valid_until`."""
         return self.valid_from <= at < self.valid_until
 
     def to_payload(self) -> dict[str, Any]:
+        """The terms as the JSON object the parties sign (sets sorted); `from_payload` reads it."""
         return {
             "agreement_id": self.agreement_id,
             "version": self.version,
@@ -125,6 +129,7 @@ class Agreement:
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> Agreement:
+        """Terms from a payload, signatures unchecked; VerificationError if malformed or out of range."""
         try:
             datasets = {
                 str(ds): {
@@ -175,6 +180,7 @@ class Agreement:
 
 
 def sign(agreement: Agreement, *signers: Signer) -> dsse.Envelope:
+    """A DSSE agreement envelope over the canonical payload, one signature per signer, in order."""
     return dsse.sign(THING, agreement.to_payload(), *signers)
 
 

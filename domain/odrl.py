@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain.agreement import Agreement, Appearance
+from domain.agreement import Agreement, Appearance, FieldTerms
 from keys import timefmt
 
 PROFILE = "urn:citybroker:odrl-profile:v1"
@@ -28,8 +28,9 @@ def _dt(value: str) -> dict[str, str]:
     return {"@value": value, "@type": "xsd:dateTime"}
 
 
-def to_odrl(a: Agreement) -> dict[str, Any]:
-    window = [
+def _window(a: Agreement) -> list[dict[str, Any]]:
+    """The validity window as two ODRL dateTime constraints: from `valid_from`, before `valid_until`."""
+    return [
         {
             "leftOperand": "dateTime",
             "operator": "gteq",
@@ -41,61 +42,69 @@ def to_odrl(a: Agreement) -> dict[str, Any]:
             "rightOperand": _dt(timefmt.fmt(a.valid_until)),
         },
     ]
-    permissions = []
-    for dataset, fields in sorted(a.datasets.items()):
-        field_refinements = [
+
+
+def _field_refinements(fields: dict[str, FieldTerms]) -> list[dict[str, Any]]:
+    """One `cb:field` refinement per allowed field, sorted by name, with its appearance."""
+    return [
+        {
+            "leftOperand": "cb:field",
+            "operator": "eq",
+            "rightOperand": name,
+            "cb:appearance": terms.appearance.value,
+            **(
+                {"cb:generalisations": sorted(terms.generalisations)}
+                if terms.appearance is Appearance.GENERALISED
+                else {}
+            ),
+        }
+        for name, terms in sorted(fields.items())
+    ]
+
+
+def _deletion_duty(retention_days: int) -> dict[str, Any]:
+    """The duty to delete the data within `retention_days` days."""
+    return {
+        "action": "delete",
+        "constraint": [
             {
-                "leftOperand": "cb:field",
-                "operator": "eq",
-                "rightOperand": name,
-                "cb:appearance": terms.appearance.value,
-                **(
-                    {"cb:generalisations": sorted(terms.generalisations)}
-                    if terms.appearance is Appearance.GENERALISED
-                    else {}
-                ),
+                "leftOperand": "elapsedTime",
+                "operator": "lteq",
+                "rightOperand": {"@value": f"P{retention_days}D", "@type": "xsd:duration"},
             }
-            for name, terms in sorted(fields.items())
-        ]
-        permissions.append(
+        ],
+    }
+
+
+def _permission(a: Agreement, dataset: str, fields: dict[str, FieldTerms]) -> dict[str, Any]:
+    """The permission to `use` one dataset's allowed fields under the agreement's constraints."""
+    return {
+        "target": f"urn:citybroker:dataset:{a.provider}:{dataset}",
+        "assigner": _party(a.provider),
+        "assignee": _party(a.consumer),
+        "action": {
+            "rdf:value": {"@id": "odrl:use"},
+            "refinement": [{"or": _field_refinements(fields)}],
+        },
+        "constraint": [
             {
-                "target": f"urn:citybroker:dataset:{a.provider}:{dataset}",
-                "assigner": _party(a.provider),
-                "assignee": _party(a.consumer),
-                "action": {
-                    "rdf:value": {"@id": "odrl:use"},
-                    "refinement": [{"or": field_refinements}],
-                },
-                "constraint": [
-                    {
-                        "leftOperand": "purpose",
-                        "operator": "isAnyOf",
-                        "rightOperand": sorted(a.purposes),
-                    },
-                    {
-                        "leftOperand": "cb:minCellSize",
-                        "operator": "gteq",
-                        "rightOperand": a.min_cell_size,
-                    },
-                    *window,
-                ],
-                "duty": [
-                    {
-                        "action": "delete",
-                        "constraint": [
-                            {
-                                "leftOperand": "elapsedTime",
-                                "operator": "lteq",
-                                "rightOperand": {
-                                    "@value": f"P{a.retention_days}D",
-                                    "@type": "xsd:duration",
-                                },
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
+                "leftOperand": "purpose",
+                "operator": "isAnyOf",
+                "rightOperand": sorted(a.purposes),
+            },
+            {
+                "leftOperand": "cb:minCellSize",
+                "operator": "gteq",
+                "rightOperand": a.min_cell_size,
+            },
+            *_window(a),
+        ],
+        "duty": [_deletion_duty(a.retention_days)],
+    }
+
+
+def to_odrl(a: Agreement) -> dict[str, Any]:
+    """The agreement as an ODRL 2.2 Agreement policy (JSON-LD), one `use` permission per dataset."""
     policy: dict[str, Any] = {
         "@context": CONTEXT,
         "@type": "Agreement",
@@ -103,7 +112,9 @@ def to_odrl(a: Agreement) -> dict[str, Any]:
         "profile": PROFILE,
         "assigner": _party(a.provider),
         "assignee": _party(a.consumer),
-        "permission": permissions,
+        "permission": [
+            _permission(a, dataset, fields) for dataset, fields in sorted(a.datasets.items())
+        ],
     }
     if a.legal_instruments:
         policy["cb:legalInstruments"] = sorted(a.legal_instruments)

@@ -29,6 +29,7 @@ class QueryPlan:
     epsilon_per_query: float = 0.0
 
     def allows(self, field_name: str, generalisation: str) -> bool:
+        """True if the terms release the field at `generalisation` (a raw field: at any)."""
         terms = self.fields.get(field_name)
         if terms is None or terms.appearance is Appearance.AGGREGATE_ONLY:
             return False

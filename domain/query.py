@@ -29,6 +29,7 @@ class MeasureKind(StrEnum):
 
     @property
     def needs_field(self) -> bool:
+        """True for measures over a field (sum, avg, min, max); False for the two counts."""
         return self not in (MeasureKind.COUNT_RECORDS, MeasureKind.COUNT_RESIDENTS)
 
 
@@ -56,6 +57,7 @@ class Measure:
 
     @property
     def name(self) -> str:
+        """The measure's column name: `kind(field)`, or the bare kind for a count."""
         return f"{self.kind.value}({self.field})" if self.kind.needs_field else self.kind.value
 
 
@@ -97,6 +99,14 @@ class Query:
         if not self.purpose:
             raise InvalidArgument("the query declares no purpose", reason="PURPOSE_MISSING")
         self._validate_kind()
+        self._validate_size()
+        self._validate_measures_and_dimensions()
+        for f in self.filters:
+            self._validate_filter(f)
+        return self
+
+    def _validate_size(self) -> None:
+        """TooLarge (QUERY_TOO_LARGE) past a count limit or MAX_NAME_CHARS in any name or value."""
         for n, limit, what in (
             (len(self.measures), MAX_MEASURES, "measures"),
             (len(self.group_by), MAX_GROUP_BY, "group-by dimensions"),
@@ -117,6 +127,9 @@ class Query:
             raise TooLarge(
                 f"names are at most {MAX_NAME_CHARS} characters", reason="QUERY_TOO_LARGE"
             )
+
+    def _validate_measures_and_dimensions(self) -> None:
+        """Each measure over a field names one; no measure asked, nor dimension grouped, twice."""
         for m in self.measures:
             if m.kind.needs_field and not m.field:
                 raise InvalidArgument(
@@ -126,32 +139,33 @@ class Query:
             raise InvalidArgument("a measure is asked twice", reason="MEASURE_INVALID")
         if len({d.field for d in self.group_by}) != len(self.group_by):
             raise InvalidArgument("a dimension is grouped twice", reason="DIMENSION_INVALID")
-        for f in self.filters:
-            if not f.values or len(f.values) > MAX_FILTER_VALUES:
+
+    def _validate_filter(self, f: Filter) -> None:
+        """1 to MAX_FILTER_VALUES values (one but for `in`); comparisons numeric, attribute checks only."""
+        if not f.values or len(f.values) > MAX_FILTER_VALUES:
+            raise InvalidArgument(
+                f"filter on {f.field} needs 1 to {MAX_FILTER_VALUES} values",
+                reason="FILTER_INVALID",
+            )
+        if f.op is not FilterOp.IN and len(f.values) != 1:
+            raise InvalidArgument(
+                f"{f.op.value} filter on {f.field} takes one value", reason="FILTER_INVALID"
+            )
+        if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST):
+            if self.kind is not QueryKind.ATTRIBUTE_CHECK:
                 raise InvalidArgument(
-                    f"filter on {f.field} needs 1 to {MAX_FILTER_VALUES} values",
+                    f"{f.op.value} is only for attribute checks",
+                    reason="OPERATOR_NOT_ALLOWED",
+                    field=f.field,
+                )
+            try:
+                float(f.values[0])
+            except ValueError:
+                raise InvalidArgument(
+                    f"{f.op.value} on {f.field} needs a number",
                     reason="FILTER_INVALID",
-                )
-            if f.op is not FilterOp.IN and len(f.values) != 1:
-                raise InvalidArgument(
-                    f"{f.op.value} filter on {f.field} takes one value", reason="FILTER_INVALID"
-                )
-            if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST):
-                if self.kind is not QueryKind.ATTRIBUTE_CHECK:
-                    raise InvalidArgument(
-                        f"{f.op.value} is only for attribute checks",
-                        reason="OPERATOR_NOT_ALLOWED",
-                        field=f.field,
-                    )
-                try:
-                    float(f.values[0])
-                except ValueError:
-                    raise InvalidArgument(
-                        f"{f.op.value} on {f.field} needs a number",
-                        reason="FILTER_INVALID",
-                        field=f.field,
-                    ) from None
-        return self
+                    field=f.field,
+                ) from None
 
     def _validate_kind(self) -> None:
         def bad(message: str) -> InvalidArgument:
@@ -174,6 +188,7 @@ class Query:
             raise bad("a record release names the columns to release (group_by) and no subject")
 
     def to_payload(self) -> dict[str, Any]:
+        """The query as a JSON object; `from_payload` reads it back to an equal query, if valid."""
         return {
             "dataset": self.dataset,
             "purpose": self.purpose,
@@ -197,6 +212,7 @@ class Query:
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> Query:
+        """A validated query from a payload; QUERY_MALFORMED or `validate`'s error if not one."""
         try:
             return cls(
                 dataset=str(obj["dataset"]),

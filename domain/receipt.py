@@ -33,6 +33,7 @@ class CityEntry:
     jurisdiction: str
 
     def to_payload(self) -> dict[str, Any]:
+        """The entry as the JSON object the receipt lists; a missing digest or log index is null."""
         return {
             "city": self.city,
             "status": self.status,
@@ -60,6 +61,7 @@ class Receipt:
     negotiation: tuple[str, ...] = ()
 
     def to_payload(self) -> dict[str, Any]:
+        """The receipt as a JSON object, without the `issued_at` that `sign` adds when it signs."""
         return {
             "request_id": self.request_id,
             "query_digest": self.query_digest,

@@ -74,11 +74,14 @@ class BrokerServer:
         )
 
     def start(self) -> BrokerServer:
+        """Start serving on both listeners and start witnessing; returns this server."""
         self.server.start()
         self.witnessing.start()
         return self
 
     def stop(self, grace: float = 2.0) -> None:
+        """Stop serving (calls in flight get `grace` seconds), then witnessing, and release the
+        city channels, the log and the database."""
         self.server.stop(grace).wait()
         self.witnessing.stop()
         self.channels.close()

@@ -73,6 +73,10 @@ class Answer:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
+# A city's verified result and the digest of its signed payload.
+_Result = tuple[dict[str, Any], str]
+
+
 class PartnerClient:
     """A partner's connection to one broker; use as a context manager, or close() it."""
 
@@ -162,10 +166,37 @@ class PartnerClient:
         return offer
 
     def verify(self, asked: Query, response: broker_pb2.QueryResponse) -> Answer:
-        """Check every signature and every link between the statements; count the signatures."""
-        bundle = self.bundle
+        """The Answer, its cells recomputed from the verified city results and
+        `signatures_verified` counting every signature checked; VerificationError when any
+        signature fails or any statement (query, results, receipt, cells) disagrees with another."""
+        request = self._verified_request(asked, response)
+        results, cities = self._verified_results(request, response)
+        receipt = self._verified_receipt(request, response, results, cities)
+        cells = _verified_cells(response, receipt, results)
+        released = [
+            {"city": city, **record}
+            for city, (r, _) in results.items()
+            for record in r.get("records", [])
+        ]
+        return Answer(
+            response.query_id,
+            cells,
+            cities,
+            receipt,
+            # The broker's query and receipt, and each answering city's result.
+            2 + sum(c.status == "answered" for c in cities),
+            request.negotiation,
+            request.query,
+            released,
+        )
+
+    def _verified_request(
+        self, asked: Query, response: broker_pb2.QueryResponse
+    ) -> statements.BrokerRequest:
+        """The broker's verified signed query; VerificationError unless it is between this broker
+        and partner and is the query asked (or, if the broker negotiated, a coarsening of it)."""
         signed_query = envelope_from_pb(response.signed_query)
-        request = statements.verify_request(signed_query, statements.QUERY, bundle)
+        request = statements.verify_request(signed_query, statements.QUERY, self.bundle)
         if request.broker != self.broker_id or request.partner != self.partner_id:
             raise VerificationError(
                 "the broker signed a query for another party", reason="QUERY_MISMATCH"
@@ -176,23 +207,38 @@ class PartnerClient:
             raise VerificationError(
                 "the broker sent the cities a different query", reason="QUERY_MISMATCH"
             )
-        verified = 1
-        results: dict[str, tuple[dict[str, Any], str]] = {}
+        return request
+
+    def _verified_results(
+        self, request: statements.BrokerRequest, response: broker_pb2.QueryResponse
+    ) -> tuple[dict[str, _Result], list[CityAnswer]]:
+        """Each answering city's verified result with its payload digest, by city, and every city's
+        outcome as returned, in order; VerificationError if a result answers another query."""
+        results: dict[str, _Result] = {}
         cities = []
         for c in response.cities:
             status = CITY_STATUS_NAMES.get(c.status, "unspecified")
             if status == "answered":
                 env = envelope_from_pb(c.signed_result)
-                result = statements.verify_result(env, bundle)
-                verified += 1
+                result = statements.verify_result(env, self.bundle)
                 if (result["city"], result["query_digest"]) != (c.city_id, request.digest):
                     raise VerificationError(
                         f"result of {c.city_id} answers another query", reason="RESULT_MISMATCH"
                     )
                 results[c.city_id] = (result, statements.digest(env.payload))
             cities.append(CityAnswer(c.city_id, status, c.code, c.reason, c.message, c.log_index))
-        receipt = statements.verify_receipt(envelope_from_pb(response.receipt), bundle)
-        verified += 1
+        return results, cities
+
+    def _verified_receipt(
+        self,
+        request: statements.BrokerRequest,
+        response: broker_pb2.QueryResponse,
+        results: dict[str, _Result],
+        cities: list[CityAnswer],
+    ) -> dict[str, Any]:
+        """The broker's verified receipt; VerificationError unless it is for `request` and this
+        partner and lists exactly the outcomes returned, in order."""
+        receipt = statements.verify_receipt(envelope_from_pb(response.receipt), self.bundle)
         if receipt["query_digest"] != request.digest or receipt["partner"] != self.partner_id:
             raise VerificationError("the receipt is for another query", reason="RECEIPT_MISMATCH")
         # Every city's outcome as returned (status, code, reason, result, node log index) must be
@@ -207,31 +253,7 @@ class PartnerClient:
             raise VerificationError(
                 "the receipt does not list the outcomes returned", reason="RECEIPT_MISMATCH"
             )
-        cells = merge.merge((city, r) for city, (r, _) in results.items())
-        if receipt_doc.answer_digest(merge.to_payload(cells)) != receipt["answer_digest"]:
-            raise VerificationError(
-                "the merged answer does not match the signed results", reason="ANSWER_MISMATCH"
-            )
-        returned = [(dict(c.key), dict(c.values), c.withheld) for c in response.cells]
-        if returned != [(c.key, c.values, c.withheld) for c in cells]:
-            raise VerificationError(
-                "the broker's merged cells differ from the signed results", reason="ANSWER_MISMATCH"
-            )
-        released = [
-            {"city": city, **record}
-            for city, (r, _) in results.items()
-            for record in r.get("records", [])
-        ]
-        return Answer(
-            response.query_id,
-            cells,
-            cities,
-            receipt,
-            verified,
-            request.negotiation,
-            request.query,
-            released,
-        )
+        return receipt
 
     def plan(self, query: Query, timeout_s: float = 15.0) -> FederationPlan:
         """A dry run: each city's plan and the shape negotiation would choose. Reads no data."""
@@ -244,3 +266,21 @@ class PartnerClient:
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
         return federation_plan_from_pb(response)
+
+
+def _verified_cells(
+    response: broker_pb2.QueryResponse, receipt: dict[str, Any], results: dict[str, _Result]
+) -> list[merge.MergedCell]:
+    """The cells merged from the verified results; VerificationError unless the receipt's answer
+    digest matches them and the broker returned exactly these cells."""
+    cells = merge.merge((city, r) for city, (r, _) in results.items())
+    if receipt_doc.answer_digest(merge.to_payload(cells)) != receipt["answer_digest"]:
+        raise VerificationError(
+            "the merged answer does not match the signed results", reason="ANSWER_MISMATCH"
+        )
+    returned = [(dict(c.key), dict(c.values), c.withheld) for c in response.cells]
+    if returned != [(c.key, c.values, c.withheld) for c in cells]:
+        raise VerificationError(
+            "the broker's merged cells differ from the signed results", reason="ANSWER_MISMATCH"
+        )
+    return cells

@@ -22,6 +22,7 @@ log = logging.getLogger("citybroker.rpc")
 
 
 def peer_common_names(context: grpc.ServicerContext) -> list[str]:
+    """The common names of the caller's verified client certificate; empty without one."""
     auth = context.auth_context()
     names = cast(list[bytes], auth.get("x509_common_name", []))
     return [v.decode() for v in names]
@@ -40,6 +41,8 @@ class EdgeInterceptor(grpc.ServerInterceptor):
         self._guards = guards or {}
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        """The method's handler wrapped to run the service's guard first and map its errors;
+        streaming handlers, and unknown methods (None), pass through unchanged."""
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -117,6 +120,8 @@ ChannelCredentials = grpc.ChannelCredentials
 def client_credentials(
     ca_cert: bytes, cert: bytes | None = None, key: bytes | None = None
 ) -> grpc.ChannelCredentials:
+    """TLS channel credentials trusting `ca_cert`, presenting `cert` and `key` as the client
+    certificate when given (mTLS)."""
     return grpc.ssl_channel_credentials(
         root_certificates=ca_cert, private_key=key, certificate_chain=cert
     )

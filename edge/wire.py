@@ -51,6 +51,7 @@ _KINDS_PB: dict[QueryKind, Any] = {
 
 
 def envelope_to_pb(env: dsse.Envelope) -> common_pb2.Envelope:
+    """The Envelope message holding `env` byte for byte, signatures in order."""
     return common_pb2.Envelope(
         payload_type=env.payload_type,
         payload=env.payload,
@@ -59,12 +60,15 @@ def envelope_to_pb(env: dsse.Envelope) -> common_pb2.Envelope:
 
 
 def envelope_from_pb(pb: common_pb2.Envelope) -> dsse.Envelope:
+    """The DSSE envelope the message holds, byte for byte; its signatures are not checked."""
     return dsse.Envelope(
         pb.payload_type, pb.payload, tuple(dsse.Signature(s.keyid, s.sig) for s in pb.signatures)
     )
 
 
 def query_from_pb(pb: common_pb2.Query) -> Query:
+    """The query, validated; InvalidArgument for an unknown measure, operator or query kind, and
+    Query.validate's errors for a bad shape."""
     measures = []
     for m in pb.measures:
         kind = _MEASURES.get(m.kind)
@@ -99,6 +103,7 @@ def _query_kind(value: int) -> QueryKind:
 
 
 def query_to_pb(q: Query) -> common_pb2.Query:
+    """The Query message for `q`; query_from_pb gives back an equal query when `q` is valid."""
     return common_pb2.Query(
         dataset=q.dataset,
         purpose=q.purpose,
@@ -122,6 +127,7 @@ def query_to_pb(q: Query) -> common_pb2.Query:
 
 
 def plan_to_pb(p: QueryPlan) -> common_pb2.QueryPlan:
+    """The QueryPlan message for `p`, its fields and their generalisations in sorted order."""
     return common_pb2.QueryPlan(
         allowed=p.allowed,
         code=p.code,
@@ -141,6 +147,7 @@ def plan_to_pb(p: QueryPlan) -> common_pb2.QueryPlan:
 
 
 def plan_from_pb(pb: common_pb2.QueryPlan) -> QueryPlan:
+    """The plan as the message states it, less fields whose appearance this code does not know."""
     fields = {}
     for f in pb.fields:
         try:
@@ -171,6 +178,7 @@ CITY_STATUS_NAMES = {
 
 
 def city_outcome_to_pb(o: CityOutcome) -> broker_pb2.CityOutcome:
+    """The CityOutcome message for `o`; ValueError if `o.status` names no CityStatus value."""
     return broker_pb2.CityOutcome(
         city_id=o.city,
         status=f"CITY_STATUS_{o.status.upper()}",  # protobuf takes an enum value by its name
@@ -222,6 +230,8 @@ def _agreement_summary_pb(a: Agreement, env: dsse.Envelope) -> broker_pb2.Agreem
 
 
 def city_offer_to_pb(offer: CityOffer) -> broker_pb2.CityOffer:
+    """The CityOffer message: the city, its outcome, and each agreement summarised beside its
+    signed envelope."""
     return broker_pb2.CityOffer(
         city_id=offer.city,
         name=offer.name,
@@ -232,10 +242,13 @@ def city_offer_to_pb(offer: CityOffer) -> broker_pb2.CityOffer:
 
 
 def describe_response_to_pb(offers: list[CityOffer]) -> broker_pb2.DescribeFederationResponse:
+    """The DescribeFederationResponse listing `offers` in order."""
     return broker_pb2.DescribeFederationResponse(cities=[city_offer_to_pb(o) for o in offers])
 
 
 def query_response_to_pb(exchange: Exchange) -> broker_pb2.QueryResponse:
+    """The QueryResponse for an exchange: merged cells, city outcomes, signed query, receipt,
+    negotiation notes and the records of the verified city results."""
     return broker_pb2.QueryResponse(
         query_id=exchange.request_id,
         cells=[
@@ -267,6 +280,7 @@ def federation_plan_json(plan: FederationPlan) -> str:
 
 
 def federation_plan_to_pb(plan: FederationPlan) -> broker_pb2.PlanQueryResponse:
+    """The PlanQueryResponse for a dry run; a city with no plan gets its outcome and no plan."""
     return broker_pb2.PlanQueryResponse(
         negotiated=query_to_pb(plan.negotiated),
         notes=plan.notes,
@@ -282,6 +296,7 @@ def federation_plan_to_pb(plan: FederationPlan) -> broker_pb2.PlanQueryResponse:
 
 
 def federation_plan_from_pb(pb: broker_pb2.PlanQueryResponse) -> FederationPlan:
+    """The dry run as the broker reported it, its negotiated query validated by query_from_pb."""
     return FederationPlan(
         query_from_pb(pb.negotiated),
         list(pb.notes),

@@ -19,6 +19,7 @@ ENV_PREFIX = "CITYBROKER_"
 
 
 def load_toml(path: Path) -> dict[str, Any]:
+    """The TOML of `path`, top-level scalars overridden by CITYBROKER_<KEY>; ConfigError if unreadable."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -45,36 +46,42 @@ class Section:
         return f"{self.path}: {self.prefix}{key}"
 
     def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
+        """The string at `key` (else `default`); ConfigError unless a string, non-empty when no default."""
         v = self.data.get(key, default)
         if not isinstance(v, str) or (default is None and not v):
             raise ConfigError(f"{self._where(key)} must be a non-empty string")
         return v
 
     def int(self, key: builtins.str, default: builtins.int | None = None) -> builtins.int:
+        """The integer at `key` (else `default`); ConfigError unless an integer (booleans are not)."""
         v = self.data.get(key, default)
         if not isinstance(v, int) or isinstance(v, bool):
             raise ConfigError(f"{self._where(key)} must be an integer")
         return v
 
     def float(self, key: builtins.str, default: builtins.float | None = None) -> builtins.float:
+        """The number at `key` (else `default`) as a float; ConfigError unless an int or float, not bool."""
         v = self.data.get(key, default)
         if not isinstance(v, int | float) or isinstance(v, bool):
             raise ConfigError(f"{self._where(key)} must be a number")
         return float(v)
 
     def path_(self, key: builtins.str) -> Path:
+        """The non-empty string at `key` as a path, a relative one from the config file's directory."""
         p = Path(self.str(key))
         return p if p.is_absolute() else (self.path.parent / p)
 
     def strs(
         self, key: builtins.str, default: list[builtins.str] | None = None
     ) -> list[builtins.str]:
+        """A copy of the list of strings at `key` (else `default`); ConfigError unless it is one."""
         v = self.data.get(key, default)
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ConfigError(f"{self._where(key)} must be a list of strings")
         return list(v)
 
     def section(self, key: builtins.str, required: bool = True) -> Section:
+        """The table at `key` (empty if absent and not `required`); ConfigError unless a table."""
         v = self.data.get(key)
         if v is None and not required:
             return Section({}, self.path, f"{self.prefix}{key}.")
@@ -106,6 +113,7 @@ class TlsFiles:
     key: Path
 
     def read(self) -> tuple[bytes, bytes, bytes]:
+        """The CA certificate, certificate and key bytes; ConfigError naming an unreadable file."""
         try:
             return self.ca_cert.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
         except OSError as e:

@@ -69,6 +69,7 @@ class DuckDBSettings:
 
     @classmethod
     def from_config(cls, section: Section) -> DuckDBSettings:
+        """Settings from a `[duckdb]` table, defaults for absent keys; ConfigError for any invalid value."""
         memory_limit = section.str("memory_limit", cls.memory_limit)
         threads = section.int("threads", cls.threads)
         if not _MEMORY.fullmatch(memory_limit):
@@ -81,6 +82,7 @@ class DuckDBSettings:
         return cls(memory_limit, threads)
 
     def config(self) -> dict[str, str | int]:
+        """The DuckDB connection `config`: memory_limit and threads."""
         return {"memory_limit": self.memory_limit, "threads": self.threads}
 
 
@@ -116,6 +118,7 @@ def create_engine(
 
 
 def alembic_config(engine: sa.Engine) -> Config:
+    """An Alembic config for this package's migrations, bound to `engine`."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -123,6 +126,7 @@ def alembic_config(engine: sa.Engine) -> Config:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Migrates the database up to `revision`; StoreError (DATABASE_UNAVAILABLE) on an OperationalError."""
     try:
         command.upgrade(alembic_config(engine), revision)
     except sa.exc.OperationalError as e:
@@ -132,6 +136,7 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: sa.Engine, revision: str = "base") -> None:
+    """Migrates the database down to `revision` (by default every migration undone); errors not mapped."""
     command.downgrade(alembic_config(engine), revision)
 
 

@@ -27,6 +27,7 @@ class IssuedCert:
     key_pem: bytes
 
     def write(self, directory: Path, name: str) -> tuple[Path, Path]:
+        """Writes `<name>.crt` and `<name>.key` (new key file: mode 0600) in `directory`; returns both."""
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
         cert_path.write_bytes(self.cert_pem)
@@ -51,6 +52,7 @@ class FederationCA:
 
     @classmethod
     def create(cls, federation: str, days: int = 3650) -> FederationCA:
+        """A new self-signed P-256 root for `federation`, valid from 5 minutes ago for `days`."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} federation CA")])
         start = timefmt.now() - timedelta(minutes=5)
@@ -86,6 +88,7 @@ class FederationCA:
 
     @property
     def cert_pem(self) -> bytes:
+        """The CA certificate in PEM."""
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(

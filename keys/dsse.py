@@ -22,6 +22,7 @@ MEDIA_PREFIX = "application/vnd.citybroker."
 
 
 def media_type(thing: str) -> str:
+    """The DSSE payload type of a citybroker statement: application/vnd.citybroker.<thing>+json."""
     return f"{MEDIA_PREFIX}{thing}+json"
 
 
@@ -77,6 +78,7 @@ def _plain(obj: Any) -> Any:
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
+    """The DSSE v1 pre-authentication encoding of type and payload: the exact bytes a signature covers."""
     t = payload_type.encode()
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
@@ -94,6 +96,7 @@ class Envelope:
     signatures: tuple[Signature, ...]
 
     def to_json(self) -> bytes:
+        """The envelope in DSSE JSON form (base64 payload and signatures), as canonical JSON bytes."""
         return canonical(
             {
                 "payloadType": self.payload_type,
@@ -107,6 +110,7 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Envelope:
+        """The envelope of DSSE JSON, signatures unchecked; SignatureError (ENVELOPE_MALFORMED) if not one."""
         try:
             obj = json.loads(data)
             sigs = tuple(
@@ -120,11 +124,13 @@ class Envelope:
             raise SignatureError(f"not a DSSE envelope: {e}", reason="ENVELOPE_MALFORMED") from None
 
     def countersigned(self, signer: Signer) -> Envelope:
+        """A copy with `signer`'s signature over the same payload appended; the others are not checked."""
         sig = Signature(signer.keyid, signer.sign(pae(self.payload_type, self.payload)))
         return Envelope(self.payload_type, self.payload, (*self.signatures, sig))
 
 
 def sign(thing: str, payload: Mapping[str, Any], *signers: Signer) -> Envelope:
+    """An envelope over the canonical JSON of `payload`, typed for `thing`, signed by each signer in order."""
     body = canonical(payload)
     ptype = media_type(thing)
     message = pae(ptype, body)

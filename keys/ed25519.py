@@ -30,20 +30,24 @@ class PublicKey:
     # Derived once per key, not per use: keys are looked up and checked for every signature.
     @cached_property
     def keyid(self) -> str:
+        """This key's id (`key_id` of the raw bytes), computed once."""
         return key_id(self.raw)
 
     @property
     def b64(self) -> str:
+        """The raw 32-byte key in standard base64, as the trust bundle lists it."""
         return base64.b64encode(self.raw).decode()
 
     @classmethod
     def from_b64(cls, text: str) -> PublicKey:
+        """The key from strict base64; ValueError unless that decodes to exactly 32 bytes."""
         raw = base64.b64decode(text, validate=True)
         if len(raw) != 32:
             raise ValueError("an Ed25519 public key is 32 bytes")
         return cls(raw)
 
     def verify(self, signature: bytes, message: bytes) -> bool:
+        """True only if `signature` is this key's valid Ed25519 signature of `message`; never raises."""
         try:
             self._crypto_key.verify(signature, message)
         except (InvalidSignature, ValueError):
@@ -51,6 +55,7 @@ class PublicKey:
         return True
 
     def crypto_key(self) -> Ed25519PublicKey:
+        """This key as a `cryptography` Ed25519PublicKey (for libraries such as PyJWT)."""
         return self._crypto_key
 
     @cached_property
@@ -71,16 +76,20 @@ class Signer:
 
     @classmethod
     def generate(cls) -> Signer:
+        """A signer with a fresh random Ed25519 key."""
         return cls(Ed25519PrivateKey.generate())
 
     @property
     def keyid(self) -> str:
+        """The key id of this signer's public key."""
         return self.public.keyid
 
     def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of `message`."""
         return self._private.sign(message)
 
     def crypto_key(self) -> Ed25519PrivateKey:
+        """The private key itself as a `cryptography` object, for libraries that sign (PyJWT)."""
         return self._private
 
     def derive_secret(self, info: bytes) -> bytes:
@@ -108,6 +117,7 @@ class Signer:
 
     @classmethod
     def load(cls, path: Path) -> Signer:
+        """An unencrypted PEM Ed25519 key; KeyFileError if unreadable, group/other-accessible, or not one."""
         try:
             mode = path.stat().st_mode
         except OSError as e:

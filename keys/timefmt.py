@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 
 def now() -> datetime:
+    """The current time, timezone-aware UTC, truncated to whole seconds."""
     return datetime.now(UTC).replace(microsecond=0)
 
 
@@ -31,6 +32,7 @@ def fmt(t: datetime) -> str:
 
 
 def parse(text: str) -> datetime:
+    """An ISO 8601 timestamp with a zone (`Z` allowed) as aware UTC; ValueError for any other input."""
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, AttributeError):
@@ -46,4 +48,5 @@ def to_db(t: datetime) -> datetime:
 
 
 def from_db(t: datetime) -> datetime:
+    """A time as `to_db` stores it (naive UTC) as the same instant, timezone-aware UTC."""
     return t.replace(tzinfo=UTC)

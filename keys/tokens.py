@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ ALGORITHM = "EdDSA"
 def issue(
     signer: Signer, issuer: str, audience: str, lifetime_s: int = 120, subject: str | None = None
 ) -> str:
+    """A JWT signed by `signer` (kid: its key id), fresh jti; ValueError unless 0 < lifetime_s <= 300."""
     if not 0 < lifetime_s <= MAX_LIFETIME_S:
         raise ValueError(f"token lifetime must be between 1 and {MAX_LIFETIME_S} seconds")
     now = int(time.time())
@@ -93,6 +95,9 @@ def _quick_parse(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     return header, claims
 
 
+_Refuse = Callable[[str, str], AuthenticationError]
+
+
 def verify(
     token: str, bundle: TrustBundle, audience: str, at: datetime | None = None
 ) -> VerifiedToken:
@@ -108,6 +113,27 @@ def verify(
             _unverified(token)
         return _fail(message, reason)
 
+    candidates = _candidate_keys(header, unverified_claims, bundle, at, refuse)
+    claims = _decode(token, candidates, audience, refuse)
+    iat, exp = claims["iat"], claims["exp"]
+    if not isinstance(iat, int) or not isinstance(exp, int) or exp - iat > MAX_LIFETIME_S:
+        raise _fail(f"token lifetime exceeds {MAX_LIFETIME_S} seconds", "TOKEN_LIFETIME_TOO_LONG")
+    if iat > time.time() + CLOCK_SKEW_S:
+        raise _fail("the token was issued in the future", "TOKEN_NOT_YET_VALID")
+    return VerifiedToken(
+        str(claims["iss"]), str(claims["sub"]), audience, str(claims["jti"]), iat, exp, token
+    )
+
+
+def _candidate_keys(
+    header: dict[str, Any],
+    unverified_claims: dict[str, Any],
+    bundle: TrustBundle,
+    at: datetime | None,
+    refuse: _Refuse,
+) -> list[PublicKey]:
+    """The claimed issuer's keys valid at `at` (now if None) that match the header's `kid`, if any;
+    refused unless the algorithm is EdDSA, the issuer a partner in the bundle, and a key is left."""
     if header.get("alg") != ALGORITHM:
         raise refuse(
             f"token algorithm {header.get('alg')!r} is not allowed; use EdDSA",
@@ -128,10 +154,17 @@ def verify(
     ]
     if not candidates:
         raise refuse(f"no key of partner {issuer} is valid now", "TOKEN_KEY_UNKNOWN")
-    claims = None
+    return candidates
+
+
+def _decode(
+    token: str, candidates: list[PublicKey], audience: str, refuse: _Refuse
+) -> dict[str, Any]:
+    """The claims, verified by PyJWT with the first candidate key whose signature holds; every
+    other failure is refused with its own reason, and no key holding is TOKEN_SIGNATURE_INVALID."""
     for key in candidates:
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key.crypto_key(),
                 algorithms=[ALGORITHM],
@@ -139,7 +172,7 @@ def verify(
                 leeway=CLOCK_SKEW_S,
                 options={"require": ["iss", "sub", "aud", "iat", "exp", "jti"]},
             )
-            break
+            return claims
         except jwt.InvalidSignatureError:
             continue
         except jwt.ExpiredSignatureError:
@@ -154,16 +187,7 @@ def verify(
             raise _fail(f"the token lacks the {e.claim!r} claim", "TOKEN_CLAIM_MISSING") from None
         except jwt.PyJWTError:
             raise refuse("the token is not valid", "TOKEN_INVALID") from None
-    if claims is None:
-        raise refuse("the token signature does not verify", "TOKEN_SIGNATURE_INVALID")
-    iat, exp = claims["iat"], claims["exp"]
-    if not isinstance(iat, int) or not isinstance(exp, int) or exp - iat > MAX_LIFETIME_S:
-        raise _fail(f"token lifetime exceeds {MAX_LIFETIME_S} seconds", "TOKEN_LIFETIME_TOO_LONG")
-    if iat > time.time() + CLOCK_SKEW_S:
-        raise _fail("the token was issued in the future", "TOKEN_NOT_YET_VALID")
-    return VerifiedToken(
-        str(claims["iss"]), str(claims["sub"]), audience, str(claims["jti"]), iat, exp, token
-    )
+    raise refuse("the token signature does not verify", "TOKEN_SIGNATURE_INVALID")
 
 
 class ReplayCache:

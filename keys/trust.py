@@ -35,6 +35,7 @@ class KeyGrant:
     not_after: datetime
 
     def valid_at(self, t: datetime) -> bool:
+        """True if `t` is within the grant, both ends inclusive."""
         return self.not_before <= t <= self.not_after
 
 
@@ -50,6 +51,7 @@ class Party:
     categories: tuple[str, ...] = ()
 
     def key(self, keyid: str, at: datetime) -> PublicKey | None:
+        """This party's public key with id `keyid` if granted at `at`, else None."""
         for g in self.keys:
             if g.public.keyid == keyid and g.valid_at(at):
                 return g.public
@@ -64,12 +66,14 @@ class TrustBundle:
     parties: dict[str, Party] = field(default_factory=dict)
 
     def party(self, party_id: str, role: Role | None = None) -> Party | None:
+        """The party with this id, if it has `role` (when given); else None."""
         p = self.parties.get(party_id)
         if p is None or (role is not None and p.role != role):
             return None
         return p
 
     def by_role(self, role: Role) -> list[Party]:
+        """The parties with `role`, sorted by id."""
         return sorted((p for p in self.parties.values() if p.role == role), key=lambda p: p.id)
 
     def key_lookup(self, party_id: str, at: datetime) -> dsse.KeyLookup:
@@ -82,6 +86,7 @@ class TrustBundle:
         return lookup
 
     def to_payload(self) -> dict[str, Any]:
+        """The bundle as the JSON object the authority signs; `from_payload` reads it."""
         return {
             "federation": self.federation,
             "version": self.version,
@@ -110,6 +115,7 @@ class TrustBundle:
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> TrustBundle:
+        """A bundle from a payload, signature unchecked; SignatureError if malformed."""
         try:
             parties = {}
             for p in obj["parties"]:
@@ -146,10 +152,12 @@ class TrustBundle:
 
 
 def sign_bundle(bundle: TrustBundle, authority: Signer) -> dsse.Envelope:
+    """The bundle as a DSSE envelope signed by the federation authority."""
     return dsse.sign(THING, bundle.to_payload(), authority)
 
 
 def verify_bundle(envelope: dsse.Envelope, authority: PublicKey) -> TrustBundle:
+    """The bundle, only if the envelope is a trust bundle signed by `authority`; SignatureError otherwise."""
     payload, _ = dsse.verify(
         envelope, THING, lambda kid: authority if kid == authority.keyid else None
     )
@@ -157,6 +165,7 @@ def verify_bundle(envelope: dsse.Envelope, authority: PublicKey) -> TrustBundle:
 
 
 def load_bundle(path: Path, authority: PublicKey) -> TrustBundle:
+    """The bundle in the envelope file at `path`, as `verify_bundle` checks it; else SignatureError."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -167,6 +176,7 @@ def load_bundle(path: Path, authority: PublicKey) -> TrustBundle:
 
 
 def load_authority_key(path: Path) -> PublicKey:
+    """The public key in a base64 file; SignatureError if unreadable or not a key."""
     try:
         return PublicKey.from_b64(path.read_text().strip())
     except OSError as e:
@@ -197,12 +207,14 @@ class TrustStore:
             self._versions[bundle.version] = bundle
 
     def install(self, envelope: dsse.Envelope) -> TrustBundle:
+        """The bundle, verified and now in force; SignatureError if invalid or not newer."""
         bundle = verify_bundle(envelope, self.authority)
         self._add(bundle)
         return bundle
 
     @property
     def current(self) -> TrustBundle:
+        """The newest installed bundle; SignatureError (TRUST_BUNDLE_MISSING) if none is installed."""
         if not self._versions:
             raise SignatureError("no trust bundle installed", reason="TRUST_BUNDLE_MISSING")
         return self._versions[max(self._versions)]

@@ -263,9 +263,22 @@ def push_consenting(
         latest = source.execute(sa.select(sa.func.max(consent_events.c.event_id))).scalar()
     if state is not None and pair in state.pairs and (latest or 0) == state.event_id:
         return 0  # nothing changed since the last sync: no writes
-    c = consent_scopes.c
     high, replay, state = _changes_since(consents, state)
     old = state.pairs if state is not None else set()
+    _number_changed(consents, pair, old, replay)
+    n = _write_mirror(data, consents, state is None, pair, old, replay)
+    data.commit()
+    data.info[_MIRROR_STATE] = _MirrorState(high, old | {pair})
+    return n
+
+
+def _number_changed(
+    consents: sa.Engine, pair: tuple[str, str], old: set[tuple[str, str]], replay: list[str]
+) -> None:
+    """Give a number to every resident the sync will mirror: those with a valid scope of `pair`
+    when it is new to the mirror, and those of the `replay` records."""
+    c = consent_scopes.c
+    purpose, category = pair
     # Numbers first, so that the rows read next carry them (node.transparency). A transaction of
     # its own that writes first: SQLite cannot turn a reading transaction into a writing one
     # once another writer has committed.
@@ -284,7 +297,19 @@ def push_consenting(
             number_selected(
                 source, sa.select(c.resident_id).distinct().where(c.record_id.in_(chunk))
             )
-    if state is None:
+
+
+def _write_mirror(
+    data: sa.Connection,
+    consents: sa.Engine,
+    reload: bool,
+    pair: tuple[str, str],
+    old: set[tuple[str, str]],
+    replay: list[str],
+) -> int:
+    """Write the sync into the mirror on `data`, uncommitted: (re)create it empty when `reload`,
+    replace the `replay` records' rows for the `old` pairs, add `pair` if new; the rows written."""
+    if reload:
         data.execute(sa.schema.CreateTable(_MIRROR, if_not_exists=True))
         if data.dialect.name != "duckdb":  # DuckDB scans; its index would only slow the deletes
             data.execute(sa.schema.CreateIndex(_MIRROR_BY_RECORD, if_not_exists=True))
@@ -302,8 +327,6 @@ def push_consenting(
         for rows in _mirror_rows(consents, {pair}, None):
             _insert_mirror(data, rows)
             n += len(rows)
-    data.commit()
-    data.info[_MIRROR_STATE] = _MirrorState(high, old | {pair})
     return n
 
 

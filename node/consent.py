@@ -97,14 +97,17 @@ class ConsentRecord:
     def validate(self, known_party: Callable[[str], bool] | None = None) -> ConsentRecord:
         """The record itself if its terms are valid (recipients that are parties must be
         `known_party`s); InvalidArgument naming the first problem otherwise."""
+        self._check_fields()
+        self._check_codes(known_party)
+        self._check_terms()
+        return self
 
-        def bad(message: str, reason: str, **meta: str) -> InvalidArgument:
-            return InvalidArgument(message, reason=reason, **meta)
-
+    def _check_fields(self) -> None:
+        """Ids of 1 to MAX_ID_CHARS characters; scope lists of 1 to MAX_SCOPE_ITEMS distinct codes."""
         for name in ("record_id", "resident_id"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v or len(v) > MAX_ID_CHARS:
-                raise bad(
+                raise _bad(
                     f"{name} must be 1 to {MAX_ID_CHARS} characters",
                     "CONSENT_FIELD_INVALID",
                     field=name,
@@ -117,62 +120,73 @@ class ConsentRecord:
                 or len(v) > MAX_SCOPE_ITEMS
                 or not all(isinstance(x, str) and 0 < len(x) <= MAX_ID_CHARS for x in v)
             ):
-                raise bad(
+                raise _bad(
                     f"{name} must list 1 to {MAX_SCOPE_ITEMS} codes",
                     "CONSENT_FIELD_INVALID",
                     field=name,
                 )
             if len(set(v)) != len(v):
                 # The stored record keeps each code once; its terms (and digest) must agree.
-                raise bad(
+                raise _bad(
                     f"{name} lists a code more than once", "CONSENT_FIELD_INVALID", field=name
                 )
+
+    def _check_codes(self, known_party: Callable[[str], bool] | None) -> None:
+        """Every purpose, data category, recipient and the lawful basis is a known code."""
         for p in self.purposes:
             if not taxonomy.is_purpose(p):
-                raise bad(f"unknown purpose {p!r}", "PURPOSE_UNKNOWN", purpose=p)
+                raise _bad(f"unknown purpose {p!r}", "PURPOSE_UNKNOWN", purpose=p)
         for c in self.data_categories:
             if not taxonomy.is_data_category(c):
-                raise bad(f"unknown data category {c!r}", "DATA_CATEGORY_UNKNOWN", category=c)
+                raise _bad(f"unknown data category {c!r}", "DATA_CATEGORY_UNKNOWN", category=c)
         for r in self.recipients:
             if r.startswith(taxonomy.CATEGORY_PREFIX):
                 if r.removeprefix(taxonomy.CATEGORY_PREFIX) not in taxonomy.RECIPIENT_CATEGORIES:
-                    raise bad(f"unknown recipient category {r!r}", "RECIPIENT_UNKNOWN", recipient=r)
+                    raise _bad(
+                        f"unknown recipient category {r!r}", "RECIPIENT_UNKNOWN", recipient=r
+                    )
             elif known_party is not None and not known_party(r):
-                raise bad(
+                raise _bad(
                     f"recipient {r!r} is not a party of the federation",
                     "RECIPIENT_UNKNOWN",
                     recipient=r,
                 )
         if self.lawful_basis not in taxonomy.LAWFUL_BASES:
-            raise bad(f"unknown lawful basis {self.lawful_basis!r}", "LAWFUL_BASIS_UNKNOWN")
+            raise _bad(f"unknown lawful basis {self.lawful_basis!r}", "LAWFUL_BASIS_UNKNOWN")
+
+    def _check_terms(self) -> None:
+        """Validity dates in order; notice, language, retention and free texts well formed."""
         if self.valid_until is not None and self.valid_until <= self.valid_from:
-            raise bad("valid_until must be after valid_from", "CONSENT_DATES_INVALID")
+            raise _bad("valid_until must be after valid_from", "CONSENT_DATES_INVALID")
         if self.notice_url and not re.fullmatch(r"https?://\S{1,500}", self.notice_url):
-            raise bad(
+            raise _bad(
                 "notice_url must be an http(s) URL", "CONSENT_FIELD_INVALID", field="notice_url"
             )
         if self.notice_hash and not _NOTICE_HASH.fullmatch(self.notice_hash):
-            raise bad(
+            raise _bad(
                 "notice_hash must be sha256:<64 hex digits>",
                 "CONSENT_FIELD_INVALID",
                 field="notice_hash",
             )
         if len(self.language) > MAX_LANGUAGE_CHARS or not _LANGUAGE.fullmatch(self.language):
-            raise bad(
+            raise _bad(
                 "language must be a BCP 47 tag such as en or fi-FI",
                 "CONSENT_FIELD_INVALID",
                 field="language",
             )
         if not 0 <= self.retention_days <= 36_500:
-            raise bad(
+            raise _bad(
                 "retention_days must be 0 to 36500", "CONSENT_FIELD_INVALID", field="retention_days"
             )
         for name, limit in _TEXT_LIMITS.items():
             if len(getattr(self, name)) > limit:
-                raise bad(
+                raise _bad(
                     f"{name} is at most {limit} characters", "CONSENT_FIELD_INVALID", field=name
                 )
-        return self
+
+
+def _bad(message: str, reason: str, **meta: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=reason, **meta)
 
 
 @dataclass(frozen=True)
@@ -340,15 +354,15 @@ class _Stored(NamedTuple):
 
 class ConsentRegistry:
     """Consent records and their events. Each event's signed receipt is committed to `log` once
-    the event is stored (`node.consent_evidence`); without a log nothing is logged."""
+    the event is stored (`node.consent_evidence`): the log is required, so no event goes unlogged."""
 
     def __init__(
         self,
         engine: sa.Engine,
         city: str,
         signer: Signer,
+        log: MerkleLog,
         known_party: Callable[[str], bool] | None = None,
-        log: MerkleLog | None = None,
     ) -> None:
         self._engine, self._city = engine, city
         self._known_party = known_party

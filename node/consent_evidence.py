@@ -29,10 +29,10 @@ def sign_receipt_payload(body: bytes, signer: Signer) -> bytes:
 class ConsentEvidence:
     """Signs a city's consent receipts and batch statements and appends them to its log.
 
-    Without a log (tools and tests that keep none) nothing is appended: whoever serves consent
-    events passes the node's log."""
+    The log is required: evidence that could be signed but not logged would keep consent events
+    out of the audit log, so there is no way to build one without it."""
 
-    def __init__(self, city: str, signer: Signer, log: MerkleLog | None = None) -> None:
+    def __init__(self, city: str, signer: Signer, log: MerkleLog) -> None:
         self._city, self._signer, self._log = city, signer, log
 
     def sign_receipt(self, payload: dict[str, Any]) -> bytes:
@@ -45,8 +45,7 @@ class ConsentEvidence:
 
     def log_receipt(self, receipt: bytes) -> bytes:
         """Commit a signed receipt to the log (once the event is stored); returns the receipt."""
-        if self._log is not None:
-            self._log.append(receipt, kind=LOG_KIND)
+        self._log.append(receipt, kind=LOG_KIND)
         return receipt
 
     def sign_batch(self, at: datetime, digests: Sequence[str]) -> bytes:
@@ -55,6 +54,4 @@ class ConsentEvidence:
 
     def log_batches(self, envelopes: Sequence[bytes], side_write: SideWrite) -> None:
         """Commit a batch's statements to the log; `side_write` runs in the log's transaction."""
-        if self._log is None:
-            raise ValueError("a consent import needs the node's log")
         self._log.append_many(envelopes, LOG_KIND, side_write=side_write)

@@ -26,7 +26,9 @@ class Current(Protocol):
     """A stored record as the rule needs it."""
 
     @property
-    def state(self) -> State: ...
+    def state(self) -> State:
+        """The record's lifecycle state as it is now."""
+        ...
 
     @property
     def digest(self) -> str:
@@ -34,7 +36,9 @@ class Current(Protocol):
         ...
 
     @property
-    def valid_from(self) -> datetime: ...
+    def valid_from(self) -> datetime:
+        """When the record's consent starts; a renewal's new validity end must be after it."""
+        ...
 
 
 class History(Protocol):

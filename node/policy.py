@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from domain.agreement import Agreement, Appearance
+from domain.agreement import Agreement, Appearance, FieldTerms
 from domain.errors import CitybrokerError, InvalidArgument, PermissionDenied
-from domain.query import FilterOp, MeasureKind, Query, QueryKind
+from domain.query import Dimension, Filter, FilterOp, MeasureKind, Query, QueryKind
 from node import taxonomy
-from node.catalogue import Catalogue, FieldType
+from node.catalogue import Catalogue, DatasetSpec, FieldType
 from node.transfers import TransferRules
 
 
@@ -36,6 +36,8 @@ class Provider:
 
 
 def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
+    """Raise InvalidArgument unless the query names a known purpose, a dataset of the catalogue,
+    fields it has, and measures, generalisations and filters those fields support."""
     if not taxonomy.is_purpose(query.purpose):
         raise InvalidArgument(
             f"unknown purpose {query.purpose!r}", reason="PURPOSE_UNKNOWN", purpose=query.purpose
@@ -72,36 +74,41 @@ def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
                 field=d.field,
             )
     for f in query.filters:
-        if f.op not in FilterOp:
-            raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
-        spec = ds.fields[f.field]
-        if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST) and spec.type is not FieldType.NUMBER:
-            raise InvalidArgument(
-                f"{f.op.value} needs a numeric field; {f.field} is not",
-                reason="FILTER_INVALID",
-                field=f.field,
-            )
-        # An attribute check answers about one consenting resident; only aggregates could be
-        # subtracted from each other, so only they are held to generalised filter values.
-        is_check = query.kind is QueryKind.ATTRIBUTE_CHECK
-        # Before the generalisation is looked up: a raw date or number filter is refused as such,
-        # naming the generalisations it could use instead.
-        if spec.type is not FieldType.STRING and not f.generalisation and not is_check:
-            usable = sorted(g for g in spec.generalisations if g)
-            raise InvalidArgument(
-                f"filters on {f.field} must use a generalisation ({', '.join(usable)}), "
-                "not exact values"
-                if usable
-                else f"{f.field} has no generalisation, so it cannot be filtered on",
-                reason="FILTER_ON_RAW_VALUE",
-                field=f.field,
-            )
-        if f.generalisation not in spec.generalisations:
-            raise InvalidArgument(
-                f"field {f.field} has no generalisation {f.generalisation or 'raw'!r}",
-                reason="GENERALISATION_UNKNOWN",
-                field=f.field,
-            )
+        _check_filter(query, ds, f)
+
+
+def _check_filter(query: Query, ds: DatasetSpec, f: Filter) -> None:
+    """Raise InvalidArgument unless filter `f` (on a field `ds` has) can be applied as asked."""
+    if f.op not in FilterOp:
+        raise InvalidArgument(f"operator {f.op} is not supported", reason="OPERATOR_UNKNOWN")
+    spec = ds.fields[f.field]
+    if f.op in (FilterOp.AT_LEAST, FilterOp.AT_MOST) and spec.type is not FieldType.NUMBER:
+        raise InvalidArgument(
+            f"{f.op.value} needs a numeric field; {f.field} is not",
+            reason="FILTER_INVALID",
+            field=f.field,
+        )
+    # An attribute check answers about one consenting resident; only aggregates could be
+    # subtracted from each other, so only they are held to generalised filter values.
+    is_check = query.kind is QueryKind.ATTRIBUTE_CHECK
+    # Before the generalisation is looked up: a raw date or number filter is refused as such,
+    # naming the generalisations it could use instead.
+    if spec.type is not FieldType.STRING and not f.generalisation and not is_check:
+        usable = sorted(g for g in spec.generalisations if g)
+        raise InvalidArgument(
+            f"filters on {f.field} must use a generalisation ({', '.join(usable)}), "
+            "not exact values"
+            if usable
+            else f"{f.field} has no generalisation, so it cannot be filtered on",
+            reason="FILTER_ON_RAW_VALUE",
+            field=f.field,
+        )
+    if f.generalisation not in spec.generalisations:
+        raise InvalidArgument(
+            f"field {f.field} has no generalisation {f.generalisation or 'raw'!r}",
+            reason="GENERALISATION_UNKNOWN",
+            field=f.field,
+        )
 
 
 def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
@@ -127,6 +134,14 @@ def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
             dataset=query.dataset,
             agreement=a.agreement_id,
         )
+    return _fields_refusal(query, a, terms)
+
+
+def _fields_refusal(
+    query: Query, a: Agreement, terms: dict[str, FieldTerms]
+) -> CitybrokerError | None:
+    """Why agreement `a`'s `terms` for the query's dataset do not allow the fields it uses as it
+    uses them, or None if they do."""
     for m in query.measures:
         if m.kind.needs_field and m.field not in terms:
             return PermissionDenied(
@@ -136,29 +151,9 @@ def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
                 agreement=a.agreement_id,
             )
     for d in query.group_by:
-        t = terms.get(d.field)
-        if t is None:
-            return PermissionDenied(
-                f"field {d.field} is not in agreement {a.agreement_id}",
-                reason="FIELD_NOT_IN_AGREEMENT",
-                field=d.field,
-                agreement=a.agreement_id,
-            )
-        if t.appearance is Appearance.AGGREGATE_ONLY:
-            return PermissionDenied(
-                f"field {d.field} may appear only inside aggregates, not as a group",
-                reason="FIELD_AGGREGATE_ONLY",
-                field=d.field,
-                agreement=a.agreement_id,
-            )
-        if t.appearance is Appearance.GENERALISED and d.generalisation not in t.generalisations:
-            return PermissionDenied(
-                f"field {d.field} may appear only generalised as "
-                f"{', '.join(sorted(t.generalisations))}",
-                reason="GENERALISATION_NOT_IN_AGREEMENT",
-                field=d.field,
-                agreement=a.agreement_id,
-            )
+        refusal = _group_refusal(d, terms.get(d.field), a)
+        if refusal is not None:
+            return refusal
     for f in query.filters:
         t = terms.get(f.field)
         allowed = t is not None and (
@@ -172,6 +167,33 @@ def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
                 field=f.field,
                 agreement=a.agreement_id,
             )
+    return None
+
+
+def _group_refusal(d: Dimension, t: FieldTerms | None, a: Agreement) -> CitybrokerError | None:
+    """Why agreement `a`'s terms `t` for the field do not allow grouping by `d`, or None."""
+    if t is None:
+        return PermissionDenied(
+            f"field {d.field} is not in agreement {a.agreement_id}",
+            reason="FIELD_NOT_IN_AGREEMENT",
+            field=d.field,
+            agreement=a.agreement_id,
+        )
+    if t.appearance is Appearance.AGGREGATE_ONLY:
+        return PermissionDenied(
+            f"field {d.field} may appear only inside aggregates, not as a group",
+            reason="FIELD_AGGREGATE_ONLY",
+            field=d.field,
+            agreement=a.agreement_id,
+        )
+    if t.appearance is Appearance.GENERALISED and d.generalisation not in t.generalisations:
+        return PermissionDenied(
+            f"field {d.field} may appear only generalised as "
+            f"{', '.join(sorted(t.generalisations))}",
+            reason="GENERALISATION_NOT_IN_AGREEMENT",
+            field=d.field,
+            agreement=a.agreement_id,
+        )
     return None
 
 

@@ -75,6 +75,7 @@ TRAFFIC_CATALOGUE = {
 def traffic_rows(
     districts: tuple[str, ...], cameras_per_district: int, start: date, days: int, seed: int
 ) -> Iterator[dict[str, object]]:
+    """Traffic counts per camera, day and hour (6 to 21); the same arguments give the same rows."""
     rng = random.Random(f"{seed}:traffic")
     n = 0
     for district in districts:
@@ -95,6 +96,7 @@ def traffic_rows(
 
 
 def load_traffic(engine: sa.Engine, rows: Iterator[dict[str, object]]) -> int:
+    """Insert `rows` into the traffic table (created if absent) in one transaction; the row count."""
     return _load(engine, traffic, rows)
 
 
@@ -131,6 +133,8 @@ class Resident:
 
 
 def residents(city: str, districts: tuple[str, ...], count: int, seed: int) -> list[Resident]:
+    """`count` residents with ids `<city>-r000000`…, districts drawn from `districts`; same seed,
+    same list."""
     rng = random.Random(f"{seed}:{city}:residents")
     return [Resident(f"{city}-r{i:06d}", rng.choice(districts)) for i in range(count)]
 
@@ -138,6 +142,8 @@ def residents(city: str, districts: tuple[str, ...], count: int, seed: int) -> l
 def trip_rows(
     people: list[Resident], trips_each: int, start: date, days: int, seed: int
 ) -> Iterator[dict[str, object]]:
+    """Each person's trips (1 to 2*trips_each-1), dated within `days` days from `start`;
+    the same arguments give the same rows."""
     rng = random.Random(f"{seed}:trips")
     trip_id = 0
     for r in people:
@@ -154,6 +160,7 @@ def trip_rows(
 
 
 def load_residents(engine: sa.Engine, people: list[Resident]) -> int:
+    """Insert one residents row per person (created if absent) in one transaction; the row count."""
     return _load(
         engine,
         residents_table,
@@ -162,6 +169,8 @@ def load_residents(engine: sa.Engine, people: list[Resident]) -> int:
 
 
 def load_trips(engine: sa.Engine, rows: Iterator[dict[str, object]], batch: int = 10_000) -> int:
+    """Insert `rows` into the trips table (created if absent) in one transaction, `batch` rows per
+    statement; the row count."""
     return _load(engine, trips, rows, batch)
 
 

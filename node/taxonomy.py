@@ -38,8 +38,10 @@ CATEGORY_PREFIX = "category:"
 
 
 def is_purpose(code: str) -> bool:
+    """True exactly when `code` is a purpose code of the shipped vocabulary (`PURPOSES`)."""
     return code in PURPOSES
 
 
 def is_data_category(code: str) -> bool:
+    """True exactly when `code` is a data category code of the shipped vocabulary."""
     return code in DATA_CATEGORIES

@@ -28,6 +28,7 @@ class TransferRules:
 
     @classmethod
     def from_config(cls, home: str, section: Section) -> TransferRules:
+        """Rules for a node in `home`, one per key; raises ConfigError for a malformed rule."""
         rules = {}
         for key in section:
             rule = section.str(key)
@@ -40,6 +41,7 @@ class TransferRules:
         return cls(home, rules)
 
     def rule_for(self, destination: str) -> str:
+        """The most specific rule matching `destination`, else "*", else allowed only at home."""
         parts = destination.split("-")
         for n in range(len(parts), 0, -1):
             rule = self.rules.get("-".join(parts[:n]))

@@ -228,18 +228,7 @@ class ExchangeRecorder:
         """Newest first, paginated. Releases in the same second (timestamps have second
         precision) are ordered by their place in the node's log."""
         n = page_size(size)
-        before: tuple[datetime, int] | None = None
-        if token:
-            released, last_index = read_page_token(token, 2)
-            try:
-                before = (timefmt.to_db(timefmt.parse(released)), int(last_index))
-                if not 0 <= before[1] < 2**63:
-                    raise ValueError(last_index)
-            except ValueError:
-                raise InvalidArgument(
-                    "page_token is not valid", reason="PAGE_TOKEN_INVALID"
-                ) from None
-        items: list[Exchange] = []
+        before = _read_token(token)
         with self._node.connect() as conn:
             number = conn.execute(
                 sa.select(resident_numbers.c.number).where(
@@ -248,46 +237,71 @@ class ExchangeRecorder:
             ).scalar_one_or_none()
             if number is None:  # never a contributor
                 return [], ""
-            ec = exchange_contributors.c
-            stmt = (
-                sa.select(exchanges, ec.bits)
-                .join(
-                    exchange_contributors,
-                    sa.and_(
-                        ec.request_id == exchanges.c.request_id,
-                        ec.block == number >> BLOCK_BITS,
-                    ),
-                )
-                .order_by(exchanges.c.released_at.desc(), exchanges.c.log_index.desc())
-                .limit(_SCAN)
-            )
-            while len(items) <= n:
-                page = stmt
-                if before is not None:
-                    page = stmt.where(
-                        sa.tuple_(exchanges.c.released_at, exchanges.c.log_index)
-                        < sa.tuple_(sa.literal(before[0], sa.DateTime()), sa.literal(before[1]))
-                    )
-                rows = conn.execute(page).mappings().all()
-                for r in rows:
-                    if _contains(r["bits"], number):
-                        items.append(
-                            Exchange(
-                                r["request_id"],
-                                r["partner"],
-                                r["purpose"],
-                                r["dataset"],
-                                r["agreement_id"],
-                                r["agreement_version"],
-                                timefmt.from_db(r["released_at"]),
-                                r["log_index"],
-                            )
-                        )
-                if len(rows) < _SCAN:
-                    break
-                before = (rows[-1]["released_at"], rows[-1]["log_index"])
+            items = _scan(conn, number, before, n)
         next_token = ""
         if len(items) > n:
             last = items[n - 1]
             next_token = page_token(timefmt.fmt(last.released_at), str(last.log_index))
         return items[:n], next_token
+
+
+def _read_token(token: str) -> tuple[datetime, int] | None:
+    """The (released_at, log_index) a page token continues before; None for the first page.
+    Raises InvalidArgument PAGE_TOKEN_INVALID for a token this node did not make."""
+    if not token:
+        return None
+    released, last_index = read_page_token(token, 2)
+    try:
+        before = (timefmt.to_db(timefmt.parse(released)), int(last_index))
+        if not 0 <= before[1] < 2**63:
+            raise ValueError(last_index)
+    except ValueError:
+        raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID") from None
+    return before
+
+
+def _scan(
+    conn: sa.Connection, number: int, before: tuple[datetime, int] | None, n: int
+) -> list[Exchange]:
+    """At least n + 1 exchanges resident `number` contributed to, newest first, strictly before
+    `before` (all of them if there are fewer), scanning _SCAN rows of its block at a time."""
+    items: list[Exchange] = []
+    ec = exchange_contributors.c
+    stmt = (
+        sa.select(exchanges, ec.bits)
+        .join(
+            exchange_contributors,
+            sa.and_(
+                ec.request_id == exchanges.c.request_id,
+                ec.block == number >> BLOCK_BITS,
+            ),
+        )
+        .order_by(exchanges.c.released_at.desc(), exchanges.c.log_index.desc())
+        .limit(_SCAN)
+    )
+    while len(items) <= n:
+        page = stmt
+        if before is not None:
+            page = stmt.where(
+                sa.tuple_(exchanges.c.released_at, exchanges.c.log_index)
+                < sa.tuple_(sa.literal(before[0], sa.DateTime()), sa.literal(before[1]))
+            )
+        rows = conn.execute(page).mappings().all()
+        for r in rows:
+            if _contains(r["bits"], number):
+                items.append(
+                    Exchange(
+                        r["request_id"],
+                        r["partner"],
+                        r["purpose"],
+                        r["dataset"],
+                        r["agreement_id"],
+                        r["agreement_version"],
+                        timefmt.from_db(r["released_at"]),
+                        r["log_index"],
+                    )
+                )
+        if len(rows) < _SCAN:
+            break
+        before = (rows[-1]["released_at"], rows[-1]["log_index"])
+    return items

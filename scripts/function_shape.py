@@ -1,8 +1,11 @@
-"""List functions over a line or parameter bound in the project's own packages (`make lint` runs it).
+"""List functions of the project's own packages that pass a line or parameter bound, or that are
+public and say nothing of what they promise (`make lint` runs it).
 
 Functions stay under about 60 lines and 7 parameters where a natural split or a value object exists;
 the bounds here are the hard ceiling that fails the build: 80 lines, 7 parameters (self and cls
-not counted). A Typer command takes one parameter per command-line option, so only its length counts."""
+not counted). A Typer command takes one parameter per command-line option, so only its length counts.
+Public functions and methods (of public classes) need a docstring; gRPC methods (CamelCase, as the
+generated servicer bases name them) are documented in proto/ and dunder methods by Python."""
 
 from __future__ import annotations
 
@@ -22,14 +25,31 @@ def _is_cli_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return False
 
 
+def _public_functions(tree: ast.Module) -> set[ast.AST]:
+    """Module-level functions and methods of module-level classes whose names are public."""
+    public: set[ast.AST] = set()
+    for node in tree.body:
+        members = node.body if isinstance(node, ast.ClassDef) else [node]
+        if isinstance(node, ast.ClassDef) and node.name.startswith("_"):
+            continue
+        for member in members:
+            if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef) and not (
+                member.name.startswith("_") or member.name[0].isupper()
+            ):
+                public.add(member)
+    return public
+
+
 def offenders(root: Path) -> list[str]:
-    """One line per function of the packages under `root` that passes a bound."""
+    """One line per function of the packages under `root` that passes a bound or lacks a docstring."""
     found = []
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             if "migrations" in path.parts:
                 continue
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            tree = ast.parse(path.read_text(), str(path))
+            public = _public_functions(tree)
+            for node in ast.walk(tree):
                 if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     continue
                 args = node.args
@@ -41,6 +61,8 @@ def offenders(root: Path) -> list[str]:
                     found.append(f"{where}: {lines} lines (at most {MAX_LINES})")
                 if count > MAX_PARAMS and not _is_cli_command(node):
                     found.append(f"{where}: {count} parameters (at most {MAX_PARAMS})")
+                if node in public and ast.get_docstring(node) is None:
+                    found.append(f"{where}: public, without a docstring saying what it promises")
     return found
 
 

@@ -126,6 +126,7 @@ class ImportReport:
 
     @property
     def error_rows(self) -> int:
+        """The number of rows not applied: the sum of `errors` over every reason."""
         return sum(self.errors.values())
 
 

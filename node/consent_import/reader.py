@@ -64,6 +64,7 @@ class RowReader:
 
     @property
     def bytes_read(self) -> int:
+        """Bytes of the file read so far, the header included; 0 before any is read."""
         return self._lines.bytes
 
     def chunks(self, records: int) -> Iterator[Chunk]:

@@ -54,6 +54,7 @@ class Rec:
 
     @property
     def valid_from(self) -> datetime:
+        """The record's current `valid_from` (built from `rows` if not yet, without store I/O)."""
         return self.as_record().valid_from
 
     def as_record(self) -> ConsentRecord:

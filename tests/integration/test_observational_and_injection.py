@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from citybroker.broker.v1 import broker_pb2
 from citybroker.common.v1 import common_pb2
 from domain import agreement as agreement_doc
@@ -399,9 +400,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
     synthetic.load_traffic(
         engine, synthetic.traffic_rows(("North", "South"), 1, date(2026, 8, 1), 10, seed=5)
     )
-    registry = ConsentRegistry(engine, CITY, Signer.generate())
-    now = timefmt.now()
-    give_mobility_consents(registry, people, PARTNER, now)
+    signer = Signer.generate()
+    with MerkleLog(engine, f"citybroker/node/{CITY}", signer) as log:
+        registry = ConsentRegistry(engine, CITY, signer, log)
+        now = timefmt.now()
+        give_mobility_consents(registry, people, PARTNER, now)
     yield engine
     engine.dispose()
 

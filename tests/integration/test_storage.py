@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.query import Dimension, Measure, MeasureKind, Query
 from infra import storage
 from keys import timefmt
@@ -55,22 +56,24 @@ def test_consent_filter_and_generalisation_give_the_same_answer_on_each_engine(
     storage.upgrade(engine)
     people = synthetic.residents("c", ("North", "South"), 60, seed=1)
     synthetic.load_trips(engine, synthetic.trip_rows(people, 3, date(2026, 8, 1), 60, seed=1))
-    registry = ConsentRegistry(engine, "c", Signer.generate())
-    consenting = people[::2]
-    for r in consenting:
-        registry.give(
-            ConsentRecord(
-                f"{r.resident_id}-c1",
-                r.resident_id,
-                ("urban-mobility-planning",),
-                ("partner",),
-                ("mobility",),
-                timefmt.now(),
-                None,
-            ),
-            actor="test",
-        )
-    registry.withdraw(f"{consenting[0].resident_id}-c1", actor="test")
+    signer = Signer.generate()
+    with MerkleLog(engine, "citybroker/node/c", signer) as log:
+        registry = ConsentRegistry(engine, "c", signer, log)
+        consenting = people[::2]
+        for r in consenting:
+            registry.give(
+                ConsentRecord(
+                    f"{r.resident_id}-c1",
+                    r.resident_id,
+                    ("urban-mobility-planning",),
+                    ("partner",),
+                    ("mobility",),
+                    timefmt.now(),
+                    None,
+                ),
+                actor="test",
+            )
+        registry.withdraw(f"{consenting[0].resident_id}-c1", actor="test")
     catalogue = Catalogue.from_config(_catalogue_section())
     query = Query(
         "mobility",

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from audit.log import MerkleLog
 from domain.errors import PermissionDenied
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from infra import storage
@@ -89,18 +90,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     people = synthetic.residents(CITY, DISTRICTS, 48, seed=7)
     trips = list(synthetic.trip_rows(people, 3, date(2026, 8, 1), 92, seed=7))
     synthetic.load_trips(engine, iter(trips))
-    registry = ConsentRegistry(engine, CITY, Signer.generate())
+    signer = Signer.generate()
     consenting = set()
-    for i, person in enumerate(people):
-        kind = CONSENT_KINDS[i % len(CONSENT_KINDS)]
-        if kind == "none":
-            continue
-        record = consent_for(person.resident_id, kind)
-        registry.give(record, actor="test")
-        if kind == "withdrawn":
-            registry.withdraw(record.record_id, actor="test")
-        if kind in CONSENTING_KINDS:
-            consenting.add(person.resident_id)
+    with MerkleLog(engine, f"citybroker/node/{CITY}", signer) as log:
+        registry = ConsentRegistry(engine, CITY, signer, log)
+        for i, person in enumerate(people):
+            kind = CONSENT_KINDS[i % len(CONSENT_KINDS)]
+            if kind == "none":
+                continue
+            record = consent_for(person.resident_id, kind)
+            registry.give(record, actor="test")
+            if kind == "withdrawn":
+                registry.withdraw(record.record_id, actor="test")
+            if kind in CONSENTING_KINDS:
+                consenting.add(person.resident_id)
     yield World(engine, trips, consenting)
     engine.dispose()
 

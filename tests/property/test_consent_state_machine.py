@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from audit.log import MerkleLog
 from domain.errors import (
     AlreadyExists,
     CitybrokerError,
@@ -106,13 +107,15 @@ class ConsentLifecycle(RuleBasedStateMachine):
         db = self.dir / "node.db"
         shutil.copy(self.template, db)
         self.engine = storage.create_engine(f"sqlite:///{db}")
-        self.registry = ConsentRegistry(self.engine, "aurora", CITY_KEY)
+        self.log = MerkleLog(self.engine, "citybroker/node/aurora", CITY_KEY)
+        self.registry = ConsentRegistry(self.engine, "aurora", CITY_KEY, self.log)
         self.model: dict[str, Model] = {}
         self.receipts: dict[str, list[bytes]] = {}
         self.ended: dict[str, State] = {}
         self.clock = 0.0  # days after BASE
 
     def teardown(self) -> None:
+        self.log.close()
         self.engine.dispose()
         shutil.rmtree(self.dir, ignore_errors=True)
 

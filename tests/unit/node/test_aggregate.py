@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.errors import InvalidArgument, PermissionDenied
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from infra import storage
@@ -28,28 +30,31 @@ COUNTS = (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENT
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
-    return _node(f"sqlite:///{tmp_path / 'node.db'}")
+def node(tmp_path: Path) -> Iterator[tuple[sa.Engine, ConsentRegistry, list[str]]]:
+    yield from _node(f"sqlite:///{tmp_path / 'node.db'}")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_node(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
+) -> Iterator[tuple[sa.Engine, ConsentRegistry, list[str]]]:
     if request.param == "sqlite":
-        return _node(f"sqlite:///{tmp_path / 'node.db'}")
-    return _node(str(request.getfixturevalue("postgres_url")))
+        yield from _node(f"sqlite:///{tmp_path / 'node.db'}")
+    else:
+        yield from _node(str(request.getfixturevalue("postgres_url")))
 
 
-def _node(url: str) -> tuple[sa.Engine, ConsentRegistry, list[str]]:
+def _node(url: str) -> Iterator[tuple[sa.Engine, ConsentRegistry, list[str]]]:
     engine = storage.create_engine(url)
     storage.upgrade(engine)
     people = synthetic.residents(CITY, ("North", "South"), 12, seed=3)
     synthetic.load_trips(engine, synthetic.trip_rows(people, 3, date(2026, 8, 1), 30, seed=3))
-    registry = ConsentRegistry(engine, CITY, Signer.generate())
-    now = timefmt.now()
-    give_mobility_consents(registry, people, PARTNER, now)
-    return engine, registry, [p.resident_id for p in people]
+    signer = Signer.generate()
+    with MerkleLog(engine, f"citybroker/node/{CITY}", signer) as log:
+        registry = ConsentRegistry(engine, CITY, signer, log)
+        now = timefmt.now()
+        give_mobility_consents(registry, people, PARTNER, now)
+        yield engine, registry, [p.resident_id for p in people]
 
 
 def run(engine: sa.Engine, q: Query, k: int = 1) -> aggregate.AggregateResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from domain.kinds import LogKind
 from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import PublicKey, Signer
@@ -24,10 +27,12 @@ NOW = timefmt.now()
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> ConsentRegistry:
+def registry(tmp_path: Path) -> Iterator[ConsentRegistry]:
     engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
     storage.upgrade(engine)
-    return ConsentRegistry(engine, "aurora", CITY_KEY)
+    with MerkleLog(engine, "citybroker/node/aurora", CITY_KEY) as log:
+        yield ConsentRegistry(engine, "aurora", CITY_KEY, log)
+    engine.dispose()
 
 
 def record(**changes: Any) -> ConsentRecord:
@@ -139,3 +144,19 @@ def test_identifier_fields_are_bounded(registry: ConsentRegistry, field: str, va
 def test_open_ended_consent(registry: ConsentRegistry) -> None:
     verify_receipt(registry.give(record(valid_until=None), actor="portal"))
     assert registry.get("rec-1").valid_until is None
+
+
+def test_every_consent_event_given_through_the_registry_is_in_the_log(tmp_path: Path) -> None:
+    engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    storage.upgrade(engine)
+    with MerkleLog(engine, "citybroker/node/aurora", CITY_KEY) as log:
+        registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
+        given = registry.give(record(), actor="portal")
+        withdrawn = registry.withdraw("rec-1", actor="resident")
+        logged = log.records(0, log.size())
+    assert [(r.kind, r.entry) for r in logged] == [
+        (LogKind.CONSENT, dsse.Envelope.from_json(given).to_json()),
+        (LogKind.CONSENT, dsse.Envelope.from_json(withdrawn).to_json()),
+    ]
+    assert [r.entry for r in logged] == [given, withdrawn]
+    engine.dispose()

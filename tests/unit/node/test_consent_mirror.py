@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.errors import PermissionDenied
 from domain.query import Measure, MeasureKind, Query
 from infra import storage
@@ -59,10 +60,12 @@ def split(
     data = storage.create_engine(url(data_kind, tmp_path, "data", request))
     synthetic.create_tables(data)
     synthetic.load_trips(data, synthetic.trip_rows(PEOPLE, 3, date(2026, 8, 1), 30, seed=5))
-    registry = ConsentRegistry(consents, CITY, Signer.generate())
-    for p in PEOPLE[:10]:
-        give(registry, p.resident_id)
-    yield consents, data, registry
+    signer = Signer.generate()
+    with MerkleLog(consents, f"citybroker/node/{CITY}", signer) as log:
+        registry = ConsentRegistry(consents, CITY, signer, log)
+        for p in PEOPLE[:10]:
+            give(registry, p.resident_id)
+        yield consents, data, registry
     data.dispose()
     consents.dispose()
 

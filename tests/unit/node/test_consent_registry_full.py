@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.errors import (
     AlreadyExists,
     CitybrokerError,
@@ -43,8 +44,14 @@ def engine(node_database_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def registry(engine: sa.Engine) -> ConsentRegistry:
-    return ConsentRegistry(engine, "aurora", CITY_KEY, known_party=KNOWN_PARTIES.__contains__)
+def log(engine: sa.Engine) -> Iterator[MerkleLog]:
+    with MerkleLog(engine, "citybroker/node/aurora", CITY_KEY) as log:
+        yield log
+
+
+@pytest.fixture
+def registry(engine: sa.Engine, log: MerkleLog) -> ConsentRegistry:
+    return ConsentRegistry(engine, "aurora", CITY_KEY, log, known_party=KNOWN_PARTIES.__contains__)
 
 
 def record(**changes: Any) -> ConsentRecord:
@@ -333,8 +340,10 @@ def test_every_bad_input_is_a_clear_error_and_nothing_is_stored(
             registry.get(record(**changes).record_id or "rec-1")
 
 
-def test_recipients_are_checked_only_against_a_known_party_lookup(engine: sa.Engine) -> None:
-    open_registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+def test_recipients_are_checked_only_against_a_known_party_lookup(
+    engine: sa.Engine, log: MerkleLog
+) -> None:
+    open_registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     verified(open_registry.give(record(recipients=("anyone-at-all",)), "portal"))
     # Categories are always checked: they come from the shipped taxonomy.
     with pytest.raises(InvalidArgument) as e:

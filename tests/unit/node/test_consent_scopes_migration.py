@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from infra import storage
 from keys import timefmt
 from keys.ed25519 import Signer
@@ -45,34 +46,35 @@ def check_storage(engine: sa.Engine, without_rowid: bool) -> None:
 
 def test_scopes_survive_the_rebuild_both_ways(engine: sa.Engine) -> None:
     storage.upgrade(engine)
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
-    for i in range(3):
-        registry.give(
-            ConsentRecord(
-                record_id=f"rec-{i}",
-                resident_id=f"aurora-r{i:06d}",
-                purposes=("urban-mobility-planning", "scientific-research")[: i % 2 + 1],
-                recipients=("northwind",),
-                data_categories=("mobility", "location")[: i + 1 if i < 2 else 2],
-                valid_from=NOW - timedelta(days=1),
-                valid_until=NOW + timedelta(days=30) if i else None,
-            ),
-            actor="portal",
+    with MerkleLog(engine, "citybroker/node/aurora", CITY_KEY) as log:
+        registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
+        for i in range(3):
+            registry.give(
+                ConsentRecord(
+                    record_id=f"rec-{i}",
+                    resident_id=f"aurora-r{i:06d}",
+                    purposes=("urban-mobility-planning", "scientific-research")[: i % 2 + 1],
+                    recipients=("northwind",),
+                    data_categories=("mobility", "location")[: i + 1 if i < 2 else 2],
+                    valid_from=NOW - timedelta(days=1),
+                    valid_until=NOW + timedelta(days=30) if i else None,
+                ),
+                actor="portal",
+            )
+        registry.withdraw("rec-1", actor="resident")
+        before = scope_rows(engine)
+        assert len(before) == 1 + 4 + 2
+        check_storage(engine, without_rowid=True)
+
+        storage.downgrade(engine, "0009")
+        assert scope_rows(engine) == before
+        check_storage(engine, without_rowid=False)
+
+        storage.upgrade(engine)
+        assert scope_rows(engine) == before
+        check_storage(engine, without_rowid=True)
+        # The registry reads the rebuilt table as before.
+        assert ConsentRegistry(engine, "aurora", CITY_KEY, log).get("rec-2").data_categories == (
+            "location",
+            "mobility",
         )
-    registry.withdraw("rec-1", actor="resident")
-    before = scope_rows(engine)
-    assert len(before) == 1 + 4 + 2
-    check_storage(engine, without_rowid=True)
-
-    storage.downgrade(engine, "0009")
-    assert scope_rows(engine) == before
-    check_storage(engine, without_rowid=False)
-
-    storage.upgrade(engine)
-    assert scope_rows(engine) == before
-    check_storage(engine, without_rowid=True)
-    # The registry reads the rebuilt table as before.
-    assert ConsentRegistry(engine, "aurora", CITY_KEY).get("rec-2").data_categories == (
-        "location",
-        "mobility",
-    )

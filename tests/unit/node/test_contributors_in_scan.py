@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.query import Dimension, Measure, MeasureKind, Query
 from infra import storage
 from infra.config import Section
@@ -55,9 +56,11 @@ def split(tmp_path: Path) -> Iterator[tuple[sa.Engine, sa.Engine]]:
     data = storage.create_engine(f"duckdb:///{tmp_path / 'data.duckdb'}")
     synthetic.create_tables(data)
     synthetic.load_trips(data, synthetic.trip_rows(PEOPLE, 3, date(2026, 8, 1), 30, seed=7))
-    registry = ConsentRegistry(consents, CITY, Signer.generate())
-    now = timefmt.now()
-    give_mobility_consents(registry, PEOPLE[:30], PARTNER, now)
+    signer = Signer.generate()
+    with MerkleLog(consents, f"citybroker/node/{CITY}", signer) as log:
+        registry = ConsentRegistry(consents, CITY, signer, log)
+        now = timefmt.now()
+        give_mobility_consents(registry, PEOPLE[:30], PARTNER, now)
     yield consents, data
     data.dispose()
     consents.dispose()

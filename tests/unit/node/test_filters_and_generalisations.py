@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.agreement import Agreement, Appearance, FieldTerms
 from domain.errors import CitybrokerError, InvalidArgument, PermissionDenied
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
@@ -58,24 +59,26 @@ def build_world(url: str) -> World:
     people = synthetic.residents(CITY, DISTRICTS, 60, seed=11)
     trips = list(synthetic.trip_rows(people, 3, START, DAYS, seed=11))
     synthetic.load_trips(engine, iter(trips))
-    registry = ConsentRegistry(engine, CITY, Signer.generate())
+    signer = Signer.generate()
     consenting = set()
-    for i, p in enumerate(people):
-        if i % 3 == 2:
-            continue  # a third never consented
-        registry.give(
-            ConsentRecord(
-                f"{p.resident_id}-c",
-                p.resident_id,
-                (PURPOSE,),
-                (PARTNER,),
-                ("mobility",),
-                NOW - timedelta(days=1),
-                None,
-            ),
-            actor="test",
-        )
-        consenting.add(p.resident_id)
+    with MerkleLog(engine, f"citybroker/node/{CITY}", signer) as log:
+        registry = ConsentRegistry(engine, CITY, signer, log)
+        for i, p in enumerate(people):
+            if i % 3 == 2:
+                continue  # a third never consented
+            registry.give(
+                ConsentRecord(
+                    f"{p.resident_id}-c",
+                    p.resident_id,
+                    (PURPOSE,),
+                    (PARTNER,),
+                    ("mobility",),
+                    NOW - timedelta(days=1),
+                    None,
+                ),
+                actor="test",
+            )
+            consenting.add(p.resident_id)
     return World(engine, trips, consenting)
 
 

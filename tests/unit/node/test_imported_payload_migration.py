@@ -38,13 +38,13 @@ def test_stored_payloads_win_and_the_downgrade_waits_for_them(tmp_path: Path) ->
     with MerkleLog(engine, ORIGIN, CITY_KEY) as log:
         report, errors = run(importer(engine, log), path)
         assert (report.applied, errors) == (3, [])
-        signed = receipts(engine)
+        signed = receipts(engine, log)
 
         with pytest.raises(RuntimeError, match="3 imported consent events"):
             storage.downgrade(engine, "0010")
 
         # As an import before 0011 left them: the payload stored, no validity end kept.
-        registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+        registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
         with engine.begin() as conn:
             for e in event_rows(engine):
                 payload = registry.event_payload(e, registry.get(e.record_id))
@@ -53,7 +53,7 @@ def test_stored_payloads_win_and_the_downgrade_waits_for_them(tmp_path: Path) ->
                     .where(consent_events.c.event_id == e.event_id)
                     .values(payload=payload, valid_until=None)
                 )
-        assert receipts(engine) == signed
+        assert receipts(engine, log) == signed
         logged_statements(engine, log)
 
         storage.downgrade(engine, "0010")
@@ -61,5 +61,5 @@ def test_stored_payloads_win_and_the_downgrade_waits_for_them(tmp_path: Path) ->
             columns = {c["name"] for c in sa.inspect(conn).get_columns("consent_events")}
         assert "valid_until" not in columns
         storage.upgrade(engine)
-        assert receipts(engine) == signed
+        assert receipts(engine, log) == signed
     engine.dispose()

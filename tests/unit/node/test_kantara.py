@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from audit.log import MerkleLog
 from infra import storage
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
@@ -36,10 +38,12 @@ REQUIRED = (
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> ConsentRegistry:
+def registry(tmp_path: Path) -> Iterator[ConsentRegistry]:
     engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
     storage.upgrade(engine)
-    return ConsentRegistry(engine, "aurora", CITY_KEY)
+    with MerkleLog(engine, "citybroker/node/aurora", CITY_KEY) as log:
+        yield ConsentRegistry(engine, "aurora", CITY_KEY, log)
+    engine.dispose()
 
 
 def record(**changes: Any) -> ConsentRecord:

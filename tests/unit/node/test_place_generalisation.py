@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from audit.log import MerkleLog
 from domain.errors import ConfigError, StoreError
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from infra import storage
@@ -53,9 +54,10 @@ def city(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[sa.Engine, lis
     engine = storage.create_engine(url)
     storage.upgrade(engine)
     people = synthetic.residents("aurora", ("North", "South"), 30, seed=5)
-    give_mobility_consents(
-        ConsentRegistry(engine, "aurora", Signer.generate()), people[:20], PARTNER, timefmt.now()
-    )
+    signer = Signer.generate()
+    with MerkleLog(engine, "citybroker/node/aurora", signer) as log:
+        registry = ConsentRegistry(engine, "aurora", signer, log)
+        give_mobility_consents(registry, people[:20], PARTNER, timefmt.now())
     stops = sorted(STOPS) + ["s4"]
     rows = [(p.resident_id, stops[(i * 7 + j) % 4]) for i, p in enumerate(people) for j in range(3)]
     with engine.begin() as conn:

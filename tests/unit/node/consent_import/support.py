@@ -120,9 +120,9 @@ def event_rows(engine: sa.Engine) -> list[Any]:
         return list(conn.execute(sa.select(consent_events).order_by(consent_events.c.event_id)))
 
 
-def receipts(engine: sa.Engine) -> list[bytes]:
+def receipts(engine: sa.Engine, log: MerkleLog) -> list[bytes]:
     """Every event's signed receipt, as the registry gives it (history, export), in order."""
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     return [registry.stored_receipt(e, registry.get(e.record_id)) for e in event_rows(engine)]
 
 
@@ -140,7 +140,7 @@ def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]
         envelope = dsse.Envelope.from_json(record.entry)
         statements[b["batch_id"]], _ = dsse.verify(envelope, BATCH_STATEMENT, city_lookup)
         order[b["batch_id"]] = index
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     for e in event_rows(engine):
         if e.receipt is None:
             payload = registry.event_payload(e, registry.get(e.record_id))

@@ -81,7 +81,7 @@ def test_import_stores_records_events_and_receipts_the_api_would(
         timefmt.to_db(timefmt.parse(LATER))
     }
     # What is stored reads back as the registry reads its own records.
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     r2 = registry.get("r2")
     assert r2.recipients == ("category:public-authority", "northwind")
     assert r2.valid_until == timefmt.parse(LATER)
@@ -99,7 +99,7 @@ def test_import_stores_records_events_and_receipts_the_api_would(
     assert events[0]["actor"] == "portal"
     assert events[1]["actor"] == "import via events.csv"
     # Receipts verify with the city's key and are exactly what the API signs for that event.
-    signed = receipts(engine)
+    signed = receipts(engine, log)
     for e, receipt in zip(events, signed, strict=True):
         assert e["receipt"] is None  # signed when asked for, over the stored payload
         payload = verified(receipt)
@@ -171,7 +171,7 @@ def test_importing_the_same_file_again_changes_nothing(
 def test_a_record_id_with_other_terms_is_a_conflict(
     engine: sa.Engine, log: MerkleLog, tmp_path: Path
 ) -> None:
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     path = write_csv(
         tmp_path / "events.csv",
         [
@@ -275,7 +275,7 @@ def test_jsonl_import_and_its_type_errors(
         (5, "CONSENT_FIELD_INVALID"),
     ]
     assert report.applied == 2
-    stored = ConsentRegistry(engine, "aurora", CITY_KEY).get("j1")
+    stored = ConsentRegistry(engine, "aurora", CITY_KEY, log).get("j1")
     assert (stored.retention_days, stored.language, stored.state) == (90, "fi", State.WITHDRAWN)
 
 
@@ -311,7 +311,7 @@ def test_a_database_failure_rolls_back_exactly_one_batch(
     assert stored == {"r0", "r1", "r2", "r6", "r7", "r8"}
     assert {s["record_id"] for s in rows_of(engine, consent_scopes)} == stored
     assert log.size() == 3
-    assert {verified(r)["record_id"] for r in receipts(engine)} == stored
+    assert {verified(r)["record_id"] for r in receipts(engine, log)} == stored
     assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == 6
     # Running the file again applies what failed, and only that.
     report, errors = run(importer(engine, log, batch_size=3), path)
@@ -324,7 +324,7 @@ def test_a_database_failure_rolls_back_exactly_one_batch(
 def test_a_change_through_the_api_while_importing_is_respected(
     engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     registry.give(
         ConsentRecord(
             "r1",
@@ -370,7 +370,7 @@ def test_records_given_and_changed_in_one_batch_are_stored_as_they_end_up(
     )
     report, errors = run(importer(engine, log, batch_size=10), path)
     assert errors == [] and report.applied == 5
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     a, b = registry.get("a"), registry.get("b")
     assert (a.state, a.valid_until) == (State.INVALIDATED, timefmt.parse(LATER))
     assert (b.state, b.valid_until) == (State.RENEWED, timefmt.parse(LATER))
@@ -381,7 +381,7 @@ def test_records_given_and_changed_in_one_batch_are_stored_as_they_end_up(
     }
     digests = {r["record_id"]: r["content_digest"] for r in rows_of(engine, consent_records)}
     assert digests == {"a": a.digest(), "b": b.digest()}
-    signed = receipts(engine)
+    signed = receipts(engine, log)
     assert [verified(r)["state"] for r in signed] == [
         "given",
         "renewed",
@@ -410,8 +410,8 @@ def test_receipts_match_the_registry_also_for_non_ascii_terms(
     )
     report, errors = run(importer(engine, log), path)
     assert errors == [] and report.applied == 1
-    (stored,) = receipts(engine)
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    (stored,) = receipts(engine, log)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     at = timefmt.parse(verified(stored)["at"])
     expected = registry.receipt(
         registry.get("r-ä"), Event.GIVE, "kaupunki € portal", at, State.GIVEN
@@ -432,9 +432,9 @@ def test_a_record_changed_in_the_batch_that_creates_it_gets_the_payloads_of_one_
     ]
     path = write_csv(tmp_path / "events.csv", rows)
 
-    def payloads(e: sa.Engine) -> list[dict[str, Any]]:
+    def payloads(e: sa.Engine, e_log: MerkleLog) -> list[dict[str, Any]]:
         out = []
-        for receipt in receipts(e):
+        for receipt in receipts(e, e_log):
             payload = verified(receipt)
             del payload["at"]
             out.append(payload)
@@ -446,9 +446,9 @@ def test_a_record_changed_in_the_batch_that_creates_it_gets_the_payloads_of_one_
     storage.upgrade(one_by_one)
     with MerkleLog(one_by_one, ORIGIN, CITY_KEY) as other_log:
         report, errors = run(importer(one_by_one, other_log, batch_size=1), path)
-    assert (report.applied, report.batches, errors) == (3, 3, [])
-    assert payloads(engine) == payloads(one_by_one)
-    assert [p["state"] for p in payloads(engine)] == ["given", "renewed", "withdrawn"]
+        assert (report.applied, report.batches, errors) == (3, 3, [])
+        assert payloads(engine, log) == payloads(one_by_one, other_log)
+    assert [p["state"] for p in payloads(engine, log)] == ["given", "renewed", "withdrawn"]
     one_by_one.dispose()
 
 
@@ -469,7 +469,7 @@ def test_worker_processes_give_the_same_result(
     assert report.applied == len(rows) - 1
     events = rows_of(engine, consent_events, consent_events.c.event_id)
     assert len(events) == report.applied
-    signed = receipts(engine)
+    signed = receipts(engine, log)
     assert [verified(r)["record_id"] for r in signed] == [e["record_id"] for e in events]
     assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == len(events)
     again, errors = run(importer(engine, log, batch_size=25, workers=2), path)
@@ -479,7 +479,7 @@ def test_worker_processes_give_the_same_result(
 def test_a_record_the_api_changes_meanwhile_is_resolved_again(
     engine: sa.Engine, log: MerkleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     run(importer(engine, log), write_csv(tmp_path / "given.csv", [given("r1"), given("r2")]))
     original = write.BatchWriter.write
     withdrawn: list[str] = []
@@ -569,8 +569,11 @@ def test_stored_rows_are_the_rows_the_registry_stores(
     other = storage.create_engine(f"sqlite:///{tmp_path / 'api.db'}")
     storage.upgrade(other)
     try:
-        registry = ConsentRegistry(other, "aurora", CITY_KEY)
-        registry.give(ConsentRegistry(engine, "aurora", CITY_KEY).get("r1"), actor="portal")
+        with MerkleLog(other, ORIGIN, CITY_KEY) as other_log:
+            registry = ConsentRegistry(other, "aurora", CITY_KEY, other_log)
+            registry.give(
+                ConsentRegistry(engine, "aurora", CITY_KEY, log).get("r1"), actor="portal"
+            )
         for table, order in (
             (consent_records, consent_records.c.record_id),
             (consent_scopes, sa.text("purpose, recipient, data_category")),
@@ -595,7 +598,7 @@ def test_an_import_racing_the_api_keeps_every_history_valid(
             rows.append(event("withdrawn", f"r{i - 3}"))
             rows.append(event("renewed", f"r{i - 2}", valid_until=LATER))
     path = write_csv(tmp_path / "events.csv", rows)
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     done = threading.Event()
     withdrawn_by_api: list[str] = []
 
@@ -652,7 +655,7 @@ def test_a_refusal_and_a_consent_under_one_id_conflict_as_in_the_api(
     assert errors[0].message == "consent record r1 was refused, not given"
     assert (report.applied, report.duplicates) == (2, 1)
     # The API agrees on what it would do with the same requests.
-    registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+    registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     with pytest.raises(AlreadyExists):
         registry.give(registry.get("r1"), actor="portal")
     again, errors = run(importer(engine, log), path)
@@ -703,10 +706,13 @@ def test_the_same_import_on_postgresql(postgres_url: str, tmp_path: Path) -> Non
             report, errors = run(importer(engine, log, batch_size=4), path)
             assert [e.reason for e in errors] == ["CONSENT_RECORD_CONFLICT"]
             assert report.applied == 8
-            registry = ConsentRegistry(engine, "aurora", CITY_KEY)
+            registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
             assert registry.get("r1").state is State.WITHDRAWN
             assert registry.get("r2").valid_until == timefmt.parse(LATER)
-            assert [verified(r)["event"] for r in receipts(engine)][-2:] == ["withdrawn", "renewed"]
+            assert [verified(r)["event"] for r in receipts(engine, log)][-2:] == [
+                "withdrawn",
+                "renewed",
+            ]
             assert sum(len(s["receipts"]) for s in logged_statements(engine, log)) == 8
             again, _ = run(importer(engine, log, batch_size=4), path)
             assert (again.applied, again.duplicates) == (0, 8)
