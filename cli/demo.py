@@ -1,7 +1,7 @@
 """`citybroker demo`: a whole federation on this machine, from nothing, as separate processes.
 
 Three fictional cities with synthetic residents, consents, a mobility dataset and agreements with one
-partner; a broker; three example queries; every returned signature verified.
+partner; a broker; four example queries; every returned signature verified.
 """
 
 from __future__ import annotations
