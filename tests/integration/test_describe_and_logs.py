@@ -45,6 +45,33 @@ def test_describe_federation_lists_the_three_cities(federation: RunningFederatio
         assert verified.purposes == frozenset(a.purposes)
 
 
+def test_describe_federation_summarises_each_agreement_on_the_wire(wire: Wire) -> None:
+    """What any gRPC client reads: the broker's per-dataset summary of each signed agreement."""
+    response = wire.broker().DescribeFederation(
+        broker_pb2.DescribeFederationRequest(), metadata=wire.bearer(), timeout=15
+    )
+    fed = wire.fed
+    assert [c.city_id for c in response.cities] == ["aurora", "borealis", "cascadia"]
+    for offer in response.cities:
+        assert offer.outcome.status == broker_pb2.CITY_STATUS_ANSWERED
+        (a,) = offer.agreements
+        assert a.agreement_id == f"{offer.city_id}--{fed.partner_id}"
+        by_name = {d.dataset: d for d in a.datasets}
+        assert set(by_name) == {"mobility", "traffic"}
+        terms = {
+            f.field: (f.appearance, list(f.generalisations)) for f in by_name["mobility"].fields
+        }
+        assert terms == {
+            "distance_km": ("aggregate_only", []),
+            "district": ("raw", []),
+            "mode": ("raw", []),
+            "trip_date": ("generalised", ["month", "year"]),
+        }
+        # The summary is backed by the agreement itself, signed by city and partner.
+        verified = agreement_doc.verify(envelope_from_pb(a.signed_agreement), fed.bundle)
+        assert (verified.provider, verified.consumer) == (offer.city_id, fed.partner_id)
+
+
 def test_describe_reports_a_city_that_is_down(fresh_federation: RunningFederation) -> None:
     fresh_federation.nodes["cascadia"].stop(0)
     with fresh_federation.partner() as client:
