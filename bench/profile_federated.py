@@ -195,7 +195,7 @@ PY_RULES: list[tuple[str, str, str]] = [
     ("sqlite3/", "", SQL),
     ("google/protobuf", "", PROTOBUF),
     ("_pb2", "", PROTOBUF),
-    ("federation/wire.py", "", PROTOBUF),
+    ("edge/wire.py", "", PROTOBUF),
     ("grpc/", "", GRPC),
     ("grpc_status/", "", GRPC),
     ("grpc_health/", "", GRPC),
@@ -207,7 +207,17 @@ PY_RULES: list[tuple[str, str, str]] = [
 # Project modules whose Python time is one activity whatever they call (SQLAlchemy, threading).
 WHOLE_ACTIVITIES = [("audit/log.py", MERKLE), ("node/transparency.py", TRANSPARENCY)]
 # The project's own packages, as py-spy shows their paths (relative, or absolute when installed).
-PROJECT_PACKAGES = ("broker/", "node/", "keys/", "federation/", "audit/", "citybroker/")
+PROJECT_PACKAGES = (
+    "domain/",
+    "keys/",
+    "audit/",
+    "infra/",
+    "node/",
+    "broker/",
+    "edge/",
+    "cli/",
+    "citybroker/",
+)
 # Leaves that are calls into native code perf already counts (py-spy sees the GIL held there).
 NATIVE_LEAVES = {
     ("keys/ed25519.py", "PublicKey.verify"),
