@@ -55,8 +55,9 @@ STATEMENTS: dict[str, tuple[str, str]] = {
     Statement.AGREEMENT_REVOCATION: ("revoked_by", "at"),
     Statement.COSIGNATURE: ("city", "at"),
 }
-# The kinds each statement type is logged under (node/answering.py, node/service.py,
-# broker/exchange.py). A kind lies outside the Merkle leaf, so it is checked against its entry.
+# The kinds each statement type is logged under (node/answering.py, node/consent_evidence.py,
+# node/agreements.py, audit/witness.py, broker/exchange.py). A kind lies outside the Merkle
+# leaf, so it is checked against its entry.
 KINDS: dict[str, set[str]] = {
     Statement.QUERY: {LogKind.EXCHANGE, LogKind.REFUSAL},
     Statement.RESULT: {LogKind.EXCHANGE},

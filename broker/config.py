@@ -27,9 +27,10 @@ class BrokerConfig(PartyConfig):
     def load(cls, path: Path) -> BrokerConfig:
         """Read and check a broker config file; a ConfigError names the file and key that is wrong."""
         top = Section(load_toml(path), path)
+        broker_id = top.str("broker")  # checked first: an error names what the file is about
         return cls(
             **PartyConfig.fields_from(top, default_listen="127.0.0.1:7000"),
-            broker_id=top.str("broker"),
+            broker_id=broker_id,
             city_timeout_s=top.float("city_timeout_s", 5.0),
             witness_interval_s=top.float("witness_interval_s", 10.0),
             peer_listen=top.str("peer_listen", ""),

@@ -431,8 +431,11 @@ def _ask(connection: _Connection, q: Query, negotiate: bool, dry_run: bool, as_j
     try:
         q.validate()
         with _client(connection) as client:
+            if dry_run and as_json:
+                print(client.plan_json(q))
+                return
             if dry_run:
-                _print_plan(client.plan(q), as_json)
+                _print_plan(client.plan(q))
                 return
             answer = client.query(q, negotiate=negotiate)
     except CallFailed as e:
@@ -497,12 +500,7 @@ def _print_answer(answer: Answer, q: Query) -> None:
     console.print(f"verified {answer.signatures_verified} signatures")
 
 
-def _print_plan(plan: FederationPlan, as_json: bool) -> None:
-    from edge.wire import federation_plan_json
-
-    if as_json:
-        print(federation_plan_json(plan))
-        return
+def _print_plan(plan: FederationPlan) -> None:
     table = Table(title="Plan (dry run)")
     for col in ("city", "would answer", "why not", "agreement", "k", "epsilon"):
         table.add_column(col, overflow="fold")

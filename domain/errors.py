@@ -101,6 +101,8 @@ class VerificationError(CitybrokerError):
 
 
 class RemoteNodeError(CitybrokerError):
+    """Remote family: another party of the federation did not answer as asked."""
+
     code = Code.UNAVAILABLE
     default_reason = "NODE_UNAVAILABLE"
 
@@ -126,10 +128,9 @@ class RemoteError:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class CallFailed(CitybrokerError):
-    """Remote family: another party (broker, node) refused or failed a call; `error` is what it said."""
+class CallFailed(RemoteNodeError):
+    """Another party (broker, node) refused or failed a call; `error` is what it said."""
 
-    code = Code.UNAVAILABLE
     default_reason = "CALL_FAILED"
 
     def __init__(self, error: RemoteError) -> None:

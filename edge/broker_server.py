@@ -27,8 +27,7 @@ class BrokerServer:
             opened.engine,
             opened.log,
         )
-        self.channels = CityChannels(*config.tls.read())
-        gateway = GrpcCityGateway(self.channels)
+        self.gateway = gateway = GrpcCityGateway(CityChannels(*config.tls.read()))
         self.witnessing = WitnessCollector(
             self.engine, self.log, store, gateway, config.witness_interval_s
         )
@@ -84,6 +83,6 @@ class BrokerServer:
         city channels, the log and the database."""
         self.server.stop(grace).wait()
         self.witnessing.stop()
-        self.channels.close()
+        self.gateway.close()
         self.log.close()
         self.engine.dispose()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from broker import merge
 from broker.outcomes import CityOffer, FederationPlan
@@ -153,16 +154,18 @@ class PartnerClient:
         return [self._verified_offer(pb) for pb in response.cities]
 
     def _verified_offer(self, pb: broker_pb2.CityOffer) -> CityOffer:
+        """A city's offer with only the agreements that verify against this partner's trust
+        bundle and bind that city to this partner (the broker's own describe keeps the same
+        rule), so an unverifiable listing is never shown as something the partner may ask."""
         offer = CityOffer(pb.city_id, pb.name, pb.jurisdiction, city_outcome_from_pb(pb.outcome))
         for summary in pb.agreements:
             env = envelope_from_pb(summary.signed_agreement)
-            verified = agreement_doc.verify(env, self.bundle)
-            if (verified.provider, verified.consumer) != (pb.city_id, self.partner_id):
-                raise VerificationError(
-                    f"{pb.city_id} listed an agreement between other parties",
-                    reason="AGREEMENT_MISMATCH",
-                )
-            offer.agreements.append((verified, env))
+            try:
+                verified = agreement_doc.verify(env, self.bundle)
+            except VerificationError:
+                continue
+            if (verified.provider, verified.consumer) == (pb.city_id, self.partner_id):
+                offer.agreements.append((verified, env))
         return offer
 
     def verify(self, asked: Query, response: broker_pb2.QueryResponse) -> Answer:
@@ -257,6 +260,14 @@ class PartnerClient:
 
     def plan(self, query: Query, timeout_s: float = 15.0) -> FederationPlan:
         """A dry run: each city's plan and the shape negotiation would choose. Reads no data."""
+        return federation_plan_from_pb(self._plan_response(query, timeout_s))
+
+    def plan_json(self, query: Query, timeout_s: float = 15.0) -> str:
+        """The dry run's PlanQueryResponse exactly as the broker sent it, as protobuf JSON, so that
+        scripts read the documented message."""
+        return json_format.MessageToJson(self._plan_response(query, timeout_s))
+
+    def _plan_response(self, query: Query, timeout_s: float) -> broker_pb2.PlanQueryResponse:
         try:
             response: broker_pb2.PlanQueryResponse = self._stub.PlanQuery(
                 broker_pb2.PlanQueryRequest(query=query_to_pb(query)),
@@ -265,7 +276,7 @@ class PartnerClient:
             )
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
-        return federation_plan_from_pb(response)
+        return response
 
 
 def _verified_cells(

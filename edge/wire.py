@@ -6,8 +6,6 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format
-
 from broker.outcomes import CityOffer, CityOutcome, CityPlan, Exchange, FederationPlan
 from citybroker.broker.v1 import broker_pb2
 from citybroker.common.v1 import common_pb2
@@ -272,11 +270,6 @@ def query_response_to_pb(exchange: Exchange) -> broker_pb2.QueryResponse:
             for r in o.verified_result.get("records", [])
         ],
     )
-
-
-def federation_plan_json(plan: FederationPlan) -> str:
-    """A dry run as the PlanQueryResponse's protobuf JSON, so scripts read the documented message."""
-    return json_format.MessageToJson(federation_plan_to_pb(plan))
 
 
 def federation_plan_to_pb(plan: FederationPlan) -> broker_pb2.PlanQueryResponse:

@@ -33,11 +33,12 @@ class NodeConfig(PartyConfig):
     def load(cls, path: Path) -> NodeConfig:
         """Read and check a node config file; a ConfigError names the file and key that is wrong."""
         top = Section(load_toml(path), path)
+        city = top.str("city")  # checked first: an error names what the file is about
         party = PartyConfig.fields_from(top, default_listen="127.0.0.1:7100")
         database = party["database"]
         return cls(
             **party,
-            city=top.str("city"),
+            city=city,
             data=(
                 top.database_url("data")
                 if "data" in top.data

@@ -25,7 +25,6 @@ from keys.ed25519 import Signer
 from node import taxonomy
 from node.consent_evidence import RECEIPT as RECEIPT
 from node.consent_evidence import ConsentEvidence
-from node.consent_evidence import sign_receipt_payload as sign_receipt_payload
 from node.consent_lifecycle import VALID, Actor, Event, State
 from node.consent_rules import Decision, Outcome, Proposed, decide
 from node.schema import consent_events, consent_records, consent_scopes

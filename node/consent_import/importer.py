@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -70,10 +68,6 @@ class ConsentImporter:
     def setup(self, default_actor: str, header: tuple[str, ...] | None) -> Setup:
         """What the workers of a run need to know."""
         return Setup(self.city, self.known_parties, default_actor, self.codec.driver_level, header)
-
-    def sign_statement(self, at: datetime, digests: Sequence[str]) -> bytes:
-        """The signed statement (DSSE) covering these receipt payloads of one batch."""
-        return self.evidence.sign_batch(at, digests)
 
 
 def import_file(

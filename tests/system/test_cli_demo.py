@@ -216,6 +216,33 @@ def test_served_demo_answers_outside_clients_and_stops_cleanly(
         "PURPOSE_NOT_IN_AGREEMENT"
     ] * 3
 
+    # A dry run: the broker's PlanQueryResponse as protobuf JSON, and as a table.
+    plan_args = (
+        "query",
+        "--demo",
+        demo_json,
+        "--dataset",
+        "mobility",
+        "--purpose",
+        "urban-mobility-planning",
+        "--measure",
+        "count_records",
+        "--group-by",
+        "mode",
+        "--dry-run",
+    )
+    done = cli(*plan_args, "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert [c["cityId"] for c in plan["cities"]] == list(info["cities"])
+    assert all(c["plan"]["allowed"] for c in plan["cities"]), plan
+    assert plan["negotiated"]["dataset"] == "mobility"
+    done = cli(*plan_args)
+    assert done.returncode == 0, done.stderr
+    assert "Plan (dry run)" in done.stdout
+    for city in info["cities"]:
+        assert city in done.stdout
+
     done = cli("describe", "--demo", demo_json)
     assert done.returncode == 0, done.stderr
     assert "What you may ask" in done.stdout
