@@ -177,20 +177,12 @@ def test_served_demo_answers_outside_clients_and_stops_cleanly(
     assert 0 < verified.expires_at - verified.issued_at <= tokens.MAX_LIFETIME_S
 
     # A query from the CLI is answered by all three cities and fully verified.
-    done = cli(
-        "query",
-        "--demo",
-        demo_json,
-        "--dataset",
-        "mobility",
-        "--purpose",
-        "urban-mobility-planning",
-        "--measure",
-        "count_records",
-        "--group-by",
-        "mode",
-        "--json",
+    by_mode = (
+        *("query", "--demo", demo_json, "--dataset", "mobility"),
+        *("--purpose", "urban-mobility-planning", "--measure", "count_records"),
+        *("--group-by", "mode"),
     )
+    done = cli(*by_mode, "--json")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["signatures_verified"] == 5
@@ -217,27 +209,13 @@ def test_served_demo_answers_outside_clients_and_stops_cleanly(
     ] * 3
 
     # A dry run: the broker's PlanQueryResponse as protobuf JSON, and as a table.
-    plan_args = (
-        "query",
-        "--demo",
-        demo_json,
-        "--dataset",
-        "mobility",
-        "--purpose",
-        "urban-mobility-planning",
-        "--measure",
-        "count_records",
-        "--group-by",
-        "mode",
-        "--dry-run",
-    )
-    done = cli(*plan_args, "--json")
+    done = cli(*by_mode, "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert [c["cityId"] for c in plan["cities"]] == list(info["cities"])
     assert all(c["plan"]["allowed"] for c in plan["cities"]), plan
     assert plan["negotiated"]["dataset"] == "mobility"
-    done = cli(*plan_args)
+    done = cli(*by_mode, "--dry-run")
     assert done.returncode == 0, done.stderr
     assert "Plan (dry run)" in done.stdout
     for city in info["cities"]:
