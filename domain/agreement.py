@@ -22,6 +22,7 @@ THING = Statement.AGREEMENT
 REVOCATION = Statement.AGREEMENT_REVOCATION
 DEFAULT_K = 10
 MAX_COUNT = 1_000_000
+MAX_PERTURBATION = 20
 
 
 class Appearance(StrEnum):
@@ -34,6 +35,166 @@ class Appearance(StrEnum):
 class FieldTerms:
     appearance: Appearance
     generalisations: frozenset[str] = frozenset()
+    # min/max of this field may be released: never implied, because an extreme is one record's value.
+    extremes: bool = False
+
+
+class Regime(StrEnum):
+    """How an agreement's aggregate answers are protected, stated in every signed result."""
+
+    EXACT = "exact"  # k-threshold, secondary suppression, differencing guard
+    CELL_KEY = "cell_key"  # ABS TableBuilder cell-key perturbation
+    DP = "dp"  # differential privacy (OpenDP) with a persistent budget
+
+
+@dataclass(frozen=True)
+class CellKeyTerms:
+    """Cell-key perturbation: every released count moves by at most `max_perturbation`, a
+    deterministic function of its contributors' keys; cells with fewer than
+    `small_cell_threshold` contributors are withheld."""
+
+    max_perturbation: int = 2
+    small_cell_threshold: int = 3
+
+    def to_payload(self) -> dict[str, Any]:
+        """The terms as the JSON object `from_payload` reads."""
+        return {
+            "max_perturbation": self.max_perturbation,
+            "small_cell_threshold": self.small_cell_threshold,
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> CellKeyTerms:
+        """Terms from a payload; VerificationError CELL_KEY_TERMS_INVALID unless in range."""
+        terms = cls(
+            _whole(
+                obj.get("max_perturbation", 2),
+                "cell_key max_perturbation",
+                "CELL_KEY_TERMS_INVALID",
+            ),
+            _whole(
+                obj.get("small_cell_threshold", 3),
+                "cell_key small_cell_threshold",
+                "CELL_KEY_TERMS_INVALID",
+            ),
+        )
+        if not 1 <= terms.max_perturbation <= MAX_PERTURBATION:
+            raise VerificationError(
+                f"cell_key max_perturbation must be 1 to {MAX_PERTURBATION}",
+                reason="CELL_KEY_TERMS_INVALID",
+            )
+        if not 1 <= terms.small_cell_threshold <= MAX_COUNT:
+            raise VerificationError(
+                f"cell_key small_cell_threshold must be 1 to {MAX_COUNT}",
+                reason="CELL_KEY_TERMS_INVALID",
+            )
+        return terms
+
+
+@dataclass(frozen=True)
+class DominanceTerms:
+    """The (n, k%) dominance rule for sums and averages: a cell whose `n` largest contributors
+    make up more than `percent` % of its total is withheld like a small cell."""
+
+    n: int = 2
+    percent: float = 85.0
+
+    def to_payload(self) -> dict[str, Any]:
+        """The terms as the JSON object `from_payload` reads."""
+        return {"n": self.n, "percent": self.percent}
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> DominanceTerms:
+        """Terms from a payload; VerificationError DOMINANCE_TERMS_INVALID unless in range."""
+        n = _whole(obj.get("n", 2), "dominance n", "DOMINANCE_TERMS_INVALID")
+        percent = obj.get("percent", 85.0)
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise VerificationError(
+                "dominance percent must be a number", reason="DOMINANCE_TERMS_INVALID"
+            )
+        if not 1 <= n <= 100 or not 0 < float(percent) <= 100:
+            raise VerificationError(
+                "dominance needs 1 <= n <= 100 and 0 < percent <= 100",
+                reason="DOMINANCE_TERMS_INVALID",
+            )
+        return cls(n, float(percent))
+
+
+@dataclass(frozen=True)
+class DisclosureTerms:
+    """The agreement's disclosure regime and its parameters."""
+
+    regime: Regime = Regime.EXACT
+    cell_key: CellKeyTerms | None = None
+    dominance: DominanceTerms = DominanceTerms()
+
+    def to_payload(self) -> dict[str, Any]:
+        """The terms as the JSON object `from_payload` reads."""
+        return {
+            "regime": self.regime.value,
+            "cell_key": self.cell_key.to_payload() if self.cell_key else None,
+            "dominance": self.dominance.to_payload(),
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> DisclosureTerms:
+        """Terms from a payload; VerificationError with a reason naming what is wrong."""
+        try:
+            regime = Regime(obj.get("regime", Regime.EXACT.value))
+        except ValueError:
+            raise VerificationError(
+                f"disclosure regime {obj.get('regime')!r} is not one of "
+                f"{', '.join(r.value for r in Regime)}",
+                reason="DISCLOSURE_REGIME_UNKNOWN",
+            ) from None
+        cell_key = obj.get("cell_key")
+        terms = cls(
+            regime,
+            CellKeyTerms.from_payload(cell_key) if cell_key is not None else None,
+            DominanceTerms.from_payload(obj.get("dominance") or {}),
+        )
+        if regime is Regime.CELL_KEY and terms.cell_key is None:
+            terms = cls(regime, CellKeyTerms(), terms.dominance)
+        if regime is not Regime.CELL_KEY and terms.cell_key is not None:
+            raise VerificationError(
+                "cell_key terms need the cell_key regime", reason="CELL_KEY_TERMS_INVALID"
+            )
+        return terms
+
+
+@dataclass(frozen=True)
+class PartnerLimits:
+    """What the providing city serves the consumer at most: queries per minute and at once."""
+
+    queries_per_minute: int = 600
+    max_concurrent: int = 8
+
+    def to_payload(self) -> dict[str, Any]:
+        """The terms as the JSON object `from_payload` reads."""
+        return {
+            "queries_per_minute": self.queries_per_minute,
+            "max_concurrent": self.max_concurrent,
+        }
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> PartnerLimits:
+        """Terms from a payload; VerificationError LIMITS_INVALID unless in range."""
+        terms = cls(
+            _whole(obj.get("queries_per_minute", 600), "queries_per_minute", "LIMITS_INVALID"),
+            _whole(obj.get("max_concurrent", 8), "max_concurrent", "LIMITS_INVALID"),
+        )
+        if not 1 <= terms.queries_per_minute <= MAX_COUNT or not 1 <= terms.max_concurrent <= 1000:
+            raise VerificationError(
+                "limits need 1 <= queries_per_minute <= 1000000 and 1 <= max_concurrent <= 1000",
+                reason="LIMITS_INVALID",
+            )
+        return terms
+
+
+def _whole(value: Any, name: str, reason: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VerificationError(f"{name} must be a whole number", reason=reason)
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,6 +256,17 @@ class Agreement:
     dp: DpTerms | None = None
     # Kinds of query allowed: aggregate, attribute_check, record_release.
     query_kinds: frozenset[str] = frozenset({"aggregate"})
+    # None: the regime follows `dp` (dp when present, else exact), default dominance.
+    disclosure: DisclosureTerms | None = None
+    # The city's own per-partner limits; None: the node's defaults.
+    limits: PartnerLimits | None = None
+
+    @property
+    def disclosure_terms(self) -> DisclosureTerms:
+        """The disclosure terms in force: explicit, or those implied by `dp`."""
+        if self.disclosure is not None:
+            return self.disclosure
+        return DisclosureTerms(Regime.DP if self.dp else Regime.EXACT)
 
     def in_force(self, at: datetime) -> bool:
         """True if `valid_from <= at < valid_until`."""
@@ -113,6 +285,7 @@ class Agreement:
                     f: {
                         "appearance": t.appearance.value,
                         "generalisations": sorted(t.generalisations),
+                        **({"extremes": True} if t.extremes else {}),
                     }
                     for f, t in fields.items()
                 }
@@ -125,6 +298,8 @@ class Agreement:
             "legal_instruments": sorted(self.legal_instruments),
             "dp": self.dp.to_payload() if self.dp else None,
             "query_kinds": sorted(self.query_kinds),
+            **({"disclosure": self.disclosure.to_payload()} if self.disclosure else {}),
+            **({"limits": self.limits.to_payload()} if self.limits else {}),
         }
 
     @classmethod
@@ -136,6 +311,7 @@ class Agreement:
                     str(f): FieldTerms(
                         Appearance(t["appearance"]),
                         frozenset(str(g) for g in t.get("generalisations", [])),
+                        t.get("extremes", False) is True,
                     )
                     for f, t in fields.items()
                 }
@@ -155,11 +331,23 @@ class Agreement:
                 legal_instruments=frozenset(str(i) for i in obj.get("legal_instruments", [])),
                 dp=DpTerms.from_payload(obj["dp"]) if obj.get("dp") else None,
                 query_kinds=frozenset(str(k) for k in obj.get("query_kinds", ["aggregate"])),
+                disclosure=DisclosureTerms.from_payload(obj["disclosure"])
+                if obj.get("disclosure") is not None
+                else None,
+                limits=PartnerLimits.from_payload(obj["limits"])
+                if obj.get("limits") is not None
+                else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VerificationError(
                 f"agreement is malformed: {e}", reason="AGREEMENT_MALFORMED"
             ) from None
+        regime = a.disclosure_terms.regime
+        if (regime is Regime.DP) != (a.dp is not None):
+            raise VerificationError(
+                "the dp regime needs dp terms, and dp terms need the dp regime",
+                reason="DISCLOSURE_REGIME_MISMATCH",
+            )
         if a.valid_until <= a.valid_from:
             raise VerificationError(
                 "agreement validity ends before it starts", reason="AGREEMENT_DATES_INVALID"
