@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/verify_bundle.py
 	$(PY) bench/minimisation.py
 	$(PY) bench/consent_import.py
+	$(PY) bench/summary.py
 
 .PHONY: bench-log bench-verify bench-minimisation bench-consent
 

@@ -108,23 +108,24 @@ def figures_table(title: str, figures: Iterable[Figure]) -> Table:
     return t
 
 
+def _git(*argv: str) -> str:
+    proc = subprocess.run(
+        ["git", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
 def measured_source(*relative: str) -> dict[str, Any]:
     """Which code was measured: the files' combined SHA-256 and the git commit, with local changes
     flagged (several people work in this tree at once)."""
-    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for name in relative:
-        digest.update((root / name).read_bytes())
-
-    def git(*argv: str) -> str:
-        proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
+        digest.update((PROJECT_ROOT / name).read_bytes())
     return {
         "file": ", ".join(relative),
         "sha256": digest.hexdigest()[:16],
-        "git_head": git("rev-parse", "--short", "HEAD"),
-        "changed_since_head": bool(git("status", "--porcelain", "--", *relative)),
+        "git_head": _git("rev-parse", "--short", "HEAD"),
+        "changed_since_head": bool(_git("status", "--porcelain", "--", *relative)),
     }
 
 
@@ -133,6 +134,10 @@ def environment() -> dict[str, Any]:
     import grpc
 
     return {
+        # When and on which commit (a "+" when the tree had uncommitted changes): SUMMARY.md shows them.
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _git("rev-parse", "--short", "HEAD")
+        + ("+" if _git("status", "--porcelain") else ""),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
@@ -140,6 +145,17 @@ def environment() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "grpc": grpc.__version__,
     }
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A /proc/<pid>/status figure in kB (VmRSS, VmHWM); 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def process_cpu_s(pid: int) -> float:

@@ -63,6 +63,7 @@ from common import (
     figures_table,
     fmt_number,
     machine_busy_cpu_s,
+    status_kb,
     write_figures,
 )
 from rich.console import Console
@@ -190,10 +191,10 @@ class MemorySampler:
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.wait(0.5):
-            total = _status_kb(me, "VmRSS")
+            total = status_kb(me, "VmRSS")
             for pid in _children(me):
-                total += _status_kb(pid, "VmRSS")
-                self.worker_peak_kb = max(self.worker_peak_kb, _status_kb(pid, "VmHWM"))
+                total += status_kb(pid, "VmRSS")
+                self.worker_peak_kb = max(self.worker_peak_kb, status_kb(pid, "VmHWM"))
             self.total_peak_kb = max(self.total_peak_kb, total)
 
     def stop(self) -> None:
@@ -212,16 +213,6 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(d.name))
     return out
-
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def child_import(config: Path, events: Path, batch_size: int, out: Path) -> None:
@@ -248,7 +239,7 @@ def child_import(config: Path, events: Path, batch_size: int, out: Path) -> None
                 "errors": dict(report.errors),
                 "batches": report.batches,
                 "failed_batches": report.failed_batches,
-                "peak_rss_kb": _status_kb(os.getpid(), "VmHWM"),
+                "peak_rss_kb": status_kb(os.getpid(), "VmHWM"),
                 "worker_peak_rss_kb": sampler.worker_peak_kb,
                 "all_processes_peak_rss_kb": sampler.total_peak_kb,
                 "cpu_s": me.ru_utime + me.ru_stime,
@@ -298,7 +289,7 @@ def child_baseline(database: Path, events: Path, batch_size: int, out: Path) -> 
                 "db_seconds": db_s,
                 "seconds": wall,
                 "rows": rows_done,
-                "peak_rss_kb": _status_kb(os.getpid(), "VmHWM"),
+                "peak_rss_kb": status_kb(os.getpid(), "VmHWM"),
                 "cpu_s": me.ru_utime + me.ru_stime,
             }
         )

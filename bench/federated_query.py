@@ -43,6 +43,7 @@ from common import (
     fmt_number,
     machine_busy_cpu_s,
     process_cpu_s,
+    status_kb,
     terminate_on_sigterm,
     write_figures,
 )
@@ -70,6 +71,8 @@ NOOP_SERVERS = Path(__file__).resolve().with_name("noop_servers.py")
 CALL_TIMEOUT_S = 30.0
 TOKEN_LIFETIME_S = 120
 GOAL_RATIO = 0.35
+# The idle node memory goal (issue 14): a node with the demo city, loaded, before any query.
+IDLE_RSS_GOAL_MB = 150.0
 # Cores busy with other processes (another test run, a build) above which a window is flagged.
 OTHER_LOAD_WARN = 0.2
 REAL, NOOP = "real", "noop_fanout"
@@ -377,6 +380,12 @@ def verify_sample(fed: sandbox.LocalFederation, load_request: bytes, n: int = 3)
                 raise RuntimeError(f"the federation did not answer fully: {statuses}")
             verified += answer.signatures_verified
     return verified
+
+
+def idle_rss_mb(pids: dict[str, list[int]]) -> float:
+    """The largest node process's resident memory once the federation has settled."""
+    wait_idle(pids)
+    return max(status_kb(pid, "VmRSS") for pid in pids["nodes"]) / 1024
 
 
 def city_pids(children: list[tuple[str, Any]]) -> dict[str, list[int]]:
@@ -692,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with real_topology(fed, args.residents, console) as pids:
+            idle_mb = idle_rss_mb(pids)
             n = verify_sample(fed, request)
             console.print(f"Real topology: sample answers verified ({n} signatures).")
             load.cities = len(fed.cities)
@@ -701,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, grpc.RpcError) as e:
                 console.print(f"[yellow]After the load the federation did not answer fully: {e}[/]")
         with noop_topology(fed) as pids:
+            noop_idle_mb = idle_rss_mb(pids)
             load.cities = 0  # the no-op broker answers nothing, and fails the call if a city fails
             noop = measure(NOOP, load, pool, args.levels, args.warmup, args.duration, pids, console)
     finally:
@@ -722,6 +733,22 @@ def main(argv: list[str] | None = None) -> int:
         **environment(),
     }
     figs = figures(real, noop, params)
+    figs.append(
+        Figure(
+            f"{NAME}.idle_node_rss",
+            idle_mb,
+            "MB",
+            False,
+            noop_idle_mb,
+            f"{NAME}.{NOOP}.idle_node_rss",
+            {
+                **params,
+                "what": "largest resident memory (VmRSS) of the node processes, loaded and idle, "
+                "before any query",
+                "goal_mb": IDLE_RSS_GOAL_MB,
+            },
+        )
+    )
     console.print(levels_table(real, noop))
     console.print(cpu_table(real, noop))
     best = next(f for f in figs if f.name == f"{NAME}.throughput_ratio.best")

@@ -81,6 +81,7 @@ from common import (
     fmt_number,
     process_cpu_s,
     python,
+    status_kb,
     terminate_on_sigterm,
     write_figures,
 )
@@ -573,13 +574,6 @@ def measure_stages(
     run.stages_s = {k: statistics.median(v) for k, v in times.items()}
 
 
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def _reset_peak(pid: int) -> bool:
     """Reset the process's VmHWM to its current RSS (Linux 4.0+); False where not allowed."""
     try:
@@ -676,8 +670,8 @@ def measure(
                 )
             finally:
                 op.close()
-            run.idle_mb = _status_kb(pid, "VmRSS") / 1024
-            run.lifetime_peak_mb = _status_kb(pid, "VmHWM") / 1024
+            run.idle_mb = status_kb(pid, "VmRSS") / 1024
+            run.lifetime_peak_mb = status_kb(pid, "VmHWM") / 1024
             run.peak_reset = _reset_peak(pid)
             expect = raw.run()
             run.cells = len(expect)
@@ -709,7 +703,7 @@ def measure(
                 run.e2e_s.append(b if first is direct else a)
             run.node_cpu_s = (process_cpu_s(pid) - cpu0) / (runs + 1)
             run.load_average = (load0, os.getloadavg()[0])
-            run.peak_mb = _status_kb(pid, "VmHWM") / 1024
+            run.peak_mb = status_kb(pid, "VmHWM") / 1024
             run.lifetime_peak_mb = max(run.lifetime_peak_mb, run.peak_mb)
         finally:
             partner.close()
