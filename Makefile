@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 BUF_VERSION := 1.75.0
 
-.PHONY: demo test proto lint buf-lint bench clean
+.PHONY: demo test proto lint buf-lint bench clean faults soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,18 @@ bench-minimisation: $(STAMP)
 # SQLAlchemy Core executemany of the same rows (about 15 minutes; --quick for a smoke run).
 bench-consent: $(STAMP)
 	$(PY) bench/consent_import.py
+
+# Fault injection with real processes (tests marked `faults`, left out of `make test`): nodes killed
+# and hung, the broker killed under load, PostgreSQL restarted, a full disk, one city's network
+# namespace cut off. Needs root for namespaces and mounts (those tests skip without it); about
+# 3 minutes (more on a busy machine).
+faults: $(STAMP)
+	$(PY) -m pytest -q -m faults tests/faults tests/system/test_netns_federation.py
+
+# The federated query load at half the measured peak for ten minutes: no errors, no process's
+# memory growing over 10 % after warm-up (bench/results/soak.json). --duration for a shorter run.
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,7 +11,8 @@ Public API, for auditors who script their own checks:
     origin, size, root = parse_checkpoint(body)                               # C2SP tlog-checkpoint
     payload, keyids = verify_envelope(envelope, Statement.RESULT, lookup)     # DSSE, verify-then-parse
     summary = verify_bundle(Path("bundle"), authority_public_key)             # one export bundle
-    report = verify_bundles([node_bundle, broker_bundle], authority_public_key)  # + reconciliation
+    report = verify_bundles(every_partys_bundle, authority_public_key)  # + reconciliation
+    report = verify_bundles(bundles, key, exclude=["cascadia"])  # or parties=[...]; see .coverage
 
 Every failure raises a `domain.errors.VerificationError` subclass whose `reason` is an
 UPPER_SNAKE code and whose message names what failed (for bundles: file and entry, `BundleError`).

@@ -6,6 +6,9 @@
     cosignatures.jsonl  cities' cosignatures of this log's checkpoints: {"cosignature", "size", "witness"}
     trust/v<N>.json     every trust bundle version the log's owner installed (DSSE, as signed)
     agreements/<id>-v<N>.json  the agreements its entries reference (DSSE, as signed)
+    erasures.jsonl      committed entries the city erased (no personal data; audit.openings)
+    openings.jsonl      only when exported on purpose for one auditor (`personal-data.json`
+                        names them): the statements and salts that open the log's commitments
 
 Every line and file is in one canonical form (sorted keys, no spaces, canonical base64), so that
 any changed byte is detected: entries by the Merkle root, everything else by a byte comparison
@@ -19,14 +22,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
-from audit.schema import log_checkpoints, log_entries
+from audit.schema import exchange_openings, log_checkpoints, log_entries
+from domain.commitment import Opening
 
 FORMAT = "citybroker-audit-bundle/1"
 MANIFEST, ENTRIES, CHECKPOINTS, COSIGNATURES = (
@@ -36,6 +40,7 @@ MANIFEST, ENTRIES, CHECKPOINTS, COSIGNATURES = (
     "cosignatures.jsonl",
 )
 TRUST_DIR, AGREEMENTS_DIR = "trust", "agreements"
+OPENINGS, ERASURES, PERSONAL_DATA = "openings.jsonl", "erasures.jsonl", "personal-data.json"
 PAGE = 10_000
 
 
@@ -61,6 +66,12 @@ class ExportSpec:
     trust_envelopes: Iterable[bytes]
     agreement_envelopes: Iterable[tuple[str, int, bytes]] = ()
     cosignatures: Iterable[tuple[int, str, str]] = ()  # (tree size, witness city, line)
+    # Committed entries erased: (log index, batch members erased, or None for the whole entry).
+    erasures: Iterable[tuple[int, int | None]] = ()
+    # Personal data, only on purpose: the openings of the log's commitments below a tree size,
+    # exported for the auditor `personal_data_for` names (both or neither).
+    openings: Callable[[int], Iterable[Opening]] | None = None
+    personal_data_for: str = ""
 
 
 Progress = Callable[[int, int], None]
@@ -82,6 +93,7 @@ def export(engine: Engine, out: Path, spec: ExportSpec, progress: Progress | Non
     for env in spec.trust_envelopes:
         version = json.loads(base64.b64decode(json.loads(env)["payload"]))["version"]
         (out / TRUST_DIR / f"v{int(version)}.json").write_bytes(env)
+    _write_commitment_files(out, spec, size)
     (out / AGREEMENTS_DIR).mkdir()
     for agreement_id, version, env in spec.agreement_envelopes:
         (out / AGREEMENTS_DIR / f"{agreement_id}-v{version}.json").write_bytes(env)
@@ -95,6 +107,57 @@ def export(engine: Engine, out: Path, spec: ExportSpec, progress: Progress | Non
     # Written last: a bundle whose export was interrupted has no manifest and never verifies.
     (out / MANIFEST).write_bytes(line(manifest))
     return size
+
+
+def _write_commitment_files(out: Path, spec: ExportSpec, size: int) -> None:
+    """The erasures (always) and, when the city exports them on purpose, the openings."""
+    with (out / ERASURES).open("wb") as f:
+        for index, members in spec.erasures:
+            if index < size:
+                f.write(line({"index": index, "members": members}))
+    if spec.openings is None and not spec.personal_data_for:
+        return
+    if spec.openings is None or not spec.personal_data_for:
+        raise ValueError("openings are exported only for a named auditor")
+    (out / PERSONAL_DATA).write_bytes(line({"auditor": spec.personal_data_for}))
+    with (out / OPENINGS).open("wb") as f:
+        for opening in spec.openings(size):
+            f.write(line(opening_line(opening)))
+
+
+def opening_line(opening: Opening) -> dict[str, Any]:
+    """The openings.jsonl line of an opening: a statement and its salt, or one batch member."""
+    if opening.statement:
+        return {
+            "index": opening.index,
+            "salt": b64(opening.salt),
+            "statement": b64(opening.statement),
+        }
+    return {
+        "index": opening.index,
+        "member": b64(opening.member_payload),
+        "member_salt": b64(opening.member_salt),
+    }
+
+
+def exchange_openings_below(engine: Engine, below: int) -> Iterator[Opening]:
+    """The openings a party keeps of its committed exchange statements (exchange_openings) of
+    entries below index `below`, in log order: personal data, for an auditor on purpose."""
+    o = exchange_openings.c
+    after = -1
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(o.log_index, o.statement, o.salt)
+                .where(o.log_index > after, o.log_index < below)
+                .order_by(o.log_index)
+                .limit(PAGE)
+            ).all()
+        if not rows:
+            return
+        for index, statement, salt in rows:
+            yield Opening(int(index), bytes(statement), bytes(salt))
+        after = int(rows[-1][0])
 
 
 def _write_checkpoints(engine: Engine, path: Path) -> int:

@@ -31,11 +31,11 @@ from audit.ledger import Bundle, Ledger, ReceiptRef, ResultRef, Witnessed
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 from audit.note import NoteError, NoteVerifier, checkpoint_body, parse_checkpoint, verify_note
 from domain import agreement as agreement_doc
-from domain import statements
-from domain.agreement import Agreement, Appearance
+from domain import commitment, statements
+from domain.agreement import Agreement, Appearance, CellKeyTerms, FieldTerms, Regime
 from domain.errors import VerificationError
 from domain.kinds import LogKind, Statement
-from keys import dsse, timefmt, trust
+from keys import bounded_json, dsse, timefmt, trust
 from keys.ed25519 import PublicKey
 from keys.trust import Role, TrustBundle
 
@@ -43,6 +43,10 @@ _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 ROLE_OF_ORIGIN = {"node": Role.CITY, "broker": Role.BROKER}
 # A node result must be receipted if the broker logged receipts this long after it.
 RECEIPT_GRACE = timedelta(minutes=1)
+# Receipt statuses (broker.outcomes) by which the broker says it received no result from a city
+# because it stopped waiting for it (deadline) or lost the call: a result the city logged for
+# that exchange was released but not delivered, and is reported, not failed.
+STOPPED_WAITING = frozenset({"timed_out", "failed"})
 # Each logged statement type: the payload field naming its signer, and the field saying when.
 STATEMENTS: dict[str, tuple[str, str]] = {
     Statement.QUERY: ("broker", "issued_at"),
@@ -54,6 +58,7 @@ STATEMENTS: dict[str, tuple[str, str]] = {
     Statement.CONSENT_BATCH: ("city", "at"),
     Statement.AGREEMENT_REVOCATION: ("revoked_by", "at"),
     Statement.COSIGNATURE: ("city", "at"),
+    Statement.COMMITMENT: ("city", "at"),
 }
 # The kinds each statement type is logged under (node/answering.py, node/consent_evidence.py,
 # node/agreements.py, audit/witness.py, broker/exchange.py). A kind lies outside the Merkle
@@ -68,7 +73,12 @@ KINDS: dict[str, set[str]] = {
     Statement.AGREEMENT: {LogKind.AGREEMENT},
     Statement.AGREEMENT_REVOCATION: {LogKind.AGREEMENT},
     Statement.COSIGNATURE: {LogKind.WITNESS},
+    # A resident-level statement's salted commitment (node/consent_evidence.py, audit.openings).
+    # A commitment to an exchange's statement is logged under that statement's kinds.
+    Statement.COMMITMENT: {LogKind.CONSENT},
 }
+# The statements of an exchange, which a log may hold as commitments (domain.commitment).
+EXCHANGE_STATEMENTS = frozenset({Statement.QUERY, Statement.RESULT, Statement.REFUSAL})
 
 
 class BundleError(VerificationError):
@@ -99,6 +109,16 @@ class BundleSummary:
     result_count: int = 0
     receipt_count: int = 0
     dp_spent: dict[tuple[str, int], float] = field(default_factory=dict)
+    # Committed entries (audit.openings): how many, opened for `personal_data_for`, erased.
+    commitments: int = 0
+    # Exchanges about single residents logged as commitments: at a node, its committed results
+    # and refusals; at a broker, its receipts naming a committed query or result. Reconciled by
+    # commitment and log index; their statements are checked only when opened.
+    committed_exchanges: int = 0
+    openings_verified: int = 0
+    erased_entries: int = 0
+    erased_members: int = 0
+    personal_data_for: str = ""
 
     def results(self) -> Iterator[ResultRef]:
         """The bundle's verified results, in log order."""
@@ -125,6 +145,12 @@ class BundleSummary:
             "cosignatures_verified": self.cosignatures_verified,
             "results": self.result_count,
             "receipts": self.receipt_count,
+            "commitments": self.commitments,
+            "committed_exchanges": self.committed_exchanges,
+            "openings_verified": self.openings_verified,
+            "erased_entries": self.erased_entries,
+            "erased_batch_members": self.erased_members,
+            "personal_data_for": self.personal_data_for,
         }
 
 
@@ -197,7 +223,7 @@ class Manifest:
 def check_manifest(raw: bytes, path: Path) -> Manifest:
     """The manifest in `raw`, if it is canonical and names a log of a node or broker."""
     try:
-        manifest = json.loads(raw)
+        manifest = bounded_json.loads(raw, "the manifest")
     except ValueError:
         raise BundleError("manifest is not JSON", "BUNDLE_FILE_MALFORMED", path) from None
     if (
@@ -234,7 +260,7 @@ def check_owner(manifest: Manifest, keys: Keys, path: Path) -> None:
 def canonical_line(raw: bytes, path: Path, number: int) -> dict[str, Any]:
     """The JSON object on line `number`, if the line is its one canonical encoding."""
     try:
-        obj = json.loads(raw)
+        obj = bounded_json.loads(raw, f"line {number + 1}")
     except ValueError:
         raise BundleError(
             f"line {number + 1} is not JSON", "BUNDLE_LINE_MALFORMED", path, number
@@ -297,7 +323,7 @@ def agreements_in(
     for path, data in files:
         env = canonical_envelope(data, path)
         try:
-            starts = timefmt.parse(json.loads(env.payload)["valid_from"])
+            starts = timefmt.parse(bounded_json.loads(env.payload, "an agreement")["valid_from"])
             a = agreement_doc.verify(env, keys.bundle_at(starts))
         except (VerificationError, ValueError, KeyError, TypeError) as e:
             raise BundleError(
@@ -345,8 +371,7 @@ def check_result(
     terms = a.datasets.get(result["dataset"])
     if terms is None:
         raise fail(f"dataset {result['dataset']} is not in the agreement")
-    if int(result["min_cell_size"]) < a.min_cell_size:
-        raise fail(f"k = {result['min_cell_size']} is below the agreement's {a.min_cell_size}")
+    _check_disclosure(result, a, fail)
     for cell in [*result["cells"], *({"key": k, "values": {}} for k in result["withheld"])]:
         for f in cell["key"]:
             t = terms.get(f)
@@ -356,8 +381,37 @@ def check_result(
             inner = name[name.find("(") + 1 : -1] if "(" in name else None
             if inner is not None and inner not in terms:
                 raise fail(f"measure {name} uses a field outside the agreement")
+            extreme = name.startswith(("min(", "max("))
+            if extreme and inner is not None and not _extremes_allowed(terms[inner]):
+                raise fail(f"measure {name} releases an extreme the agreement does not allow")
     if a.dp is not None:
         _check_privacy(result, a, dp_spent, fail)
+
+
+def _extremes_allowed(t: FieldTerms) -> bool:
+    return t.extremes and t.appearance is not Appearance.AGGREGATE_ONLY
+
+
+def _check_disclosure(
+    result: dict[str, Any], a: Agreement, fail: Callable[[str], BundleError]
+) -> None:
+    """The result states the agreement's disclosure regime and parameters, and withholds cells
+    under the regime's smallest cell. A result without the statement predates it: allowed only
+    under an agreement that names no regime."""
+    terms = a.disclosure_terms
+    stated = result.get("disclosure")
+    if stated is None and a.disclosure is not None:
+        raise fail(f"does not state the agreement's disclosure regime {terms.regime.value}")
+    if stated is not None and stated != terms.to_payload():
+        raise fail(
+            f"states disclosure {json.dumps(stated, sort_keys=True)}, the agreement says "
+            f"{json.dumps(terms.to_payload(), sort_keys=True)}"
+        )
+    smallest = a.min_cell_size
+    if terms.regime is Regime.CELL_KEY:
+        smallest = (terms.cell_key or CellKeyTerms()).small_cell_threshold
+    if int(result["min_cell_size"]) < smallest:
+        raise fail(f"k = {result['min_cell_size']} is below the agreement's {smallest}")
 
 
 def _check_privacy(
@@ -418,7 +472,9 @@ def parse_entry(entry: bytes, kind: str, path: Path, number: int) -> UnverifiedE
         return BundleError(message, reason, path, number)
 
     try:
-        env = json.loads(entry)
+        env = bounded_json.loads(entry, "a log entry")
+        if len(env["signatures"]) > dsse.MAX_SIGNATURES:
+            raise fail("entry carries too many signatures", "TOO_MANY_SIGNATURES")
         ptype = env["payloadType"]
         payload = base64.b64decode(env["payload"], validate=True)
         sigs = [(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in env["signatures"]]
@@ -428,22 +484,31 @@ def parse_entry(entry: bytes, kind: str, path: Path, number: int) -> UnverifiedE
         raise fail(f"unknown statement type {ptype!r}", "STATEMENT_UNKNOWN")
     thing = ptype.removeprefix(dsse.MEDIA_PREFIX).removesuffix("+json")
     try:
-        claims = json.loads(payload)
+        claims = bounded_json.loads(payload, "a statement")
         if thing == Statement.AGREEMENT:
             signers = [str(claims["provider"]), str(claims["consumer"])]
             at = timefmt.parse(claims["valid_from"])
         else:
             signer_field, time_field = STATEMENTS[thing]
+            if thing == Statement.COMMITMENT:  # a broker's commitment names it as `broker`
+                signer_field = commitment.signer_field(claims)
             signers = [str(claims[signer_field])]
             at = timefmt.parse(claims[time_field])
     except KeyError:
         raise fail(f"unknown or malformed {thing} statement", "STATEMENT_UNKNOWN") from None
     except (ValueError, TypeError):
         raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
-    check_entry_kind(thing, kind, path, number)
+    check_entry_kind(_kind_of(thing, claims), kind, path, number)
     return UnverifiedEntry(
         number, thing, signers, at, sigs, dsse.pae(ptype, payload), payload, claims
     )
+
+
+def _kind_of(thing: str, claims: Any) -> str:
+    """The statement type whose kinds an entry must be logged under: a commitment to an
+    exchange's statement is logged as that statement would be."""
+    committed = claims.get("statement") if thing == Statement.COMMITMENT else None
+    return committed if isinstance(committed, str) and committed in EXCHANGE_STATEMENTS else thing
 
 
 def check_entry_kind(thing: str, kind: str, path: Path, number: int) -> None:
@@ -530,14 +595,16 @@ class BundleChecks:
         self._last = (size, root)
 
     def checkpoints_end(self) -> None:
-        """After the last checkpoint line: the newest must cover the manifest's size."""
-        size = self.summary.size
-        if self._last is None or self._last[0] != size:
+        """After the last checkpoint line: the newest signed checkpoint is the bundle's extent,
+        which the entries must fill; the unsigned manifest can only agree with it."""
+        claimed = self.summary.size
+        if self._last is None or self._last[0] != claimed:
             raise BundleError(
-                f"no checkpoint covers the manifest size {size}",
+                f"no checkpoint covers the manifest size {claimed}",
                 "CHECKPOINT_MISSING",
                 self.checkpoints_path,
             )
+        self.summary.size = self._last[0]
         self._next = self._following(-1)
         while self._next[0] == 0:
             if self._next[1] != EMPTY_ROOT:
@@ -582,6 +649,39 @@ class BundleChecks:
                 self.entries_path,
                 self._tree.size,
             )
+
+    def opened(self, statement: bytes, path: Path, number: int) -> None:
+        """An opened exchange statement (audit.openings, line `number` of `path`), checked as it
+        would be when logged whole: signed by the party it names with a key then in force, the
+        city's own, and a result within its agreement and privacy budget. It is not recorded
+        again: the ledger holds its commitment."""
+        thing = commitment.statement_type(statement) or ""
+        kind = LogKind.REFUSAL if thing == Statement.REFUSAL else LogKind.EXCHANGE
+        entry = parse_entry(statement, kind, path, number)
+        for signer in entry.signers:
+            if not any(
+                self._keys.verify(signer, keyid, entry.at, sig, entry.message)
+                for keyid, sig in entry.sigs
+            ):
+                raise BundleError(
+                    f"{thing} lacks a valid signature of {signer}",
+                    "SIGNATURE_INVALID",
+                    path,
+                    number,
+                )
+        self.summary.signatures_verified += len(entry.signers)
+        claims = entry.unverified_claims
+        try:
+            if thing != Statement.QUERY and claims["city"] != self.summary.party:
+                raise BundleError(
+                    "opens another city's statement", "STATEMENT_MISPLACED", path, number
+                )
+            if thing == Statement.RESULT:
+                check_result(claims, self._agreements, path, number, self.summary.dp_spent)
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(
+                f"{thing} payload is malformed", "PAYLOAD_MALFORMED", path, number
+            ) from None
 
     def cosignature(self, number: int, obj: dict[str, Any]) -> None:
         """One cosignatures.jsonl line: a city's valid cosignature of a checkpoint of this bundle."""
@@ -674,9 +774,13 @@ def _record_statement(
 
 
 def _record_receipt(statement: dict[str, Any], summary: BundleSummary, at: datetime) -> None:
+    committed = "query_commitment" in statement
     for c in statement["cities"]:
+        # A city that logged its result as a commitment is named by it (domain.receipt).
+        named = c["result_digest"] or c.get("result_commitment")
         # A city that returned nothing has no result for the receipt to name.
-        if c["result_digest"]:
+        if named:
+            committed = committed or not c["result_digest"]
             summary.receipt_count += 1
             summary.ledger.add_receipt(
                 summary.bundle,
@@ -684,11 +788,24 @@ def _record_receipt(statement: dict[str, Any], summary: BundleSummary, at: datet
                     summary.party,
                     str(c["city"]),
                     str(statement["request_id"]),
-                    str(c["result_digest"]),
+                    str(named),
                     int(c["node_log_index"]),
                     at,
+                    committed=not c["result_digest"],
                 ),
             )
+        elif c["status"] in STOPPED_WAITING:
+            # The broker's signed word that it gave up on this city in this exchange: a result
+            # the city released anyway was released but not delivered (audit.coverage).
+            summary.ledger.add_undelivered(
+                summary.bundle,
+                summary.party,
+                str(c["city"]),
+                str(statement["request_id"]),
+                str(c["status"]),
+            )
+    if committed:
+        summary.committed_exchanges += 1
 
 
 # -- across bundles ------------------------------------------------------------------------------

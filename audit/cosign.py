@@ -41,6 +41,7 @@ def cosign(body: str, name: str, signer: Signer, timestamp: int) -> str:
     check_key_name(name)
     if not 0 <= timestamp < 1 << 63:
         raise NoteError("cosignature timestamp out of range")
+    signer = signer.in_use()  # signature and key id from one key, even while it rotates
     sig = signer.sign(_message(body, timestamp))
     blob = cosigner_key_id(name, signer.public) + struct.pack(">Q", timestamp) + sig
     return f"{SIG_PREFIX}{name} {base64.b64encode(blob).decode()}"

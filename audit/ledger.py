@@ -24,26 +24,33 @@ CREATE TABLE bundles (id INTEGER PRIMARY KEY, path TEXT NOT NULL, origin TEXT NO
                       party TEXT NOT NULL, role TEXT NOT NULL);
 CREATE TABLE checkpoints (bundle INTEGER NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
                           PRIMARY KEY (bundle, size)) WITHOUT ROWID;
+-- committed: the city logged the result as a salted commitment, `digest` is that commitment
+-- (domain.commitment), and receipts name it as `result_commitment`.
 CREATE TABLE results (bundle INTEGER NOT NULL, city TEXT NOT NULL, broker TEXT NOT NULL,
                       request_id TEXT NOT NULL, digest TEXT NOT NULL, idx INTEGER NOT NULL,
-                      issued_us INTEGER NOT NULL);
+                      issued_us INTEGER NOT NULL, committed INTEGER NOT NULL);
 CREATE INDEX results_by_place ON results (city, idx);
 CREATE TABLE receipts (bundle INTEGER NOT NULL, seq INTEGER NOT NULL, broker TEXT NOT NULL,
                        city TEXT NOT NULL, request_id TEXT NOT NULL, result_digest TEXT NOT NULL,
                        node_log_index INTEGER NOT NULL, issued_us INTEGER NOT NULL,
-                       PRIMARY KEY (bundle, seq));
+                       committed INTEGER NOT NULL, PRIMARY KEY (bundle, seq));
 CREATE INDEX receipts_by_result ON receipts (bundle, city, result_digest);
 CREATE TABLE cosignatures (bundle INTEGER NOT NULL, city TEXT NOT NULL, size INTEGER NOT NULL);
 CREATE INDEX cosignatures_by_size ON cosignatures (bundle, city, size);
 CREATE TABLE witnessed (bundle INTEGER NOT NULL, idx INTEGER NOT NULL, city TEXT NOT NULL,
                         origin TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
                         line TEXT NOT NULL);
+-- Receipt lines of cities the broker stopped waiting for (no result): audit.coverage.
+CREATE TABLE undelivered (bundle INTEGER NOT NULL, broker TEXT NOT NULL, city TEXT NOT NULL,
+                          request_id TEXT NOT NULL, status TEXT NOT NULL);
+CREATE INDEX undelivered_by_request ON undelivered (bundle, city, request_id);
 """
 
 
 @dataclass
 class ResultRef:
-    """A result a city's log holds: released to `broker` at log `index`."""
+    """A result a city's log holds: released to `broker` at log `index`; `committed` when the
+    log holds it as a salted commitment and `digest` is that commitment."""
 
     city: str
     broker: str
@@ -51,11 +58,13 @@ class ResultRef:
     digest: str
     index: int
     issued_at: datetime
+    committed: bool = False
 
 
 @dataclass
 class ReceiptRef:
-    """One city's line in a broker's receipt: the result it got and where the city logged it."""
+    """One city's line in a broker's receipt: the result it got and where the city logged it;
+    `committed` when the line names the city's commitment to the result (`result_digest`)."""
 
     broker: str
     city: str
@@ -63,6 +72,7 @@ class ReceiptRef:
     result_digest: str
     node_log_index: int
     issued_at: datetime
+    committed: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,16 @@ class Ledger:
     def add_result(self, bundle: Bundle, r: ResultRef) -> None:
         """A verified result a city's bundle logged."""
         self._results.append(
-            (bundle.id, r.city, r.broker, r.request_id, r.digest, r.index, _us(r.issued_at))
+            (
+                bundle.id,
+                r.city,
+                r.broker,
+                r.request_id,
+                r.digest,
+                r.index,
+                _us(r.issued_at),
+                int(r.committed),
+            )
         )
         if len(self._results) >= _FLUSH:
             self._flush()
@@ -181,6 +200,7 @@ class Ledger:
                 r.result_digest,
                 r.node_log_index,
                 _us(r.issued_at),
+                int(r.committed),
             )
         )
         if len(self._receipts) >= _FLUSH:
@@ -188,11 +208,13 @@ class Ledger:
 
     def _flush(self) -> None:
         if self._results:
-            self._db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", self._results)
+            self._db.executemany(
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._results
+            )
             self._results.clear()
         if self._receipts:
             self._db.executemany(
-                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._receipts
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._receipts
             )
             self._receipts.clear()
 
@@ -200,7 +222,7 @@ class Ledger:
         """The bundle's results, in log order."""
         self._flush()
         for row in self._db.execute(
-            "SELECT city, broker, request_id, digest, idx, issued_us FROM results "
+            "SELECT city, broker, request_id, digest, idx, issued_us, committed FROM results "
             "WHERE bundle = ? ORDER BY idx",
             (bundle.id,),
         ):
@@ -210,8 +232,8 @@ class Ledger:
         """The bundle's receipt lines, in log order."""
         self._flush()
         for row in self._db.execute(
-            "SELECT broker, city, request_id, result_digest, node_log_index, issued_us "
-            "FROM receipts WHERE bundle = ? ORDER BY seq",
+            "SELECT broker, city, request_id, result_digest, node_log_index, issued_us, "
+            "committed FROM receipts WHERE bundle = ? ORDER BY seq",
             (bundle.id,),
         ):
             yield _receipt(row)
@@ -246,11 +268,12 @@ class Ledger:
         index named with the digest named, among cities whose logs were given."""
         self._flush()
         row = self._db.execute(
-            "SELECT broker, city, request_id, result_digest, node_log_index, issued_us "
-            "FROM receipts r WHERE r.bundle = ? "
+            "SELECT broker, city, request_id, result_digest, node_log_index, issued_us, "
+            "committed FROM receipts r WHERE r.bundle = ? "
             "AND r.city IN (SELECT party FROM bundles WHERE role = 'node') "
             "AND NOT EXISTS (SELECT 1 FROM results x WHERE x.city = r.city "
-            "AND x.idx = r.node_log_index AND x.digest = r.result_digest) "
+            "AND x.idx = r.node_log_index AND x.digest = r.result_digest "
+            "AND x.committed = r.committed) "
             "ORDER BY r.seq LIMIT 1",
             (broker.id,),
         ).fetchone()
@@ -268,13 +291,22 @@ class Ledger:
         if last is None:
             return None
         row = self._db.execute(
-            "SELECT x.bundle, city, broker, request_id, digest, idx, issued_us FROM results x "
-            "JOIN bundles b ON b.id = x.bundle AND b.role = 'node' "
+            "SELECT x.bundle, city, broker, request_id, digest, idx, issued_us, committed "
+            "FROM results x JOIN bundles b ON b.id = x.bundle AND b.role = 'node' "
             "WHERE x.broker = ? AND x.issued_us < ? "
             "AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.bundle = ? "
-            "AND r.city = x.city AND r.result_digest = x.digest) "
+            "AND r.city = x.city AND r.result_digest = x.digest "
+            "AND r.committed = x.committed) "
+            # Released after the broker stopped waiting: accounted for (undelivered_results).
+            "AND NOT EXISTS (SELECT 1 FROM undelivered u WHERE u.bundle = ? "
+            "AND u.city = x.city AND u.request_id = x.request_id) "
             "ORDER BY x.bundle, x.idx LIMIT 1",
-            (broker.party, last - round(grace.total_seconds() * 1_000_000), broker.id),
+            (
+                broker.party,
+                last - round(grace.total_seconds() * 1_000_000),
+                broker.id,
+                broker.id,
+            ),
         ).fetchone()
         if row is None:
             return None
@@ -307,12 +339,90 @@ class Ledger:
         by_id = {b.id: b for b in self.bundles()}
         return by_id[node], w, problem or ("uncosigned" if not cosigned else "")
 
+    # -- extents and absences (audit.coverage) --------------------------------------------------
+
+    def add_undelivered(
+        self, bundle: Bundle, broker: str, city: str, request_id: str, status: str
+    ) -> None:
+        """A broker receipt's line for a city it got no result from (it stopped waiting)."""
+        self._db.execute(
+            "INSERT INTO undelivered VALUES (?, ?, ?, ?, ?)",
+            (bundle.id, broker, city, request_id, status),
+        )
+
+    def extent(self, bundle: Bundle) -> int:
+        """The size of the bundle's newest verified checkpoint (0 if it has none)."""
+        row = self._db.execute(
+            "SELECT max(size) FROM checkpoints WHERE bundle = ?", (bundle.id,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def cosigners(self, bundle: Bundle, size: int) -> list[str]:
+        """The cities whose cosignature of the bundle's checkpoint of `size` it carries."""
+        return [
+            str(c)
+            for (c,) in self._db.execute(
+                "SELECT DISTINCT city FROM cosignatures WHERE bundle = ? AND size = ? "
+                "ORDER BY city",
+                (bundle.id, size),
+            )
+        ]
+
+    def largest_witnessed(self, origin: str) -> tuple[Bundle, int, int] | None:
+        """The largest size of log `origin` a city logged that it cosigned: (that city's bundle,
+        size, its entry index)."""
+        row = self._db.execute(
+            "SELECT bundle, size, idx FROM witnessed WHERE origin = ? "
+            "ORDER BY size DESC, bundle, idx LIMIT 1",
+            (origin,),
+        ).fetchone()
+        if row is None:
+            return None
+        return self._bundle(int(row[0])), int(row[1]), int(row[2])
+
+    def largest_referenced(self, city: str) -> tuple[Bundle, int] | None:
+        """The largest index of `city`'s log a broker's receipt names as holding a result:
+        (the broker's bundle, that index)."""
+        self._flush()
+        row = self._db.execute(
+            "SELECT bundle, node_log_index FROM receipts WHERE city = ? "
+            "ORDER BY node_log_index DESC, bundle LIMIT 1",
+            (city,),
+        ).fetchone()
+        return None if row is None else (self._bundle(int(row[0])), int(row[1]))
+
+    def undelivered_results(self) -> Iterator[tuple[Bundle, ResultRef, Bundle, str]]:
+        """Results a city logged in exchanges whose receipt says the broker stopped waiting for
+        that city: (city's bundle, result, broker's bundle, the receipt's status), once per result."""
+        self._flush()
+        rows = self._db.execute(
+            "SELECT x.bundle, x.city, x.broker, x.request_id, x.digest, x.idx, x.issued_us, "
+            "x.committed, u.bundle, u.status FROM results x "
+            "JOIN bundles b ON b.id = x.bundle AND b.role = 'node' "
+            "JOIN undelivered u ON u.city = x.city AND u.request_id = x.request_id "
+            "JOIN bundles bb ON bb.id = u.bundle AND bb.party = x.broker "
+            "ORDER BY x.city, x.idx, x.bundle, u.bundle"
+        ).fetchall()
+        seen: set[tuple[str, int]] = set()
+        for row in rows:
+            result = _result(row[1:8])
+            if (result.city, result.index) in seen:
+                continue
+            seen.add((result.city, result.index))
+            yield self._bundle(int(row[0])), result, self._bundle(int(row[8])), str(row[9])
+
+    def _bundle(self, bundle_id: int) -> Bundle:
+        i, p, o, party, role = self._db.execute(
+            "SELECT id, path, origin, party, role FROM bundles WHERE id = ?", (bundle_id,)
+        ).fetchone()
+        return Bundle(int(i), Path(p), o, party, role)
+
 
 def _result(row: Any) -> ResultRef:
-    city, broker, request_id, digest, idx, us = row
-    return ResultRef(city, broker, request_id, digest, int(idx), _at(int(us)))
+    city, broker, request_id, digest, idx, us, committed = row
+    return ResultRef(city, broker, request_id, digest, int(idx), _at(int(us)), bool(committed))
 
 
 def _receipt(row: Any) -> ReceiptRef:
-    broker, city, request_id, digest, index, us = row
-    return ReceiptRef(broker, city, request_id, digest, int(index), _at(int(us)))
+    broker, city, request_id, digest, index, us, committed = row
+    return ReceiptRef(broker, city, request_id, digest, int(index), _at(int(us)), bool(committed))

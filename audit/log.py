@@ -80,6 +80,12 @@ def _lock_log(conn: Connection) -> bool:
     return False
 
 
+def lock_log(conn: Connection) -> bool:
+    """Take the log's write lock in a transaction of the log's database (as every append does),
+    so a change to rows that appends' side writes read is serialised with them."""
+    return _lock_log(conn)
+
+
 @dataclass(frozen=True)
 class LogLimits:
     """Safety limits of one log."""
@@ -177,6 +183,9 @@ class MerkleLog:
         # The committed right border of the tree, owned by the writer thread after start-up;
         # None means "unknown after a failure, reload from the store before writing".
         self._frontier: CompactRange | None = self._open()
+        # Set once another writer (a replica on the same database) is seen: from then on every
+        # batch reads the stored size under the lock instead of failing on a stale view first.
+        self._shared = False
         self._writer = threading.Thread(
             target=self._run, name=f"merkle-log-writer {origin}", daemon=True
         )
@@ -329,7 +338,9 @@ class MerkleLog:
                         self._frontier = self._load_frontier(conn)
                 # First try on this writer's own view of the tree: if another writer appended
                 # since, the entries' primary keys conflict and the retry checks under the lock.
-                frontier, firsts = self._commit_batch(self._frontier, batch, attempt > 1)
+                frontier, firsts = self._commit_batch(
+                    self._frontier, batch, attempt > 1 or self._shared
+                )
             except _SideWriteRefused as refused:
                 # Rolled back: the others go again without it (not a conflict, so no attempt).
                 refused.request.future.set_exception(refused.error)
@@ -341,6 +352,7 @@ class MerkleLog:
             except IntegrityError:
                 # A different writer appended first; our view of the tree is stale.
                 self._frontier = None
+                self._shared = True
                 error = StoreError("the Merkle log kept changing under this writer")
                 continue
             except SQLAlchemyError as e:

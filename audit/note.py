@@ -120,6 +120,7 @@ def sign_note(body: str, name: str, signer: Signer) -> str:
     """Sign `body` (which must end in a newline) and return the complete note with one signature."""
     _check_body(body)
     check_key_name(name)
+    signer = signer.in_use()  # signature and key id from one key, even while it rotates
     signature = signer.sign(body.encode())
     blob = note_key_id(name, signer.public.raw) + signature
     return f"{body}\n{SIG_PREFIX}{name} {base64.b64encode(blob).decode()}\n"

@@ -93,3 +93,19 @@ log_cosignatures = Table(
     Column("witness", String(128), primary_key=True),
     Column("cosignature", Text, nullable=False),
 )
+
+# Migration 0017 (domain.commitment): the openings of this log's commitments to exchanges about
+# single residents, kept by the party that logged them (a node: query and result or refusal of an
+# attribute check or record release, node.exchange_evidence; a broker: the signed query of an
+# attribute check, broker.exchange). `resident_id` is the attribute check's subject (erasure at a
+# node deletes their rows, node.erasure); NULL for a record release, which names nobody.
+exchange_openings = Table(
+    "exchange_openings",
+    metadata,
+    Column("log_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("statement_type", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("resident_id", String(128), nullable=True, index=True),
+    Column("statement", LargeBinary, nullable=False),
+    Column("salt", LargeBinary, nullable=False),
+)

@@ -6,8 +6,13 @@ For each bundle it checks, stopping at the first failure (named by file and entr
 - every checkpoint is signed by the log owner's key and its root is recomputed from the entries;
 - every entry is a DSSE statement signed by the party it names, with a key in force when it was made;
 - every released result obeyed the agreement it names (parties, purpose, dataset, fields, k).
-Across bundles it reconciles brokers' receipts with cities' results (both ways) and reports a fork
-when two checkpoints of one log disagree.
+- every commitment to a resident's statement is the owner's; erased ones are reported as erased,
+  and, when the city exported personal data for an auditor, each opening opens its commitment
+  (audit.openings). Exchanges about single residents logged as commitments reconcile by their
+  commitments and log indexes and are reported as committed; opened, they are checked in full.
+Across bundles it reconciles brokers' receipts with cities' results (both ways), reports a fork
+when two checkpoints of one log disagree, and checks what the set covers (audit.coverage): each
+log as long as the other parties saw it, and a bundle of every party expected.
 
 I/O boundary: this module only wires the parts together. The rules are pure (audit.checks),
 the files are read by audit.bundle_reader, and the entries' signatures may be checked in
@@ -33,7 +38,9 @@ from audit.checks import (
     reconcile,
     trust_versions,
 )
+from audit.coverage import BUNDLE_ROLE, Coverage, Expected, check_truncation, coverage
 from audit.ledger import Ledger
+from audit.openings import CommittedEntries
 from audit.parallel import SignatureChecks, default_workers
 from keys.ed25519 import PublicKey
 
@@ -52,6 +59,8 @@ class Report:
     """What every bundle given to `verify_bundles` held, all verified and reconciled."""
 
     bundles: list[BundleSummary]
+    # Which parties' logs the bundles covered, to what size, and what was left out.
+    coverage: Coverage | None = None
 
     @property
     def signatures_verified(self) -> int:
@@ -64,6 +73,7 @@ class Report:
             "ok": True,
             "signatures_verified": self.signatures_verified,
             "bundles": [b.to_json() for b in self.bundles],
+            **(self.coverage.to_json() if self.coverage else {}),
         }
 
 
@@ -97,7 +107,9 @@ def verify_bundle(
         state.checkpoint(number, obj)
     state.checkpoints_end()
     workers = default_workers(m.size) if workers is None else max(1, workers)
-    _verify_entries(state, keys, workers, progress)
+    committed = CommittedEntries(root, summary, state.opened)
+    _verify_entries(state, keys, workers, progress, committed)
+    committed.end()
     for number, obj in reader.canonical_lines(state.cosignatures_path, "cosignatures"):
         state.cosignature(number, obj)
     if progress:
@@ -106,7 +118,11 @@ def verify_bundle(
 
 
 def _verify_entries(
-    state: BundleChecks, keys: Keys, workers: int, progress: Callable[[int, int], None] | None
+    state: BundleChecks,
+    keys: Keys,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    committed: CommittedEntries,
 ) -> None:
     path, size = state.entries_path, state.summary.size
     with SignatureChecks(keys, path, workers) as signatures:
@@ -115,6 +131,7 @@ def _verify_entries(
                 entry = state.entry(number, obj)
                 signatures.require(entry)
                 state.entry_signed(entry)
+                committed.see(entry)
                 if progress and number % 1000 == 0:
                     progress(number, size)
             signatures.drain()
@@ -132,8 +149,14 @@ def verify_bundles(
     paths: Sequence[Path],
     authority: PublicKey,
     progress: Callable[[Path, int, int], None] | None = None,
+    *,
+    parties: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> Report:
-    """Verify each bundle, then reconcile them with each other."""
+    """Verify each bundle, then reconcile them with each other and check what they cover
+    (audit.coverage): every party's log as long as others saw it (else LOG_TRUNCATED), and a
+    bundle of every city and broker of the trust bundle in force, or of each of `parties` if
+    given, except those in `exclude` (else PARTY_MISSING)."""
 
     def per_bundle(path: Path) -> Callable[[int, int], None] | None:
         if progress is None:
@@ -143,5 +166,28 @@ def verify_bundles(
 
     ledger = Ledger()
     summaries = [verify_bundle(p, authority, per_bundle(p), ledger=ledger) for p in paths]
+    check_truncation(ledger)
     reconcile(ledger)
-    return Report(summaries)
+    expected = _expected(paths, authority, parties)
+    return Report(summaries, coverage(ledger, expected, exclude, parties or ()))
+
+
+def _expected(
+    paths: Sequence[Path], authority: PublicKey, parties: Sequence[str] | None
+) -> Expected:
+    """The cities and brokers of the newest trust bundle version the (verified) bundles carry,
+    with any other party the auditor asked for."""
+    newest, named_in = None, Path()
+    for path in paths:
+        trust_dir = path / layout.TRUST_DIR
+        latest = trust_versions(trust_dir, reader.signed_files(trust_dir, "v*.json"), authority)[-1]
+        if newest is None or latest.version > newest.version:
+            newest, named_in = latest, trust_dir / f"v{latest.version}.json"
+    roles = {
+        p.id: BUNDLE_ROLE[p.role.value]
+        for p in (newest.parties.values() if newest else ())
+        if p.role.value in BUNDLE_ROLE
+    }
+    for party in parties or ():
+        roles.setdefault(party, "unknown")
+    return Expected(roles, named_in)

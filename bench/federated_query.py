@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,11 +53,13 @@ from rich.table import Table
 
 from citybroker.broker.v1 import broker_pb2
 from cli import demo, sandbox
+from domain.authorisation import grant_for
 from domain.query import Dimension, Measure, MeasureKind, Query
 from edge.partner_client import PartnerClient
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
 from edge.wire import query_to_pb
 from keys import tokens
+from keys.tokens import Call
 
 NAME = "federated_query"
 METHOD = "/citybroker.broker.v1.BrokerService/Query"
@@ -66,6 +69,8 @@ QUERY = Query(
     (Measure(MeasureKind.COUNT_RECORDS), Measure(MeasureKind.COUNT_RESIDENTS)),
     group_by=(Dimension("mode"),),
 )
+# Every timed call asks QUERY, so every token authorises exactly that (domain.authorisation).
+QUERY_GRANT = grant_for(Call.QUERY, QUERY)
 QUERY_TEXT = "count_records, count_residents by mode; mobility; all three cities"
 NOOP_SERVERS = Path(__file__).resolve().with_name("noop_servers.py")
 CALL_TIMEOUT_S = 30.0
@@ -99,7 +104,9 @@ class TokenPool:
         self.mint_s_per_token = 0.0
 
     def _mint(self) -> tuple[tuple[str, str], ...]:
-        token = tokens.issue(self._signer, self._partner, self._audience, TOKEN_LIFETIME_S)
+        token = tokens.issue(
+            self._signer, self._partner, self._audience, QUERY_GRANT, TOKEN_LIFETIME_S
+        )
         return (("authorization", f"Bearer {token}"),)
 
     def fill(self, n: int) -> None:
@@ -683,7 +690,12 @@ def prepare(root: Path | None) -> tuple[sandbox.LocalFederation, Path, bool]:
     root = root or Path(tempfile.mkdtemp(prefix="citybroker-bench-"))
     if not made and root.exists() and any(root.iterdir()):
         raise SystemExit(f"{root} is not empty; the benchmark needs a fresh directory")
-    return sandbox.create(root), root, made
+    fed = sandbox.create(root)
+    # Throughput is measured without per-partner limits: one partner keeps every level in flight.
+    roomy = {"queries_per_minute": 1_000_000, "max_concurrent": 1000, "max_in_flight": 1000}
+    for config in (fed.broker_config, *(c.config for c in fed.cities.values())):
+        sandbox.write_toml(config, {**tomllib.loads(config.read_text()), "limits": roomy})
+    return fed, root, made
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,12 +94,14 @@ from citybroker.node.v1 import node_pb2
 from cli import sandbox
 from domain import agreement as agreement_doc
 from domain import statements
+from domain.authorisation import grant_for
 from domain.query import Dimension, Measure, MeasureKind, Query
 from edge.city_gateway import CityChannels
 from edge.operator_client import OperatorClient
 from edge.wire import envelope_from_pb, envelope_to_pb
 from infra import storage
 from keys import timefmt, tokens
+from keys.tokens import Call
 from node import aggregate, synthetic, taxonomy
 from node.config import NodeConfig
 from node.schema import consent_events, consent_records, consent_scopes
@@ -597,7 +599,8 @@ class Partner:
 
     def request(self) -> node_pb2.RunQueryRequest:
         f = self.fed
-        token = tokens.issue(f.partner_signer, f.partner_id, f.broker_id, 120)
+        grant = grant_for(Call.QUERY, QUERY)
+        token = tokens.issue(f.partner_signer, f.partner_id, f.broker_id, grant, 120)
         env = statements.sign_request(
             statements.QUERY,
             statements.UnsignedRequest(

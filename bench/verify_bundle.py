@@ -177,9 +177,11 @@ def generate(root: Path, size: int, every: int) -> Generated:
     from domain import agreement as agreement_doc
     from domain import statements
     from domain.agreement import Agreement, Appearance, FieldTerms
+    from domain.authorisation import grant_for
     from domain.query import Dimension, Measure, MeasureKind, Query
     from keys import dsse, timefmt, tokens, trust
     from keys.ed25519 import Signer
+    from keys.tokens import Call
     from keys.trust import KeyGrant, Party, Role, TrustBundle
 
     started = time.perf_counter()
@@ -221,7 +223,7 @@ def generate(root: Path, size: int, every: int) -> Generated:
         retention_days=90,
     )
     agreement_env = agreement_doc.sign(agreement, city, partner)
-    query = Query(
+    asked = Query(
         "mobility",
         PURPOSE,
         (
@@ -230,7 +232,8 @@ def generate(root: Path, size: int, every: int) -> Generated:
             Measure(MeasureKind.AVG, "distance_km"),
         ),
         group_by=(Dimension("mode"),),
-    ).to_payload()
+    )
+    query, grant = asked.to_payload(), grant_for(Call.QUERY, asked)
 
     root.mkdir(parents=True)
     (root / layout.TRUST_DIR).mkdir()
@@ -293,7 +296,7 @@ def generate(root: Path, size: int, every: int) -> Generated:
                         "request_id": request_id,
                         "broker": BROKER,
                         "partner": PARTNER,
-                        "token": tokens.issue(partner, PARTNER, BROKER),
+                        "token": tokens.issue(partner, PARTNER, BROKER, grant),
                         "issued_at": when,
                         "query": query,
                     },

@@ -27,13 +27,16 @@ from broker.outcomes import (
     Exchange,
     FederationPlan,
 )
+from broker.query_evidence import logged_query
 from domain import agreement as agreement_doc
+from domain import commitment, statements
 from domain import receipt as receipt_doc
-from domain import statements
 from domain.errors import InvalidArgument, RemoteError, VerificationError
 from domain.kinds import LogKind
 from domain.plan import negotiate
 from domain.query import Query
+from infra import logs
+from infra.metrics import CITY_OUTCOMES
 from keys.ed25519 import Signer
 from keys.tokens import VerifiedToken
 from keys.trust import Role, TrustBundle, TrustStore
@@ -97,6 +100,11 @@ def _verified_outcome(
             query_digest,
         ):
             raise VerificationError("result does not answer this query", reason="RESULT_MISMATCH")
+        if reply.value.salt and len(reply.value.salt) != commitment.SALT_BYTES:
+            raise VerificationError(
+                "the salt of the city's commitment to its result is malformed",
+                reason="RESULT_COMMITMENT_MALFORMED",
+            )
     except VerificationError as e:
         return CityOutcome(reply.city, UNVERIFIED, "DATA_LOSS", e.reason, e.message)
     return CityOutcome(
@@ -105,6 +113,7 @@ def _verified_outcome(
         signed_result=env,
         log_index=reply.value.log_index,
         verified_result=result,
+        result_salt=reply.value.salt,
     )
 
 
@@ -189,6 +198,7 @@ class Broker:
             query, notes = planned.negotiated, planned.notes
         targets = self._targets(query.cities)
         request_id = new_request_id()
+        logs.bind_exchange(request_id)
         signed = statements.sign_request(
             statements.QUERY,
             statements.UnsignedRequest(
@@ -206,7 +216,11 @@ class Broker:
         query_digest = statements.digest(signed.payload)
         bundle = self._trust.current
         outcomes = [_verified_outcome(r, request_id, query_digest, bundle) for r in replies]
+        for o in outcomes:
+            CITY_OUTCOMES.labels(o.city, o.status, o.code).inc()
         cells = merge.merge((o.city, o.verified_result) for o in outcomes if o.verified_result)
+        # A query naming a resident is logged, and named by the receipt, as a commitment.
+        logged = logged_query(self.id, request_id, query, signed, self._signer)
         receipt = receipt_doc.Receipt(
             request_id,
             query_digest,
@@ -218,12 +232,19 @@ class Broker:
             tuple(_receipt_entry(o, bundle) for o in outcomes),
             receipt_doc.answer_digest(merge.to_payload(cells)),
             tuple(notes),
+            query_commitment=logged.commitment,
         )
         signed_receipt = receipt_doc.sign(receipt, self._signer)
         # One batch: the query as sent and the receipt of what came back, durable before replying.
-        self._log.append_many([signed.to_json(), signed_receipt.to_json()], kind=LogKind.EXCHANGE)
+        self._log.append_many(
+            [logged.entry, signed_receipt.to_json()],
+            kind=LogKind.EXCHANGE,
+            side_write=logged.side_write,
+        )
         self._after_log()
-        return Exchange(request_id, cells, outcomes, signed, signed_receipt, notes)
+        return Exchange(
+            request_id, cells, outcomes, signed, signed_receipt, notes, query_salt=logged.salt
+        )
 
     def describe(self, caller: VerifiedToken, deadline_s: float | None) -> list[CityOffer]:
         """Each city's agreements with the caller that verify, or what went wrong with that city."""
@@ -266,12 +287,17 @@ def _jurisdiction(bundle: TrustBundle, party_id: str) -> str:
 
 def _receipt_entry(o: CityOutcome, bundle: TrustBundle) -> receipt_doc.CityEntry:
     signed = o.signed_result
+    # A result the city logged as a commitment is named by that commitment, not by its digest.
+    committed = (
+        commitment.digest(o.result_salt, signed.to_json()) if signed and o.result_salt else None
+    )
     return receipt_doc.CityEntry(
         o.city,
         o.status,
         o.code,
         o.reason,
-        statements.digest(signed.payload) if signed else None,
+        statements.digest(signed.payload) if signed and not committed else None,
         o.log_index if signed else None,
         _jurisdiction(bundle, o.city),
+        result_commitment=committed,
     )

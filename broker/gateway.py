@@ -32,10 +32,12 @@ class CityReply(Generic[T]):
 
 @dataclass(frozen=True)
 class SignedResult:
-    """A city's signed result, exactly as signed, and where its node logged it."""
+    """A city's signed result, exactly as signed, and where its node logged it: whole, or (an
+    exchange about single residents) as a commitment under `salt` (domain.commitment)."""
 
     envelope: dsse.Envelope
     log_index: int
+    salt: bytes = b""
 
 
 class CityGateway(Protocol):

@@ -3,6 +3,11 @@
 Counts and sums add, minima and maxima combine, averages are weighted by each city's record count.
 A cell withheld by a city keeps that city's value out of the merge and names the city, so a merged
 cell never reveals what a city withheld.
+
+Under the cell_key regime (node.cell_key) a city's counts, sums and record count are perturbed, so
+a merged count or sum is the sum of perturbed values (each city's error within its agreement's
+bound, unbiased), and a merged average is weighted by perturbed record counts. Each city's signed
+result states its regime, so a partner can tell which parts of a merged cell are exact.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ class CityOutcome:
     signed_result: dsse.Envelope | None = None
     log_index: int = 0
     verified_result: dict[str, Any] | None = None
+    # The salt of the city's commitment to its result in its log; empty when logged whole.
+    result_salt: bytes = b""
 
 
 @dataclass
@@ -47,6 +49,9 @@ class Exchange:
     signed_query: dsse.Envelope
     receipt: dsse.Envelope
     negotiation: list[str] = field(default_factory=list)
+    # The salt of the broker's commitment to `signed_query` in its log (a query naming a
+    # resident); empty when the query was logged whole.
+    query_salt: bytes = b""
 
 
 @dataclass

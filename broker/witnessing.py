@@ -4,14 +4,22 @@ auditor a history other than the one the cities saw.
 A background thread offers each city the latest checkpoint with a consistency proof from the last
 size that city cosigned; cosignatures are stored for export. Failures are logged and retried on the
 next round; they never affect queries.
+
+Broker replicas sharing one PostgreSQL database take turns: a round holds a transaction-scoped
+advisory lock, and a replica that finds it taken skips its round, since the other is already
+offering the same log (the latest checkpoint, read under the lock, so no replica offers an older
+one after a newer one was cosigned).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from audit.log import MerkleLog
 from audit.note import parse_checkpoint, unverified_body
@@ -21,6 +29,18 @@ from domain.errors import CallFailed
 from keys.trust import Role, TrustStore
 
 log = logging.getLogger("citybroker.witnessing")
+# Key of the PostgreSQL advisory lock a witnessing round holds (one broker log per database).
+_PG_ROUND_LOCK = 0x63697479_7769746E  # "citywitn"
+
+
+@contextmanager
+def _replicas_take_turns(engine: Engine) -> Iterator[bool]:
+    """Whether this replica may run a round now; on PostgreSQL, held until the round ends."""
+    if engine.dialect.name != "postgresql":
+        yield True  # SQLite: one broker process per database file
+        return
+    with engine.begin() as conn:
+        yield bool(conn.execute(select(func.pg_try_advisory_xact_lock(_PG_ROUND_LOCK))).scalar())
 
 
 class WitnessCollector:
@@ -84,10 +104,24 @@ class WitnessCollector:
             ).scalar()
         return int(size or 0)
 
+    def lag(self) -> dict[str, int]:
+        """Per city of the trust bundle, how many entries of the log it has not cosigned."""
+        size = self._log.size()
+        with self._engine.connect() as conn:
+            cosigned = dict(
+                conn.execute(
+                    select(
+                        log_cosignatures.c.witness, func.max(log_cosignatures.c.tree_size)
+                    ).group_by(log_cosignatures.c.witness)
+                ).all()
+            )
+        cities = self._trust.current.by_role(Role.CITY)
+        return {c.id: max(0, size - int(cosigned.get(c.id) or 0)) for c in cities}
+
     def collect_once(self) -> int:
         """Offer the latest checkpoint to every city once; returns how many cosigned it."""
-        with self._one_round:
-            return self._collect()
+        with self._one_round, _replicas_take_turns(self._engine) as ours:
+            return self._collect() if ours else 0
 
     def _collect(self) -> int:
         note = self._log.checkpoint()
@@ -95,9 +129,11 @@ class WitnessCollector:
         cosigned = 0
         for city in self._trust.current.by_role(Role.CITY):
             old = self._last_cosigned(city.id)
-            if size == 0 or old == size:
+            if size == 0 or old >= size:
                 continue
             for _ in range(2):  # a second try from the size the witness says it knows
+                if old >= size:
+                    break  # the witness already cosigned this log further
                 proof = self._log.consistency_proof(old, size) if old else []
                 try:
                     line = self._gateway.add_checkpoint(
@@ -117,12 +153,15 @@ class WitnessCollector:
                         err.message,
                     )
                     break
-                with self._engine.begin() as conn:
-                    conn.execute(
-                        insert(log_cosignatures).values(
-                            tree_size=size, witness=city.id, cosignature=line
+                try:
+                    with self._engine.begin() as conn:
+                        conn.execute(
+                            insert(log_cosignatures).values(
+                                tree_size=size, witness=city.id, cosignature=line
+                            )
                         )
-                    )
+                except IntegrityError:
+                    break  # a replica stored this city's cosignature of this size meanwhile
                 cosigned += 1
                 break
         return cosigned

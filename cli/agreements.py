@@ -15,8 +15,15 @@ from rich.table import Table
 
 from cli.output import console, fail
 from domain import agreement as agreement_doc
-from domain.agreement import Agreement, Appearance, DpTerms, FieldTerms
-from domain.errors import CallFailed, CitybrokerError
+from domain.agreement import (
+    Agreement,
+    Appearance,
+    DisclosureTerms,
+    DpTerms,
+    FieldTerms,
+    Regime,
+)
+from domain.errors import CallFailed, CitybrokerError, VerificationError
 from domain.odrl import to_odrl
 from edge.operator_client import OperatorClient
 from infra.config import Section, load_toml
@@ -97,6 +104,77 @@ def _parse_field(text: str) -> tuple[str, FieldTerms]:
     return name, FieldTerms(appearance, frozenset(g for g in gens.split(",") if g))
 
 
+# Disclosure options of `propose`: one line each in its signature.
+RegimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Disclosure regime: exact, cell_key or dp (default: dp with --dp-epsilon, else exact)."
+    ),
+]
+MaxPerturbationOpt = Annotated[
+    int | None, typer.Option(help="cell_key: largest change of a released count (1-20; 2).")
+]
+SmallCellOpt = Annotated[
+    int | None, typer.Option(help="cell_key: cells with fewer contributors are withheld (3).")
+]
+DominanceNOpt = Annotated[
+    int | None, typer.Option(help="Dominance rule: how many largest contributors (1-100; 2).")
+]
+DominancePercentOpt = Annotated[
+    float | None,
+    typer.Option(help="Dominance rule: withhold a sum they make more than this % of (85)."),
+]
+ExtremesOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Field whose min/max may be released (not aggregate_only); repeatable."),
+]
+
+
+def _parse_disclosure(
+    regime: str | None,
+    cell_key: tuple[int | None, int | None],
+    dominance: tuple[int | None, float | None],
+    dp: DpTerms | None,
+) -> DisclosureTerms | None:
+    """The disclosure terms the options name, checked as a received agreement's are; None when
+    no option names any (the regime then follows --dp-*, as before regimes existed)."""
+    if regime is None and cell_key == (None, None) and dominance == (None, None):
+        return None
+    chosen = regime or (Regime.DP.value if dp else Regime.EXACT.value)
+    payload: dict[str, object] = {"regime": chosen}
+    if cell_key != (None, None):
+        payload["cell_key"] = {
+            name: value
+            for name, value in zip(
+                ("max_perturbation", "small_cell_threshold"), cell_key, strict=True
+            )
+            if value is not None
+        }
+    payload["dominance"] = {
+        name: value
+        for name, value in zip(("n", "percent"), dominance, strict=True)
+        if value is not None
+    }
+    try:
+        return DisclosureTerms.from_payload(payload)
+    except VerificationError as e:
+        raise fail(f"disclosure terms: {e.message} ({e.reason})") from None
+
+
+def _with_extremes(fields: dict[str, FieldTerms], extremes: list[str]) -> dict[str, FieldTerms]:
+    """`fields` with extremes allowed on each of `extremes`: fields of the dataset, not
+    aggregate_only (min/max of one of those would be one resident's value)."""
+    out = dict(fields)
+    for name in extremes:
+        t = out.get(name)
+        if t is None:
+            raise fail(f"--extremes {name}: not a --field of the agreement")
+        if t.appearance is Appearance.AGGREGATE_ONLY:
+            raise fail(f"--extremes {name}: an aggregate_only field never releases min/max")
+        out[name] = FieldTerms(t.appearance, t.generalisations, extremes=True)
+    return out
+
+
 def _parse_dp(
     epsilon: float | None, total: float | None, bounds: list[str], per_resident: int
 ) -> DpTerms | None:
@@ -145,6 +223,7 @@ def _summary(a: Agreement, status: str = "") -> Table:
             ),
         )
     t.add_row("k (min cell size)", str(a.min_cell_size))
+    t.add_row("disclosure", _disclosure_line(a))
     t.add_row("valid", f"{timefmt.fmt(a.valid_from)} to {timefmt.fmt(a.valid_until)}")
     t.add_row("retention", f"{a.retention_days} days")
     if a.dp is not None:
@@ -160,6 +239,25 @@ def _summary(a: Agreement, status: str = "") -> Table:
     if a.legal_instruments:
         t.add_row("legal instruments", ", ".join(sorted(a.legal_instruments)))
     return t
+
+
+def _disclosure_line(a: Agreement) -> str:
+    terms = a.disclosure_terms
+    parts = [terms.regime.value]
+    if terms.cell_key is not None:
+        parts.append(
+            f"counts move by at most {terms.cell_key.max_perturbation}, cells under "
+            f"{terms.cell_key.small_cell_threshold} withheld"
+        )
+    if terms.regime is not Regime.DP:
+        parts.append(
+            f"sums withheld where {terms.dominance.n} contributors make over "
+            f"{terms.dominance.percent:g}%"
+        )
+    extremes = sorted(f for fields in a.datasets.values() for f, t in fields.items() if t.extremes)
+    if extremes:
+        parts.append(f"min/max allowed on {', '.join(extremes)}")
+    return "; ".join(parts)
 
 
 @node_agreement_app.command("propose")
@@ -204,9 +302,21 @@ def propose(
             min=1, max=1000, help="Under DP, records of one resident an answer counts at most."
         ),
     ] = 1,
+    regime: RegimeOpt = None,
+    cell_key_max_perturbation: MaxPerturbationOpt = None,
+    cell_key_small_cell_threshold: SmallCellOpt = None,
+    dominance_n: DominanceNOpt = None,
+    dominance_percent: DominancePercentOpt = None,
+    extremes: ExtremesOpt = None,
 ) -> None:
     """Sign new terms as this city and write the proposal for the other party to countersign."""
     dp = _parse_dp(dp_epsilon, dp_total, dp_bound or [], dp_records_per_resident)
+    disclosure = _parse_disclosure(
+        regime,
+        (cell_key_max_perturbation, cell_key_small_cell_threshold),
+        (dominance_n, dominance_percent),
+        dp,
+    )
     now = timefmt.now()
     terms = Agreement(
         agreement_id=agreement_id or f"{provider}--{consumer}",
@@ -214,14 +324,19 @@ def propose(
         provider=provider,
         consumer=consumer,
         purposes=frozenset(purpose),
-        datasets={dataset: dict(_parse_field(f) for f in field)},
+        datasets={dataset: _with_extremes(dict(_parse_field(f) for f in field), extremes or [])},
         min_cell_size=k,
         valid_from=now,
         valid_until=now + timedelta(days=valid_days),
         retention_days=retention_days,
         legal_instruments=frozenset(instrument or []),
         dp=dp,
+        disclosure=disclosure,
     )
+    try:  # every check a received agreement gets (dp terms and regime agree, ...), before sending
+        Agreement.from_payload(terms.to_payload())
+    except VerificationError as e:
+        raise fail(f"agreement terms: {e.message} ({e.reason})") from None
     _send_proposal(operator, terms, out)
 
 

@@ -1,7 +1,8 @@
 """`citybroker demo`: a whole federation on this machine, from nothing, as separate processes.
 
 Three fictional cities with synthetic residents, consents, a mobility dataset and agreements with one
-partner; a broker; four example queries; every returned signature verified.
+partner; a broker; example queries, the last a burst beyond the partner's limit; every returned
+signature verified.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cli import sandbox
+from cli import demo_limits, demo_regimes, sandbox
 from domain import agreement as agreement_doc
 from domain.errors import ConfigError
 from domain.query import Dimension, Measure, MeasureKind, Query
@@ -38,16 +39,20 @@ CONSENT_SHARE = 0.7
 class Processes:
     """Child processes of the demo, stopped together (SIGTERM, then SIGKILL after a grace period)."""
 
-    def __init__(self, logs: Path) -> None:
+    def __init__(self, logs: Path, prefixes: Mapping[str, Sequence[str]] | None = None) -> None:
         self.logs = logs
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        # A command a child runs under, by name (the fault tests: `ip netns exec NS`).
+        self.prefixes = dict(prefixes or {})
 
     def start(self, name: str, *args: str) -> None:
-        """Start `citybroker ARGS` as a child, its stdout and stderr going to LOGS/NAME.log."""
+        """Start `citybroker ARGS` as a child, its stdout and stderr appended to LOGS/NAME.log."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = (self.logs / f"{name}.log").open("wb")
+        out = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args], stdout=out, stderr=subprocess.STDOUT
+            [*self.prefixes.get(name, ()), sys.executable, "-m", "cli.main", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         self.children.append((name, proc))
 
@@ -99,15 +104,19 @@ def _load_city_data(
 
 @contextmanager
 def running_federation(
-    fed: sandbox.LocalFederation, residents_per_city: int, console: Console
+    fed: sandbox.LocalFederation,
+    residents_per_city: int,
+    console: Console,
+    prefixes: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[tuple[Processes, dict[str, OperatorClient], dict[str, list[synthetic.Resident]]]]:
     """Load the cities' data, start nodes and broker, load agreements and consents; stop on exit.
+    `prefixes`: a command each process (node-CITY, broker) runs under, if any.
 
     Yields the processes, an operator client per city, and the residents who consented per city.
     """
     with console.status("creating synthetic city data"):
         people = _load_city_data(fed, residents_per_city)
-    procs = Processes(fed.root / "logs")
+    procs = Processes(fed.root / "logs", prefixes)
     operators: dict[str, OperatorClient] = {}
     consenting: dict[str, list[synthetic.Resident]] = {}
     try:
@@ -285,7 +294,7 @@ def run_examples(
     consenting: dict[str, list[synthetic.Resident]],
     console: Console,
 ) -> int:
-    """The four example exchanges, as the partner, printed in order. Returns how many signatures
+    """The example exchanges, as the partner, printed in order. Returns how many signatures
     were verified."""
     client = PartnerClient.connect(
         fed.broker_address,
@@ -296,11 +305,14 @@ def run_examples(
         fed.trust_bundle,
         fed.authority_key,
     )
+    demo_regimes.use_cell_key(fed, operators)
     with client:
         verified = _by_mode_example(client, console)
         verified += _marketing_example(client, console)
         verified += _withdrawal_example(client, fed, operators, consenting, console)
         verified += _traffic_example(client, console)
+        verified += demo_limits.burst_example(client, console)
+        verified += demo_regimes.differencing_example(client, fed, console)
     console.print(
         f"[bold green]Verified {verified} signatures[/] in the returned bundles "
         "(broker queries, city results, broker receipts)."
@@ -317,6 +329,7 @@ def run(directory: Path | None, serve: bool, residents_per_city: int, console: C
         raise ConfigError(f"{root} is not empty; the demo needs a fresh directory")
     with console.status("creating the federation: authority, CA, keys, trust bundle"):
         fed = sandbox.create(root)
+        demo_limits.limit_partner(fed)
     console.print(f"Federation created in [bold]{root}[/]")
     with running_federation(fed, residents_per_city, console) as (procs, operators, consenting):
         run_examples(fed, operators, consenting, console)

@@ -7,12 +7,10 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -21,14 +19,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from broker.config import BrokerConfig
+from cli import resident_privacy, serving
 from cli.agreements import agreement_app, node_agreement_app
+from cli.key_commands import keys_app, trust_app
 from cli.output import console, err, error, fail
+from domain.authorisation import grant_for
 from domain.errors import CallFailed, CitybrokerError
 from domain.plan import QueryPlan
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query
 from infra.config import load_toml
+from infra.logs import LogFormat
+from infra.private_files import restrict_new_files
 from keys import timefmt, tokens
 from keys.ed25519 import Signer
+from keys.tokens import Call
 from keys.trust import load_authority_key
 
 if TYPE_CHECKING:
@@ -55,40 +59,32 @@ node_app.add_typer(node_agreement_app, name="agreement")
 app.add_typer(agreement_app, name="agreement")
 audit_app = typer.Typer(help="Export and verify audit bundles, offline.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.add_typer(trust_app, name="trust")
 _error, _fail = error, fail
 
 
-def _serve_until_signalled(
-    start: Callable[[], object], stop: Callable[[], object], what: str
-) -> None:
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    start()
-    err.print(f"{what}; SIGTERM or Ctrl-C stops it")
-    done.wait()
-    stop()
-    err.print("stopped")
-
-
 @node_app.command("serve")
-def node_serve(config: Annotated[Path, typer.Option(help="Node config file (TOML).")]) -> None:
-    """Run a city's node until SIGTERM/SIGINT."""
+def node_serve(
+    config: Annotated[Path, typer.Option(help="Node config file (TOML).")],
+    log_format: serving.LogFormatOption = LogFormat.JSON,
+) -> None:
+    """Run a city's node until SIGTERM/SIGINT (calls in flight get shutdown_grace_s to finish)."""
     from edge.node_server import NodeServer
     from node.config import NodeConfig
 
+    serving.configure_logs(log_format)
     node = NodeServer(NodeConfig.load(config))
-    _serve_until_signalled(
-        node.start, node.stop, f"node {node.config.city} serving on port {node.port}"
+    grace, what = (
+        node.config.shutdown_grace_s,
+        f"node {node.config.city} serving on port {node.port}",
     )
+    serving.until_signalled(node.start, node.stop, grace, what)
 
 
 node_consent_app = typer.Typer(help="Residents' consent records.", no_args_is_help=True)
 node_app.add_typer(node_consent_app, name="consent")
+node_consent_app.command("erase")(resident_privacy.erase)
 
 
 class _ErrorReport:
@@ -214,14 +210,36 @@ def node_consent_import(
 
 
 @broker_app.command("serve")
-def broker_serve(config: Annotated[Path, typer.Option(help="Broker config file (TOML).")]) -> None:
-    """Run a broker until SIGTERM/SIGINT."""
+def broker_serve(
+    config: Annotated[Path, typer.Option(help="Broker config file (TOML).")],
+    log_format: serving.LogFormatOption = LogFormat.JSON,
+) -> None:
+    """Run a broker until SIGTERM/SIGINT (calls in flight get shutdown_grace_s to finish)."""
     from edge.broker_server import BrokerServer
 
+    serving.configure_logs(log_format)
     broker = BrokerServer(BrokerConfig.load(config))
-    _serve_until_signalled(
-        broker.start, broker.stop, f"broker {broker.config.broker_id} serving on port {broker.port}"
-    )
+    grace = broker.config.shutdown_grace_s
+    what = f"broker {broker.config.broker_id} serving on port {broker.port}"
+    serving.until_signalled(broker.start, broker.stop, grace, what)
+
+
+@app.command()
+def health(
+    address: Annotated[
+        str, typer.Option(help="A node's or broker's health_listen address (plaintext, HOST:PORT).")
+    ] = "127.0.0.1:7190",
+    service: Annotated[str, typer.Option(help="A service name; '' is the whole server.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.1)] = 3.0,
+) -> None:
+    """Check a node or broker through gRPC health on its health_listen address: exit 0 when it
+    reports SERVING, else 1 (as Docker's HEALTHCHECK expects)."""
+    from edge.health import health_status
+
+    status = health_status(address, service, timeout)
+    print(f"{address}: {status}")
+    if status != "SERVING":
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -258,9 +276,69 @@ def token(
     lifetime: Annotated[
         int, typer.Option(help="Seconds until expiry (at most 300).", min=1, max=300)
     ] = 120,
+    call: Annotated[
+        str | None,
+        typer.Option(
+            help="The call the token authorises: query, plan or describe "
+            "(default: query when a query is given, else describe)."
+        ),
+    ] = None,
+    query_json: Annotated[
+        Path | None,
+        typer.Option(
+            help='The request body as protobuf JSON ({"query": {...}, "negotiate": …}), '
+            "the file `buf curl -d @FILE` sends."
+        ),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="As for `query`.")] = None,
+    purpose: Annotated[str | None, typer.Option(help="As for `query`.")] = None,
+    measure: Annotated[list[str] | None, typer.Option(help="As for `query`.")] = None,
+    group_by: Annotated[list[str] | None, typer.Option(help="As for `query`.")] = None,
+    filter_: Annotated[list[str] | None, typer.Option("--filter", help="As for `query`.")] = None,
+    city: Annotated[list[str] | None, typer.Option(help="As for `query`.")] = None,
+    negotiate: Annotated[
+        bool, typer.Option(help="Let the broker coarsen the query (QueryRequest.negotiate).")
+    ] = False,
 ) -> None:
-    """Print a single-use partner token (EdDSA JWT) for `authorization: Bearer <token>`."""
-    print(tokens.issue(Signer.load(key), issuer, audience, lifetime))
+    """Print a single-use partner token (EdDSA JWT) for `authorization: Bearer <token>`, bound to
+    one call: describe, or a query or plan of exactly the query given (by the same options as
+    `query`, or --query-json), at the cities it names."""
+    q: Query | None = None
+    if query_json is not None:
+        q, negotiate = _query_of_request(query_json, negotiate)
+    elif dataset is not None or purpose is not None or measure:
+        q = _parsed_query(
+            dataset or "", purpose or "", measure or [], group_by or [], filter_ or [], city or []
+        )
+    try:
+        chosen = Call(call) if call is not None else Call.QUERY if q else Call.DESCRIBE
+    except ValueError:
+        raise _fail(f"--call {call!r}: use query, plan or describe") from None
+    if (chosen is Call.DESCRIBE) != (q is None):
+        raise _fail(
+            "a describe token names no query"
+            if q is not None
+            else f"a {chosen.value} token names its query: give --dataset, --purpose and "
+            "--measure (as for `query`) or --query-json FILE"
+        )
+    try:
+        grant = grant_for(chosen, q.validate() if q else None, negotiate)
+    except CitybrokerError as e:
+        raise _fail(f"{e.reason}: {e.message}") from None
+    print(tokens.issue(Signer.load(key), issuer, audience, grant, lifetime))
+
+
+def _query_of_request(path: Path, negotiate: bool) -> tuple[Query, bool]:
+    """The query and negotiate flag of a QueryRequest in protobuf JSON at `path`."""
+    from edge.partner_client import query_of_request_json
+
+    try:
+        q, asked_to_negotiate = query_of_request_json(path.read_text())
+    except OSError as e:
+        raise _fail(f"cannot read {path}: {e.strerror}") from None
+    except CitybrokerError as e:
+        raise _fail(f"{path}: {e.reason}: {e.message}") from None
+    return q, negotiate or asked_to_negotiate
 
 
 def _parse_measure(text: str) -> Measure:
@@ -576,6 +654,13 @@ def describe(
 def audit_export(
     config: Annotated[Path, typer.Option(help="The node's or broker's config file (TOML).")],
     out: Annotated[Path, typer.Option(help="New directory to write the bundle into.")],
+    include_personal_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Name the auditor to export residents' personal data for: the statements and "
+            "salts behind the log's commitments. By default the bundle holds commitments only."
+        ),
+    ] = None,
 ) -> None:
     """Write a node's or broker's log, checkpoints, trust bundles and agreements as a bundle."""
     from infra import storage
@@ -584,9 +669,15 @@ def audit_export(
         raise _fail(f"{out} already exists; choose a new directory")
     party, role, url = _exporting_party(config)
     engine = storage.create_engine(url)
-    size = _export_bundle(engine, out, party, role)
+    committed = resident_privacy.commitment_export(engine, party, role, include_personal_data)
+    size = _export_bundle(engine, out, party, role, committed)
     engine.dispose()
     console.print(escape(f"exported {size} entries of {role} {party} to {out}"), soft_wrap=True)
+    if include_personal_data:
+        console.print(
+            escape(f"with residents' personal data, for auditor {include_personal_data}"),
+            soft_wrap=True,
+        )
 
 
 def _exporting_party(config: Path) -> tuple[str, str, str]:
@@ -604,7 +695,9 @@ def _exporting_party(config: Path) -> tuple[str, str, str]:
     raise _fail(f"{config} is neither a node config (city = ...) nor a broker config")
 
 
-def _export_bundle(engine: Engine, out: Path, party: str, role: str) -> int:
+def _export_bundle(
+    engine: Engine, out: Path, party: str, role: str, committed: dict[str, Any] | None = None
+) -> int:
     """Export the party's log with its cosignatures, trust bundles and (for a node) agreements to
     the new directory `out`, showing progress on stderr; returns how many entries it holds."""
     from audit import bundle, trust_history
@@ -620,6 +713,7 @@ def _export_bundle(engine: Engine, out: Path, party: str, role: str) -> int:
             trust_envelopes=trust_history.envelopes(engine),
             agreement_envelopes=agreements,
             cosignatures=cosignatures,
+            **(committed or {}),
         )
         return bundle.export(
             engine,
@@ -666,9 +760,25 @@ def audit_verify(
         ),
     ],
     report: Annotated[Path | None, typer.Option(help="Also write a JSON report here.")] = None,
+    party: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Expect a bundle of this party (repeatable); by default, of every city and "
+            "broker in the trust bundle in force."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave this party's log out of the verification (repeatable)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report instead of tables.")
+    ] = False,
 ) -> None:
-    """Verify bundles offline: signatures, checkpoints, agreements, receipts against results."""
+    """Verify bundles offline: signatures, checkpoints, agreements, receipts against results,
+    every party's log as long as the others saw it, and a bundle of every party expected."""
     from audit.verifier import BundleError, verify_bundles
+    from cli.audit_report import failure_json, print_coverage
 
     authority = load_authority_key(authority_key)
     try:
@@ -678,24 +788,21 @@ def audit_verify(
                 bundles,
                 authority,
                 lambda p, done, total: bar.update(tasks[p], completed=done, total=total),
+                parties=party or None,
+                exclude=exclude or (),
             )
     except BundleError as e:
+        failed = json.dumps(failure_json(e), indent=2)
         if report:
-            report.write_text(
-                json.dumps(
-                    {
-                        "ok": False,
-                        "file": str(e.file),
-                        "entry": e.entry,
-                        "reason": e.reason,
-                        "message": e.detail,
-                    },
-                    indent=2,
-                )
-            )
+            report.write_text(failed)
+        if as_json:
+            typer.echo(failed)
         raise _fail(f"verification failed: {e.message} ({e.reason})", 1) from None
     if report:
         report.write_text(json.dumps(result.to_json(), indent=2))
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
     table = Table(title="Audit bundles verified")
     for col in ("bundle", "log", "entries", "signatures", "checkpoints", "results", "receipts"):
         table.add_column(col)
@@ -710,12 +817,15 @@ def audit_verify(
             str(b.receipt_count),
         )
     console.print(table)
+    print_coverage(console, result.coverage)
     console.print(f"[bold green]OK[/]: {result.signatures_verified} signatures verified")
 
 
 def main() -> None:
     """Run the command line; a CitybrokerError a command lets through is printed as one error
-    line (message and reason) and exits with status 2."""
+    line (message and reason) and exits with status 2. Whatever a command writes (databases,
+    logs, exports, the demo's keys and certificates) is readable by its owner only."""
+    restrict_new_files()
     try:
         app()
     except CitybrokerError as e:

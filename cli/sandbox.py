@@ -103,6 +103,8 @@ class LocalFederation:
     partner_key: Path
     partner_signer: Signer
     cities: dict[str, CityLayout] = field(default_factory=dict)
+    # The CA, in memory only: what issues replacement certificates (rotation tests).
+    ca: FederationCA | None = None
 
     def agreement(
         self,
@@ -164,6 +166,8 @@ class _Issuer:
     ca_cert: Path
     window: tuple[datetime, datetime]
     ports: dict[str, int]
+    # A party's host (IP address or name) when not loopback: its address and certificate SAN.
+    hosts: dict[str, str]
 
     @property
     def keys_dir(self) -> Path:
@@ -174,7 +178,14 @@ class _Issuer:
         return self.root / "trust-bundle.json"
 
     @classmethod
-    def create(cls, root: Path, federation: str, ports: dict[str, int], now: datetime) -> _Issuer:
+    def create(
+        cls,
+        root: Path,
+        federation: str,
+        ports: dict[str, int],
+        now: datetime,
+        hosts: dict[str, str] | None = None,
+    ) -> _Issuer:
         """A new authority (public key in root/authority.pub) and CA (root/tls/ca.crt)."""
         authority = Signer.generate()
         authority.save(root / "keys" / "authority.key")
@@ -185,7 +196,7 @@ class _Issuer:
         ca_cert.parent.mkdir(parents=True, exist_ok=True)
         ca_cert.write_bytes(ca.cert_pem)
         window = (now - timedelta(days=1), now + timedelta(days=365))
-        return cls(root, authority, authority_pub, ca, ca_cert, window, ports)
+        return cls(root, authority, authority_pub, ca, ca_cert, window, ports, hosts or {})
 
     def signer(self, party: str) -> Signer:
         """A new signing key for `party`, saved as keys/PARTY.key."""
@@ -197,11 +208,13 @@ class _Issuer:
         return (KeyGrant(signer.public, *self.window),)
 
     def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports.get(name) or free_port()}"
+        host = self.hosts.get(name, "127.0.0.1")
+        return f"{host}:{self.ports.get(name) or free_port()}"
 
     def tls(self, name: str) -> dict[str, str]:
-        """A config's [tls] table, with a new certificate for `name`."""
-        cert, key = self.ca.issue(name).write(self.root / "tls", name)
+        """A config's [tls] table, with a new certificate for `name` (its host among the SANs)."""
+        sans = ("localhost", "127.0.0.1", *([self.hosts[name]] if name in self.hosts else []))
+        cert, key = self.ca.issue(name, sans).write(self.root / "tls", name)
         return {"ca_cert": str(self.ca_cert), "cert": str(cert), "key": str(key)}
 
     def trust(self) -> dict[str, str]:
@@ -276,11 +289,14 @@ def create(
     partner_id: str = "northwind-mobility",
     federation: str = "citybroker-demo",
     ports: dict[str, int] | None = None,
+    hosts: dict[str, str] | None = None,
 ) -> LocalFederation:
-    """Write keys, certificates, the signed trust bundle and node/broker configs under `root`."""
+    """Write keys, certificates, the signed trust bundle and node/broker configs under `root`.
+    `hosts` puts a party (city or broker id; the broker's peer port is "BROKER.peers") on an
+    address other than loopback, such as a network namespace's; the others stay on 127.0.0.1."""
     root.mkdir(parents=True, exist_ok=True)
     now = timefmt.now()
-    issuer = _Issuer.create(root, federation, ports or {}, now)
+    issuer = _Issuer.create(root, federation, ports or {}, now, hosts)
     broker_signer = issuer.signer(broker_id)
     broker_address = issuer.address(broker_id)
     partner_signer = issuer.signer(partner_id)
@@ -323,4 +339,5 @@ def create(
         partner_key=issuer.keys_dir / f"{partner_id}.key",
         partner_signer=partner_signer,
         cities=layouts,
+        ca=issuer.ca,
     )

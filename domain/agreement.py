@@ -6,7 +6,6 @@ canonical JSON that carries both parties' signatures. Only a verified agreement 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -14,7 +13,7 @@ from typing import Any
 
 from domain.errors import VerificationError
 from domain.kinds import Statement
-from keys import dsse, timefmt
+from keys import bounded_json, dsse, timefmt
 from keys.ed25519 import Signer
 from keys.trust import Role, TrustBundle
 
@@ -342,6 +341,14 @@ class Agreement:
             raise VerificationError(
                 f"agreement is malformed: {e}", reason="AGREEMENT_MALFORMED"
             ) from None
+        for ds, fields in a.datasets.items():
+            for f, t in fields.items():
+                if t.extremes and t.appearance is Appearance.AGGREGATE_ONLY:
+                    # min/max are one record's value: an aggregate_only field never releases one.
+                    raise VerificationError(
+                        f"field {f} of {ds} is aggregate_only, so it cannot allow extremes",
+                        reason="EXTREMES_INVALID",
+                    )
         regime = a.disclosure_terms.regime
         if (regime is Regime.DP) != (a.dp is not None):
             raise VerificationError(
@@ -380,7 +387,7 @@ def unverified_terms(envelope: dsse.Envelope) -> Agreement:
             f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
         )
     try:
-        return Agreement.from_payload(json.loads(envelope.payload))
+        return Agreement.from_payload(bounded_json.loads(envelope.payload, "an agreement"))
     except ValueError:
         raise VerificationError(
             "agreement payload is not JSON", reason="AGREEMENT_MALFORMED"
@@ -413,7 +420,7 @@ def _parties(
             f"expected an agreement, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
         )
     try:
-        unverified = json.loads(envelope.payload)
+        unverified = bounded_json.loads(envelope.payload, "an agreement")
         provider, consumer = str(unverified["provider"]), str(unverified["consumer"])
         starts = timefmt.parse(unverified["valid_from"])
     except (ValueError, KeyError, TypeError):
@@ -480,7 +487,7 @@ def verify_revocation(
             reason="PAYLOAD_TYPE_MISMATCH",
         )
     try:
-        unverified = json.loads(envelope.payload)
+        unverified = bounded_json.loads(envelope.payload, "a revocation")
         by, at = str(unverified["revoked_by"]), timefmt.parse(unverified["at"])
     except (ValueError, KeyError, TypeError):
         raise VerificationError(

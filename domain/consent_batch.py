@@ -1,7 +1,10 @@
 """The signed statement of a bulk consent import (`Statement.CONSENT_BATCH`): one per batch, not
 one per event. It lists the SHA-256 digest of each imported event's canonical receipt payload (of
 type `RECEIPT_TYPE`, the payload the API would sign for it), in the order applied, with the city
-and the time."""
+and the time. Since migration 0014 each digest is salted (`domain.commitment.member_digest`, a
+salt of its own per event, kept with the event) and the statement says so (`"salted": true`):
+an unsalted digest of a low-entropy payload could be confirmed by guessing it. The statement
+itself enters the log only as a commitment (`domain.commitment`)."""
 
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ MAX_EVENTS = 8192
 
 
 def payload(city: str, at: datetime, digests: Iterable[str]) -> dict[str, Any]:
-    """What a batch's statement signs: the city, when, and the digest (`receipt_digest`) of each
-    imported event's canonical receipt payload, in the order they were applied."""
+    """What a batch's statement signs: the city, when, and the salted digest
+    (`domain.commitment.member_digest` of `receipt_digest`) of each imported event's canonical
+    receipt payload, in the order they were applied."""
     return {
         "city": city,
         "at": timefmt.fmt(at),
         "receipt_type": RECEIPT_TYPE,
         "receipts": list(digests),
+        "salted": True,
     }
 
 

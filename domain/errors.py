@@ -52,6 +52,26 @@ class TooLarge(CitybrokerError):
     default_reason = "REQUEST_TOO_LARGE"
 
 
+class RateLimited(CitybrokerError):
+    """A partner asked more often, or more at once, than its limits allow; `retry_after_s` is how
+    long it should wait before trying again (the edge sends it as google.rpc.RetryInfo)."""
+
+    code = Code.RESOURCE_EXHAUSTED
+    default_reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_s: float, **metadata: str) -> None:
+        super().__init__(message, None, **metadata)
+        self.retry_after_s = retry_after_s
+
+
+class CallerGone(CitybrokerError):
+    """The caller stopped waiting (its deadline passed, or it cancelled): work whose result it
+    can no longer receive is dropped before anything is signed or logged."""
+
+    code = Code.DEADLINE_EXCEEDED
+    default_reason = "CALLER_GONE"
+
+
 class BudgetExhausted(CitybrokerError):
     """The agreement's differential-privacy budget cannot pay for this answer."""
 

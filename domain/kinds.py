@@ -22,6 +22,8 @@ class Statement(StrEnum):
     AGREEMENT = "agreement"
     AGREEMENT_REVOCATION = "agreement-revocation"
     COSIGNATURE = "cosignature"
+    # A salted commitment to a resident-level statement kept by the city (domain.commitment).
+    COMMITMENT = "commitment"
     # keys/ names it (keys depends on nothing of the domain but its errors).
     TRUST_BUNDLE = trust.THING
 

@@ -5,11 +5,13 @@ Pure data with JSON conversion; the shape limits here bound what any node is ask
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from domain.errors import InvalidArgument, TooLarge
+from keys.dsse import canonical
 
 MAX_MEASURES = 8
 MAX_GROUP_BY = 4
@@ -238,3 +240,9 @@ class Query:
             ).validate()
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidArgument(f"malformed query: {e}", reason="QUERY_MALFORMED") from None
+
+
+def query_digest(query: Query) -> str:
+    """The sha256 digest of the query's RFC 8785 canonical JSON (`to_payload`): what a partner's
+    token names as the query it authorises, computed alike by the partner, the broker and a node."""
+    return "sha256:" + hashlib.sha256(canonical(query.to_payload())).hexdigest()

@@ -3,6 +3,13 @@ and a digest of the merged answer). Pure; no I/O.
 
 The receipt is built and signed here; it is verified with the other statements, by
 `domain.statements.verify_receipt`, so that every party reads it alike.
+
+Other parties read the broker's log, so a receipt names nothing a reader could confirm a
+resident's id against. For a query naming a resident (an attribute check) it names the query by
+`query_commitment`, the broker's salted commitment to the signed query (the same digest as the
+broker's log entry for it; domain.commitment), instead of by the unsalted `query_digest`. A city
+that logged its result as a commitment is named by that commitment (`result_commitment`, its
+`result_digest` null), which is also what an auditor finds at `node_log_index` in its log.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ OUTCOME_FIELDS = ("city", "status", "code", "reason", "result_digest", "node_log
 @dataclass(frozen=True)
 class CityEntry:
     """One city's line in the receipt. A city that returned no signed result has neither a
-    `result_digest` nor a `node_log_index`."""
+    `result_digest` nor a `node_log_index`; its status `timed_out` (or `failed`) is the broker's
+    signed word that it stopped waiting for that city in this exchange, so a result the city
+    logged anyway is accounted for as released but not delivered (audit.coverage)."""
 
     city: str
     status: str
@@ -31,6 +40,8 @@ class CityEntry:
     result_digest: str | None
     node_log_index: int | None
     jurisdiction: str
+    # The city's salted commitment to its result, when it logged that (result_digest is None).
+    result_commitment: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The entry as the JSON object the receipt lists; a missing digest or log index is null."""
@@ -42,12 +53,14 @@ class CityEntry:
             "result_digest": self.result_digest,
             "node_log_index": self.node_log_index,
             "jurisdiction": self.jurisdiction,
+            **({"result_commitment": self.result_commitment} if self.result_commitment else {}),
         }
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """What the broker signs after an exchange; `query_digest` names the signed query sent."""
+    """What the broker signs after an exchange; `query_digest` names the signed query sent, or
+    for a query naming a resident, `query_commitment` does (and `query_digest` is not signed)."""
 
     request_id: str
     query_digest: str
@@ -59,12 +72,18 @@ class Receipt:
     cities: tuple[CityEntry, ...]
     answer_digest: str
     negotiation: tuple[str, ...] = ()
+    query_commitment: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The receipt as a JSON object, without the `issued_at` that `sign` adds when it signs."""
+        named = (
+            {"query_commitment": self.query_commitment}
+            if self.query_commitment
+            else {"query_digest": self.query_digest}
+        )
         return {
             "request_id": self.request_id,
-            "query_digest": self.query_digest,
+            **named,
             "broker": self.broker,
             "partner": self.partner,
             "purpose": self.purpose,

@@ -8,14 +8,13 @@ know whose keys to check against); nothing else is used until the signature veri
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from domain.kinds import Statement
 from domain.query import Query
-from keys import dsse, timefmt
+from keys import bounded_json, dsse, timefmt
 from keys.ed25519 import Signer
 from keys.errors import SignatureError
 from keys.trust import Role, TrustBundle
@@ -45,7 +44,7 @@ def verify_from(
             f"expected a {thing}, got {envelope.payload_type!r}", reason="PAYLOAD_TYPE_MISMATCH"
         )
     try:
-        unverified = json.loads(envelope.payload)
+        unverified = bounded_json.loads(envelope.payload, f"the {thing} payload")
         party, at = str(unverified[signer_field]), timefmt.parse(unverified[at_field])
     except (ValueError, KeyError, TypeError):
         raise SignatureError(f"{thing} payload is malformed", reason="PAYLOAD_MALFORMED") from None
@@ -146,6 +145,9 @@ class UnsignedResult:
     privacy: dict[str, Any] | None = None
     # A record release's records: allowed fields, residents pseudonymised per agreement.
     records: list[dict[str, Any]] | None = None
+    # The disclosure terms in force (Agreement.disclosure_terms: regime and parameters), so that
+    # partners and auditors know what the numbers mean.
+    disclosure: dict[str, Any] | None = None
 
 
 def sign_result(request: BrokerRequest, result: UnsignedResult, signer: Signer) -> dsse.Envelope:
@@ -174,6 +176,7 @@ def sign_result(request: BrokerRequest, result: UnsignedResult, signer: Signer) 
             "kind": request.query.kind.value,
             "records": result.records if result.records is not None else [],
             "issued_at": timefmt.fmt(timefmt.now()),
+            **({"disclosure": result.disclosure} if result.disclosure is not None else {}),
         },
         signer,
     )

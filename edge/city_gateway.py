@@ -33,6 +33,22 @@ class Reply:
     error: RemoteError | None
 
 
+def city_channel_options(endpoint: str) -> list[tuple[str, Any]]:
+    """Channel options for a city's endpoint. An endpoint listing several replicas of one city,
+    `ipv4:HOST:PORT,HOST:PORT`, gets its calls round-robin over them (a list names no single
+    host, so the city's TLS certificate must carry the first one). Any other endpoint keeps
+    gRPC's pick-first, which reconnects on the next call after a node restarts rather than in
+    the background with back-off."""
+    if not (endpoint.startswith("ipv4:") and "," in endpoint):
+        return CHANNEL_OPTIONS
+    first = endpoint.removeprefix("ipv4:").split(",", 1)[0]
+    return [
+        *CHANNEL_OPTIONS,
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.ssl_target_name_override", first.rsplit(":", 1)[0]),
+    ]
+
+
 class CityChannels:
     """One long-lived channel per city endpoint, created on first use."""
 
@@ -44,7 +60,9 @@ class CityChannels:
     def _entry(self, endpoint: str) -> tuple[grpc.Channel, node_pb2_grpc.QueryServiceStub]:
         with self._lock:
             if endpoint not in self._stubs:
-                channel = grpc.secure_channel(endpoint, self._creds, options=CHANNEL_OPTIONS)
+                channel = grpc.secure_channel(
+                    endpoint, self._creds, options=city_channel_options(endpoint)
+                )
                 self._stubs[endpoint] = (channel, node_pb2_grpc.QueryServiceStub(channel))
             return self._stubs[endpoint]
 
@@ -111,7 +129,8 @@ class GrpcCityGateway:
     def run_query(
         self, targets: Targets, signed_query: dsse.Envelope, timeout_s: float
     ) -> list[CityReply[SignedResult]]:
-        """Each city's RunQuery reply: its signed result and node log index, or its error."""
+        """Each city's RunQuery reply: its signed result, node log index and the salt of the
+        node's commitment to it (if any), or its error."""
         request = node_pb2.RunQueryRequest(signed_query=envelope_to_pb(signed_query))
         replies = fan_out(
             dict(targets),
@@ -119,7 +138,8 @@ class GrpcCityGateway:
             self.channels,
         )
         return _replies(
-            replies, lambda r: SignedResult(envelope_from_pb(r.signed_result), r.log_index)
+            replies,
+            lambda r: SignedResult(envelope_from_pb(r.signed_result), r.log_index, r.result_salt),
         )
 
     def plan_query(

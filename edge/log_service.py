@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterable
 
 import grpc
 
-from audit.log import MerkleLog
+from audit.log import LogRecord, MerkleLog
+from audit.merkle import leaf_hash
 from audit.witness import Witness
 from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
+from domain import commitment
 from domain.errors import InvalidArgument
+from domain.kinds import LogKind
 from edge.rpc import CALLER
 
 LOG_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["LogService"].full_name
@@ -35,8 +39,15 @@ def _token(index: int) -> str:
 
 
 class LogServicer(audit_pb2_grpc.LogServiceServicer):
-    def __init__(self, log: MerkleLog) -> None:
+    """`own_readers` (a node's operators): who may read consent statements logged whole before
+    they entered logs as salted commitments (domain.commitment); everyone else gets them
+    withheld, with their leaf hash. None (a broker's log): no entry is withheld."""
+
+    def __init__(
+        self, log: MerkleLog, own_readers: Callable[[], Iterable[str]] | None = None
+    ) -> None:
         self._log = log
+        self._own_readers = own_readers
 
     def GetCheckpoint(
         self, request: audit_pb2.GetCheckpointRequest, context: grpc.ServicerContext
@@ -56,10 +67,11 @@ class LogServicer(audit_pb2_grpc.LogServiceServicer):
                 "page_token is past the end of the log", reason="PAGE_TOKEN_INVALID"
             )
         records = self._log.records(start, end)
+        withhold = self._own_readers is not None and str(CALLER.get(None)) not in set(
+            self._own_readers()
+        )
         return audit_pb2.ListEntriesResponse(
-            entries=[
-                audit_pb2.LogEntry(index=r.index, kind=r.kind, entry=r.entry) for r in records
-            ],
+            entries=[_entry(r, withhold) for r in records],
             next_page_token=_token(end) if end < total else "",
         )
 
@@ -76,6 +88,15 @@ class LogServicer(audit_pb2_grpc.LogServiceServicer):
         return audit_pb2.GetConsistencyProofResponse(
             hashes=self._log.consistency_proof(request.from_size, request.to_size)
         )
+
+
+def _entry(record: LogRecord, withhold: bool) -> audit_pb2.LogEntry:
+    """The entry as served: a legacy consent statement (logged whole) withheld if asked."""
+    if withhold and record.kind == LogKind.CONSENT and not commitment.is_commitment(record.entry):
+        return audit_pb2.LogEntry(
+            index=record.index, kind=record.kind, withheld=True, leaf_hash=leaf_hash(record.entry)
+        )
+    return audit_pb2.LogEntry(index=record.index, kind=record.kind, entry=record.entry)
 
 
 class WitnessServicer(audit_pb2_grpc.WitnessServiceServicer):

@@ -7,10 +7,14 @@ import grpc
 from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.node.v1 import node_pb2_grpc
 from edge import node_service as service
+from edge.health import HealthListener
 from edge.log_service import LOG_SERVICE, WITNESS_SERVICE, LogServicer, WitnessServicer
+from edge.observability import node_metrics
+from edge.resident_privacy import ResidentPrivacy
 from edge.rpc import add_listener, build_server, require_peer, server_credentials
 from node.city import City
 from node.config import NodeConfig
+from node.log_openings import LogOpenings
 
 
 class NodeServer:
@@ -31,12 +35,20 @@ class NodeServer:
                 service.QueryServicer(city.answerer), server
             )
             node_pb2_grpc.add_ConsentServiceServicer_to_server(
-                service.ConsentServicer(city.consents, city.exchanges, city.name), server
+                service.ConsentServicer(
+                    city.consents,
+                    city.exchanges,
+                    city.name,
+                    ResidentPrivacy(LogOpenings(city.engine, city.log, city.consents), city.engine),
+                ),
+                server,
             )
             node_pb2_grpc.add_AgreementServiceServicer_to_server(
                 service.AgreementServicer(city.agreements), server
             )
-            audit_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(city.log), server)
+            audit_pb2_grpc.add_LogServiceServicer_to_server(
+                LogServicer(city.log, lambda: config.operators), server
+            )
             audit_pb2_grpc.add_WitnessServiceServicer_to_server(
                 WitnessServicer(city.witness), server
             )
@@ -63,14 +75,27 @@ class NodeServer:
         self.port = add_listener(
             self.server, config.listen, server_credentials(config.tls, require_client_cert=True)
         )
+        self.health_listener = (
+            HealthListener(config.health_listen, self.health) if config.health_listen else None
+        )
+        self.metrics = node_metrics(config.metrics_listen, city.engine, config.origin)
 
     def start(self) -> NodeServer:
         """Serve, and start the city's consent-expiry loop."""
+        if self.metrics is not None:
+            self.metrics.start()
         self.server.start()
+        if self.health_listener is not None:
+            self.health_listener.start()
         self.city.start()
         return self
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop serving (in-flight calls get `grace` seconds), then stop and close the city."""
+        self.health.enter_graceful_shutdown()  # probes see NOT_SERVING while calls finish
         self.server.stop(grace).wait()
+        if self.health_listener is not None:
+            self.health_listener.stop()
         self.city.stop()
+        if self.metrics is not None:
+            self.metrics.stop()

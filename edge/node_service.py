@@ -8,7 +8,13 @@ import grpc
 
 from citybroker.common.v1 import common_pb2
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
+from domain.errors import FailedPrecondition
 from domain.odrl import to_odrl
+from edge.resident_privacy import (
+    ResidentPrivacy,
+    consent_evidence_response,
+    erase_resident_response,
+)
 from edge.rpc import peer_common_names
 from edge.wire import (
     agreement_terms_from_json,
@@ -46,10 +52,15 @@ class QueryServicer(node_pb2_grpc.QueryServiceServicer):
     def RunQuery(
         self, request: node_pb2.RunQueryRequest, context: grpc.ServicerContext
     ) -> node_pb2.RunQueryResponse:
-        result, index = self._answerer.run_query(
-            envelope_from_pb(request.signed_query), peer_common_names(context)
+        result, index, salt = self._answerer.run_query(
+            envelope_from_pb(request.signed_query),
+            peer_common_names(context),
+            # The broker's deadline passed or it cancelled: release nothing it cannot receive.
+            cancelled=lambda: not context.is_active(),
         )
-        return node_pb2.RunQueryResponse(signed_result=envelope_to_pb(result), log_index=index)
+        return node_pb2.RunQueryResponse(
+            signed_result=envelope_to_pb(result), log_index=index, result_salt=salt
+        )
 
     def PlanQuery(
         self, request: node_pb2.PlanQueryRequest, context: grpc.ServicerContext
@@ -81,9 +92,11 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
         registry: ConsentRegistry,
         exchanges: ExchangeRecorder,
         controller_name: str,
+        privacy: ResidentPrivacy | None = None,
     ) -> None:
         self._registry, self._exchanges = registry, exchanges
         self._controller = controller_name
+        self._privacy = privacy
 
     def _logged(self, receipt: bytes) -> common_pb2.Envelope:
         # The registry has committed the receipt to the log (node.consent_evidence).
@@ -174,6 +187,23 @@ class ConsentServicer(node_pb2_grpc.ConsentServiceServicer):
         return node_pb2.ListResidentExchangesResponse(
             exchanges=[resident_exchange_to_pb(e) for e in items], next_page_token=token
         )
+
+    def GetConsentEvidence(
+        self, request: node_pb2.GetConsentEvidenceRequest, context: grpc.ServicerContext
+    ) -> node_pb2.GetConsentEvidenceResponse:
+        return consent_evidence_response(self._resident_privacy(), request.record_id)
+
+    def EraseResident(
+        self, request: node_pb2.EraseResidentRequest, context: grpc.ServicerContext
+    ) -> node_pb2.EraseResidentResponse:
+        return erase_resident_response(self._resident_privacy(), request.resident_id)
+
+    def _resident_privacy(self) -> ResidentPrivacy:
+        if self._privacy is None:
+            raise FailedPrecondition(
+                "this server keeps no resident-level openings", reason="EVIDENCE_UNAVAILABLE"
+            )
+        return self._privacy
 
 
 class AgreementServicer(node_pb2_grpc.AgreementServiceServicer):

@@ -17,6 +17,7 @@ import grpc
 
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
 from domain.agreement import Agreement
+from domain.commitment import Opening
 from domain.errors import CallFailed
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
 from edge.status import remote_error
@@ -40,6 +41,16 @@ def _call(method: Callable[..., Any], request: Any, timeout_s: float) -> Any:
         return method(request, timeout=timeout_s)
     except grpc.RpcError as e:
         raise CallFailed(remote_error(e)) from None
+
+
+@dataclass(frozen=True)
+class ResidentErased:
+    """What the node erased for one resident."""
+
+    records: int
+    events: int
+    statements: int
+    batch_members: int
 
 
 class OperatorClient:
@@ -88,6 +99,25 @@ class OperatorClient:
             node_pb2.WithdrawConsentRequest(record_id=record_id), timeout=10
         )
         return envelope_from_pb(response.receipt)
+
+    def erase_resident(self, resident_id: str, timeout_s: float = 60.0) -> ResidentErased:
+        """Erase a resident at the node (GDPR Art. 17); CallFailed with the node's reason (such
+        as RESIDENT_UNKNOWN) if it refuses."""
+        request = node_pb2.EraseResidentRequest(resident_id=resident_id)
+        r = _call(self.consent.EraseResident, request, timeout_s)
+        return ResidentErased(
+            r.records_erased, r.events_erased, r.statements_erased, r.batch_members_erased
+        )
+
+    def consent_evidence(self, record_id: str, timeout_s: float = 30.0) -> list[Opening]:
+        """A record's committed statements as the node opens them (statement, salt, log index,
+        and for an imported event its payload and salt); CallFailed if the node refuses."""
+        request = node_pb2.GetConsentEvidenceRequest(record_id=record_id)
+        r = _call(self.consent.GetConsentEvidence, request, timeout_s)
+        return [
+            Opening(e.log_index, e.statement, e.salt, e.member_payload, e.member_salt)
+            for e in r.evidence
+        ]
 
     def propose_agreement(
         self, terms: Agreement, timeout_s: float = AGREEMENT_TIMEOUT_S

@@ -8,9 +8,10 @@
                                 measures=(Measure(MeasureKind.COUNT_RECORDS),)))
     answer.cells, answer.cities, answer.signatures_verified
 
-Each call mints a fresh single-use token. `query` verifies the broker's signed query, every city's
-signed result and the broker's receipt against the trust bundle, and recomputes the merged answer
-from the verified results; `describe_federation` verifies every agreement it lists. Any mismatch
+Each call mints a fresh single-use token bound to that call and query (domain.authorisation).
+`query` verifies the broker's signed query, every city's signed result and the broker's receipt
+against the trust bundle, and recomputes the merged answer from the verified results;
+`describe_federation` verifies every agreement it lists. Any mismatch
 raises VerificationError. Every method returns domain types; protobuf stays inside this module.
 """
 
@@ -27,9 +28,10 @@ from broker import merge
 from broker.outcomes import CityOffer, FederationPlan
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from domain import agreement as agreement_doc
+from domain import commitment, statements
 from domain import receipt as receipt_doc
-from domain import statements
-from domain.errors import CallFailed, VerificationError
+from domain.authorisation import grant_for
+from domain.errors import CallFailed, InvalidArgument, VerificationError
 from domain.plan import is_coarsening
 from domain.query import Query
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
@@ -39,10 +41,12 @@ from edge.wire import (
     city_outcome_from_pb,
     envelope_from_pb,
     federation_plan_from_pb,
+    query_from_pb,
     query_to_pb,
 )
 from keys import tokens, trust
 from keys.ed25519 import Signer
+from keys.tokens import Call
 from keys.trust import TrustBundle
 
 
@@ -74,8 +78,9 @@ class Answer:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-# A city's verified result and the digest of its signed payload.
-_Result = tuple[dict[str, Any], str]
+# A city's verified result and the digest of its signed payload, or, when the city logged it as
+# a salted commitment (domain.commitment), that commitment (the receipt names it so), and which.
+_Result = tuple[dict[str, Any], str, bool]
 
 
 class PartnerClient:
@@ -126,8 +131,9 @@ class PartnerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _metadata(self) -> list[tuple[str, str]]:
-        token = tokens.issue(self._key, self.partner_id, self.broker_id, lifetime_s=60)
+    def _metadata(self, grant: tokens.Grant) -> list[tuple[str, str]]:
+        """A fresh single-use token, minted from the partner's key, authorising `grant` only."""
+        token = tokens.issue(self._key, self.partner_id, self.broker_id, grant, lifetime_s=60)
         return [("authorization", f"Bearer {token}")]
 
     def query(self, query: Query, timeout_s: float = 15.0, negotiate: bool = False) -> Answer:
@@ -136,7 +142,7 @@ class PartnerClient:
         try:
             response = self._stub.Query(
                 broker_pb2.QueryRequest(query=query_to_pb(query), negotiate=negotiate),
-                metadata=self._metadata(),
+                metadata=self._metadata(grant_for(Call.QUERY, query, negotiate)),
                 timeout=timeout_s,
             )
         except grpc.RpcError as e:
@@ -147,7 +153,9 @@ class PartnerClient:
         """What each city lets this partner ask: its verified agreements, or why it did not say."""
         try:
             response: broker_pb2.DescribeFederationResponse = self._stub.DescribeFederation(
-                broker_pb2.DescribeFederationRequest(), metadata=self._metadata(), timeout=timeout_s
+                broker_pb2.DescribeFederationRequest(),
+                metadata=self._metadata(grant_for(Call.DESCRIBE)),
+                timeout=timeout_s,
             )
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
@@ -178,7 +186,7 @@ class PartnerClient:
         cells = _verified_cells(response, receipt, results)
         released = [
             {"city": city, **record}
-            for city, (r, _) in results.items()
+            for city, (r, _, _) in results.items()
             for record in r.get("records", [])
         ]
         return Answer(
@@ -228,7 +236,7 @@ class PartnerClient:
                     raise VerificationError(
                         f"result of {c.city_id} answers another query", reason="RESULT_MISMATCH"
                     )
-                results[c.city_id] = (result, statements.digest(env.payload))
+                results[c.city_id] = (result, _result_name(env, c.result_salt), bool(c.result_salt))
             cities.append(CityAnswer(c.city_id, status, c.code, c.reason, c.message, c.log_index))
         return results, cities
 
@@ -242,14 +250,26 @@ class PartnerClient:
         """The broker's verified receipt; VerificationError unless it is for `request` and this
         partner and lists exactly the outcomes returned, in order."""
         receipt = statements.verify_receipt(envelope_from_pb(response.receipt), self.bundle)
-        if receipt["query_digest"] != request.digest or receipt["partner"] != self.partner_id:
+        # A query naming a resident is named by the broker's salted commitment to it.
+        if response.query_salt:
+            named = receipt.get("query_commitment")
+            expected = _committed(response.query_salt, envelope_from_pb(response.signed_query))
+        else:
+            named, expected = receipt.get("query_digest"), request.digest
+        if named != expected or receipt["partner"] != self.partner_id:
             raise VerificationError("the receipt is for another query", reason="RECEIPT_MISMATCH")
         # Every city's outcome as returned (status, code, reason, result, node log index) must be
         # the one the broker signed, city by city and in order.
-        receipted = receipt_doc.listed_outcomes(receipt)
+        receipted = [
+            (*o, c.get("result_commitment"))
+            for o, c in zip(
+                receipt_doc.listed_outcomes(receipt),
+                [c for c in receipt.get("cities", []) if isinstance(c, dict)],
+                strict=True,
+            )
+        ]
         returned_outcomes = [
-            (c.city, c.status, c.code, c.reason)
-            + ((results[c.city][1], c.log_index) if c.city in results else (None, None))
+            (c.city, c.status, c.code, c.reason) + _named_result(results.get(c.city), c.log_index)
             for c in cities
         ]
         if receipted != returned_outcomes:
@@ -271,7 +291,7 @@ class PartnerClient:
         try:
             response: broker_pb2.PlanQueryResponse = self._stub.PlanQuery(
                 broker_pb2.PlanQueryRequest(query=query_to_pb(query)),
-                metadata=self._metadata(),
+                metadata=self._metadata(grant_for(Call.PLAN, query)),
                 timeout=timeout_s,
             )
         except grpc.RpcError as e:
@@ -279,12 +299,49 @@ class PartnerClient:
         return response
 
 
+def query_of_request_json(text: str) -> tuple[Query, bool]:
+    """The query and negotiate flag of a QueryRequest (or PlanQueryRequest) in protobuf JSON, as
+    `buf curl -d` sends it: what a token for that request must name. InvalidArgument if it is not
+    one, or its query is not valid."""
+    try:
+        request = json_format.Parse(text, broker_pb2.QueryRequest())
+    except (json_format.ParseError, RecursionError) as e:
+        raise InvalidArgument(
+            f"not a QueryRequest in protobuf JSON: {e}", reason="REQUEST_MALFORMED"
+        ) from None
+    return query_from_pb(request.query), request.negotiate
+
+
+def _committed(salt: bytes, env: Any) -> str:
+    """The salted commitment to a signed statement; VerificationError if the salt is malformed."""
+    try:
+        return commitment.digest(salt, env.to_json())
+    except ValueError:
+        raise VerificationError(
+            "a commitment's salt is malformed", reason="RECEIPT_MISMATCH"
+        ) from None
+
+
+def _result_name(env: Any, salt: bytes) -> str:
+    """How the receipt names a city's result: its payload digest, or the commitment to it."""
+    return _committed(salt, env) if salt else statements.digest(env.payload)
+
+
+def _named_result(result: _Result | None, log_index: int) -> tuple[Any, ...]:
+    """A returned outcome's (result_digest, node_log_index, result_commitment), as a receipt
+    lists them for it."""
+    if result is None:
+        return (None, None, None)
+    _, name, committed = result
+    return (None, log_index, name) if committed else (name, log_index, None)
+
+
 def _verified_cells(
     response: broker_pb2.QueryResponse, receipt: dict[str, Any], results: dict[str, _Result]
 ) -> list[merge.MergedCell]:
     """The cells merged from the verified results; VerificationError unless the receipt's answer
     digest matches them and the broker returned exactly these cells."""
-    cells = merge.merge((city, r) for city, (r, _) in results.items())
+    cells = merge.merge((city, r) for city, (r, _, _) in results.items())
     if receipt_doc.answer_digest(merge.to_payload(cells)) != receipt["answer_digest"]:
         raise VerificationError(
             "the merged answer does not match the signed results", reason="ANSWER_MISMATCH"

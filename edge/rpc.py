@@ -14,8 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from domain.errors import AuthenticationError, CitybrokerError, ConfigError
+from edge.decoding import DecodingInterceptor
 from edge.status import INTERNAL_STATUS, status_for
+from edge.tls_reload import ReloadingCredentials
 from infra.config import TlsFiles
+from infra.store_errors import store_error
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 log = logging.getLogger("citybroker.rpc")
@@ -58,9 +61,13 @@ class EdgeInterceptor(grpc.ServerInterceptor):
                 return inner(request, context)
             except CitybrokerError as e:
                 context.abort_with_status(status_for(e))
-            except Exception:
+            except Exception as e:
                 if getattr(context, "code", lambda: None)() is not None:  # an abort set it
                     raise
+                # A store that is down or full is a condition, not a bug: UNAVAILABLE, reason.
+                if (store := store_error(e)) is not None:
+                    log.warning("store failure in %s: %s", method, store.message)
+                    context.abort_with_status(status_for(store))
                 log.exception("unexpected error in %s", method)
                 context.abort_with_status(INTERNAL_STATUS)
 
@@ -91,13 +98,8 @@ def require_peer(allowed: Callable[[], Iterable[str]], what: str) -> Guard:
 def server_credentials(tls: TlsFiles, require_client_cert: bool) -> grpc.ServerCredentials:
     """TLS with the federation CA. gRPC either requires a client certificate or never asks for
     one, so a server that serves both partners (no certificate) and federation parties listens on
-    two ports: one of each."""
-    ca, cert, key = tls.read()
-    return grpc.ssl_server_credentials(
-        [(key, cert)],
-        root_certificates=ca if require_client_cert else None,
-        require_client_auth=require_client_cert,
-    )
+    two ports: one of each. Replaced certificate files are taken up without a restart."""
+    return ReloadingCredentials(tls, require_client_cert).credentials()
 
 
 def add_listener(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:
@@ -140,9 +142,13 @@ def build_server(
     max_workers: int = 64,
 ) -> tuple[grpc.Server, health.HealthServicer]:
     """A server with our interceptor, health checking and reflection; the caller adds ports and starts it."""
+    from edge.metrics_interceptor import MetricsInterceptor  # servers only: clients skip metrics
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[EdgeInterceptor(guards)],
+        # MetricsInterceptor, outermost, counts, times and logs every call, refusals included;
+        # then an undecodable request is refused before anything else runs.
+        interceptors=[MetricsInterceptor(), DecodingInterceptor(), EdgeInterceptor(guards)],
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers * 4,
     )

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from domain.errors import CitybrokerError, Code, RemoteError
+from domain.errors import CitybrokerError, Code, RateLimited, RemoteError
 
 DOMAIN = "citybroker"
 
@@ -28,8 +28,24 @@ def status_for(err: CitybrokerError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=grpc_code(err).value[0], message=err.message, details=[detail])
+    details = [detail]
+    if isinstance(err, RateLimited):
+        details.append(_retry_info(err.retry_after_s))
+    status = status_pb2.Status(code=grpc_code(err).value[0], message=err.message, details=details)
     return cast(grpc.Status, rpc_status.to_status(status))
+
+
+# What remote_error puts in a RemoteError's metadata when the status carried a RetryInfo.
+RETRY_AFTER_KEY = "retry_after_s"
+
+
+def _retry_info(seconds: float) -> any_pb2.Any:
+    """google.rpc.RetryInfo: how long the caller should wait before trying again."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(round(seconds * 1e9))
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return packed
 
 
 INTERNAL_STATUS = rpc_status.to_status(
@@ -38,7 +54,8 @@ INTERNAL_STATUS = rpc_status.to_status(
 
 
 def remote_error(err: grpc.RpcError) -> RemoteError:
-    """What a failed call said, read from its status and ErrorInfo."""
+    """What a failed call said, read from its status and ErrorInfo; a RetryInfo's delay becomes
+    the metadata `retry_after_s` (seconds)."""
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     reason = ""
     metadata: dict[str, str] = {}
@@ -49,7 +66,10 @@ def remote_error(err: grpc.RpcError) -> RemoteError:
         st = None
     if st is not None:
         for d in st.details:
-            info = error_details_pb2.ErrorInfo()
+            info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
             if d.Unpack(info):
-                reason, metadata = info.reason, dict(info.metadata)
+                reason, metadata = info.reason, {**dict(info.metadata), **metadata}
+            elif d.Unpack(retry):
+                seconds = retry.retry_delay.ToNanoseconds() / 1e9
+                metadata[RETRY_AFTER_KEY] = f"{seconds:g}"
     return RemoteError(code.name, reason, message or "", metadata)

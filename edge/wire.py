@@ -14,7 +14,7 @@ from domain.agreement import Agreement, Appearance, FieldTerms
 from domain.errors import InvalidArgument, VerificationError
 from domain.plan import QueryPlan
 from domain.query import Dimension, Filter, FilterOp, Measure, MeasureKind, Query, QueryKind
-from keys import dsse, timefmt
+from keys import bounded_json, dsse, timefmt
 
 if TYPE_CHECKING:  # node's modules load SQLAlchemy; the operator CLI imports this module
     from node.agreements import StoredAgreement
@@ -185,6 +185,7 @@ def city_outcome_to_pb(o: CityOutcome) -> broker_pb2.CityOutcome:
         message=o.message,
         signed_result=envelope_to_pb(o.signed_result) if o.signed_result else None,
         log_index=o.log_index,
+        result_salt=o.result_salt,
     )
 
 
@@ -198,6 +199,7 @@ def city_outcome_from_pb(pb: broker_pb2.CityOutcome) -> CityOutcome:
         pb.message,
         envelope_from_pb(pb.signed_result) if pb.HasField("signed_result") else None,
         pb.log_index,
+        result_salt=pb.result_salt,
     )
 
 
@@ -263,6 +265,7 @@ def query_response_to_pb(exchange: Exchange) -> broker_pb2.QueryResponse:
         signed_query=envelope_to_pb(exchange.signed_query),
         receipt=envelope_to_pb(exchange.receipt),
         negotiation_notes=exchange.negotiation,
+        query_salt=exchange.query_salt,
         records=[
             common_pb2.ReleasedRecord(city_id=o.city, pseudonym=r["pseudonym"], fields=r["fields"])
             for o in exchange.outcomes
@@ -316,7 +319,9 @@ def agreement_terms_to_json(terms: Agreement) -> str:
 def agreement_terms_from_json(text: str) -> Agreement:
     """Proposed terms, checked as a received agreement's are; bad input is InvalidArgument."""
     try:
-        terms = json.loads(text)
+        terms = bounded_json.loads(text, "terms_json")
+    except bounded_json.JsonRefused:
+        raise
     except ValueError:
         raise InvalidArgument("terms_json is not JSON", reason="AGREEMENT_MALFORMED") from None
     if not isinstance(terms, dict):

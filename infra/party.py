@@ -14,6 +14,7 @@ from infra import storage
 from infra.config import PartyConfig
 from keys import dsse, trust
 from keys.ed25519 import Signer
+from keys.rotation import RotatingSigner
 from keys.trust import TrustStore
 
 
@@ -21,7 +22,8 @@ from keys.trust import TrustStore
 class Opened:
     """A party's key, trust store, migrated database and Merkle log, ready to serve."""
 
-    signer: Signer
+    # Replaceable while serving: infra.trust_watch rotates it.
+    signer: RotatingSigner
     trust: TrustStore
     engine: sa.Engine
     log: MerkleLog
@@ -30,7 +32,7 @@ class Opened:
 def open_party(config: PartyConfig, origin: str) -> Opened:
     """Load the signing key, verify and install the trust bundle, migrate the database (recording
     the bundle version) and open the Merkle log named `origin`."""
-    signer = Signer.load(config.signing_key)
+    signer = RotatingSigner(Signer.load(config.signing_key))
     store = TrustStore(trust.load_authority_key(config.authority_key))
     try:
         envelope = dsse.Envelope.from_json(config.trust_bundle.read_bytes())

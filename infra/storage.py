@@ -4,7 +4,7 @@ database by default; PostgreSQL via psycopg 3; DuckDB files for a node's dataset
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 
 from domain.errors import ConfigError, StoreError
+from infra import private_files
 from infra.config import Section
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -45,6 +46,25 @@ def _duckdb_macros(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.execute(_DUCKDB_TO_CHAR)
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for any other URL and for an in-memory SQLite."""
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def _owner_only_duckdb(path: Path) -> Callable[[Any, Any], None]:
+    """A connect hook for a DuckDB file opened for writing: DuckDB creates the file itself (it
+    refuses an empty one made beforehand), so its mode is tightened once it exists."""
+
+    def tighten(_dbapi_conn: Any, _record: Any) -> None:
+        private_files.make_private(path)
+        private_files.make_private(Path(f"{path}.wal"))
+
+    return tighten
+
+
 @dataclass(frozen=True)
 class DuckDBSettings:
     """How a node opens a DuckDB data file (the `[duckdb]` table of its config).
@@ -64,7 +84,9 @@ class DuckDBSettings:
     a margin.
     """
 
+    # DuckDB's buffer memory, such as "100MB" or "1GiB" (DuckDB's own default: 80% of the RAM).
     memory_limit: str = "100MB"
+    # DuckDB's worker threads (DuckDB's own default: one per core).
     threads: int = 1
 
     @classmethod
@@ -93,6 +115,9 @@ def create_engine(
     a loader opens one read-write; DuckDB then lets no other process open it)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None:
+        private_files.create_private_file(sqlite_file)  # -wal and -shm take its mode
     try:
         if url.startswith("sqlite"):
             engine = sa.create_engine(
@@ -108,6 +133,9 @@ def create_engine(
             # of DuckDB's threads, so more connections would add memory, not speed.
             engine = sa.create_engine(url, connect_args=args, pool_size=4, max_overflow=4)
             sa.event.listen(engine, "connect", _duckdb_macros)
+            data_file = duckdb_path(url)
+            if data_file is not None and not read_only:
+                sa.event.listen(engine, "connect", _owner_only_duckdb(data_file))
         else:
             engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError) as e:

@@ -15,6 +15,7 @@ from typing import Any
 
 import rfc8785
 
+from keys import bounded_json
 from keys.ed25519 import PublicKey, Signer
 from keys.errors import SignatureError
 
@@ -89,11 +90,37 @@ class Signature:
     sig: bytes
 
 
+# Bounds on what an envelope may hold, checked when one is made from untrusted input and before
+# any signature is verified: no statement of ours carries more than a few signatures, and each
+# verification costs real CPU (30,000 signatures took 3 s).
+MAX_SIGNATURES = 16
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# The JSON form: the payload in base64 plus the signatures.
+MAX_JSON_BYTES = MAX_PAYLOAD_BYTES * 4 // 3 + 64 * 1024
+
+
+def _too_many_signatures(count: int) -> SignatureError:
+    return SignatureError(
+        f"an envelope carries at most {MAX_SIGNATURES} signatures, this one {count}",
+        reason="TOO_MANY_SIGNATURES",
+    )
+
+
 @dataclass(frozen=True)
 class Envelope:
     payload_type: str
     payload: bytes
     signatures: tuple[Signature, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.signatures) > MAX_SIGNATURES:
+            raise _too_many_signatures(len(self.signatures))
+        if len(self.payload) > MAX_PAYLOAD_BYTES:
+            raise SignatureError(
+                f"an envelope's payload is at most {MAX_PAYLOAD_BYTES} bytes, "
+                f"this one {len(self.payload)}",
+                reason="PAYLOAD_TOO_LARGE",
+            )
 
     def to_json(self) -> bytes:
         """The envelope in DSSE JSON form (base64 payload and signatures), as canonical JSON bytes."""
@@ -112,7 +139,9 @@ class Envelope:
     def from_json(cls, data: bytes | str) -> Envelope:
         """The envelope of DSSE JSON, signatures unchecked; SignatureError (ENVELOPE_MALFORMED) if not one."""
         try:
-            obj = json.loads(data)
+            obj = bounded_json.loads(data, "a DSSE envelope", MAX_JSON_BYTES)
+            if len(obj["signatures"]) > MAX_SIGNATURES:  # before decoding any of them
+                raise _too_many_signatures(len(obj["signatures"]))
             sigs = tuple(
                 Signature(str(s["keyid"]), base64.b64decode(s["sig"], validate=True))
                 for s in obj["signatures"]
@@ -120,12 +149,15 @@ class Envelope:
             return cls(
                 str(obj["payloadType"]), base64.b64decode(obj["payload"], validate=True), sigs
             )
+        except bounded_json.JsonRefused as e:
+            raise SignatureError(e.message, reason=e.reason) from None
         except (ValueError, KeyError, TypeError) as e:
             raise SignatureError(f"not a DSSE envelope: {e}", reason="ENVELOPE_MALFORMED") from None
 
     def countersigned(self, signer: Signer) -> Envelope:
         """A copy with `signer`'s signature over the same payload appended; the others are not checked."""
-        sig = Signature(signer.keyid, signer.sign(pae(self.payload_type, self.payload)))
+        pinned = signer.in_use()
+        sig = Signature(pinned.keyid, pinned.sign(pae(self.payload_type, self.payload)))
         return Envelope(self.payload_type, self.payload, (*self.signatures, sig))
 
 
@@ -134,7 +166,8 @@ def sign(thing: str, payload: Mapping[str, Any], *signers: Signer) -> Envelope:
     body = canonical(payload)
     ptype = media_type(thing)
     message = pae(ptype, body)
-    return Envelope(ptype, body, tuple(Signature(s.keyid, s.sign(message)) for s in signers))
+    pinned = [s.in_use() for s in signers]  # a key rotating meanwhile cannot split id and signature
+    return Envelope(ptype, body, tuple(Signature(s.keyid, s.sign(message)) for s in pinned))
 
 
 KeyLookup = Callable[[str], PublicKey | None]
@@ -160,7 +193,9 @@ def verify(
     """
     good = verify_signatures(envelope, thing, lookup, required)
     try:
-        payload = json.loads(envelope.payload)
+        payload = bounded_json.loads(envelope.payload, f"the {thing} payload")
+    except bounded_json.JsonRefused as e:
+        raise SignatureError(e.message, reason=e.reason) from None
     except ValueError:
         raise SignatureError(f"{thing} payload is not JSON", reason="PAYLOAD_MALFORMED") from None
     if not isinstance(payload, dict):

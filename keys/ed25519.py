@@ -11,9 +11,8 @@ from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keys.errors import KeyFileError
 
@@ -84,6 +83,11 @@ class Signer:
         """The key id of this signer's public key."""
         return self.public.keyid
 
+    def in_use(self) -> Signer:
+        """The signer to make one signature with, its key id and signature from the same key:
+        this one (a keys.rotation.RotatingSigner answers with its key of the moment)."""
+        return self
+
     def sign(self, message: bytes) -> bytes:
         """The 64-byte Ed25519 signature of `message`."""
         return self._private.sign(message)
@@ -91,16 +95,6 @@ class Signer:
     def crypto_key(self) -> Ed25519PrivateKey:
         """The private key itself as a `cryptography` object, for libraries that sign (PyJWT)."""
         return self._private
-
-    def derive_secret(self, info: bytes) -> bytes:
-        """A 32-byte secret bound to this key and `info` (HKDF-SHA256), so that secrets such as
-        per-agreement pseudonym keys need no key files of their own."""
-        raw = self._private.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(raw)
 
     def save(self, path: Path) -> None:
         """Write the key as PKCS#8 PEM, created with mode 0600 so it is never readable by others."""
@@ -129,6 +123,8 @@ class Signer:
             )
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except OSError as e:  # a directory, or unreadable though its mode says owner-only
+            raise KeyFileError(f"cannot read private key {path}: {e.strerror}") from None
         except (ValueError, TypeError) as e:
             raise KeyFileError(f"{path} is not an unencrypted PEM private key: {e}") from None
         if not isinstance(key, Ed25519PrivateKey):

@@ -1,8 +1,10 @@
-"""Partner access tokens: short-lived, single-use EdDSA JWTs.
+"""Partner access tokens: short-lived, single-use EdDSA JWTs, each bound to one call.
 
 A token names its issuer (the partner, as listed in the trust bundle), subject, audience (the broker),
-and a unique `jti`. Lifetimes over five minutes are refused, which bounds how long a replay cache must
-remember a `jti`.
+a unique `jti`, and what it authorises (its `Grant`): the call (query, plan or describe), the digest
+of the query as the partner asked it, the cities asked, and whether the broker may negotiate a
+coarser shape. Lifetimes over five minutes are refused, which bounds how long a store of consumed
+token ids must remember a `jti`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import base64
 import binascii
 import json
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import jwt
@@ -27,12 +29,73 @@ from keys.trust import Role, TrustBundle
 MAX_LIFETIME_S = 300
 CLOCK_SKEW_S = 30
 ALGORITHM = "EdDSA"
+# A jti is stored until its token expires; longer ones are refused rather than stored.
+MAX_JTI_CHARS = 128
+_MAX_GRANT_CITIES = 64
+
+
+class Call(StrEnum):
+    """The broker call a token authorises."""
+
+    QUERY = "query"
+    PLAN = "plan"
+    DESCRIBE = "describe"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a token authorises: one `call`; for a query or plan, the query with `query_digest`
+    (domain.query.query_digest of the query as the partner asked it) at `cities` (empty: every
+    city, as the query's own empty city list means), and with `negotiate` a coarser shape of it."""
+
+    call: Call
+    query_digest: str = ""
+    cities: tuple[str, ...] = ()
+    negotiate: bool = False
+
+    def claims(self) -> dict[str, Any]:
+        """The grant as JWT claims."""
+        return {
+            "call": self.call.value,
+            "query_digest": self.query_digest,
+            "cities": list(self.cities),
+            "negotiate": self.negotiate,
+        }
+
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any]) -> Grant:
+        """The grant a verified token's claims state; TOKEN_CLAIM_MISSING without a `call`,
+        TOKEN_GRANT_INVALID when a grant claim has the wrong type or value."""
+        if "call" not in claims:
+            raise _fail("the token lacks the 'call' claim", "TOKEN_CLAIM_MISSING")
+        call, digest = claims["call"], claims.get("query_digest", "")
+        cities, negotiate = claims.get("cities", []), claims.get("negotiate", False)
+        if (
+            call not in {c.value for c in Call}
+            or not isinstance(digest, str)
+            or len(digest) > MAX_JTI_CHARS
+            or not isinstance(cities, list)
+            or len(cities) > _MAX_GRANT_CITIES
+            or not all(isinstance(c, str) for c in cities)
+            or not isinstance(negotiate, bool)
+            or (call != Call.DESCRIBE and not digest)
+        ):
+            raise _fail(
+                "the token's grant (call, query, cities) is malformed", "TOKEN_GRANT_INVALID"
+            )
+        return cls(Call(call), digest, tuple(cities), negotiate)
 
 
 def issue(
-    signer: Signer, issuer: str, audience: str, lifetime_s: int = 120, subject: str | None = None
+    signer: Signer,
+    issuer: str,
+    audience: str,
+    grant: Grant,
+    lifetime_s: int = 120,
+    subject: str | None = None,
 ) -> str:
-    """A JWT signed by `signer` (kid: its key id), fresh jti; ValueError unless 0 < lifetime_s <= 300."""
+    """A JWT signed by `signer` (kid: its key id), fresh jti, authorising `grant` only;
+    ValueError unless 0 < lifetime_s <= 300."""
     if not 0 < lifetime_s <= MAX_LIFETIME_S:
         raise ValueError(f"token lifetime must be between 1 and {MAX_LIFETIME_S} seconds")
     now = int(time.time())
@@ -43,6 +106,7 @@ def issue(
         "iat": now,
         "exp": now + lifetime_s,
         "jti": secrets.token_urlsafe(16),
+        **grant.claims(),
     }
     return jwt.encode(
         claims, signer.crypto_key(), algorithm=ALGORITHM, headers={"kid": signer.keyid}
@@ -58,6 +122,7 @@ class VerifiedToken:
     issued_at: int
     expires_at: int
     raw: str
+    grant: Grant
 
 
 def _fail(message: str, reason: str) -> AuthenticationError:
@@ -101,7 +166,8 @@ _Refuse = Callable[[str, str], AuthenticationError]
 def verify(
     token: str, bundle: TrustBundle, audience: str, at: datetime | None = None
 ) -> VerifiedToken:
-    """Check signature, algorithm, issuer, audience, expiry and lifetime. Replay is `ReplayCache`'s job."""
+    """Check signature, algorithm, issuer, audience, expiry, lifetime and the grant's shape. Whether
+    the grant covers a call is domain.authorisation's to decide; replay, infra.consumed_tokens'."""
     # The verified decode below parses the token (strictly) anyway, so the key is chosen from a
     # cheap parse; PyJWT's own unverified parse runs only when that fails or the token is refused,
     # so that a token PyJWT calls malformed is refused as malformed first, as ever.
@@ -120,8 +186,12 @@ def verify(
         raise _fail(f"token lifetime exceeds {MAX_LIFETIME_S} seconds", "TOKEN_LIFETIME_TOO_LONG")
     if iat > time.time() + CLOCK_SKEW_S:
         raise _fail("the token was issued in the future", "TOKEN_NOT_YET_VALID")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
+        raise _fail(f"the token's jti must be 1 to {MAX_JTI_CHARS} characters", "TOKEN_INVALID")
+    grant = Grant.from_claims(claims)
     return VerifiedToken(
-        str(claims["iss"]), str(claims["sub"]), audience, str(claims["jti"]), iat, exp, token
+        str(claims["iss"]), str(claims["sub"]), audience, jti, iat, exp, token, grant
     )
 
 
@@ -188,28 +258,3 @@ def _decode(
         except jwt.PyJWTError:
             raise refuse("the token is not valid", "TOKEN_INVALID") from None
     raise refuse("the token signature does not verify", "TOKEN_SIGNATURE_INVALID")
-
-
-class ReplayCache:
-    """Remembers each `jti` until its token expires (plus skew); a second use is refused.
-
-    Bounded in time by MAX_LIFETIME_S, so memory is bounded by the token rate.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._next_sweep = 0.0
-
-    def consume(self, token: VerifiedToken, use: str = "") -> None:
-        """Refuse a second use; `use` separates kinds of use one token may have once each
-        (a broker's dry-run plan and the query it prepares)."""
-        now = time.time()
-        key = f"{token.issuer}\x00{token.jti}\x00{use}"
-        with self._lock:
-            if now >= self._next_sweep:
-                self._seen = {k: t for k, t in self._seen.items() if t > now}
-                self._next_sweep = now + 10
-            if key in self._seen:
-                raise _fail("the token has already been used", "TOKEN_REPLAYED")
-            self._seen[key] = token.expires_at + CLOCK_SKEW_S

@@ -17,14 +17,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from domain.agreement import DominanceTerms
 from domain.errors import InvalidArgument, PermissionDenied, TooLarge
 from domain.query import FilterOp, MeasureKind, Query
 from keys import timefmt
-from node import disclosure
+from node import disclosure, dominance
 from node.cache import BoundedCache
 from node.catalogue import UNMAPPED, DatasetSpec, FieldSpec, FieldType
-from node.numbers import number_selected
-from node.schema import consent_events, consent_scopes, resident_numbers
+from node.numbers import key_selected, number_selected
+from node.schema import (
+    consent_events,
+    consent_scopes,
+    resident_cell_keys,
+    resident_erasures,
+    resident_numbers,
+)
 
 VALID_STATES = ("given", "renewed")
 _RESIDENTS, _RECORDS = "_residents", "_records"
@@ -41,6 +48,8 @@ _MAX_STATEMENTS = 256
 _MAX_CELL_BITMAPS = 16 << 20
 _BITS_MAX = "bits_max"
 _BITS, _UNNUMBERED = "_bits", "_unnumbered"
+# Disclosure regime cell_key: the sum of the cell's records' keys (node.cell_key).
+_KEYSUM = "_keysum"
 # DuckDB's BIT, cast to BLOB, holds the first bit in the most significant bit of its byte.
 _REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
@@ -51,6 +60,10 @@ class Cell:
     values: dict[str, float | int]
     # Records in the cell, so that brokers can merge averages across cities by weight.
     records: int
+    # Regime cell_key: the sum of its records' keys (None: no stored keys, observational data),
+    # and each summed field's largest contribution (node.dominance), for node.cell_key.
+    key_sum: int | None = None
+    top: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,10 @@ class Scan:
     pushed: bool = False
     bounds: Bounds = ()
     per_resident: int = 0
+    # Regime cell_key: each cell also sums its records' keys (`_KEYSUM`).
+    cell_keys: bool = False
+    # The dominance rule for sums and averages (None: not applied, as under differential privacy).
+    dominance: DominanceTerms | None = None
 
 
 def _generalise(
@@ -101,6 +118,8 @@ def _generalise(
             thursday = sa.func.date(col, "-3 days", "weekday 4")
             week = (sa.cast(sa.func.strftime("%j", thursday), sa.Integer) - 1) / 7 + 1
             return sa.func.printf("%s-W%02d", sa.func.strftime("%Y", thursday), week)
+        if dialect == "trino":  # Trino has no to_char; its date_format takes MySQL's formats
+            return sa.func.date_format(col, "%x-W%v")
         return sa.func.to_char(col, 'IYYY-"W"IW')
     if ftype is FieldType.DATE:
         fmt = {
@@ -110,6 +129,8 @@ def _generalise(
         }[how]
         if dialect == "sqlite":
             return sa.func.strftime(fmt[0], col)
+        if dialect == "trino":
+            return sa.func.date_format(col, fmt[0])
         return sa.func.to_char(col, fmt[1])
     if ftype is FieldType.NUMBER:
         width = {"band5": 5, "band10": 10}[how]
@@ -155,6 +176,8 @@ _MIRROR = sa.Table(
     sa.Column("data_category", sa.String(128)),
     sa.Column("valid_from", sa.DateTime()),
     sa.Column("valid_until", sa.DateTime()),
+    # The resident's cell key (node.schema.resident_cell_keys), for the cell_key regime.
+    sa.Column("cell_key", sa.Integer),
     prefixes=["TEMPORARY"],
 )
 # One number per mirrored resident, for the transparency record's bitmaps (node.transparency).
@@ -180,6 +203,8 @@ class _MirrorState:
 
     event_id: int
     pairs: set[tuple[str, str]]
+    # The last resident erasure it reflects (node.erasure): an erasure leaves no event to replay.
+    erasure_id: int = 0
 
 
 def _high_water(consents: sa.Connection) -> int:
@@ -215,11 +240,12 @@ def _mirror_rows(
             c.data_category,
             c.valid_from,
             c.valid_until,
+            resident_cell_keys.c.cell_key,
         )
         .select_from(
             consent_scopes.outerjoin(
                 resident_numbers, resident_numbers.c.resident_id == c.resident_id
-            )
+            ).outerjoin(resident_cell_keys, resident_cell_keys.c.resident_id == c.resident_id)
         )
         .where(
             _in(c.state, VALID_STATES),
@@ -243,6 +269,13 @@ def _insert_mirror(data: sa.Connection, rows: Sequence[sa.Row[Any]]) -> None:
         data.execute(_MIRROR.insert(), [dict(zip(_MIRROR_COLUMNS, r, strict=True)) for r in rows])
 
 
+# The newest consent event and resident erasure (node.erasure), in one round trip.
+_LATEST = sa.select(
+    sa.func.max(consent_events.c.event_id),
+    sa.select(sa.func.coalesce(sa.func.max(resident_erasures.c.erasure_id), 0)).scalar_subquery(),
+)
+
+
 def push_consenting(
     data: sa.Connection,
     consents: sa.Engine,
@@ -260,7 +293,9 @@ def push_consenting(
     state: _MirrorState | None = data.info.get(_MIRROR_STATE)
     pair = (purpose, category)
     with consents.connect() as source:
-        latest = source.execute(sa.select(sa.func.max(consent_events.c.event_id))).scalar()
+        latest, erased = source.execute(_LATEST).one()
+    if state is not None and state.erasure_id != erased:
+        state = None  # a resident was erased since: reload
     if state is not None and pair in state.pairs and (latest or 0) == state.event_id:
         return 0  # nothing changed since the last sync: no writes
     high, replay, state = _changes_since(consents, state)
@@ -268,7 +303,7 @@ def push_consenting(
     _number_changed(consents, pair, old, replay)
     n = _write_mirror(data, consents, state is None, pair, old, replay)
     data.commit()
-    data.info[_MIRROR_STATE] = _MirrorState(high, old | {pair})
+    data.info[_MIRROR_STATE] = _MirrorState(high, old | {pair}, erased)
     return n
 
 
@@ -502,7 +537,10 @@ def _compile(
     resident the mirror has no number for (`_UNNUMBERED`)."""
     ds = scan.ds
     assert not numbered or (scan.pushed and not scan.per_resident and ds.resident_linked)
-    table, generalised, conditions = _source(scan, at, dialect, consent_filter=not numbered)
+    assert not scan.cell_keys or not scan.per_resident
+    # Consent as a join with the mirror, which carries numbers and cell keys, when either is used.
+    joined = numbered or (scan.cell_keys and scan.pushed and ds.resident_linked)
+    table, generalised, conditions = _source(scan, at, dialect, consent_filter=not joined)
     fields = sorted({m.field for m in scan.query.measures if m.field})
     rows = _Rows(
         table,
@@ -512,8 +550,12 @@ def _compile(
         {f: table.c[ds.fields[f].column] for f in fields},
     )
     number: sa.ColumnElement[Any] | None = None
-    if numbered:
-        rows.source, number = _numbered(scan, table, at)
+    key: sa.ColumnElement[Any] | None = None
+    if joined:
+        rows.source, mirrored_number, key = _numbered(scan, table, at)
+        number = mirrored_number if numbered else None
+    elif scan.cell_keys and rows.resident is not None:
+        rows.source, key = _keyed(table, rows.resident)
     if scan.per_resident and rows.resident is not None:
         rows = _bounded(scan, table, generalised, rows)
     bits: sa.ColumnElement[Any] | None = None
@@ -533,6 +575,8 @@ def _compile(
         sa.func.count().label(_RECORDS),
         *_measures(scan, residents, rows.values, dialect),
     ]
+    if scan.cell_keys and key is not None:
+        measures.append(sa.func.sum(key).label(_KEYSUM))
     if number is not None and bits is not None:
         measures += [
             sa.cast(bits, sa.LargeBinary).label(_BITS),
@@ -546,17 +590,47 @@ def _compile(
 
 def _numbered(
     scan: Scan, table: sa.TableClause, at: sa.BindParameter[Any]
-) -> tuple[sa.FromClause, sa.ColumnElement[Any]]:
-    """The consent filter as a join, to carry the numbers: one row per consenting resident."""
+) -> tuple[sa.FromClause, sa.ColumnElement[Any], sa.ColumnElement[Any]]:
+    """The consent filter as a join, to carry the numbers and cell keys: one row per consenting
+    resident."""
     ds, mirror = scan.ds, _MIRROR.c
     consenting = (
-        sa.select(mirror.resident_id, sa.func.max(mirror.number).label("number"))
+        sa.select(
+            mirror.resident_id,
+            sa.func.max(mirror.number).label("number"),
+            sa.func.max(mirror.cell_key).label("cell_key"),
+        )
         .where(*_mirror_conditions(scan.query.purpose, scan.recipients, ds.data_category, at))
         .group_by(mirror.resident_id)
         .subquery("consenting")
     )
     source = table.join(consenting, consenting.c.resident_id == table.c[ds.resident_column])
-    return source, consenting.c.number
+    return source, consenting.c.number, sa.func.coalesce(consenting.c.cell_key, 0)
+
+
+def _keyed(
+    table: sa.TableClause, resident: sa.ColumnElement[Any]
+) -> tuple[sa.FromClause, sa.ColumnElement[Any]]:
+    """The data joined to its residents' cell keys, beside the consents (`key_consenting` gave
+    every consenting resident one before the query; one without counts as key 0)."""
+    keys = resident_cell_keys
+    return table.outerjoin(keys, keys.c.resident_id == resident), sa.func.coalesce(
+        keys.c.cell_key, 0
+    )
+
+
+def key_consenting(consents: sa.Engine, purpose: str, category: str) -> None:
+    """Give a cell key to every resident with a consent in a valid state for this purpose and
+    data category who has none (regime cell_key, data beside the consents; the consent mirror
+    keys residents as it numbers them)."""
+    c = consent_scopes.c
+    with consents.begin() as conn:
+        key_selected(
+            conn,
+            sa.select(c.resident_id)
+            .distinct()
+            .where(c.purpose == purpose, c.data_category == category, _in(c.state, VALID_STATES)),
+        )
 
 
 def _bounded(
@@ -673,6 +747,7 @@ class QueryCompiler:
             scan.pushed,
             scan.bounds,
             scan.per_resident,
+            scan.cell_keys,
             dialect,
             *_dataset_shape(scan.ds),
         )
@@ -757,7 +832,15 @@ def _released(
     when the scan computed bitmaps (`bits` > 0), the released cells' contributors."""
     query = scan.query
     keys = [tuple(str(row[f"d{i}"]) for i in range(len(query.group_by))) for row in rows]
-    hidden = _withheld(conn, scan, k, keys, [int(row[_RESIDENTS]) for row in rows])
+    tops = _top_contributions(conn, scan) if rows else {}
+    rule = scan.dominance
+    dominated = {
+        i
+        for i, key in enumerate(keys)
+        if rule is not None
+        and any(dominance.dominated(c, rule) for c in tops.get(key, {}).values())
+    }
+    hidden = _withheld(conn, scan, k, keys, [int(row[_RESIDENTS]) for row in rows], dominated)
     names = [m.name for m in query.measures]
     cells: list[Cell] = []
     withheld: list[dict[str, str]] = []
@@ -768,7 +851,13 @@ def _released(
             withheld.append(key)
             continue
         cells.append(
-            Cell(key, {n: _number(row[f"m{j}"]) for j, n in enumerate(names)}, int(row[_RECORDS]))
+            Cell(
+                key,
+                {n: _number(row[f"m{j}"]) for j, n in enumerate(names)},
+                int(row[_RECORDS]),
+                int(row[_KEYSUM] or 0) if _KEYSUM in row else None,
+                {f: c.largest for f, c in tops[keys[i]].items()} if keys[i] in tops else None,
+            )
         )
         if bits and row[_BITS] is not None:
             contributors |= int.from_bytes(bytes(row[_BITS]), "big")
@@ -779,21 +868,46 @@ def _released(
     return AggregateResult(cells, withheld, bitmap)
 
 
+def _top_contributions(
+    conn: sa.Connection, scan: Scan
+) -> dict[tuple[str, ...], dict[str, dominance.Contributions]]:
+    """Each cell's contributions to its summed and averaged fields, for the dominance rule (one
+    more statement, only for a query with sums or averages under a rule); {} otherwise."""
+    fields = sorted(
+        {m.field for m in scan.query.measures if m.kind in (MeasureKind.SUM, MeasureKind.AVG)}
+    )
+    if scan.dominance is None or not fields:
+        return {}
+    ds = scan.ds
+    table, dims, conditions = _source(scan, _at_param(scan.at), conn.dialect.name)
+    stmt = dominance.top_contributions(
+        table,
+        conditions,
+        dims,
+        table.c[ds.resident_column] if ds.resident_linked else None,
+        {f: table.c[ds.fields[f].column] for f in fields},
+        scan.dominance.n,
+    )
+    return dominance.read(conn.execute(stmt).mappings().all(), len(dims), fields)
+
+
 def _withheld(
     conn: sa.Connection,
     scan: Scan,
     k: int,
     keys: list[tuple[str, ...]],
     population: list[int],
+    dominated: set[int] | None = None,
 ) -> set[int]:
-    """Which cells (by position) to withhold; refuses a query whose population is under k."""
+    """Which cells (by position) to withhold: those under k, the `dominated` ones, and enough
+    others to protect them; refuses a query whose population is under k."""
     if max(population, default=0) < k and _population(conn, scan) < k:
         # Two answers over populations this small could be subtracted to isolate someone.
         raise PermissionDenied(
             f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
         )
     try:
-        return disclosure.suppress(keys, population, k)
+        return disclosure.suppress(keys, population, k, dominated or ())
     except disclosure.TooLargeToAudit as e:
         raise InvalidArgument(
             f"the answer is too fine to protect its small cells ({e}): group by fewer or "
@@ -908,3 +1022,12 @@ def release_records(conn: sa.Connection, scan: Scan, pseudonym_key: bytes) -> li
         }
         for r in rows
     ]
+
+
+def rows_of(
+    scan: Scan, dialect: str
+) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
+    """The rows an answer to `scan` aggregates (consent time bound in): the dataset table, the
+    generalised group-by expressions, and the row conditions; for node.cell_sets, which groups
+    the same rows by cell and contributor."""
+    return _source(scan, _at_param(scan.at), dialect)

@@ -7,7 +7,7 @@ agreements, filters by consent, aggregates with suppression, signs, and logs bef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,28 +15,46 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.log import MerkleLog, SideWrite
-from domain import statements
-from domain.agreement import DEFAULT_K, Agreement, DpTerms
-from domain.errors import AuthenticationError, CitybrokerError, Conflict, PermissionDenied
-from domain.kinds import LogKind
+from domain import authorisation, freshness, statements
+from domain.agreement import Agreement, DpTerms
+from domain.errors import (
+    AuthenticationError,
+    CallerGone,
+    CitybrokerError,
+    Conflict,
+    PermissionDenied,
+)
+from domain.kinds import LogKind, Statement
 from domain.plan import QueryPlan
 from domain.query import Query, QueryKind
+from infra import logs
+from infra.consumed_tokens import ConsumedTokens
+from infra.limits import LimitsConfig
 from keys import dsse, timefmt, tokens
 from keys.ed25519 import Signer
 from keys.trust import TrustStore
-from node import aggregate, policy, privacy, taxonomy
+from node import aggregate, policy, privacy, regimes, taxonomy
 from node.agreements import AgreementRegister
 from node.catalogue import Catalogue
+from node.exchange_evidence import ExchangeEvidence
+from node.partner_limits import PartnerGate
+from node.release_guard import Asked, Guarded, ReleaseGuard
+from node.schema import resident_numbers
+from node.secrets import NodeSecret
 from node.transfers import TransferRules
 from node.transparency import Exchange, ExchangeRecorder
 
 
 @dataclass(frozen=True)
 class NodeSettings:
-    """The city's party id, and the smallest k it answers with whatever an agreement says."""
+    """The city's party id, the smallest k it answers with whatever an agreement says, and the
+    per-partner limits for partners whose agreements set none."""
 
     city: str
     k_floor: int = 5
+    limits: LimitsConfig = LimitsConfig()
+    # How far a broker's clock may be ahead of this node's (or behind, beyond a token's lifetime).
+    clock_skew_s: int = tokens.CLOCK_SKEW_S
 
 
 @dataclass(frozen=True)
@@ -83,10 +101,23 @@ class _Release:
     charge: privacy.Charge | None = None
     # The contributors, when the aggregate's own scan computed them (`contributors` is not run).
     contributor_bitmap: bytes | None = None
+    # The cells the differencing guard let through (regime exact), recorded when released.
+    guarded: Guarded | None = None
 
 
 # Answers of one query when others keep spending the same privacy budget under it.
 _BUDGET_ATTEMPTS = 8
+# Conflicts in the log's transaction that answering again resolves: another answer spent the
+# same privacy budget, or was released to the same partner (node.release_history).
+_ANSWER_AGAIN = ("BUDGET_CHANGED", "RELEASE_HISTORY_CHANGED")
+
+
+def _then(first: SideWrite, then: SideWrite) -> SideWrite:
+    def write(conn: sa.Connection, first_index: int) -> None:
+        first(conn, first_index)
+        then(conn, first_index)
+
+    return write
 
 
 def _charged(charge: privacy.Charge, record: SideWrite) -> SideWrite:
@@ -97,24 +128,49 @@ def _charged(charge: privacy.Charge, record: SideWrite) -> SideWrite:
     return write
 
 
+# Whether the caller has stopped waiting for the answer (edge.node_service asks gRPC).
+Cancelled = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+def _stop_if(cancelled: Cancelled) -> None:
+    if cancelled():
+        raise CallerGone("the broker stopped waiting for this answer")
+
+
 class Answerer:
     """Answers, plans and describes for brokers; see the module docstring."""
 
     def __init__(self, parts: NodeParts) -> None:
         self._ledger = privacy.BudgetLedger(parts.consents)
         self._s, self._signer, self._trust = parts.settings, parts.signer, parts.trust
+        # Keys pseudonyms and observational cell keys: unlike the signing key, it never rotates.
+        self._secret = NodeSecret(parts.consents)
         self._agreements, self._catalogue = parts.agreements, parts.catalogue
         self._data, self._consents, self._log = parts.data, parts.consents, parts.log
         self._exchanges, self._transfers = parts.exchanges, parts.transfers
         self._provider = policy.Provider(parts.settings.city, parts.catalogue, parts.transfers)
         # Statements compiled for this node's data engine, and what its answers taught.
         self._compiler = aggregate.QueryCompiler()
-        self._replay = tokens.ReplayCache()
+        # The differencing guard and its release history, in the node's database (regime exact).
+        self._guard = ReleaseGuard(parts.consents)
+        # Consumed partner tokens, in the node's own database: single use survives restarts.
+        self._consumed = ConsumedTokens(parts.consents)
+        # Exchanges about single residents are logged as commitments (node.exchange_evidence).
+        self._evidence = ExchangeEvidence(parts.settings.city, parts.signer)
+        self._gate = PartnerGate(
+            parts.settings.limits,
+            lambda partner, at: (a.verified for a in parts.agreements.in_force_for(partner, at)),
+        )
 
     def _authenticate(
         self, envelope: dsse.Envelope, thing: str, peers: Sequence[str]
     ) -> statements.BrokerRequest:
         bundle = self._trust.current
+        freshness.check_payload(envelope.payload, timefmt.now(), self._s.clock_skew_s)
         request = statements.verify_request(envelope, thing, bundle)
         if request.broker not in peers:
             raise AuthenticationError(
@@ -126,22 +182,37 @@ class Answerer:
             raise AuthenticationError(
                 "the partner token was issued by another party", reason="TOKEN_PARTNER_MISMATCH"
             )
-        self._replay.consume(token, use=thing)
+        # The partner's authority, checked here and not taken from the broker.
+        authorisation.check_request(token, thing, request, self._s.city)
+        self._consumed.consume(token, use=thing)
         return request
 
-    def run_query(self, envelope: dsse.Envelope, peers: Sequence[str]) -> tuple[dsse.Envelope, int]:
-        """Answer, or refuse; either way the query and the signed outcome are logged first."""
+    def run_query(
+        self, envelope: dsse.Envelope, peers: Sequence[str], cancelled: Cancelled = _never
+    ) -> tuple[dsse.Envelope, int, bytes]:
+        """Answer, or refuse; either way the query and the signed outcome are logged first.
+        `cancelled` says whether the broker has stopped waiting; if so, nothing is released.
+        Returns the signed result, its log index and the salt of its commitment (empty when it
+        is logged whole: node.exchange_evidence)."""
         request = self._authenticate(envelope, statements.QUERY, peers)
+        logs.bind_exchange(request.request_id)  # verified: the broker's id of this exchange
         # One data connection for answering and for the transparency record: consents pushed
-        # into a separate data database live in that connection's session.
-        with self._data.connect() as data:
-            return self._run(request, envelope, data)
+        # into a separate data database live in that connection's session. Over the partner's
+        # limits, refused before any work and not logged (node.partner_limits).
+        with self._gate.admit(request.partner), self._data.connect() as data:
+            return self._run(request, envelope, data, cancelled)
 
     def _run(
-        self, request: statements.BrokerRequest, envelope: dsse.Envelope, data: sa.Connection
-    ) -> tuple[dsse.Envelope, int]:
+        self,
+        request: statements.BrokerRequest,
+        envelope: dsse.Envelope,
+        data: sa.Connection,
+        cancelled: Cancelled,
+    ) -> tuple[dsse.Envelope, int, bytes]:
         try:
-            return self._release(request, envelope, data)
+            return self._release(request, envelope, data, cancelled)
+        except CallerGone:
+            raise  # nothing was released or logged; the broker no longer listens
         except CitybrokerError as refusal:
             signed = statements.sign_refusal(
                 request,
@@ -151,19 +222,25 @@ class Answerer:
                 refusal.message,
                 self._signer,
             )
+            logged = self._evidence.entries(request, envelope, signed, Statement.REFUSAL)
             index = self._log.append_many(
-                [envelope.to_json(), signed.to_json()], kind=LogKind.REFUSAL
+                logged.entries, kind=LogKind.REFUSAL, side_write=logged.side_write
             )
             refusal.metadata["log_index"] = str(index[1])
             raise
 
     def _release(
-        self, request: statements.BrokerRequest, envelope: dsse.Envelope, data: sa.Connection
-    ) -> tuple[dsse.Envelope, int]:
+        self,
+        request: statements.BrokerRequest,
+        envelope: dsse.Envelope,
+        data: sa.Connection,
+        cancelled: Cancelled,
+    ) -> tuple[dsse.Envelope, int, bytes]:
         """Answer, and commit the log entries, the transparency record and the privacy budget
         spent in one transaction (one fsync). A signed result states the budget left, so when
         another answer spent the same budget meanwhile, this one is answered again."""
         for attempt in range(1, _BUDGET_ATTEMPTS + 1):
+            _stop_if(cancelled)
             release = self._answer(request, data)
             record = self._exchanges.side_write(
                 Exchange(
@@ -183,17 +260,22 @@ class Answerer:
                 contributor_bitmap=release.contributor_bitmap,
             )
             side = record if release.charge is None else _charged(release.charge, record)
+            if release.guarded is not None:
+                side = _then(release.guarded.side_write(), side)
+            logged = self._evidence.entries(request, envelope, release.result, Statement.RESULT)
+            if logged.side_write is not None:
+                side = _then(side, logged.side_write)
+            # The last moment to drop it: once logged, it is released (if not delivered).
+            _stop_if(cancelled)
             try:
                 indexes = self._log.append_many(
-                    [envelope.to_json(), release.result.to_json()],
-                    kind=LogKind.EXCHANGE,
-                    side_write=side,
+                    logged.entries, kind=LogKind.EXCHANGE, side_write=side
                 )
             except Conflict as e:
-                if e.reason != "BUDGET_CHANGED" or attempt == _BUDGET_ATTEMPTS:
+                if e.reason not in _ANSWER_AGAIN or attempt == _BUDGET_ATTEMPTS:
                     raise
                 continue
-            return release.result, indexes[1]
+            return release.result, indexes[1], logged.outcome_salt
         raise AssertionError("unreachable")
 
     def _jurisdiction(self, party_id: str) -> str:
@@ -217,6 +299,9 @@ class Answerer:
         scan = permitted.scan
         if query.kind is QueryKind.ATTRIBUTE_CHECK:
             return self._check_attribute(permitted, conn)
+        if scan.cell_keys and scan.ds.resident_linked and not scan.pushed:
+            # The consenting residents' cell keys, drawn once; the mirror has them when pushed.
+            aggregate.key_consenting(self._consents, query.purpose, scan.ds.data_category)
         if scan.pushed:
             aggregate.push_consenting(
                 conn, self._consents, query.purpose, scan.recipients, scan.ds.data_category, scan.at
@@ -238,7 +323,7 @@ class Answerer:
             self._jurisdiction(request.partner),
         )
         agreement, terms = permit.agreement, permit.agreement.dp
-        k = max(agreement.min_cell_size or DEFAULT_K, self._s.k_floor)
+        k = regimes.k_for(agreement, self._s.k_floor)
         ds = self._catalogue.datasets[query.dataset]
         jurisdictions = (self._transfers.home, self._jurisdiction(request.partner))
         if terms is not None:
@@ -253,6 +338,8 @@ class Answerer:
             if terms
             else (),
             per_resident=terms.records_per_resident if terms and ds.resident_linked else 0,
+            cell_keys=regimes.uses_cell_keys(agreement),
+            dominance=regimes.dominance(agreement),
         )
         return _Permitted(request, agreement, k, scan, jurisdictions)
 
@@ -276,6 +363,7 @@ class Answerer:
                 permitted.jurisdictions,
                 spent,
                 records,
+                disclosure=regimes.statement(agreement),
             ),
             self._signer,
         )
@@ -311,7 +399,7 @@ class Answerer:
     def _release_records(self, permitted: _Permitted, conn: sa.Connection) -> _Release:
         agreement, scan = permitted.agreement, permitted.scan
         # A pseudonym key per agreement, so releases under different agreements never link.
-        key = self._signer.derive_secret(
+        key = self._secret.derive(
             f"citybroker pseudonyms\0{agreement.agreement_id}\0{agreement.version}".encode()
         )
         released = aggregate.release_records(conn, scan, key)
@@ -328,9 +416,13 @@ class Answerer:
         agreement, scan = permitted.agreement, permitted.scan
         terms = agreement.dp
         answer = self._compiler.run(conn, scan, permitted.k)
+        answer, guarded = self._guarded(permitted, conn, answer)
         cells: list[dict[str, Any]] = [
             {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells
         ]
+        if scan.cell_keys:
+            secret = regimes.observational_secret(self._secret, scan.ds.name)
+            cells = regimes.perturb(answer.cells, scan, agreement, secret)
         charge = spend = None
         if terms is not None:
             # Quoted now (an exhausted budget refuses the answer), booked when it is released.
@@ -352,17 +444,45 @@ class Answerer:
                 None,
                 charge=charge,
                 contributor_bitmap=answer.contributor_bitmap,
+                guarded=guarded,
             )
         contributors = self._compiler.contributors_statement(
             scan, conn.dialect.name, answer.withheld
         )
         if contributors is None:
-            return _Release(result, scan.query, agreement, scan.at, None, charge=charge)
-        return _Release(result, scan.query, agreement, scan.at, *contributors, charge=charge)
+            return _Release(
+                result, scan.query, agreement, scan.at, None, charge=charge, guarded=guarded
+            )
+        return _Release(
+            result, scan.query, agreement, scan.at, *contributors, charge=charge, guarded=guarded
+        )
+
+    def _guarded(
+        self, permitted: _Permitted, conn: sa.Connection, answer: aggregate.AggregateResult
+    ) -> tuple[aggregate.AggregateResult, Guarded | None]:
+        """The differencing guard (regime exact, node.release_guard): `answer` with the cells
+        that would expose a group against earlier answers withheld, and what to record."""
+        if not self._guard.applies(permitted.agreement):
+            return answer, None
+        numbers = (
+            resident_numbers if self._data is self._consents else aggregate.mirrored_numbers(conn)
+        )
+        asked = Asked(
+            permitted.request.partner,
+            permitted.agreement,
+            permitted.request.request_id,
+            permitted.scan,
+            permitted.k,
+        )
+        return self._guard.apply(asked, conn, answer, numbers)
 
     def plan(self, envelope: dsse.Envelope, peers: Sequence[str]) -> QueryPlan:
         """A dry run: would this city answer, and under which terms? No data is read."""
         request = self._authenticate(envelope, statements.PLAN, peers)
+        with self._gate.admit(request.partner):
+            return self._plan(request)
+
+    def _plan(self, request: statements.BrokerRequest) -> QueryPlan:
         query = request.query
         assert query is not None
         at = timefmt.now()
@@ -395,14 +515,17 @@ class Answerer:
             agreement_id=terms.agreement_id,
             agreement_version=terms.version,
             fields=dict(terms.datasets[query.dataset]),
-            min_cell_size=max(terms.min_cell_size, self._s.k_floor),
+            min_cell_size=regimes.k_for(terms, self._s.k_floor),
             epsilon_per_query=terms.dp.epsilon_per_query if terms.dp else 0.0,
         )
 
     def describe_offer(self, envelope: dsse.Envelope, peers: Sequence[str]) -> list[dsse.Envelope]:
         """The envelopes of the agreements in force with the request's partner."""
         request = self._authenticate(envelope, statements.DESCRIBE, peers)
-        return [a.envelope for a in self._agreements.in_force_for(request.partner, timefmt.now())]
+        with self._gate.admit(request.partner):
+            return [
+                a.envelope for a in self._agreements.in_force_for(request.partner, timefmt.now())
+            ]
 
 
 def _add_noise(

@@ -36,19 +36,26 @@ class Mapping:
     """A generalisation through a table in the data's database (a place to its district): the
     value in `value` of the row whose `key` equals the field's value."""
 
+    # The mapping table, in the data's database.
     table: str
+    # Its column holding the field's values.
     key: str
+    # Its column holding what each value generalises to.
     value: str
 
 
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
+    # The table's column holding the field (default: the field's name).
     column: str
+    # string, number or date.
     type: FieldType
+    # What the field may be generalised to: "" (as stored), band5 and band10 for numbers, day,
+    # week, month and year for dates, and the names under `maps` (default: [""]).
     generalisations: frozenset[str]
-    # Generalisations through mapping tables, by name (string fields); a tuple, so that a field
-    # stays hashable (statements are cached by shape, fields included).
+    # Generalisations through mapping tables in the data's database, by name (string fields
+    # only); a tuple, so that a field stays hashable (statements are cached by shape).
     maps: tuple[tuple[str, Mapping], ...] = ()
 
     def mapping(self, generalisation: str) -> Mapping | None:
@@ -63,15 +70,22 @@ class DatasetSpec:
     counts, with no resident id: agreements and minimisation apply, k counts records)."""
 
     name: str
+    # The table (or view) holding the dataset, in the data source.
     table: str
+    # The column holding the resident's id (resident-linked datasets only).
     resident_column: str
+    # The category of personal data, as agreements and consents name it.
     data_category: str
+    # The dataset's fields, by name: the only columns a query may touch.
     fields: dict[str, FieldSpec]
+    # From `kind`: "resident-linked" (each row is a resident's: consent filter, k counts
+    # residents) or "observational" (no resident id: k counts records).
     resident_linked: bool = True
 
 
 @dataclass(frozen=True)
 class Catalogue:
+    # The datasets, by the name queries use.
     datasets: dict[str, DatasetSpec]
 
     @classmethod

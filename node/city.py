@@ -11,9 +11,10 @@ import threading
 import sqlalchemy as sa
 
 from audit.witness import Witness
-from domain.errors import ConfigError
-from infra import storage
+from domain.errors import ConfigError, StoreError
+from infra import storage, warehouse
 from infra.party import open_party
+from infra.trust_watch import RotationWatch
 from keys.trust import Role
 from node.agreements import AgreementRegister
 from node.answering import Answerer, NodeParts, NodeSettings
@@ -32,7 +33,14 @@ def _open_data(config: NodeConfig, node: sa.Engine) -> sa.Engine:
     if config.data == config.database:
         storage.check_tables(node, tables)
         return node
-    return storage.open_data(config.data, tables, config.duckdb)
+    data = storage.open_data(config.data, tables, config.duckdb)
+    if any(ds.resident_linked for ds in config.catalogue.datasets.values()):
+        try:  # the consent mirror needs a temporary table there (infra.warehouse)
+            warehouse.check_session_tables(data)
+        except StoreError:
+            data.dispose()
+            raise
+    return data
 
 
 class City:
@@ -50,6 +58,7 @@ class City:
             opened.log,
         )
         self.trust = store
+        self.rotation = RotationWatch(config, config.city, opened)  # new bundle or key, no restart
         self.data = _open_data(config, self.engine)
         self.agreements = AgreementRegister(self.engine, config.city, store, signer, self.log)
         self.consents = ConsentRegistry(
@@ -66,7 +75,7 @@ class City:
         self.name = own.name
         self.answerer = Answerer(
             NodeParts(
-                NodeSettings(config.city, config.k_floor),
+                NodeSettings(config.city, config.k_floor, config.limits, config.clock_skew_s),
                 signer,
                 store,
                 self.agreements,
@@ -103,6 +112,7 @@ class City:
     def start(self) -> None:
         """Start the consent-expiry loop."""
         self._expiry.start()
+        self.rotation.start()
 
     def _expire_consents(self) -> None:
         """Record `expired` events as validity runs out (queries already ignore expired consent;
@@ -116,6 +126,7 @@ class City:
     def stop(self) -> None:
         """Stop the expiry loop, then close the log and the databases."""
         self._expiry_stop.set()
+        self.rotation.stop()
         if self._expiry.is_alive():
             self._expiry.join()
         self.log.close()

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from audit.log import MerkleLog
 from domain.errors import InvalidArgument, NotFound, StoreError
+from infra.metrics import CONSENT_EVENTS
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
 from node import taxonomy
@@ -432,6 +433,8 @@ class ConsentRegistry:
                         receipt=receipt,
                     )
                 )
+        if decision.outcome is not Outcome.ALREADY:
+            CONSENT_EVENTS.labels(event.value, "registry").inc()
         # A retry logs its receipt again, as every call does: the log says what was answered.
         return self._evidence.log_receipt(receipt)
 
@@ -491,6 +494,7 @@ class ConsentRegistry:
                     receipt=receipt,
                 )
             )
+        CONSENT_EVENTS.labels(event.value, "registry").inc()
         return self._evidence.log_receipt(receipt)
 
     def expire_due(self, at: datetime | None = None, batch: int = 1000) -> list[bytes]:

@@ -74,7 +74,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -131,13 +131,19 @@ class TooLargeToAudit(Exception):
     module's limits): nothing of it can be released."""
 
 
-def suppress(keys: Sequence[Key], population: Sequence[int], k: int) -> set[int]:
+def suppress(
+    keys: Sequence[Key], population: Sequence[int], k: int, primary: Collection[int] = ()
+) -> set[int]:
     """Indexes of the cells to withhold. The same table gives the same cells whatever the order
-    of its rows. Raises TooLargeToAudit past the audit's size bound."""
-    if all(n >= k for n in population):
+    of its rows. `primary`: cells (by index) withheld whatever their population (a dominated
+    sum, say), protected by secondary suppression like a cell under k. Raises TooLargeToAudit
+    past the audit's size bound."""
+    if not primary and all(n >= k for n in population):
         return set()
     audit, order = _Audit.sorted(keys, population, k)
     hidden = audit.population < k
+    forced = set(primary)
+    hidden[[r for r, i in enumerate(order) if i in forced]] = True
     try:
         while added := audit.round(hidden):
             hidden[added] = True

@@ -1,5 +1,6 @@
 """Node-local resident numbers (node.schema.resident_numbers): small, dense, never reused, so that
-the transparency record can hold a set of residents as a bitmap (node.transparency)."""
+the transparency record can hold a set of residents as a bitmap (node.transparency). And residents'
+cell keys (node.schema.resident_cell_keys, node.cell_key): drawn with them, fixed forever."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from node.schema import resident_numbers
+from node.cell_key import KEY_RANGE
+from node.schema import resident_cell_keys, resident_numbers
 
 _CHUNK = 10_000
 
@@ -29,6 +31,32 @@ def number_selected(conn: sa.Connection, residents: sa.Select[Any]) -> None:
     # other in one order, never in a cycle (PostgreSQL would abort one as a deadlock).
     ordered = sa.select(ids.c[0]).order_by(ids.c[0])
     conn.execute(_insert_new(conn.dialect.name).from_select(["resident_id"], ordered))
+    key_selected(conn, residents)
+
+
+def _random_key(dialect: str) -> sa.ColumnElement[Any]:
+    """A uniform random key in 0 .. KEY_RANGE - 1, drawn by the database: SQLite's random() is
+    seeded from the operating system's randomness; PostgreSQL's from pg_strong_random. Keys are
+    never shown to anyone, only perturbed counts are, so nobody sees the generator's output."""
+    if dialect == "postgresql":
+        return sa.cast(sa.func.floor(sa.func.random() * KEY_RANGE), sa.Integer)
+    return sa.func.abs(sa.func.random()) % KEY_RANGE
+
+
+def key_selected(conn: sa.Connection, residents: sa.Select[Any]) -> None:
+    """Give a random cell key to every resident that `residents` (a select of ids on `conn`)
+    names and has none; a key, once drawn, is never changed."""
+    ids = residents.subquery()
+    keys = resident_cell_keys
+    missing = (
+        sa.select(ids.c[0], _random_key(conn.dialect.name))
+        .where(~sa.exists().where(keys.c.resident_id == ids.c[0]))
+        .order_by(ids.c[0])
+    )
+    insert = (
+        postgresql.insert(keys) if conn.dialect.name == "postgresql" else sqlite.insert(keys)
+    ).on_conflict_do_nothing()
+    conn.execute(insert.from_select(["resident_id", "cell_key"], missing))
 
 
 def numbers_of(conn: sa.Connection, residents: Sequence[str]) -> list[int]:

@@ -35,13 +35,20 @@ class Provider:
     transfers: TransferRules | None = None
 
 
-def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
-    """Raise InvalidArgument unless the query names a known purpose, a dataset of the catalogue,
-    fields it has, and measures, generalisations and filters those fields support."""
+def _check_purpose(query: Query) -> None:
+    """Raise InvalidArgument unless the query names a purpose of the taxonomy. The taxonomy is the
+    same for every city and published with the code, so saying so tells a partner nothing."""
     if not taxonomy.is_purpose(query.purpose):
         raise InvalidArgument(
             f"unknown purpose {query.purpose!r}", reason="PURPOSE_UNKNOWN", purpose=query.purpose
         )
+
+
+def _check_catalogue(query: Query, catalogue: Catalogue) -> None:
+    """Raise InvalidArgument unless the query names a dataset of the catalogue, fields it has, and
+    measures, generalisations and filters those fields support. Called only once an agreement
+    covers everything the query names, so it never tells a partner what lies outside its
+    agreement."""
     ds = catalogue.datasets.get(query.dataset)
     if ds is None:
         raise InvalidArgument(
@@ -93,22 +100,28 @@ def _check_filter(query: Query, ds: DatasetSpec, f: Filter) -> None:
     is_check = query.kind is QueryKind.ATTRIBUTE_CHECK
     # Before the generalisation is looked up: a raw date or number filter is refused as such,
     # naming the generalisations it could use instead.
+    # The agreement lets this field appear raw (else _fields_refusal refused first), so every
+    # generalisation of the catalogue is within what it offers.
     if spec.type is not FieldType.STRING and not f.generalisation and not is_check:
-        usable = sorted(g for g in spec.generalisations if g)
-        raise InvalidArgument(
-            f"filters on {f.field} must use a generalisation ({', '.join(usable)}), "
-            "not exact values"
-            if usable
-            else f"{f.field} has no generalisation, so it cannot be filtered on",
-            reason="FILTER_ON_RAW_VALUE",
-            field=f.field,
-        )
+        raise _raw_filter(f.field, spec.generalisations)
     if f.generalisation not in spec.generalisations:
         raise InvalidArgument(
             f"field {f.field} has no generalisation {f.generalisation or 'raw'!r}",
             reason="GENERALISATION_UNKNOWN",
             field=f.field,
         )
+
+
+def _raw_filter(field: str, offered: Iterable[str]) -> InvalidArgument:
+    """The refusal of an exact-value filter on `field`, naming the generalisations `offered`."""
+    usable = sorted(g for g in offered if g)
+    return InvalidArgument(
+        f"filters on {field} must use a generalisation ({', '.join(usable)}), not exact values"
+        if usable
+        else f"{field} has no generalisation, so it cannot be filtered on",
+        reason="FILTER_ON_RAW_VALUE",
+        field=field,
+    )
 
 
 def _refusal(query: Query, a: Agreement) -> CitybrokerError | None:
@@ -150,24 +163,47 @@ def _fields_refusal(
                 field=m.field,
                 agreement=a.agreement_id,
             )
+        if m.kind in (MeasureKind.MIN, MeasureKind.MAX) and not _extremes_allowed(terms[m.field]):
+            return PermissionDenied(
+                f"agreement {a.agreement_id} does not allow {m.kind.value} of {m.field}",
+                reason="EXTREMES_NOT_ALLOWED",
+                field=m.field,
+                agreement=a.agreement_id,
+            )
     for d in query.group_by:
         refusal = _group_refusal(d, terms.get(d.field), a)
         if refusal is not None:
             return refusal
     for f in query.filters:
-        t = terms.get(f.field)
-        allowed = t is not None and (
-            t.appearance is Appearance.RAW
-            or (t.appearance is Appearance.GENERALISED and f.generalisation in t.generalisations)
-        )
-        if not allowed:
-            return PermissionDenied(
-                f"filtering on {f.field} is not allowed by agreement {a.agreement_id}",
-                reason="FILTER_NOT_IN_AGREEMENT",
-                field=f.field,
-                agreement=a.agreement_id,
-            )
+        refusal = _filter_refusal(f, terms.get(f.field), a)
+        if refusal is not None:
+            return refusal
     return None
+
+
+def _filter_refusal(f: Filter, t: FieldTerms | None, a: Agreement) -> CitybrokerError | None:
+    """Why agreement `a`'s terms `t` for the field do not allow filter `f`, or None. The message
+    names only generalisations the agreement offers."""
+    if t is not None and t.appearance is Appearance.RAW:
+        return None
+    if t is not None and t.appearance is Appearance.GENERALISED:
+        if f.generalisation in t.generalisations:
+            return None
+        message = (
+            f"agreement {a.agreement_id} allows filtering on {f.field} only generalised as "
+            f"{', '.join(sorted(t.generalisations))}"
+        )
+    else:
+        message = f"filtering on {f.field} is not allowed by agreement {a.agreement_id}"
+    return PermissionDenied(
+        message, reason="FILTER_NOT_IN_AGREEMENT", field=f.field, agreement=a.agreement_id
+    )
+
+
+def _extremes_allowed(t: FieldTerms) -> bool:
+    """min/max release one record's value: only where the agreement says so for the field, and
+    never for a field that may appear only inside aggregates."""
+    return t.extremes and t.appearance is not Appearance.AGGREGATE_ONLY
 
 
 def _group_refusal(d: Dimension, t: FieldTerms | None, a: Agreement) -> CitybrokerError | None:
@@ -207,9 +243,10 @@ def decide(
 ) -> Permit:
     """Return the permit (the newest covering agreement in force) or raise the refusal.
 
-    Permission comes before existence: a partner with no agreement at all learns nothing about the
-    catalogue. With the provider's transfer rules, the data may only go to the partner's
-    jurisdiction `destination` as the node operator's rules allow under that agreement.
+    Permission comes before existence: a partner learns nothing about the catalogue beyond what its
+    agreements in force offer (with none, nothing at all). With the provider's transfer rules, the
+    data may only go to the partner's jurisdiction `destination` as the node operator's rules allow
+    under that agreement.
     """
     city, transfers = provider.city, provider.transfers
     # A newer version of an agreement supersedes the older ones even before it comes into force,
@@ -227,11 +264,15 @@ def decide(
             reason="NO_AGREEMENT",
             partner=partner,
         )
-    _check_catalogue(query, provider.catalogue)
+    _check_purpose(query)
     # Report the refusal of the agreement closest to covering the query, not merely the first.
+    # Agreements are asked before the catalogue: whatever lies outside them is refused the same
+    # way whether the city has it or not.
     best: tuple[int, CitybrokerError] | None = None
     for a in in_force:
         refusal = _refusal(query, a)
+        if refusal is None:
+            _check_catalogue(query, provider.catalogue)
         if refusal is None and transfers is not None:
             try:
                 transfers.check(destination, a)

@@ -185,3 +185,16 @@ class BudgetLedger:
             spent,
             request_id,
         )
+
+    def budgets(self) -> list[tuple[str, int, float, float]]:
+        """Every budget charged so far: (agreement id, version, epsilon spent, epsilon in all)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    dp_budgets.c.agreement_id,
+                    dp_budgets.c.version,
+                    dp_budgets.c.spent_epsilon,
+                    dp_budgets.c.total_epsilon,
+                )
+            ).all()
+        return [(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]

@@ -69,6 +69,9 @@ consent_batches = sa.Table(
     sa.Column("envelope", sa.LargeBinary, nullable=False),
     # Set in the log's own transaction once the statement is logged.
     sa.Column("log_index", sa.BigInteger, nullable=True),
+    # Migration 0014: the salt of the statement's commitment in the log (domain.commitment);
+    # NULL for statements logged whole before it.
+    sa.Column("salt", sa.LargeBinary, nullable=True),
 )
 
 # An event's evidence is either its own signed receipt (the API), or, for imported events, the
@@ -98,6 +101,9 @@ consent_events = sa.Table(
     sa.CheckConstraint(
         "receipt IS NOT NULL OR batch_id IS NOT NULL", name="ck_consent_events_evidence"
     ),
+    # Migration 0014: an imported event's own salt in its batch's statement
+    # (domain.commitment.member_digest); NULL for API events and imports before it.
+    sa.Column("salt", sa.LargeBinary, nullable=True),
 )
 
 agreements = sa.Table(
@@ -179,4 +185,112 @@ dp_ledger = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("epsilon", sa.Float, nullable=False),
     sa.Column("charged_at", sa.DateTime(), nullable=False),
+)
+
+# Disclosure regime cell_key (node.cell_key): each resident's fixed random key, drawn by the
+# database once (node.numbers.key_selected) and never changed or shown to anyone.
+resident_cell_keys = sa.Table(
+    "resident_cell_keys",
+    metadata,
+    sa.Column("resident_id", sa.String(128), primary_key=True),
+    sa.Column("cell_key", sa.Integer, nullable=False),
+)
+
+# Migration 0014 (node.log_openings): resident-level statements enter the log only as salted
+# commitments (domain.commitment). The city keeps each consent receipt's opening here: the signed
+# receipt and its salt, by the commitment's log index, with the resident and record it is about.
+# Erasure deletes the row (and leaves a log_erasures row without personal data).
+log_openings = sa.Table(
+    "log_openings",
+    metadata,
+    sa.Column("log_index", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("statement_type", sa.String(64), nullable=False),
+    sa.Column("resident_id", sa.String(128), nullable=False, index=True),
+    sa.Column("record_id", sa.String(128), nullable=False, index=True),
+    sa.Column("statement", sa.LargeBinary, nullable=False),
+    sa.Column("salt", sa.LargeBinary, nullable=False),
+)
+
+# Which committed log entries were erased (node.erasure): a whole entry (members NULL), or, for a
+# batch statement, how many of the events it lists. No resident id: an auditor is told an entry
+# is erased, not whose it was.
+log_erasures = sa.Table(
+    "log_erasures",
+    metadata,
+    sa.Column("log_index", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("members", sa.Integer, nullable=True),
+    sa.Column("erased_at", sa.DateTime(), nullable=False),
+)
+
+# One row per erasure of a resident (node.erasure), with no resident id: its counter tells the
+# consent mirror (node.aggregate) to reload, as an erasure leaves no consent event to replay.
+resident_erasures = sa.Table(
+    "resident_erasures",
+    metadata,
+    sa.Column(
+        "erasure_id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("erased_at", sa.DateTime(), nullable=False),
+)
+
+# The differencing guard's release history (node.release_history): per partner, agreement id (all
+# versions) and dataset, every aggregate cell released under the `exact` regime with its
+# contributors, so that a later answer is compared with what the partner already holds. It
+# expires with the agreement (`expires_at`: the latest valid_until of a version that released).
+release_histories = sa.Table(
+    "release_histories",
+    metadata,
+    sa.Column(
+        "history_id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("partner", sa.String(128), nullable=False),
+    sa.Column("agreement_id", sa.String(128), nullable=False),
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.DateTime(), nullable=False, index=True),
+    sa.UniqueConstraint("partner", "agreement_id", "dataset", name="uq_release_histories_key"),
+)
+
+# One released cell: its distinct contributors (resident numbers; record ids for observational
+# data) as a serialised roaring bitmap, their count (the guard's size pre-filter), and its
+# records' count and signature (node.cell_sets), which tell equal record sets apart. A node reads
+# the rows added since it last looked (by history and id), and bitmaps only where sizes are close.
+release_cells = sa.Table(
+    "release_cells",
+    metadata,
+    sa.Column(
+        "cell_id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column(
+        "history_id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        sa.ForeignKey("release_histories.history_id"),
+        nullable=False,
+    ),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("contributors", sa.Integer, nullable=False),
+    sa.Column("records", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.BigInteger, nullable=False),
+    sa.Column("members", sa.LargeBinary, nullable=False),
+    sa.Index("ix_release_cells_history", "history_id", "cell_id"),
+    # Ids are never reused (SQLite: AUTOINCREMENT), so a cache of bitmaps by id stays right.
+    sqlite_autoincrement=True,
+)
+
+
+# Migration 0016 (node.secrets): the node's long-lived random secret, keying pseudonyms and the cell
+# keys of observational data independently of the signing key (which rotates).
+node_secrets = sa.Table(
+    "node_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("secret", sa.LargeBinary, nullable=False),
 )

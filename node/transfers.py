@@ -24,6 +24,8 @@ def _check_rule(rule: str) -> bool:
 @dataclass(frozen=True)
 class TransferRules:
     home: str
+    # The rule per destination jurisdiction ("EU-DE", "EU" for every EU-…, "*" for the rest):
+    # allowed, forbidden or instrument:NAME.
     rules: dict[str, str] = field(default_factory=dict)
 
     @classmethod

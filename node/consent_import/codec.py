@@ -42,7 +42,7 @@ R_UNTIL = RECORD_COLUMNS.index("valid_until")
 R_DIGEST = RECORD_COLUMNS.index("content_digest")
 S_STATE = SCOPE_COLUMNS.index("state")
 S_UNTIL = SCOPE_COLUMNS.index("valid_until")
-EVENT_COLUMNS = ("record_id", "event", "actor", "at", "batch_id", "valid_until")
+EVENT_COLUMNS = ("record_id", "event", "actor", "at", "batch_id", "valid_until", "salt")
 
 
 class Codec:

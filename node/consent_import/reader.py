@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import operator
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from keys import bounded_json
 from node.consent_import.chunks import Chunk, Lines
 from node.consent_import.model import (
     COLUMNS,
@@ -171,7 +171,7 @@ def _jsonl_rows(lines: Lines) -> Iterator[RawRow]:
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = bounded_json.loads(text, f"line {line}")
         except ValueError as e:
             yield line, BadRow("", ROW_MALFORMED, f"not JSON: {e}")
             continue

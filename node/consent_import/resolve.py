@@ -125,8 +125,8 @@ class Batch:
     errors: list[RowError] = field(default_factory=list)
     duplicates: int = 0
     failure: str = ""
-    # (consent_batches id, signed statement) of what was written, to append to the log.
-    statements: list[tuple[int, bytes]] = field(default_factory=list)
+    # (consent_batches id, signed statement, its commitment salt) of what was written, to log.
+    statements: list[tuple[int, bytes, bytes]] = field(default_factory=list)
 
     def record_ids(self) -> list[str]:
         """The ids of the records its rows name, sorted."""

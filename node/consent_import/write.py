@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import operator
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from domain import consent_batch
+from domain import commitment, consent_batch
 from domain.errors import CitybrokerError, StoreError
 from keys import timefmt
 from node.consent_import.checkpoints import Checkpoints
@@ -196,8 +197,16 @@ class BatchWriter:
         changes is no longer as it was read."""
         inserts = self._imp.statements
         events, step = batch.events, consent_batch.MAX_EVENTS
+        # Each event's digest is salted with a salt of its own (domain.commitment.member_digest):
+        # the statement then names no guessable payload, and erasing the salt unlinks it.
+        size = commitment.SALT_BYTES  # drawn at once: one system call per batch, not per event
+        drawn = secrets.token_bytes(size * len(events))
+        salts = [drawn[i : i + size] for i in range(0, len(drawn), size)]
+        members = [
+            commitment.member_digest(s, e.digest) for s, e in zip(salts, events, strict=True)
+        ]
         envelopes = [
-            self._imp.evidence.sign_batch(batch.at, [e.digest for e in events[i : i + step]])
+            self._imp.evidence.sign_batch(batch.at, members[i : i + step])
             for i in range(0, len(events), step)
         ]
         conn = self._connection()
@@ -218,12 +227,17 @@ class BatchWriter:
             at = self._imp.codec.dt(at_db)
             rows = []
             for n, envelope in enumerate(envelopes):
-                key = conn.execute(_INSERT_BATCH, {"at": at_db, "envelope": envelope})
+                salt = secrets.token_bytes(commitment.SALT_BYTES)  # of its commitment in the log
+                key = conn.execute(_INSERT_BATCH, {"at": at_db, "envelope": envelope, "salt": salt})
                 assert key.inserted_primary_key is not None
                 batch_id = int(key.inserted_primary_key[0])
-                part = events[n * step : (n + 1) * step]
-                rows += [(e.record_id, e.event, e.actor, at, batch_id, e.valid_until) for e in part]
-                batch.statements.append((batch_id, envelope))
+                part = range(n * step, min((n + 1) * step, len(events)))
+                for i in part:
+                    e = events[i]
+                    rows.append(
+                        (e.record_id, e.event, e.actor, at, batch_id, e.valid_until, salts[i])
+                    )
+                batch.statements.append((batch_id, envelope, salt))
             inserts["events"].run(conn, rows)
 
     def _check_unchanged(self, conn: sa.Connection, batch: Batch) -> None:
@@ -272,17 +286,17 @@ class BatchWriter:
         run["renew records"].run(conn, renewed)
         run["renew scopes"].run(conn, [(state, u, rid) for u, state, _, rid in renewed])
 
-    def _log_statements(self, statements: list[tuple[int, bytes]]) -> None:
-        """Append a batch's statements to the log; their log indexes are stored in the log's
-        own transaction, so a statement marked logged is in the log."""
-        ids = [batch_id for batch_id, _ in statements]
+    def _log_statements(self, statements: list[tuple[int, bytes, bytes]]) -> None:
+        """Append a batch's statements to the log, as salted commitments; their log indexes are
+        stored in the log's own transaction, so a statement marked logged is in the log."""
+        ids = [batch_id for batch_id, _, _ in statements]
 
         def mark(conn: sa.Connection, first: int) -> None:
             conn.execute(
                 _MARK_LOGGED, [{"b_id": b, "b_index": first + k} for k, b in enumerate(ids)]
             )
 
-        self._imp.evidence.log_batches([env for _, env in statements], mark)
+        self._imp.evidence.log_batches([(env, salt) for _, env, salt in statements], mark)
 
 
 def _lock(conn: sa.Connection) -> None:

@@ -17,10 +17,13 @@ import pytest
 
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from citybroker.node.v1 import node_pb2_grpc
+from domain.authorisation import grant_for
+from domain.errors import CitybrokerError
 from domain.query import Dimension, Measure, MeasureKind, Query
 from edge.rpc import CHANNEL_OPTIONS
-from edge.wire import query_to_pb
+from edge.wire import query_from_pb, query_to_pb
 from keys import tokens
+from keys.tokens import Call
 from tests.conftest import PURPOSE, RunningFederation
 
 
@@ -65,8 +68,15 @@ class Wire:
             self.channel(self.fed.cities[city].address, identity)
         )
 
-    def token(self, audience: str | None = None, issuer: str | None = None, **claims: Any) -> str:
-        """A partner token signed with the partner's real key; claims may be overridden."""
+    def token(
+        self,
+        audience: str | None = None,
+        issuer: str | None = None,
+        grant: tokens.Grant | None = None,
+        **claims: Any,
+    ) -> str:
+        """A partner token signed with the partner's real key, authorising `grant` (by default a
+        query of `by_mode()`); claims may be overridden."""
         now = int(time.time())
         body: dict[str, Any] = {
             "iss": issuer or self.fed.partner_id,
@@ -75,6 +85,7 @@ class Wire:
             "iat": now,
             "exp": now + 60,
             "jti": f"test-{time.monotonic_ns()}",
+            **(grant or grant_for(Call.QUERY, by_mode())).claims(),
         }
         body.update(claims)
         signer = self.fed.partner_signer
@@ -82,15 +93,35 @@ class Wire:
             body, signer.crypto_key(), algorithm=tokens.ALGORITHM, headers={"kid": signer.keyid}
         )
 
-    def bearer(self, token: str | None = None) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {token or self.token()}")]
+    def bearer(
+        self, token: str | None = None, grant: tokens.Grant | None = None
+    ) -> list[tuple[str, str]]:
+        """`authorization` metadata: `token`, or a fresh one authorising `grant` (see `token`)."""
+        return [("authorization", f"Bearer {token or self.token(grant=grant)}")]
+
+    def bearer_describe(self) -> list[tuple[str, str]]:
+        """Metadata with a token for a DescribeFederation call."""
+        return self.bearer(grant=grant_for(Call.DESCRIBE))
+
+    def bearer_for(self, query: Any) -> list[tuple[str, str]]:
+        """Metadata with a token for a Query call of `query` (a domain Query or a Query message;
+        one that does not convert gets a token for `by_mode()`, as its refusal comes first)."""
+        if not isinstance(query, Query):
+            try:
+                query = query_from_pb(query)
+            except CitybrokerError:
+                query = by_mode()
+        return self.bearer(grant=grant_for(Call.QUERY, query))
 
     def query(
         self, query: Query | None = None, token: str | None = None, timeout: float = 15.0
     ) -> broker_pb2.QueryResponse:
-        request = broker_pb2.QueryRequest(query=query_to_pb(query or by_mode()))
+        query = query or by_mode()
+        request = broker_pb2.QueryRequest(query=query_to_pb(query))
         response: broker_pb2.QueryResponse = self.broker().Query(
-            request, metadata=self.bearer(token), timeout=timeout
+            request,
+            metadata=self.bearer(token, grant_for(Call.QUERY, query)),
+            timeout=timeout,
         )
         return response
 

@@ -114,9 +114,14 @@ def test_all_bundles_verify_together_and_receipts_reconcile(bundles: Bundles) ->
 
 
 def test_an_earlier_export_of_the_same_log_is_consistent(bundles: Bundles) -> None:
-    report = verify_bundles([bundles.early, bundles.nodes[CITY]], bundles.authority)
+    report = verify_bundles([bundles.early, bundles.nodes[CITY]], bundles.authority, parties=[CITY])
     early, late = report.bundles
     assert 0 < early.size < late.size
+    # The log is covered as far as its longer export goes.
+    assert report.coverage is not None
+    (covered,) = [p for p in report.coverage.parties if p.status == "covered"]
+    assert (covered.party, covered.size) == (CITY, late.size)
+    assert covered.bundles == (bundles.early, bundles.nodes[CITY])
     early_roots, late_roots = early.checkpoint_roots(), late.checkpoint_roots()
     common = set(early_roots) & set(late_roots)
     assert common
@@ -403,14 +408,37 @@ def test_two_bundles_of_one_log_with_different_trees_are_a_fork(
 # -- reconciliation and trust --------------------------------------------------------------------
 
 
-def test_a_receipt_naming_a_result_the_city_log_lacks_is_refused(work: Bundles) -> None:
-    """The broker's receipts name the city's results; an export of the city's log that does not
-    hold them (here an older one) cannot be reconciled with the broker's."""
+def test_a_city_export_older_than_the_broker_receipts_is_truncated(work: Bundles) -> None:
+    """The broker's receipts name where the city logged its results; an export of the city's
+    log that ends before them (here an older one) is a truncated log, named with both parties."""
     others = [p for c, p in work.nodes.items() if c != CITY]
-    assert verify_bundle(work.early, work.authority).result_count == 0
+    early = verify_bundle(work.early, work.authority)
+    assert early.result_count == 0
     e = _fails([work.early, *others, work.broker], work)
-    assert (e.file, e.reason) == (work.broker, "RECEIPT_RESULT_MISSING")
-    assert CITY in e.message
+    assert (e.file, e.reason) == (work.early / layout.CHECKPOINTS, "LOG_TRUNCATED")
+    assert f"node {CITY}'s log ends at size {early.size}" in e.message
+    assert f"but {work.fed.broker_id} receipted a result" in e.message
+
+
+def test_a_receipt_naming_a_result_the_city_log_lacks_is_refused(bundles: Bundles) -> None:
+    """The verified bundles' references, copied into a ledger with one receipt naming a digest
+    the city's log does not hold at the index named (the broker's log can't be edited without
+    breaking its signatures)."""
+    summaries = [verify_bundle(p, bundles.authority) for p in bundles.all]
+    ledger = Ledger()
+    for s in summaries:
+        into = ledger.add_bundle(s.path, s.origin, s.party, s.role)
+        for r in s.results():
+            ledger.add_result(into, r)
+        for n, receipt in enumerate(s.receipts()):
+            if n == 0:
+                receipt = replace(receipt, result_digest="sha256:" + "0" * 64)
+            ledger.add_receipt(into, receipt)
+    with pytest.raises(BundleError) as info:
+        reconcile(ledger)
+    e = info.value
+    assert (e.file, e.reason) == (bundles.broker, "RECEIPT_RESULT_MISSING")
+    assert next(iter(summaries[-1].receipts())).city in e.message
 
 
 def test_a_result_the_broker_never_receipted_is_refused(bundles: Bundles) -> None:

@@ -48,7 +48,7 @@ def test_describe_federation_lists_the_three_cities(federation: RunningFederatio
 def test_describe_federation_summarises_each_agreement_on_the_wire(wire: Wire) -> None:
     """What any gRPC client reads: the broker's per-dataset summary of each signed agreement."""
     response = wire.broker().DescribeFederation(
-        broker_pb2.DescribeFederationRequest(), metadata=wire.bearer(), timeout=15
+        broker_pb2.DescribeFederationRequest(), metadata=wire.bearer_describe(), timeout=15
     )
     fed = wire.fed
     assert [c.city_id for c in response.cities] == ["aurora", "borealis", "cascadia"]

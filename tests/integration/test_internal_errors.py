@@ -61,7 +61,9 @@ def test_broker_keeps_serving_while_handlers_crash(
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as info:
             wire.broker().DescribeFederation(
-                broker_pb2.DescribeFederationRequest(), metadata=wire.bearer(), timeout=10
+                broker_pb2.DescribeFederationRequest(),
+                metadata=wire.bearer_describe(),
+                timeout=10,
             )
         assert remote_error(info.value).code == "INTERNAL"
         _no_secret(info.value)

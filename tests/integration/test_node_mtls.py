@@ -12,6 +12,7 @@ import pytest
 
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
 from domain import statements
+from domain.authorisation import grant_for
 from domain.errors import RemoteError
 from domain.query import Query
 from edge.operator_client import consent_record
@@ -19,6 +20,7 @@ from edge.status import remote_error
 from edge.wire import envelope_to_pb
 from keys import dsse, tokens
 from keys.ed25519 import Signer
+from keys.tokens import Call
 from tests.conftest import PURPOSE
 from tests.integration.conftest import Wire, by_mode
 
@@ -38,7 +40,7 @@ def _request(
             str(uuid.uuid4()),
             broker or fed.broker_id,
             partner or fed.partner_id,
-            token or wire.token(),
+            token or wire.token(grant=grant_for(Call.QUERY, query or by_mode())),
             query or by_mode(),
         ),
         signer or fed.broker_signer,
@@ -160,7 +162,8 @@ def test_a_query_of_the_wrong_payload_type_is_refused(wire: Wire) -> None:
 
 
 def test_a_token_for_another_audience_inside_a_signed_query_is_refused(wire: Wire) -> None:
-    token = tokens.issue(wire.fed.partner_signer, wire.fed.partner_id, "broker-elsewhere")
+    grant = grant_for(Call.QUERY, by_mode())
+    token = tokens.issue(wire.fed.partner_signer, wire.fed.partner_id, "broker-elsewhere", grant)
     e = _refused(wire.node_query("aurora"), _request(wire, token=token))
     assert (e.code, e.reason) == ("UNAUTHENTICATED", "TOKEN_AUDIENCE_MISMATCH")
 
@@ -188,7 +191,13 @@ def test_the_node_refuses_a_replayed_token(wire: Wire) -> None:
 
 def test_a_city_not_asked_refuses(wire: Wire) -> None:
     query = dataclasses.replace(by_mode(), cities=("borealis",))
+    # The partner's token names the cities asked: the node refuses before deciding anything.
     e = _refused(wire.node_query("aurora"), _request(wire, query=query))
+    assert (e.code, e.reason) == ("PERMISSION_DENIED", "TOKEN_CITY_MISMATCH")
+    # A token naming no cities (every city) for a query that names them: the query decides.
+    grant = dataclasses.replace(grant_for(Call.QUERY, query), cities=())
+    token = wire.token(grant=grant)
+    e = _refused(wire.node_query("aurora"), _request(wire, query=query, token=token))
     assert (e.code, e.reason) == ("PERMISSION_DENIED", "CITY_NOT_ASKED")
 
 

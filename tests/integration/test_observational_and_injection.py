@@ -143,10 +143,10 @@ def test_counting_residents_of_traffic_is_invalid(federation: RunningFederation)
 @pytest.mark.parametrize(
     ("query", "code", "reason"),
     [
-        (
+        (  # the agreement offers observed_on only generalised
             traffic(filters=(Filter("observed_on", FilterOp.EQUALS, ("2026-08-03",)),)),
-            "INVALID_ARGUMENT",
-            "FILTER_ON_RAW_VALUE",
+            "PERMISSION_DENIED",
+            "FILTER_NOT_IN_AGREEMENT",
         ),
         (
             traffic(group_by=(Dimension("observed_on", "day"),)),
@@ -267,32 +267,33 @@ def _by_mode(**overrides: Any) -> Query:
 
 # Where the string goes, and what every city must answer.
 PLACES: dict[str, tuple[Any, str, str]] = {
-    "dataset": (lambda s: _by_mode(dataset=s), "INVALID_ARGUMENT", "DATASET_UNKNOWN"),
+    # Permission before existence: names outside the agreement are refused as not in it.
+    "dataset": (lambda s: _by_mode(dataset=s), "PERMISSION_DENIED", "DATASET_NOT_IN_AGREEMENT"),
     "purpose": (lambda s: _by_mode(purpose=s), "INVALID_ARGUMENT", "PURPOSE_UNKNOWN"),
     "measure-field": (
         lambda s: _by_mode(measures=(Measure(MeasureKind.SUM, s),)),
-        "INVALID_ARGUMENT",
-        "FIELD_UNKNOWN",
+        "PERMISSION_DENIED",
+        "FIELD_NOT_IN_AGREEMENT",
     ),
     "group-field": (
         lambda s: _by_mode(group_by=(Dimension(s),)),
-        "INVALID_ARGUMENT",
-        "FIELD_UNKNOWN",
+        "PERMISSION_DENIED",
+        "FIELD_NOT_IN_AGREEMENT",
     ),
     "group-generalisation": (
         lambda s: _by_mode(group_by=(Dimension("trip_date", s),)),
-        "INVALID_ARGUMENT",
-        "GENERALISATION_UNKNOWN",
+        "PERMISSION_DENIED",
+        "GENERALISATION_NOT_IN_AGREEMENT",
     ),
     "filter-field": (
         lambda s: _by_mode(filters=(Filter(s, FilterOp.EQUALS, ("bus",)),)),
-        "INVALID_ARGUMENT",
-        "FIELD_UNKNOWN",
+        "PERMISSION_DENIED",
+        "FILTER_NOT_IN_AGREEMENT",
     ),
     "filter-generalisation": (
         lambda s: _by_mode(filters=(Filter("trip_date", FilterOp.IN, ("2026-08",), s),)),
-        "INVALID_ARGUMENT",
-        "GENERALISATION_UNKNOWN",
+        "PERMISSION_DENIED",
+        "FILTER_NOT_IN_AGREEMENT",
     ),
     # Values are data: they match no row, so the query's population is empty and refused.
     "filter-value": (
@@ -352,7 +353,7 @@ def test_injection_on_the_raw_wire(wire: Wire) -> None:
         pb = query_to_pb(_by_mode(filters=(Filter("mode", FilterOp.IN, (s,)),)))
         pb.group_by.add(field="district", generalisation=s)  # a second, injected dimension
         response = wire.broker().Query(
-            broker_pb2.QueryRequest(query=pb), metadata=wire.bearer(), timeout=15
+            broker_pb2.QueryRequest(query=pb), metadata=wire.bearer_for(pb), timeout=15
         )
         assert [(c.city_id, c.status, c.code, c.reason) for c in response.cities] == [
             (c, broker_pb2.CITY_STATUS_REFUSED, "INVALID_ARGUMENT", "GENERALISATION_UNKNOWN")
@@ -370,7 +371,7 @@ def test_injection_on_the_raw_wire(wire: Wire) -> None:
             ],
         )
         response = wire.broker().Query(
-            broker_pb2.QueryRequest(query=raw), metadata=wire.bearer(), timeout=15
+            broker_pb2.QueryRequest(query=raw), metadata=wire.bearer_for(raw), timeout=15
         )
         assert [(c.status, c.code, c.reason) for c in response.cities] == [
             (broker_pb2.CITY_STATUS_REFUSED, "PERMISSION_DENIED", "POPULATION_BELOW_K")
@@ -453,13 +454,13 @@ def test_injection_straight_at_the_policy(place: str) -> None:
     make, code, reason = PLACES[place]
     for s in INJECTIONS:
         query = make(s).validate()
-        if code == "PERMISSION_DENIED":
+        if reason == "POPULATION_BELOW_K":
             # Values are not the policy's business: the query is permitted, and runs as data.
             assert policy.decide(query, PARTNER, [_agreement()], timefmt.now(), PROVIDER)
             continue
-        with pytest.raises(InvalidArgument) as info:
+        with pytest.raises(CitybrokerError) as info:
             policy.decide(query, PARTNER, [_agreement()], timefmt.now(), PROVIDER)
-        assert info.value.reason == reason, s
+        assert (info.value.code.value, info.value.reason) == (code, reason), s
     # Injected partner or city ids find no agreement, and learn nothing more.
     for s in INJECTIONS:
         for partner, city in ((s, CITY), (PARTNER, s)):

@@ -35,14 +35,11 @@ def _outcomes(answer: Answer) -> list[tuple[str, str, str, str]]:
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
-        (by_mode(dataset="parking"), "DATASET_UNKNOWN"),
-        (by_mode(group_by=(Dimension("income"),)), "FIELD_UNKNOWN"),
-        (by_mode(measures=(Measure(MeasureKind.SUM, "fare_eur"),)), "FIELD_UNKNOWN"),
         (by_mode(purpose="crystal-ball-gazing"), "PURPOSE_UNKNOWN"),
         (by_mode(group_by=(Dimension("mode", "month"),)), "GENERALISATION_UNKNOWN"),
         (by_mode(measures=(Measure(MeasureKind.SUM, "mode"),)), "MEASURE_INVALID"),
     ],
-    ids=["dataset", "group-field", "measure-field", "purpose", "generalisation", "non-numeric"],
+    ids=["purpose", "generalisation", "non-numeric"],
 )
 def test_unknown_names_are_invalid_argument_in_every_city(
     federation: RunningFederation, query: Query, reason: str
@@ -53,6 +50,25 @@ def test_unknown_names_are_invalid_argument_in_every_city(
     # Two signatures: the broker's query and its receipt; refusals carry no result.
     assert answer.signatures_verified == 2
     assert [c["status"] for c in answer.receipt["cities"]] == ["refused"] * 3
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        (by_mode(dataset="parking"), "DATASET_NOT_IN_AGREEMENT"),
+        (by_mode(group_by=(Dimension("income"),)), "FIELD_NOT_IN_AGREEMENT"),
+        (by_mode(measures=(Measure(MeasureKind.SUM, "fare_eur"),)), "FIELD_NOT_IN_AGREEMENT"),
+    ],
+    ids=["dataset", "group-field", "measure-field"],
+)
+def test_unknown_names_outside_the_agreement_are_not_in_it(
+    federation: RunningFederation, query: Query, reason: str
+) -> None:
+    """Permission before existence: a name the city does not have is refused as one it has but
+    does not share (tests/security/test_existence_oracle.py)."""
+    answer = _ask(federation, query)
+    assert _outcomes(answer) == [(c, "refused", "PERMISSION_DENIED", reason) for c in CITIES]
+    assert answer.cells == []
 
 
 def test_purpose_not_in_agreement(federation: RunningFederation) -> None:
@@ -137,7 +153,7 @@ def test_a_partner_is_not_a_city(federation: RunningFederation) -> None:
 def _raw_query(wire: Wire, query: common_pb2.Query) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         wire.broker().Query(
-            broker_pb2.QueryRequest(query=query), metadata=wire.bearer(), timeout=15
+            broker_pb2.QueryRequest(query=query), metadata=wire.bearer_for(query), timeout=15
         )
     return info.value
 
@@ -186,7 +202,7 @@ def test_a_message_over_4_mib_is_refused(wire: Wire) -> None:
     try:
         with pytest.raises(grpc.RpcError) as info:
             broker_pb2_grpc.BrokerServiceStub(channel).Query(
-                broker_pb2.QueryRequest(query=q), metadata=wire.bearer(), timeout=30
+                broker_pb2.QueryRequest(query=q), metadata=wire.bearer_for(q), timeout=30
             )
     finally:
         channel.close()

@@ -108,9 +108,12 @@ def model(q: Query, agreements: list[Agreement]) -> str:
     candidates = usable(agreements)
     if not candidates:
         return "no-agreement"
-    if not fits_catalogue(q):
+    if q.purpose not in KNOWN_PURPOSES:
         return "invalid"
-    return "permit" if any(covers(a, q) for a in candidates) else "denied"
+    # Permission before existence: the catalogue speaks only about what an agreement covers.
+    if not any(covers(a, q) for a in candidates):
+        return "denied"
+    return "permit" if fits_catalogue(q) else "invalid"
 
 
 # ---- generators --------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_import_reports_bad_rows_and_a_second_run_changes_nothing(
     assert exported.returncode == 0, exported.stdout + exported.stderr
     verified = subprocess.run(
         [sys.executable, "-m", "cli.main", "audit", "verify", str(bundle)]
-        + ["--authority-key", str(fed.authority_key)],
+        + ["--authority-key", str(fed.authority_key), "--party", "aurora"],
         capture_output=True, text=True, timeout=120, env=environment(), stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr

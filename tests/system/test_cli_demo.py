@@ -93,6 +93,9 @@ def test_demo_runs_the_three_examples(cli: Cli, tmp_path: Path) -> None:
     assert "3a. Trips by district" in out and "3b." in out
     assert out.count("PURPOSE_NOT_IN_AGREEMENT") == 3
     assert "withheld" in out
+    # Example 5: a burst beyond the partner's limit, refused with a retry delay.
+    assert "5. 10 queries at once" in out and "RATE_LIMITED" in out
+    assert re.search(r"RATE_LIMITED\s*│\s*\d+(\.\d+)? s", out), out[-3000:]
     m = re.search(r"Verified (\d+) signatures", out)
     assert m is not None, out[-2000:]
     assert int(m.group(1)) >= 10
@@ -149,6 +152,71 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[st
         log.close()
 
 
+def _bound_token_answers_a_raw_query(
+    cli: Cli, info: dict[str, Any], directory: Path, bundle: trust.TrustBundle
+) -> None:
+    """As the README's buf curl example: a token from --query-json FILE is bound to that request
+    body, which the broker answers with it, and refuses with a token for another query."""
+    import grpc
+    from google.protobuf import json_format
+
+    from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
+    from domain.query import query_digest
+    from edge.partner_client import query_of_request_json
+    from edge.status import remote_error
+
+    body = directory / "by-mode.json"
+    body.write_text(
+        json.dumps(
+            {
+                "query": {
+                    "dataset": "mobility",
+                    "purpose": "urban-mobility-planning",
+                    "measures": [{"kind": "MEASURE_KIND_COUNT_RECORDS"}],
+                    "groupBy": [{"field": "mode"}],
+                    "cities": ["aurora", "borealis"],
+                }
+            }
+        )
+    )
+    partner = (
+        *("--key", info["partner"]["private_key"], "--issuer", info["partner"]["id"]),
+        *("--audience", info["broker"]["id"]),
+    )
+    done = cli("token", *partner, "--query-json", str(body))
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    grant = tokens.verify(token, bundle, audience=info["broker"]["id"]).grant
+    asked, _ = query_of_request_json(body.read_text())
+    assert (grant.call, grant.query_digest, grant.cities) == (
+        tokens.Call.QUERY,
+        query_digest(asked),
+        ("aurora", "borealis"),
+    )
+    # The same query from the `query` options gives the same binding.
+    done = cli(
+        "token",
+        *partner,
+        *("--dataset", "mobility", "--purpose", "urban-mobility-planning"),
+        *("--measure", "count_records", "--group-by", "mode", "--city", "aurora"),
+        *("--city", "borealis"),
+    )
+    assert done.returncode == 0, done.stderr
+    other_token = done.stdout.strip()
+    assert tokens.verify(other_token, bundle, info["broker"]["id"]).grant == grant
+    request = json_format.Parse(body.read_text(), broker_pb2.QueryRequest())
+    credentials = grpc.ssl_channel_credentials(Path(info["ca_cert"]).read_bytes())
+    with grpc.secure_channel(info["broker"]["address"], credentials) as channel:
+        stub = broker_pb2_grpc.BrokerServiceStub(channel)
+        response = stub.Query(request, metadata=[("authorization", f"Bearer {token}")], timeout=30)
+        assert [c.city_id for c in response.cities] == ["aurora", "borealis"]
+        request.query.cities.append("cascadia")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Query(request, metadata=[("authorization", f"Bearer {other_token}")], timeout=30)
+    e = remote_error(refused.value)
+    assert (e.code, e.reason) == ("PERMISSION_DENIED", "TOKEN_QUERY_MISMATCH")
+
+
 def test_served_demo_answers_outside_clients_and_stops_cleanly(
     cli: Cli, served_demo: tuple[subprocess.Popen[str], dict[str, Any], Path]
 ) -> None:
@@ -175,6 +243,9 @@ def test_served_demo_answers_outside_clients_and_stops_cleanly(
     verified = tokens.verify(token, bundle, audience=info["broker"]["id"])
     assert verified.issuer == info["partner"]["id"]
     assert 0 < verified.expires_at - verified.issued_at <= tokens.MAX_LIFETIME_S
+    # Without a query it authorises DescribeFederation only.
+    assert verified.grant == tokens.Grant(tokens.Call.DESCRIBE)
+    _bound_token_answers_a_raw_query(cli, info, out_path.parent, bundle)
 
     # A query from the CLI is answered by all three cities and fully verified.
     by_mode = (
@@ -231,7 +302,9 @@ def test_served_demo_answers_outside_clients_and_stops_cleanly(
     assert "urban-mobility-planning" in _column(done.stdout, "purposes"), done.stdout
     agreements = _column(done.stdout, "agreement")
     for city in info["cities"]:
-        assert f"{city}--{info['partner']['id']} v1" in agreements, done.stdout
+        # The demo puts the last city's agreement under cell_key: its version 2 (cli.demo_regimes).
+        version = 2 if city == list(info["cities"])[-1] else 1
+        assert f"{city}--{info['partner']['id']} v{version}" in agreements, done.stdout
 
     # SIGTERM stops the demo and every process it started; every port is closed.
     proc.send_signal(signal.SIGTERM)

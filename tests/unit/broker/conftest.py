@@ -45,5 +45,7 @@ def broker_log(fed: sandbox.LocalFederation, broker_db: Engine) -> Iterator[Merk
 @pytest.fixture
 def caller(fed: sandbox.LocalFederation) -> VerifiedToken:
     """The partner, as the broker's token guard would have let it in."""
-    token = tokens.issue(fed.partner_signer, fed.partner_id, fed.broker_id)
+    # Whether the grant covers a call is the servicer's and each node's check, not the exchange's.
+    grant = tokens.Grant(tokens.Call.DESCRIBE)
+    token = tokens.issue(fed.partner_signer, fed.partner_id, fed.broker_id, grant)
     return tokens.verify(token, fed.bundle, audience=fed.broker_id)

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
+from domain import commitment
 from domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from domain.kinds import LogKind
 from infra import storage
@@ -20,7 +21,7 @@ from keys.ed25519 import PublicKey, Signer
 from keys.errors import SignatureError
 from node import consent
 from node.consent import ConsentRecord, ConsentRegistry
-from node.schema import consent_events
+from node.schema import consent_events, log_openings
 
 CITY_KEY = Signer.generate()
 NOW = timefmt.now()
@@ -147,6 +148,8 @@ def test_open_ended_consent(registry: ConsentRegistry) -> None:
 
 
 def test_every_consent_event_given_through_the_registry_is_in_the_log(tmp_path: Path) -> None:
+    """Each receipt is in the log as a salted commitment the city alone can open: the entry
+    names no resident, and the opening kept in log_openings (receipt and salt) opens it."""
     engine = storage.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
     storage.upgrade(engine)
     with MerkleLog(engine, "citybroker/node/aurora", CITY_KEY) as log:
@@ -154,9 +157,17 @@ def test_every_consent_event_given_through_the_registry_is_in_the_log(tmp_path: 
         given = registry.give(record(), actor="portal")
         withdrawn = registry.withdraw("rec-1", actor="resident")
         logged = log.records(0, log.size())
-    assert [(r.kind, r.entry) for r in logged] == [
-        (LogKind.CONSENT, dsse.Envelope.from_json(given).to_json()),
-        (LogKind.CONSENT, dsse.Envelope.from_json(withdrawn).to_json()),
-    ]
-    assert [r.entry for r in logged] == [given, withdrawn]
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(log_openings).order_by(log_openings.c.log_index)).all()
+    assert [r.kind for r in logged] == [LogKind.CONSENT, LogKind.CONSENT]
+    assert [bytes(k.statement) for k in kept] == [given, withdrawn]
+    for entry, k in zip(logged, kept, strict=True):
+        assert k.log_index == entry.index and k.resident_id == "aurora-r000001"
+        env = dsse.Envelope.from_json(entry.entry)
+        assert b"aurora-r000001" not in entry.entry and b"aurora-r000001" not in env.payload
+        claims, _ = dsse.verify(env, "commitment", lambda keyid: CITY_KEY.public)
+        opening = commitment.Opening(k.log_index, bytes(k.statement), bytes(k.salt))
+        assert commitment.opening_problem(claims, opening) is None
+        wrong = commitment.Opening(k.log_index, bytes(k.statement), bytes(32))
+        assert commitment.opening_problem(claims, wrong) is not None
     engine.dispose()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63itybroker/audit/v1/audit.proto\x12\x13\x63itybroker.audit.v1\"\x16\n\x14GetCheckpointRequest\">\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\";\n\x12ListEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"6\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\"^\n\x13ListEntriesResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.citybroker.audit.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"+\n\x19GetInclusionProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"K\n\x14\x41\x64\x64\x43heckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\r\n\x05proof\x18\x02 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xc4\x03\n\nLogService\x12\x66\n\rGetCheckpoint\x12).citybroker.audit.v1.GetCheckpointRequest\x1a*.citybroker.audit.v1.GetCheckpointResponse\x12`\n\x0bListEntries\x12\'.citybroker.audit.v1.ListEntriesRequest\x1a(.citybroker.audit.v1.ListEntriesResponse\x12r\n\x11GetInclusionProof\x12-.citybroker.audit.v1.GetInclusionProofRequest\x1a..citybroker.audit.v1.GetInclusionProofResponse\x12x\n\x13GetConsistencyProof\x12/.citybroker.audit.v1.GetConsistencyProofRequest\x1a\x30.citybroker.audit.v1.GetConsistencyProofResponse2x\n\x0eWitnessService\x12\x66\n\rAddCheckpoint\x12).citybroker.audit.v1.AddCheckpointRequest\x1a*.citybroker.audit.v1.AddCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63itybroker/audit/v1/audit.proto\x12\x13\x63itybroker.audit.v1\"\x16\n\x14GetCheckpointRequest\">\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\";\n\x12ListEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\x12\x10\n\x08withheld\x18\x04 \x01(\x08\x12\x11\n\tleaf_hash\x18\x05 \x01(\x0c\"^\n\x13ListEntriesResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.citybroker.audit.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"+\n\x19GetInclusionProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"K\n\x14\x41\x64\x64\x43heckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\r\n\x05proof\x18\x02 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xc4\x03\n\nLogService\x12\x66\n\rGetCheckpoint\x12).citybroker.audit.v1.GetCheckpointRequest\x1a*.citybroker.audit.v1.GetCheckpointResponse\x12`\n\x0bListEntries\x12\'.citybroker.audit.v1.ListEntriesRequest\x1a(.citybroker.audit.v1.ListEntriesResponse\x12r\n\x11GetInclusionProof\x12-.citybroker.audit.v1.GetInclusionProofRequest\x1a..citybroker.audit.v1.GetInclusionProofResponse\x12x\n\x13GetConsistencyProof\x12/.citybroker.audit.v1.GetConsistencyProofRequest\x1a\x30.citybroker.audit.v1.GetConsistencyProofResponse2x\n\x0eWitnessService\x12\x66\n\rAddCheckpoint\x12).citybroker.audit.v1.AddCheckpointRequest\x1a*.citybroker.audit.v1.AddCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTENTRIESREQUEST']._serialized_start=144
   _globals['_LISTENTRIESREQUEST']._serialized_end=203
   _globals['_LOGENTRY']._serialized_start=205
-  _globals['_LOGENTRY']._serialized_end=259
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=261
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=355
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=357
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=417
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=419
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=462
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=464
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=528
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=530
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=575
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=577
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=652
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=654
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=698
-  _globals['_LOGSERVICE']._serialized_start=701
-  _globals['_LOGSERVICE']._serialized_end=1153
-  _globals['_WITNESSSERVICE']._serialized_start=1155
-  _globals['_WITNESSSERVICE']._serialized_end=1275
+  _globals['_LOGENTRY']._serialized_end=296
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=298
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=392
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=394
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=454
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=456
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=499
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=501
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=565
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=567
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=612
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=614
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=689
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=691
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=735
+  _globals['_LOGSERVICE']._serialized_start=738
+  _globals['_LOGSERVICE']._serialized_end=1190
+  _globals['_WITNESSSERVICE']._serialized_start=1192
+  _globals['_WITNESSSERVICE']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

@@ -27,14 +27,18 @@ class ListEntriesRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("index", "kind", "entry")
+    __slots__ = ("index", "kind", "entry", "withheld", "leaf_hash")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
+    LEAF_HASH_FIELD_NUMBER: _ClassVar[int]
     index: int
     kind: str
     entry: bytes
-    def __init__(self, index: _Optional[int] = ..., kind: _Optional[str] = ..., entry: _Optional[bytes] = ...) -> None: ...
+    withheld: bool
+    leaf_hash: bytes
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[str] = ..., entry: _Optional[bytes] = ..., withheld: _Optional[bool] = ..., leaf_hash: _Optional[bytes] = ...) -> None: ...
 
 class ListEntriesResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")

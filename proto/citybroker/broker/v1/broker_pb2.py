@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from citybroker.common.v1 import common_pb2 as citybroker_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!citybroker/broker/v1/broker.proto\x12\x14\x63itybroker.broker.v1\x1a!citybroker/common/v1/common.proto\"M\n\x0cQueryRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.citybroker.common.v1.Query\x12\x11\n\tnegotiate\x18\x02 \x01(\x08\">\n\x10PlanQueryRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.citybroker.common.v1.Query\"~\n\x08\x43ityPlan\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x32\n\x07outcome\x18\x02 \x01(\x0b\x32!.citybroker.broker.v1.CityOutcome\x12-\n\x04plan\x18\x03 \x01(\x0b\x32\x1f.citybroker.common.v1.QueryPlan\"\x83\x01\n\x11PlanQueryResponse\x12/\n\nnegotiated\x18\x01 \x01(\x0b\x32\x1b.citybroker.common.v1.Query\x12\r\n\x05notes\x18\x02 \x03(\t\x12.\n\x06\x63ities\x18\x03 \x03(\x0b\x32\x1e.citybroker.broker.v1.CityPlan\"\xc9\x01\n\x0b\x43ityOutcome\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .citybroker.broker.v1.CityStatus\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x35\n\rsigned_result\x18\x06 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\x12\x11\n\tlog_index\x18\x07 \x01(\x04\"\xb8\x02\n\rQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12)\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x1a.citybroker.common.v1.Cell\x12\x31\n\x06\x63ities\x18\x03 \x03(\x0b\x32!.citybroker.broker.v1.CityOutcome\x12\x34\n\x0csigned_query\x18\x04 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\x12/\n\x07receipt\x18\x05 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\x12\x19\n\x11negotiation_notes\x18\x06 \x03(\t\x12\x35\n\x07records\x18\x07 \x03(\x0b\x32$.citybroker.common.v1.ReleasedRecord\"\x1b\n\x19\x44\x65scribeFederationRequest\"H\n\nFieldTerms\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\nappearance\x18\x02 \x01(\t\x12\x17\n\x0fgeneralisations\x18\x03 \x03(\t\"Q\n\x0c\x44\x61tasetTerms\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x30\n\x06\x66ields\x18\x02 \x03(\x0b\x32 .citybroker.broker.v1.FieldTerms\"\xfb\x01\n\x10\x41greementSummary\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08purposes\x18\x03 \x03(\t\x12\x34\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\".citybroker.broker.v1.DatasetTerms\x12\x15\n\rmin_cell_size\x18\x05 \x01(\r\x12\x12\n\nvalid_from\x18\x06 \x01(\t\x12\x13\n\x0bvalid_until\x18\x07 \x01(\t\x12\x38\n\x10signed_agreement\x18\x08 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\"\xb0\x01\n\tCityOffer\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x03 \x01(\t\x12:\n\nagreements\x18\x04 \x03(\x0b\x32&.citybroker.broker.v1.AgreementSummary\x12\x32\n\x07outcome\x18\x05 \x01(\x0b\x32!.citybroker.broker.v1.CityOutcome\"M\n\x1a\x44\x65scribeFederationResponse\x12/\n\x06\x63ities\x18\x01 \x03(\x0b\x32\x1f.citybroker.broker.v1.CityOffer*\xab\x01\n\nCityStatus\x12\x1b\n\x17\x43ITY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ITY_STATUS_ANSWERED\x10\x01\x12\x17\n\x13\x43ITY_STATUS_REFUSED\x10\x02\x12\x16\n\x12\x43ITY_STATUS_FAILED\x10\x03\x12\x19\n\x15\x43ITY_STATUS_TIMED_OUT\x10\x04\x12\x1a\n\x16\x43ITY_STATUS_UNVERIFIED\x10\x05\x32\xb8\x02\n\rBrokerService\x12P\n\x05Query\x12\".citybroker.broker.v1.QueryRequest\x1a#.citybroker.broker.v1.QueryResponse\x12w\n\x12\x44\x65scribeFederation\x12/.citybroker.broker.v1.DescribeFederationRequest\x1a\x30.citybroker.broker.v1.DescribeFederationResponse\x12\\\n\tPlanQuery\x12&.citybroker.broker.v1.PlanQueryRequest\x1a\'.citybroker.broker.v1.PlanQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!citybroker/broker/v1/broker.proto\x12\x14\x63itybroker.broker.v1\x1a!citybroker/common/v1/common.proto\"M\n\x0cQueryRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.citybroker.common.v1.Query\x12\x11\n\tnegotiate\x18\x02 \x01(\x08\">\n\x10PlanQueryRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.citybroker.common.v1.Query\"~\n\x08\x43ityPlan\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x32\n\x07outcome\x18\x02 \x01(\x0b\x32!.citybroker.broker.v1.CityOutcome\x12-\n\x04plan\x18\x03 \x01(\x0b\x32\x1f.citybroker.common.v1.QueryPlan\"\x83\x01\n\x11PlanQueryResponse\x12/\n\nnegotiated\x18\x01 \x01(\x0b\x32\x1b.citybroker.common.v1.Query\x12\r\n\x05notes\x18\x02 \x03(\t\x12.\n\x06\x63ities\x18\x03 \x03(\x0b\x32\x1e.citybroker.broker.v1.CityPlan\"\xde\x01\n\x0b\x43ityOutcome\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .citybroker.broker.v1.CityStatus\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x35\n\rsigned_result\x18\x06 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\x12\x11\n\tlog_index\x18\x07 \x01(\x04\x12\x13\n\x0bresult_salt\x18\x08 \x01(\x0c\"\xcc\x02\n\rQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12)\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x1a.citybroker.common.v1.Cell\x12\x31\n\x06\x63ities\x18\x03 \x03(\x0b\x32!.citybroker.broker.v1.CityOutcome\x12\x34\n\x0csigned_query\x18\x04 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\x12/\n\x07receipt\x18\x05 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\x12\x19\n\x11negotiation_notes\x18\x06 \x03(\t\x12\x35\n\x07records\x18\x07 \x03(\x0b\x32$.citybroker.common.v1.ReleasedRecord\x12\x12\n\nquery_salt\x18\x08 \x01(\x0c\"\x1b\n\x19\x44\x65scribeFederationRequest\"H\n\nFieldTerms\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x12\n\nappearance\x18\x02 \x01(\t\x12\x17\n\x0fgeneralisations\x18\x03 \x03(\t\"Q\n\x0c\x44\x61tasetTerms\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x30\n\x06\x66ields\x18\x02 \x03(\x0b\x32 .citybroker.broker.v1.FieldTerms\"\xfb\x01\n\x10\x41greementSummary\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08purposes\x18\x03 \x03(\t\x12\x34\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\".citybroker.broker.v1.DatasetTerms\x12\x15\n\rmin_cell_size\x18\x05 \x01(\r\x12\x12\n\nvalid_from\x18\x06 \x01(\t\x12\x13\n\x0bvalid_until\x18\x07 \x01(\t\x12\x38\n\x10signed_agreement\x18\x08 \x01(\x0b\x32\x1e.citybroker.common.v1.Envelope\"\xb0\x01\n\tCityOffer\x12\x0f\n\x07\x63ity_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x03 \x01(\t\x12:\n\nagreements\x18\x04 \x03(\x0b\x32&.citybroker.broker.v1.AgreementSummary\x12\x32\n\x07outcome\x18\x05 \x01(\x0b\x32!.citybroker.broker.v1.CityOutcome\"M\n\x1a\x44\x65scribeFederationResponse\x12/\n\x06\x63ities\x18\x01 \x03(\x0b\x32\x1f.citybroker.broker.v1.CityOffer*\xab\x01\n\nCityStatus\x12\x1b\n\x17\x43ITY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ITY_STATUS_ANSWERED\x10\x01\x12\x17\n\x13\x43ITY_STATUS_REFUSED\x10\x02\x12\x16\n\x12\x43ITY_STATUS_FAILED\x10\x03\x12\x19\n\x15\x43ITY_STATUS_TIMED_OUT\x10\x04\x12\x1a\n\x16\x43ITY_STATUS_UNVERIFIED\x10\x05\x32\xb8\x02\n\rBrokerService\x12P\n\x05Query\x12\".citybroker.broker.v1.QueryRequest\x1a#.citybroker.broker.v1.QueryResponse\x12w\n\x12\x44\x65scribeFederation\x12/.citybroker.broker.v1.DescribeFederationRequest\x1a\x30.citybroker.broker.v1.DescribeFederationResponse\x12\\\n\tPlanQuery\x12&.citybroker.broker.v1.PlanQueryRequest\x1a\'.citybroker.broker.v1.PlanQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'citybroker.broker.v1.broker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CITYSTATUS']._serialized_start=1717
-  _globals['_CITYSTATUS']._serialized_end=1888
+  _globals['_CITYSTATUS']._serialized_start=1758
+  _globals['_CITYSTATUS']._serialized_end=1929
   _globals['_QUERYREQUEST']._serialized_start=94
   _globals['_QUERYREQUEST']._serialized_end=171
   _globals['_PLANQUERYREQUEST']._serialized_start=173
@@ -43,21 +43,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANQUERYRESPONSE']._serialized_start=366
   _globals['_PLANQUERYRESPONSE']._serialized_end=497
   _globals['_CITYOUTCOME']._serialized_start=500
-  _globals['_CITYOUTCOME']._serialized_end=701
-  _globals['_QUERYRESPONSE']._serialized_start=704
-  _globals['_QUERYRESPONSE']._serialized_end=1016
-  _globals['_DESCRIBEFEDERATIONREQUEST']._serialized_start=1018
-  _globals['_DESCRIBEFEDERATIONREQUEST']._serialized_end=1045
-  _globals['_FIELDTERMS']._serialized_start=1047
-  _globals['_FIELDTERMS']._serialized_end=1119
-  _globals['_DATASETTERMS']._serialized_start=1121
-  _globals['_DATASETTERMS']._serialized_end=1202
-  _globals['_AGREEMENTSUMMARY']._serialized_start=1205
-  _globals['_AGREEMENTSUMMARY']._serialized_end=1456
-  _globals['_CITYOFFER']._serialized_start=1459
-  _globals['_CITYOFFER']._serialized_end=1635
-  _globals['_DESCRIBEFEDERATIONRESPONSE']._serialized_start=1637
-  _globals['_DESCRIBEFEDERATIONRESPONSE']._serialized_end=1714
-  _globals['_BROKERSERVICE']._serialized_start=1891
-  _globals['_BROKERSERVICE']._serialized_end=2203
+  _globals['_CITYOUTCOME']._serialized_end=722
+  _globals['_QUERYRESPONSE']._serialized_start=725
+  _globals['_QUERYRESPONSE']._serialized_end=1057
+  _globals['_DESCRIBEFEDERATIONREQUEST']._serialized_start=1059
+  _globals['_DESCRIBEFEDERATIONREQUEST']._serialized_end=1086
+  _globals['_FIELDTERMS']._serialized_start=1088
+  _globals['_FIELDTERMS']._serialized_end=1160
+  _globals['_DATASETTERMS']._serialized_start=1162
+  _globals['_DATASETTERMS']._serialized_end=1243
+  _globals['_AGREEMENTSUMMARY']._serialized_start=1246
+  _globals['_AGREEMENTSUMMARY']._serialized_end=1497
+  _globals['_CITYOFFER']._serialized_start=1500
+  _globals['_CITYOFFER']._serialized_end=1676
+  _globals['_DESCRIBEFEDERATIONRESPONSE']._serialized_start=1678
+  _globals['_DESCRIBEFEDERATIONRESPONSE']._serialized_end=1755
+  _globals['_BROKERSERVICE']._serialized_start=1932
+  _globals['_BROKERSERVICE']._serialized_end=2244
 # @@protoc_insertion_point(module_scope)

@@ -58,7 +58,7 @@ class PlanQueryResponse(_message.Message):
     def __init__(self, negotiated: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ..., cities: _Optional[_Iterable[_Union[CityPlan, _Mapping]]] = ...) -> None: ...
 
 class CityOutcome(_message.Message):
-    __slots__ = ("city_id", "status", "code", "reason", "message", "signed_result", "log_index")
+    __slots__ = ("city_id", "status", "code", "reason", "message", "signed_result", "log_index", "result_salt")
     CITY_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class CityOutcome(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_RESULT_FIELD_NUMBER: _ClassVar[int]
     LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SALT_FIELD_NUMBER: _ClassVar[int]
     city_id: str
     status: CityStatus
     code: str
@@ -73,10 +74,11 @@ class CityOutcome(_message.Message):
     message: str
     signed_result: _common_pb2.Envelope
     log_index: int
-    def __init__(self, city_id: _Optional[str] = ..., status: _Optional[_Union[CityStatus, str]] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., signed_result: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., log_index: _Optional[int] = ...) -> None: ...
+    result_salt: bytes
+    def __init__(self, city_id: _Optional[str] = ..., status: _Optional[_Union[CityStatus, str]] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., signed_result: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., log_index: _Optional[int] = ..., result_salt: _Optional[bytes] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "cells", "cities", "signed_query", "receipt", "negotiation_notes", "records")
+    __slots__ = ("query_id", "cells", "cities", "signed_query", "receipt", "negotiation_notes", "records", "query_salt")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
     CITIES_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,7 @@ class QueryResponse(_message.Message):
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     NEGOTIATION_NOTES_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SALT_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     cells: _containers.RepeatedCompositeFieldContainer[_common_pb2.Cell]
     cities: _containers.RepeatedCompositeFieldContainer[CityOutcome]
@@ -91,7 +94,8 @@ class QueryResponse(_message.Message):
     receipt: _common_pb2.Envelope
     negotiation_notes: _containers.RepeatedScalarFieldContainer[str]
     records: _containers.RepeatedCompositeFieldContainer[_common_pb2.ReleasedRecord]
-    def __init__(self, query_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[_common_pb2.Cell, _Mapping]]] = ..., cities: _Optional[_Iterable[_Union[CityOutcome, _Mapping]]] = ..., signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., negotiation_notes: _Optional[_Iterable[str]] = ..., records: _Optional[_Iterable[_Union[_common_pb2.ReleasedRecord, _Mapping]]] = ...) -> None: ...
+    query_salt: bytes
+    def __init__(self, query_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[_common_pb2.Cell, _Mapping]]] = ..., cities: _Optional[_Iterable[_Union[CityOutcome, _Mapping]]] = ..., signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., negotiation_notes: _Optional[_Iterable[str]] = ..., records: _Optional[_Iterable[_Union[_common_pb2.ReleasedRecord, _Mapping]]] = ..., query_salt: _Optional[bytes] = ...) -> None: ...
 
 class DescribeFederationRequest(_message.Message):
     __slots__ = ()

@@ -26,12 +26,14 @@ class RunQueryRequest(_message.Message):
     def __init__(self, signed_query: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class RunQueryResponse(_message.Message):
-    __slots__ = ("signed_result", "log_index")
+    __slots__ = ("signed_result", "log_index", "result_salt")
     SIGNED_RESULT_FIELD_NUMBER: _ClassVar[int]
     LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SALT_FIELD_NUMBER: _ClassVar[int]
     signed_result: _common_pb2.Envelope
     log_index: int
-    def __init__(self, signed_result: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., log_index: _Optional[int] = ...) -> None: ...
+    result_salt: bytes
+    def __init__(self, signed_result: _Optional[_Union[_common_pb2.Envelope, _Mapping]] = ..., log_index: _Optional[int] = ..., result_salt: _Optional[bytes] = ...) -> None: ...
 
 class DescribeOfferRequest(_message.Message):
     __slots__ = ("signed_request",)
@@ -260,6 +262,56 @@ class ListResidentExchangesResponse(_message.Message):
     exchanges: _containers.RepeatedCompositeFieldContainer[ResidentExchange]
     next_page_token: str
     def __init__(self, exchanges: _Optional[_Iterable[_Union[ResidentExchange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetConsentEvidenceRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class ConsentEvidence(_message.Message):
+    __slots__ = ("statement", "salt", "log_index", "tree_size", "inclusion_proof", "checkpoint", "member_payload", "member_salt")
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_SALT_FIELD_NUMBER: _ClassVar[int]
+    statement: bytes
+    salt: bytes
+    log_index: int
+    tree_size: int
+    inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    checkpoint: str
+    member_payload: bytes
+    member_salt: bytes
+    def __init__(self, statement: _Optional[bytes] = ..., salt: _Optional[bytes] = ..., log_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ..., member_payload: _Optional[bytes] = ..., member_salt: _Optional[bytes] = ...) -> None: ...
+
+class GetConsentEvidenceResponse(_message.Message):
+    __slots__ = ("evidence",)
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    evidence: _containers.RepeatedCompositeFieldContainer[ConsentEvidence]
+    def __init__(self, evidence: _Optional[_Iterable[_Union[ConsentEvidence, _Mapping]]] = ...) -> None: ...
+
+class EraseResidentRequest(_message.Message):
+    __slots__ = ("resident_id",)
+    RESIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    resident_id: str
+    def __init__(self, resident_id: _Optional[str] = ...) -> None: ...
+
+class EraseResidentResponse(_message.Message):
+    __slots__ = ("records_erased", "events_erased", "statements_erased", "batch_members_erased")
+    RECORDS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    STATEMENTS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MEMBERS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    records_erased: int
+    events_erased: int
+    statements_erased: int
+    batch_members_erased: int
+    def __init__(self, records_erased: _Optional[int] = ..., events_erased: _Optional[int] = ..., statements_erased: _Optional[int] = ..., batch_members_erased: _Optional[int] = ...) -> None: ...
 
 class ProposeAgreementRequest(_message.Message):
     __slots__ = ("terms_json",)

@@ -260,6 +260,16 @@ class ConsentServiceStub:
                 request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesRequest.SerializeToString,
                 response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesResponse.FromString,
                 _registered_method=True)
+        self.GetConsentEvidence = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/GetConsentEvidence',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentEvidenceRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentEvidenceResponse.FromString,
+                _registered_method=True)
+        self.EraseResident = channel.unary_unary(
+                '/citybroker.node.v1.ConsentService/EraseResident',
+                request_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.EraseResidentRequest.SerializeToString,
+                response_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.EraseResidentResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -343,6 +353,25 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConsentEvidence(self, request, context):
+        """The node's log holds a record's receipts (and imported events' batch statements) only as
+        salted commitments; this gives the resident, or the city's own auditor, each statement with
+        what opens its commitment and proves it is in the log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseResident(self, request, context):
+        """Erase a resident (GDPR Art. 17): their consent records, events, receipts' openings, salts
+        and transparency link, in one transaction. The log still verifies; its commitments to the
+        erased statements are reported as erased. NOT_FOUND RESIDENT_UNKNOWN if the node holds
+        nothing about them (nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -400,6 +429,16 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ListResidentExchanges,
                     request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesRequest.FromString,
                     response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesResponse.SerializeToString,
+            ),
+            'GetConsentEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsentEvidence,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentEvidenceRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentEvidenceResponse.SerializeToString,
+            ),
+            'EraseResident': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseResident,
+                    request_deserializer=citybroker_dot_node_dot_v1_dot_node__pb2.EraseResidentRequest.FromString,
+                    response_serializer=citybroker_dot_node_dot_v1_dot_node__pb2.EraseResidentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +741,60 @@ class ConsentService:
             '/citybroker.node.v1.ConsentService/ListResidentExchanges',
             citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesRequest.SerializeToString,
             citybroker_dot_node_dot_v1_dot_node__pb2.ListResidentExchangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsentEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/GetConsentEvidence',
+            citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentEvidenceRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.GetConsentEvidenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseResident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citybroker.node.v1.ConsentService/EraseResident',
+            citybroker_dot_node_dot_v1_dot_node__pb2.EraseResidentRequest.SerializeToString,
+            citybroker_dot_node_dot_v1_dot_node__pb2.EraseResidentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
+from domain import commitment
 from keys import dsse, timefmt
 from keys.ed25519 import PublicKey, Signer
 from node.consent import RECEIPT, ConsentRegistry
@@ -127,25 +128,34 @@ def receipts(engine: sa.Engine, log: MerkleLog) -> list[bytes]:
 
 
 def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]:
-    """Check that every imported event is covered: its receipt payload's digest is listed in its
-    batch's statement, signed by the city and in the node's log. Returns the statements in log
-    order."""
+    """Check that every imported event is covered: its receipt payload's salted digest is listed
+    in its batch's statement, signed by the city, whose salted commitment (and only that) is in
+    the node's log. Returns the statements in log order."""
     statements: dict[int, dict[str, Any]] = {}
     order: dict[int, int] = {}
     for b in rows_of(engine, consent_batches):
         index = b["log_index"]
         assert index is not None
         record = log.records(index, index + 1)[0]
-        assert (record.entry, record.kind) == (bytes(b["envelope"]), "consent")
-        envelope = dsse.Envelope.from_json(record.entry)
+        assert record.kind == "consent"
+        claims, _ = dsse.verify(
+            dsse.Envelope.from_json(record.entry), commitment.STATEMENT, city_lookup
+        )
+        opening = commitment.Opening(index, bytes(b["envelope"]), bytes(b["salt"]))
+        assert commitment.opening_problem(claims, opening) is None
+        envelope = dsse.Envelope.from_json(bytes(b["envelope"]))
         statements[b["batch_id"]], _ = dsse.verify(envelope, BATCH_STATEMENT, city_lookup)
+        assert statements[b["batch_id"]]["salted"] is True
         order[b["batch_id"]] = index
     registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
     for e in event_rows(engine):
         if e.receipt is None:
             payload = registry.event_payload(e, registry.get(e.record_id))
             digest = "sha256:" + hashlib.sha256(payload).hexdigest()
-            assert digest in statements[e.batch_id]["receipts"], e
+            # Unsalted, the digest of a guessable payload is not what the statement lists.
+            assert digest not in statements[e.batch_id]["receipts"], e
+            salted = commitment.member_digest(bytes(e.salt), digest)
+            assert salted in statements[e.batch_id]["receipts"], e
     return [statements[b] for b in sorted(order, key=order.__getitem__)]
 
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit.log import MerkleLog
-from domain import consent_batch
+from domain import commitment, consent_batch
 from domain.errors import AlreadyExists, FailedPrecondition
 from infra import storage
 from keys import dsse, timefmt
@@ -115,8 +115,13 @@ def test_import_stores_records_events_and_receipts_the_api_would(
     # Each batch's statement covers its events' receipt payloads, in order, and is in the log.
     statements = logged_statements(engine, log)
     assert log.size() == len(statements) == 2
+    # Listed in order, each salted with its event's own salt (domain.commitment.member_digest).
     assert [d for s in statements for d in s["receipts"]] == [
-        "sha256:" + hashlib.sha256(dsse.Envelope.from_json(r).payload).hexdigest() for r in signed
+        commitment.member_digest(
+            bytes(e["salt"]),
+            "sha256:" + hashlib.sha256(dsse.Envelope.from_json(r).payload).hexdigest(),
+        )
+        for e, r in zip(events, signed, strict=True)
     ]
     assert {(s["city"], s["at"]) for s in statements} == {("aurora", payload["at"])}
 

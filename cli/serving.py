@@ -1,0 +1,55 @@
+"""`node serve` and `broker serve`: structured logs, and a graceful stop on SIGTERM or SIGINT.
+
+Stopping: health turns NOT_SERVING and new calls are refused at once, calls in flight get the
+config's `shutdown_grace_s` to finish, then the log commits what was submitted and the process exits
+with status 0 (the servers' `stop` does the work; this module waits for the signal).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from infra import logs
+from infra.logs import LogFormat
+
+log = logging.getLogger("citybroker.serve")
+
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        help="json: one JSON object a line (for log collectors); text: for a terminal.",
+        case_sensitive=False,
+    ),
+]
+
+
+def configure_logs(fmt: LogFormat) -> None:
+    """Log to stderr in `fmt`, from before the server opens anything."""
+    logs.configure(fmt)
+
+
+def until_signalled(
+    start: Callable[[], object], stop: Callable[[float], object], grace_s: float, what: str
+) -> None:
+    """Start, wait for SIGTERM or SIGINT, then `stop(grace_s)`."""
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    start()
+    log.info(f"{what}; SIGTERM or Ctrl-C stops it")
+    done.wait()
+    log.info("stopping: no new calls; calls in flight get %gs", grace_s)
+    stop(grace_s)
+    log.info("stopped")

@@ -1,0 +1,178 @@
+"""Prometheus metrics, scraped over HTTP from real servers started with `metrics_listen`: calls by
+method and code, refusals by reason, rate limiting by partner, cities' outcomes at the broker,
+log size and checkpoint age, witnessing lag, the DP budget and consent events.
+
+Every server of one process serves the same registry (one per process), and counters are the
+process's, so the test compares scrapes taken before and after what it does."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from citybroker.broker.v1 import broker_pb2
+from cli import sandbox
+from domain import agreement as agreement_doc
+from domain.agreement import DpTerms
+from domain.query import Measure, MeasureKind
+from tests.conftest import RunningFederation, start_federation, stop_federation
+from tests.integration.conftest import Wire, by_mode
+
+BROKER_QUERY = "/citybroker.broker.v1.BrokerService/Query"
+NODE_RUN_QUERY = "/citybroker.node.v1.QueryService/RunQuery"
+ANSWERED = broker_pb2.CITY_STATUS_ANSWERED
+PARTNER_RATE = 6  # the partner's calls a minute at the broker in this test
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+def observed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wire]:
+    """A fresh federation whose configs set metrics_listen (port 0), and a tight partner rate."""
+    real_create = sandbox.create
+
+    def create(root: Path, *args: Any, **kwargs: Any) -> sandbox.LocalFederation:
+        fed = real_create(root, *args, **kwargs)
+        for path in [*(c.config for c in fed.cities.values()), fed.broker_config]:
+            config = {**tomllib.loads(path.read_text()), "metrics_listen": "127.0.0.1:0"}
+            if path == fed.broker_config:
+                partner = {fed.partner_id: {"queries_per_minute": PARTNER_RATE}}
+                config["limits"] = {"partners": partner}
+            sandbox.write_toml(path, config)
+        return fed
+
+    monkeypatch.setattr(sandbox, "create", create)
+    rf = start_federation(tmp_path / "federation", residents_per_city=60)
+    w = Wire(rf)
+    yield w
+    w.close()
+    stop_federation(rf)
+
+
+def scrape(port: int) -> tuple[str, Samples]:
+    """The exposition text at http://127.0.0.1:PORT/metrics, and its samples by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        text = reply.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _dp_agreement(rf: RunningFederation, city: str) -> str:
+    fed = rf.fed
+    terms = dataclasses.replace(
+        fed.agreement(city, version=2), dp=DpTerms(0.5, 2.0, {"distance_km": (0.0, 30.0)})
+    )
+    rf.operators[city].activate_agreement(
+        agreement_doc.sign(terms, fed.cities[city].signer, fed.partner_signer)
+    )
+    return terms.agreement_id
+
+
+def test_a_query_a_refusal_and_a_rate_limit_show_in_the_scrape(observed: Wire) -> None:
+    rf, fed = observed.rf, observed.fed
+    port = rf.broker.metrics.port if rf.broker.metrics else 0
+    assert port and all(n.metrics and n.metrics.port for n in rf.nodes.values())
+    _, before = scrape(port)
+
+    answered = observed.query()  # one query, answered by the three cities
+    assert all(c.status == ANSWERED for c in answered.cities)
+    with pytest.raises(grpc.RpcError) as refused:  # one refusal: no token at all
+        observed.broker().Query(broker_pb2.QueryRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    agreement_id = _dp_agreement(rf, "aurora")
+    dp = observed.query(by_mode(cities=("aurora",), measures=(Measure(MeasureKind.COUNT_RECORDS),)))
+    assert dp.cities[0].status == ANSWERED
+    rf.nodes.pop("cascadia").stop(0)  # a city that cannot be reached
+    partial = observed.query()
+    assert {c.city_id: c.status for c in partial.cities}["cascadia"] != ANSWERED
+    limited = 0
+    for _ in range(PARTNER_RATE + 1):  # over the partner's rate: refused, then counted
+        try:
+            observed.broker().DescribeFederation(
+                broker_pb2.DescribeFederationRequest(),
+                metadata=observed.bearer_describe(),
+                timeout=10,
+            )
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            limited += 1
+            break
+    assert limited == 1
+
+    text, after = scrape(port)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # Calls and latency by method and code, at the broker and at the nodes.
+    assert delta("citybroker_rpc_requests_total", method=BROKER_QUERY, code="OK") == 3
+    assert delta("citybroker_rpc_duration_seconds_count", method=BROKER_QUERY, code="OK") == 3
+    assert delta("citybroker_rpc_duration_seconds_sum", method=BROKER_QUERY, code="OK") > 0
+    assert delta("citybroker_rpc_requests_total", method=NODE_RUN_QUERY, code="OK") == 3 + 1 + 2
+    # Refusals by reason, and the rate limit by partner and limit.
+    assert delta("citybroker_rpc_requests_total", method=BROKER_QUERY, code="UNAUTHENTICATED") == 1
+    assert delta("citybroker_rpc_refusals_total", method=BROKER_QUERY, reason="TOKEN_MISSING") == 1
+    describe = "/citybroker.broker.v1.BrokerService/DescribeFederation"
+    assert delta("citybroker_rpc_refusals_total", method=describe, reason="RATE_LIMITED") == 1
+    assert (
+        delta("citybroker_rate_limited_total", partner=fed.partner_id, limit="queries_per_minute")
+        == 1
+    )
+    # Cities' outcomes at the broker: the one that was down is counted with its code.
+    assert (
+        delta("citybroker_broker_city_outcomes_total", city="aurora", status="answered", code="OK")
+        == 3
+    )
+    down = {
+        (dict(labels)["status"], dict(labels)["code"]): v
+        for (name, labels), v in after.items()
+        if name == "citybroker_broker_city_outcomes_total" and dict(labels)["city"] == "cascadia"
+    }
+    assert (
+        down.get(("failed", "UNAVAILABLE"), 0) + down.get(("timed_out", "DEADLINE_EXCEEDED"), 0)
+        == 1
+    )
+    # State read at scrape time: log sizes, checkpoint age, witnessing lag, the DP budget.
+    broker_log = f"citybroker/broker/{fed.broker_id}"
+    assert value(after, "citybroker_log_entries", log=broker_log) == 2 * 3  # query + receipt
+    assert value(after, "citybroker_log_entries", log="citybroker/node/aurora") > 3
+    age = value(after, "citybroker_log_checkpoint_age_seconds", log=broker_log)
+    assert 0 <= age < 120
+    assert (
+        "citybroker_witnessing_lag_entries",
+        frozenset({("log", broker_log), ("witness", "aurora")}),
+    ) in after
+    # Aurora answered two queries under its DP agreement (the second with cascadia down).
+    assert (
+        value(after, "citybroker_dp_budget_spent_epsilon", agreement=agreement_id, version="2")
+        == 2 * 0.5
+    )
+    assert (
+        value(after, "citybroker_dp_budget_total_epsilon", agreement=agreement_id, version="2")
+        == 2.0
+    )
+    # Consent events by type: the fixture gave every consent through the nodes' API.
+    given = sum(len(people) for people in rf.consenting.values())
+    assert (
+        value(after, "citybroker_consent_events_total", event="given", source="registry") >= given
+    )
+    assert "process_resident_memory_bytes" in text
+    # Bounded labels: no resident id anywhere in the exposition.
+    residents = [r.resident_id for people in rf.consenting.values() for r in people]
+    assert not [r for r in residents if r in text]
