@@ -78,7 +78,7 @@ def downgrade() -> None:
     op.drop_index("ix_log_openings_record_id", table_name="log_openings")
     op.drop_index("ix_log_openings_resident_id", table_name="log_openings")
     op.drop_table("log_openings")
-    with op.batch_alter_table("consent_events", schema=None) as batch_op:
-        batch_op.drop_column("salt")
-    with op.batch_alter_table("consent_batches", schema=None) as batch_op:
-        batch_op.drop_column("salt")
+    # In place (SQLite 3.35+ and PostgreSQL): a batch rebuild of consent_batches would drop a
+    # table that consent_events' foreign key points at.
+    for table in ("consent_events", "consent_batches"):
+        op.execute(f"ALTER TABLE {table} DROP COLUMN salt")

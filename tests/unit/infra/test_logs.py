@@ -3,6 +3,7 @@ messages (which can carry the values a statement was run with)."""
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -21,6 +22,11 @@ def _logger(fmt: LogFormat) -> tuple[logging.Logger, io.StringIO]:
 
 
 def test_json_lines_carry_fields_and_the_bound_exchange_id_only_within_the_call() -> None:
+    # In a context of its own: tests before this one may have bound an id in this thread.
+    contextvars.Context().run(_one_call_then_a_line)
+
+
+def _one_call_then_a_line() -> None:
     log, stream = _logger(LogFormat.JSON)
     token = logs.start_call()
     logs.bind_exchange("0190-exchange")

@@ -16,6 +16,7 @@ from keys import timefmt
 from keys.ed25519 import Signer
 from node.consent import ConsentRecord, ConsentRegistry
 from node.schema import consent_scopes
+from tests.unit.node.consent_import.support import export_openings
 
 CITY_KEY = Signer.generate()
 NOW = timefmt.now()
@@ -66,6 +67,7 @@ def test_scopes_survive_the_rebuild_both_ways(engine: sa.Engine) -> None:
         assert len(before) == 1 + 4 + 2
         check_storage(engine, without_rowid=True)
 
+        export_openings(engine)
         storage.downgrade(engine, "0009")
         assert scope_rows(engine) == before
         check_storage(engine, without_rowid=False)

@@ -19,6 +19,7 @@ from tests.unit.node.consent_import.support import (
     ORIGIN,
     event,
     event_rows,
+    export_openings,
     given,
     importer,
     logged_statements,
@@ -40,8 +41,13 @@ def test_stored_payloads_win_and_the_downgrade_waits_for_them(tmp_path: Path) ->
         assert (report.applied, errors) == (3, [])
         signed = receipts(engine, log)
 
+        # On a copy (the refusal leaves it at 0011, where this code no longer runs).
+        copy = storage.create_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+        with engine.connect() as source, copy.connect() as target:
+            source.connection.driver_connection.backup(target.connection.driver_connection)
+        export_openings(copy)
         with pytest.raises(RuntimeError, match="3 imported consent events"):
-            storage.downgrade(engine, "0010")
+            storage.downgrade(copy, "0010")
 
         # As an import before 0011 left them: the payload stored, no validity end kept.
         registry = ConsentRegistry(engine, "aurora", CITY_KEY, log)
@@ -56,6 +62,7 @@ def test_stored_payloads_win_and_the_downgrade_waits_for_them(tmp_path: Path) ->
         assert receipts(engine, log) == signed
         logged_statements(engine, log)
 
+        export_openings(engine)
         storage.downgrade(engine, "0010")
         with engine.connect() as conn:
             columns = {c["name"] for c in sa.inspect(conn).get_columns("consent_events")}

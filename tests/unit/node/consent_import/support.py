@@ -162,3 +162,11 @@ def logged_statements(engine: sa.Engine, log: MerkleLog) -> list[dict[str, Any]]
 def read(path: Path, fmt: ImportFormat | None = None) -> list[tuple[int, Any]]:
     with open_rows(path, fmt) as reader:
         return list(reader)
+
+
+def export_openings(engine: sa.Engine) -> None:
+    """What an operator does before downgrading below migration 0014, which refuses to drop the
+    only copies of commitments' openings: export them (here: drop them, for the test)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM log_openings"))
+        conn.execute(sa.text("UPDATE consent_batches SET salt = NULL"))
