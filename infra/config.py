@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from domain.errors import ConfigError
-from infra.private_files import check_private_key
 from keys import timefmt
 from keys.certs import check_tls_pair
+from keys.ed25519 import check_private_key
 
 ENV_PREFIX = "CITYBROKER_"
 

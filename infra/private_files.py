@@ -9,8 +9,6 @@ import os
 import stat
 from pathlib import Path
 
-from keys.errors import KeyFileError
-
 OWNER_ONLY = 0o077  # the umask: no permission bits for group or others
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
@@ -20,20 +18,6 @@ def restrict_new_files() -> int:
     SQLite and DuckDB, log files, exports, the demo's keys and certificates). Returns the umask it
     replaced. For a process's start: the umask is process-wide."""
     return os.umask(OWNER_ONLY)
-
-
-def check_private_key(path: Path, what: str) -> None:
-    """KeyFileError unless `path` exists and is accessible to its owner only; one line that says
-    how to fix it."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        raise KeyFileError(f"cannot read {what} {path}: {e.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{what} {path} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {path}"
-        )
 
 
 def create_private_file(path: Path) -> None:

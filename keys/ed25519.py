@@ -22,6 +22,20 @@ def key_id(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()
 
 
+def check_private_key(path: Path, what: str) -> None:
+    """KeyFileError unless `path` exists and is accessible to its owner only (signing and TLS
+    keys alike); one line that says how to fix it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise KeyFileError(f"cannot read {what} {path}: {e.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{what} {path} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
 @dataclass(frozen=True)
 class PublicKey:
     raw: bytes
@@ -112,15 +126,7 @@ class Signer:
     @classmethod
     def load(cls, path: Path) -> Signer:
         """An unencrypted PEM Ed25519 key; KeyFileError if unreadable, group/other-accessible, or not one."""
-        try:
-            mode = path.stat().st_mode
-        except OSError as e:
-            raise KeyFileError(f"cannot read private key {path}: {e.strerror}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(
-                f"private key {path} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
-                f"run: chmod 600 {path}"
-            )
+        check_private_key(path, "private key")
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except OSError as e:  # a directory, or unreadable though its mode says owner-only

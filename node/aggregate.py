@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -906,8 +906,16 @@ def _withheld(
         raise PermissionDenied(
             f"the query's population is smaller than k = {k}", reason="POPULATION_BELOW_K"
         )
+    return suppressed(keys, population, k, dominated or ())
+
+
+def suppressed(
+    keys: Sequence[tuple[str, ...]], population: Sequence[int], k: int, primary: Collection[int]
+) -> set[int]:
+    """`disclosure.suppress` with `primary` cells withheld first; a table too fine to audit is
+    refused (GROUP_BY_TOO_FINE)."""
     try:
-        return disclosure.suppress(keys, population, k, dominated or ())
+        return disclosure.suppress(keys, population, k, primary)
     except disclosure.TooLargeToAudit as e:
         raise InvalidArgument(
             f"the answer is too fine to protect its small cells ({e}): group by fewer or "

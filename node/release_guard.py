@@ -23,8 +23,8 @@ from pyroaring import BitMap
 
 from audit.log import SideWrite
 from domain.agreement import Agreement, Regime
-from domain.errors import InvalidArgument, PermissionDenied
-from node import aggregate, cell_sets, differencing, disclosure
+from domain.errors import PermissionDenied
+from node import aggregate, cell_sets, differencing
 from node.differencing import CellSet
 from node.release_history import HistoryKey, ReleaseHistory, Snapshot
 
@@ -136,16 +136,7 @@ def _suppress_again(
         return cell.size if linked else cell.records
 
     forced = set(exposed) | set(range(len(keys), len(table)))
-    try:
-        hidden = disclosure.suppress(
-            table, [population(key) for key in table], asked.k, primary=forced
-        )
-    except disclosure.TooLargeToAudit as e:
-        raise InvalidArgument(
-            f"the answer is too fine to protect its small cells ({e}): group by fewer or "
-            "coarser dimensions",
-            reason="GROUP_BY_TOO_FINE",
-        ) from None
+    hidden = aggregate.suppressed(table, [population(key) for key in table], asked.k, forced)
     cells = [c for i, c in enumerate(answer.cells) if i not in hidden]
     withheld: list[dict[str, Any]] = [
         dict(zip(fields, table[i], strict=True)) for i in sorted(hidden, key=table.__getitem__)
