@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -152,9 +153,10 @@ def fresh_federation(tmp_path: Path) -> Iterator[RunningFederation]:
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the machine's server, dropped afterwards."""
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty database on the machine's PostgreSQL server (its URL), dropped afterwards;
+    the test skips with a message when the server is unreachable."""
     import uuid
 
     import sqlalchemy as sa
@@ -173,6 +175,13 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (`postgres_database`)."""
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
