@@ -131,7 +131,17 @@ def create_engine(
             # Few connections: each keeps its own temporary table of consenting residents (the
             # consent push, node.aggregate) in DuckDB's memory, and one query already runs on all
             # of DuckDB's threads, so more connections would add memory, not speed.
-            engine = sa.create_engine(url, connect_args=args, pool_size=4, max_overflow=4)
+            # No overflow: an overflow connection is closed when returned, and with it its
+            # consent mirror, which the next one then reloaded whole on the answer path (at
+            # concurrency 8, 16 % of a node's CPU per query, bench/profile_federated.py). A query beyond
+            # the eighth waits for a pooled connection instead, its mirror up to date.
+            engine = sa.create_engine(url, connect_args=args, pool_size=8, max_overflow=0)
+            # duckdb_engine leaves SQLAlchemy's compiled-statement cache off (it has not
+            # certified it), so every execution compiled its statement again: most of a small
+            # query's CPU (bench/profile_federated.py). Its statement compiler is PostgreSQL's,
+            # which is cache-safe (it renders no parameter values into the SQL); only identifier
+            # quoting and types differ.
+            engine.dialect._supports_statement_cache = True
             sa.event.listen(engine, "connect", _duckdb_macros)
             data_file = duckdb_path(url)
             if data_file is not None and not read_only:

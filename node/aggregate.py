@@ -724,7 +724,7 @@ class QueryCompiler:
         self._cells: BoundedCache[tuple[Any, ...], int] = BoundedCache(limit)
         self._two_scans: BoundedCache[tuple[Any, ...], bool] = BoundedCache(limit)
 
-    def run(self, conn: sa.Connection, scan: Scan, k: int) -> AggregateResult:
+    def run(self, conn: sa.Connection, scan: Scan, k: int, bitmaps: bool = True) -> AggregateResult:
         """Aggregate where the data lives, then withhold cells (node.disclosure): those under k
         distinct consenting residents, and enough others that none can be recovered from margins.
         A query whose whole population is under k is refused.
@@ -735,8 +735,9 @@ class QueryCompiler:
         needs no second scan; only when the last answer of this shape had few enough cells for
         their bitmaps to fit (`_MAX_CELL_BITMAPS`). When a row belongs to a resident the mirror
         has no number for, the query is answered again without bitmaps, and the contributors
-        statement records them by id."""
-        return self._run(conn, scan, k, one_scan=True)
+        statement records them by id. `bitmaps=False`: no bitmaps (the differencing guard
+        computes the contributors itself, node.cell_sets)."""
+        return self._run(conn, scan, k, one_scan=bitmaps)
 
     def _run(self, conn: sa.Connection, scan: Scan, k: int, one_scan: bool) -> AggregateResult:
         dialect = conn.dialect.name
@@ -1033,9 +1034,30 @@ def release_records(conn: sa.Connection, scan: Scan, pseudonym_key: bytes) -> li
 
 
 def rows_of(
-    scan: Scan, dialect: str
+    scan: Scan, dialect: str, bind_at: bool = True
 ) -> tuple[sa.TableClause, list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
-    """The rows an answer to `scan` aggregates (consent time bound in): the dataset table, the
-    generalised group-by expressions, and the row conditions; for node.cell_sets, which groups
-    the same rows by cell and contributor."""
-    return _source(scan, _at_param(scan.at), dialect)
+    """The rows an answer to `scan` aggregates (consent time bound in, or with `bind_at=False`
+    left to bind at execution as `at_parameters`): the dataset table, the generalised group-by
+    expressions, and the row conditions; for node.cell_sets, which groups the same rows by cell
+    and contributor."""
+    return _source(scan, _at_param(scan.at if bind_at else None), dialect)
+
+
+def at_parameters(scan: Scan) -> dict[str, Any]:
+    """The execution parameters of a statement built with `rows_of(..., bind_at=False)`."""
+    return {_AT: timefmt.to_db(scan.at)}
+
+
+def statement_shape(scan: Scan, dialect: str) -> tuple[Any, ...]:
+    """Everything a statement over `scan`'s rows is built from except the consent time (which
+    binds at execution): a cache key for statements built once per query shape and engine."""
+    return (
+        scan.query,
+        scan.recipients,
+        scan.pushed,
+        scan.bounds,
+        scan.per_resident,
+        scan.cell_keys,
+        dialect,
+        *_dataset_shape(scan.ds),
+    )

@@ -415,7 +415,10 @@ class Answerer:
     def _aggregate(self, permitted: _Permitted, conn: sa.Connection) -> _Release:
         agreement, scan = permitted.agreement, permitted.scan
         terms = agreement.dp
-        answer = self._compiler.run(conn, scan, permitted.k)
+        # Under the guard (regime exact) node.cell_sets computes each cell's contributors, and
+        # the transparency bitmap from them: the aggregate's own bitmaps would be a second copy.
+        bitmaps = not self._guard.applies(agreement)
+        answer = self._compiler.run(conn, scan, permitted.k, bitmaps=bitmaps)
         answer, guarded = self._guarded(permitted, conn, answer)
         cells: list[dict[str, Any]] = [
             {"key": c.key, "values": c.values, "records": c.records} for c in answer.cells

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from pyroaring import BitMap
 
 from node import aggregate
+from node.cache import BoundedCache
 from node.catalogue import DatasetSpec
 from node.differencing import CellSet
 from node.numbers import numbers_of
@@ -81,12 +82,15 @@ def _joined(value: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[str]
     return sa.func.string_agg(text, _SEPARATOR)
 
 
-def statement(scan: aggregate.Scan, dialect: str, numbers: sa.FromClause | None) -> sa.Select[Any]:
+def statement(
+    scan: aggregate.Scan, dialect: str, numbers: sa.FromClause | None, bind_at: bool = True
+) -> sa.Select[Any]:
     """One row per cell (d0.., numbered, unnumbered, records, signature): its contributors'
     numbers as text, the ids of resident-linked contributors that `numbers` (resident_id,
-    number) does not number, and its records' count and hash sum; see the module docstring."""
+    number) does not number, and its records' count and hash sum; see the module docstring.
+    `bind_at=False`: the consent time binds at execution (aggregate.at_parameters)."""
     ds = scan.ds
-    table, dims, conditions = aggregate.rows_of(scan, dialect)
+    table, dims, conditions = aggregate.rows_of(scan, dialect, bind_at)
     digest = row_hash(table, ds, dialect)
     member = table.c[ds.resident_column] if ds.resident_linked else digest
     inner = (
@@ -132,7 +136,8 @@ def compute(
             _ROW_HASH, 1, zlib.crc32, deterministic=True
         )
     width = len(scan.query.group_by)
-    rows = conn.execute(statement(scan, conn.dialect.name, numbers)).all()
+    stmt = _cached(scan, conn.dialect.name, numbers)
+    rows = conn.execute(stmt, aggregate.at_parameters(scan)).all()
     late = _number(
         consents, {r for row in rows if row[width + 1] for r in row[width + 1].split(_SEPARATOR)}
     )
@@ -147,6 +152,20 @@ def compute(
         key = tuple(str(v) for v in row[:width])
         cells[key] = CellSet(members, int(records), int(signature or 0) & _SIGNATURE_MASK)
     return cells
+
+
+# `statement`s built once per query shape, engine and numbers table: building one (and its
+# cache key) cost more CPU than running it on a small city (bench/profile_federated.py).
+_STATEMENTS: BoundedCache[tuple[Any, ...], sa.Select[Any]] = BoundedCache(256)
+
+
+def _cached(scan: aggregate.Scan, dialect: str, numbers: sa.FromClause | None) -> sa.Select[Any]:
+    """`statement` with the consent time left to bind at execution, built once per shape."""
+    shape = (*aggregate.statement_shape(scan, dialect), numbers)
+    stmt = _STATEMENTS.get(shape)
+    if stmt is None:
+        stmt = _STATEMENTS.put(shape, statement(scan, dialect, numbers, bind_at=False))
+    return stmt
 
 
 def _number(consents: sa.Engine, residents: set[str]) -> dict[str, int]:

@@ -98,6 +98,16 @@ class Earlier:
                 return True
         return False
 
+    def holds(self, cell: CellSet) -> bool:
+        """Whether an earlier cell is identical to `cell` (same contributors and records): one
+        the partner already holds, so recording it again would add nothing the guard can use
+        (every comparison with the copy gives what the comparison with the original gives)."""
+        records = (cell.records, cell.signature)
+        return any(
+            records == (old.records, old.signature) and old.members == cell.members
+            for old in self.near(cell.size, 1)
+        )
+
 
 def size_windows(sizes: Sequence[int], k: int) -> list[tuple[int, int]]:
     """The ranges [size-k+1, size+k-1] of `sizes`, merged where they overlap, in order: the

@@ -123,12 +123,13 @@ class ReleaseHistory:
         self._pruned = 0.0
         self._sizes: BoundedCache[int, _Sizes] = BoundedCache(_CACHED_HISTORIES)
         self._lock = threading.Lock()
+        self._ids: BoundedCache[HistoryKey, tuple[int, datetime]] = BoundedCache(_CACHED_HISTORIES)
 
     def earlier(self, key: HistoryKey, sizes: Sequence[int], k: int) -> Snapshot:
         """The cells `key` already released whose sizes are within k-1 of one of `sizes`."""
         c = release_cells.c
         with self._engine.connect() as conn:
-            history = _history_id(conn, key, timefmt.now())
+            history = self._history(conn, key)
             if history is None:
                 return Snapshot(Earlier([]), 0)
             with self._lock:
@@ -143,6 +144,19 @@ class ReleaseHistory:
                 found = index.within(differencing.size_windows(sizes, k))
             cells = self._read(conn, found)
         return Snapshot(Earlier(cells), horizon)
+
+    def _history(self, conn: sa.Connection, key: HistoryKey) -> int | None:
+        """`_history_id`, remembered until the history's expiry as read: a history is deleted
+        only once expired (`prune`), and its expiry only ever moves later (`_upsert_history`),
+        so an id read with a later expiry stays valid until then. Absent ones are asked again."""
+        now = timefmt.now()
+        known = self._ids.get(key)
+        if known is not None and known[1] > now:
+            return known[0]
+        found = _history_id(conn, key, now)
+        if found is not None:
+            self._ids.put(key, found)
+        return None if found is None else found[0]
 
     def _read(self, conn: sa.Connection, found: list[tuple[int, int, int]]) -> list[CellSet]:
         """These cells (id, records, signature): cached, or read with their bitmaps (and
@@ -186,7 +200,10 @@ class ReleaseHistory:
         """Record `cells` as released under `key`, in the log's transaction: prune what expired
         (at most once a minute), check `cells` against what was recorded since `snapshot`
         (Conflict RELEASE_HISTORY_CHANGED if one is now exposed), then insert them."""
-        # Serialised now, so that the log's transaction (and its lock) only inserts them.
+        # Serialised now, so that the log's transaction (and its lock) only inserts them. A cell
+        # identical to one the partner already holds is not recorded again: the history would
+        # otherwise grow with every repeat of a query, and the guard's cost with it, for nothing
+        # (`Earlier.holds`). It is still checked against the cells recorded since, below.
         rows = [
             {
                 "request_id": request_id,
@@ -196,6 +213,7 @@ class ReleaseHistory:
                 "members": _serialised(c.members),
             }
             for c in cells
+            if not snapshot.earlier.holds(c)
         ]
 
         def write(conn: sa.Connection, first_index: int) -> None:
@@ -226,6 +244,8 @@ class ReleaseHistory:
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete the histories expired at `now` (default: now) with their cells; how many."""
+        # A `now` ahead of the clock (tests, tools) deletes histories whose ids are remembered.
+        self._ids = BoundedCache(_CACHED_HISTORIES)
         with self._engine.begin() as conn:
             return prune(conn, now or timefmt.now())
 
@@ -236,17 +256,18 @@ def _serialised(members: BitMap) -> bytes:
     return bytes(compact.serialize())
 
 
-def _history_id(conn: sa.Connection, key: HistoryKey, now: datetime) -> int | None:
+def _history_id(conn: sa.Connection, key: HistoryKey, now: datetime) -> tuple[int, datetime] | None:
+    """The id and expiry of `key`'s history unexpired at `now`, if there is one."""
     h = release_histories.c
     found = conn.execute(
-        sa.select(h.history_id).where(
+        sa.select(h.history_id, h.expires_at).where(
             h.partner == key.partner,
             h.agreement_id == key.agreement_id,
             h.dataset == key.dataset,
             h.expires_at > timefmt.to_db(now),
         )
-    ).scalar_one_or_none()
-    return None if found is None else int(found)
+    ).one_or_none()
+    return None if found is None else (int(found[0]), timefmt.from_db(found[1]))
 
 
 def _upsert_history(conn: sa.Connection, key: HistoryKey, expires_at: datetime) -> int:
