@@ -1,4 +1,4 @@
-"""Which state gauges each kind of server serves on its metrics_listen address (infra.metrics)."""
+"""Which state metrics each kind of server serves on its metrics_listen address (infra.metrics)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from audit.schema import log_checkpoints, log_entries
 from broker.witnessing import WitnessCollector
 from infra import metrics
 from infra.metrics import MetricsEndpoint, Reader
+from node import consent_counts
 from node.privacy import BudgetLedger
 
 
@@ -47,8 +48,9 @@ def _with_log(address: str, engine: sa.Engine, origin: str) -> MetricsEndpoint:
 
 
 def node_metrics(address: str, engine: sa.Engine, origin: str) -> MetricsEndpoint | None:
-    """A node's endpoint: its log, and the privacy budget spent under each DP agreement; None
-    when `address` is "" (metrics off)."""
+    """A node's endpoint: its log, the privacy budget spent under each DP agreement, and the
+    consent events its database counted (whichever process recorded them); None when `address`
+    is "" (metrics off)."""
     if not address:
         return None
     ledger = BudgetLedger(engine)
@@ -59,10 +61,14 @@ def node_metrics(address: str, engine: sa.Engine, origin: str) -> MetricsEndpoin
     def total() -> list[tuple[tuple[str, ...], float]]:
         return metrics.labelled((a, v, t) for a, v, _, t in ledger.budgets())
 
+    def consent_events() -> list[tuple[tuple[str, ...], float]]:
+        return metrics.labelled(consent_counts.read(engine))
+
     return (
         _with_log(address, engine, origin)
         .watch(metrics.DP_BUDGET_SPENT, spent)
         .watch(metrics.DP_BUDGET_TOTAL, total)
+        .watch(metrics.CONSENT_EVENTS, consent_events)
     )
 
 

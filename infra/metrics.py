@@ -1,10 +1,11 @@
 """Prometheus metrics of one process: what every part counts, and the HTTP endpoint that serves them.
 
 One registry per process (`REGISTRY`): a node or broker serves it on its `metrics_listen` address.
-Counters are bumped where things happen (the gRPC edge, the limiter, the exchange, the consent
-registry). Figures that live in the stores (the log's size and latest checkpoint, witnessing lag,
-privacy budgets) are read when Prometheus scrapes, through `StateGauge` readers, so that nothing on
-the hot path pays for them.
+Counters are bumped where things happen (the gRPC edge, the limiter, the exchange). Figures that
+live in the stores (the log's size and latest checkpoint, witnessing lag, privacy budgets, the
+consent events recorded) are read when Prometheus scrapes, through the readers of `StateMetric`s
+that each endpoint watches for its own server, so that nothing on the hot path pays for them, and
+what other processes write to the same database (a bulk import run by the CLI, a replica) counts.
 
 Labels stay bounded: method names, status codes, reasons, partner, city and agreement ids; never a
 resident, a record, a request or a query value.
@@ -26,8 +27,7 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from domain.errors import ConfigError
 
@@ -69,59 +69,73 @@ CITY_OUTCOMES = Counter(
     ["city", "status", "code"],
     registry=REGISTRY,
 )
-CONSENT_EVENTS = Counter(
-    "citybroker_consent_events",
-    "Consent events recorded, by event (given, refused, renewed, withdrawn, ...) and source: "
-    "registry (the API and expiry) or import.",
-    ["event", "source"],
-    registry=REGISTRY,
-)
 
 # A reader returns (label values, value) pairs; it is called at scrape time.
 Reader = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
 
 
-class StateGauge(Collector):
-    """A gauge read from the stores when scraped: each watcher (a running server) gives a reader.
-    A reader that fails is skipped and logged, so one unreachable database never fails a scrape."""
+class StateMetric:
+    """A metric read from a server's stores when its endpoint is scraped (`MetricsEndpoint.watch`):
+    each endpoint serves what its own server's readers return, so servers that share a process (as
+    in tests) do not serve each other's state."""
+
+    _family: type[GaugeMetricFamily] | type[CounterMetricFamily] = GaugeMetricFamily
 
     def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
         self.name, self.documentation, self.labels = name, documentation, labels
-        self._readers: dict[object, Reader] = {}
-        self._lock = threading.Lock()
-        REGISTRY.register(self)
 
-    def watch(self, owner: object, reader: Reader) -> None:
-        """Read `reader` at every scrape until `unwatch(owner)`."""
-        with self._lock:
-            self._readers[owner] = reader
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        """The family, without samples."""
+        return self._family(self.name, self.documentation, labels=self.labels)
 
-    def unwatch(self, owner: object) -> None:
-        """Stop reading what `owner` watched."""
-        with self._lock:
-            self._readers.pop(owner, None)
 
-    def describe(self) -> Iterable[Metric]:
-        """The family, without values (the registry checks names at registration)."""
-        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labels)]
+class StateGauge(StateMetric):
+    """A gauge: the store's figure as it is now."""
+
+
+class StateCounter(StateMetric):
+    """A counter that the store keeps (served as NAME_total): what every process writing to the
+    store counted, so that replicas sharing one database serve the same figure."""
+
+    _family = CounterMetricFamily
+
+
+class _StateCollector:
+    """The state metrics one endpoint watches, read at every scrape. A reader that fails is
+    skipped (logged at debug level: a scrape every few seconds must not flood the log while the
+    database is away); a metric none of whose readers could be read is left out of that scrape,
+    so that a brief outage never fails a scrape nor shows a counter falling to nothing."""
+
+    def __init__(self, watches: list[tuple[StateMetric, Reader]]) -> None:
+        self._readers: dict[StateMetric, list[Reader]] = {}
+        for metric, reader in watches:
+            self._readers.setdefault(metric, []).append(reader)
 
     def collect(self) -> Iterator[Metric]:
-        """One sample per label set, from every reader (the first reader wins a duplicate)."""
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
-        with self._lock:
-            readers = list(self._readers.values())
-        seen: set[tuple[str, ...]] = set()
-        for reader in readers:
-            try:
-                samples = list(reader())
-            except Exception as e:  # the store is away: say so in the log, not in the scrape
-                log.warning("metric %s not read: %s", self.name, type(e).__name__)
-                continue
-            for labels, value in samples:
-                if labels not in seen:
-                    seen.add(labels)
-                    family.add_metric(list(labels), value)
-        yield family
+        """One family per metric read, one sample per label set (the first reader wins)."""
+        for metric, readers in self._readers.items():
+            family, read = metric.family(), False
+            seen: set[tuple[str, ...]] = set()
+            for reader in readers:
+                try:
+                    samples = list(reader())
+                except Exception as e:  # the store is away: say so in the log, not in the scrape
+                    log.debug("metric %s not read: %s", metric.name, type(e).__name__)
+                    continue
+                read = True
+                for labels, value in samples:
+                    if labels not in seen:
+                        seen.add(labels)
+                        family.add_metric(list(labels), value)
+            if read:
+                yield family
+
+
+class _ProcessCollector:
+    """The process's own registry (`REGISTRY`), as a part of one endpoint's."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
 
 
 LOG_ENTRIES = StateGauge(
@@ -147,44 +161,47 @@ DP_BUDGET_TOTAL = StateGauge(
     "Privacy budget (epsilon) each differential-privacy agreement version allows in all.",
     ["agreement", "version"],
 )
+CONSENT_EVENTS = StateCounter(
+    "citybroker_consent_events",
+    "Consent events recorded in the node's database, by event (given, refused, renewed, "
+    "withdrawn, ...) and source: registry (the API and expiry) or import (bulk imports, whichever "
+    "process ran them). Erasing a resident's events does not take them back.",
+    ["event", "source"],
+)
 
 
 class MetricsEndpoint:
-    """The registry served over plain HTTP at `address` (HOST:PORT; port 0 picks one) on /metrics,
-    with the state gauges this party watches; `port` is the bound port once started."""
+    """The process's registry and this server's state metrics, served over plain HTTP at `address`
+    (HOST:PORT; port 0 picks one) on /metrics; `port` is the bound port once started."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.port = 0
-        self._watched: list[StateGauge] = []
-        self._pending: list[tuple[StateGauge, Reader]] = []
+        self._watches: list[tuple[StateMetric, Reader]] = []
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def watch(self, gauge: StateGauge, reader: Reader) -> MetricsEndpoint:
-        """Have `gauge` read `reader` while this endpoint runs."""
-        self._pending.append((gauge, reader))
+    def watch(self, metric: StateMetric, reader: Reader) -> MetricsEndpoint:
+        """Serve `metric` as `reader` reads it (watches added after `start` are not served)."""
+        self._watches.append((metric, reader))
         return self
 
     def start(self) -> None:
-        """Listen (ConfigError LISTEN_FAILED if the address is taken) and start the watches."""
+        """Listen (ConfigError LISTEN_FAILED if the address is taken)."""
+        served = CollectorRegistry(support_collectors_without_names=True)
+        served.register(_ProcessCollector())
+        served.register(_StateCollector(self._watches))
         host, _, port = self.address.rpartition(":")
         try:
-            server, thread = start_http_server(int(port), host.strip("[]"), REGISTRY)
+            server, thread = start_http_server(int(port), host.strip("[]"), served)
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"cannot listen on {self.address} (metrics_listen): {e}", reason="LISTEN_FAILED"
             ) from None
         self._server, self._thread, self.port = server, thread, int(server.server_port)
-        for gauge, reader in self._pending:
-            gauge.watch(self, reader)
-            self._watched.append(gauge)
 
     def stop(self) -> None:
-        """Stop the watches and the listener."""
-        for gauge in self._watched:
-            gauge.unwatch(self)
-        self._watched.clear()
+        """Stop the listener."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

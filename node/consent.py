@@ -20,10 +20,9 @@ import sqlalchemy as sa
 
 from audit.log import MerkleLog
 from domain.errors import InvalidArgument, NotFound, StoreError
-from infra.metrics import CONSENT_EVENTS
 from keys import dsse, timefmt
 from keys.ed25519 import Signer
-from node import taxonomy
+from node import consent_counts, taxonomy
 from node.consent_evidence import RECEIPT as RECEIPT
 from node.consent_evidence import ConsentEvidence
 from node.consent_lifecycle import VALID, Actor, Event, State
@@ -433,8 +432,7 @@ class ConsentRegistry:
                         receipt=receipt,
                     )
                 )
-        if decision.outcome is not Outcome.ALREADY:
-            CONSENT_EVENTS.labels(event.value, "registry").inc()
+                consent_counts.add(conn, consent_counts.REGISTRY, {event.value: 1})
         # A retry logs its receipt again, as every call does: the log says what was answered.
         return self._evidence.log_receipt(receipt)
 
@@ -494,7 +492,7 @@ class ConsentRegistry:
                     receipt=receipt,
                 )
             )
-        CONSENT_EVENTS.labels(event.value, "registry").inc()
+            consent_counts.add(conn, consent_counts.REGISTRY, {event.value: 1})
         return self._evidence.log_receipt(receipt)
 
     def expire_due(self, at: datetime | None = None, batch: int = 1000) -> list[bytes]:

@@ -106,6 +106,17 @@ consent_events = sa.Table(
     sa.Column("salt", sa.LargeBinary, nullable=True),
 )
 
+# Migration 0018 (node.consent_counts): how many consent events of each kind were recorded, by
+# source (registry: the API and expiry; import), added to in the transaction that writes them,
+# so that the node's metrics read these few rows, whichever process wrote the events.
+consent_event_counts = sa.Table(
+    "consent_event_counts",
+    metadata,
+    sa.Column("event", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(16), primary_key=True),
+    sa.Column("events", sa.BigInteger, nullable=False),
+)
+
 agreements = sa.Table(
     "agreements",
     metadata,

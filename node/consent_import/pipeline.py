@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import gc
 import itertools
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from infra.metrics import CONSENT_EVENTS
 from keys import timefmt
 from node.consent_import import workers
 from node.consent_import.checkpoints import Checkpoints
@@ -177,8 +176,6 @@ class Run:
             errors = sorted([*errors, *failed], key=lambda e: e.row)
         else:
             report.applied += len(batch.events)
-            for event, n in Counter(e.event for e in batch.events).items():
-                CONSENT_EVENTS.labels(event, "import").inc(n)
         for error in errors:
             report.errors[error.reason] += 1
             if self.on_error is not None:

@@ -1,12 +1,14 @@
 """Writing a resolved batch (in the writer thread): its records, scopes and events in one
-transaction, with its signed consent-batch statements (`domain.consent_batch`), which once
-committed are appended to the node's log (`node.consent_evidence`)."""
+transaction, with the node's consent event counts (`node.consent_counts`) and its signed
+consent-batch statements (`domain.consent_batch`), which once committed are appended to the node's
+log (`node.consent_evidence`)."""
 
 from __future__ import annotations
 
 import json
 import operator
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 from domain import commitment, consent_batch
 from domain.errors import CitybrokerError, StoreError
 from keys import timefmt
+from node import consent_counts
 from node.consent_import.checkpoints import Checkpoints
 from node.consent_import.codec import EVENT_COLUMNS, RECORD_COLUMNS, SCOPE_COLUMNS
 from node.consent_import.records import IN_CHUNK, IN_JSON, chunked, db_message
@@ -209,6 +212,7 @@ class BatchWriter:
             self._imp.evidence.sign_batch(batch.at, members[i : i + step])
             for i in range(0, len(events), step)
         ]
+        counts = Counter(e.event for e in events)
         conn = self._connection()
         self._checkpoints.before_write()
         batch.statements = []
@@ -239,6 +243,7 @@ class BatchWriter:
                     )
                 batch.statements.append((batch_id, envelope, salt))
             inserts["events"].run(conn, rows)
+            consent_counts.add(conn, consent_counts.IMPORT, counts)
 
     def _check_unchanged(self, conn: sa.Connection, batch: Batch) -> None:
         expected = {rid: rec.expect for rid, rec in batch.changes.items()}

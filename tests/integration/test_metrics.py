@@ -1,16 +1,21 @@
 """Prometheus metrics, scraped over HTTP from real servers started with `metrics_listen`: calls by
 method and code, refusals by reason, rate limiting by partner, cities' outcomes at the broker,
-log size and checkpoint age, witnessing lag, the DP budget and consent events.
+log size and checkpoint age, witnessing lag, the DP budget and consent events by type (those of
+a bulk import run by the CLI in a process of its own included).
 
-Every server of one process serves the same registry (one per process), and counters are the
-process's, so the test compares scrapes taken before and after what it does."""
+Every server of one process serves the same counters (one registry per process), so the test
+compares scrapes taken before and after what it does; what is read from the stores, each server
+serves for its own (a node its log, budgets and consent events; the broker its log and lag)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import subprocess
 import tomllib
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,12 @@ from cli import sandbox
 from domain import agreement as agreement_doc
 from domain.agreement import DpTerms
 from domain.query import Measure, MeasureKind
+from edge.node_server import NodeServer
+from keys import timefmt
+from node.config import NodeConfig
 from tests.conftest import RunningFederation, start_federation, stop_federation
 from tests.integration.conftest import Wire, by_mode
+from tests.system.conftest import command, environment
 
 BROKER_QUERY = "/citybroker.broker.v1.BrokerService/Query"
 NODE_RUN_QUERY = "/citybroker.node.v1.QueryService/RunQuery"
@@ -87,6 +96,7 @@ def _dp_agreement(rf: RunningFederation, city: str) -> str:
 def test_a_query_a_refusal_and_a_rate_limit_show_in_the_scrape(observed: Wire) -> None:
     rf, fed = observed.rf, observed.fed
     port = rf.broker.metrics.port if rf.broker.metrics else 0
+    aurora = node_port(rf, "aurora")
     assert port and all(n.metrics and n.metrics.port for n in rf.nodes.values())
     _, before = scrape(port)
 
@@ -116,6 +126,7 @@ def test_a_query_a_refusal_and_a_rate_limit_show_in_the_scrape(observed: Wire) -
     assert limited == 1
 
     text, after = scrape(port)
+    node_text, at_aurora = scrape(aurora)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -145,31 +156,110 @@ def test_a_query_a_refusal_and_a_rate_limit_show_in_the_scrape(observed: Wire) -
         for s, c in (("failed", "UNAVAILABLE"), ("timed_out", "DEADLINE_EXCEEDED"))
     ]
     assert sum(down) == 1
-    # State read at scrape time: log sizes, checkpoint age, witnessing lag, the DP budget.
+    # State read at scrape time, each server its own: the broker its log's size and checkpoint
+    # age and the witnessing lag; a node its log, the DP budget and its consent events.
     broker_log = f"citybroker/broker/{fed.broker_id}"
-    assert value(after, "citybroker_log_entries", log=broker_log) == 2 * 3  # query + receipt
-    assert value(after, "citybroker_log_entries", log="citybroker/node/aurora") > 3
-    age = value(after, "citybroker_log_checkpoint_age_seconds", log=broker_log)
-    assert 0 <= age < 120
+    aurora_log = "citybroker/node/aurora"
+    # Each query logs its signed query and receipt (witnessing may log cities' checkpoints too).
+    assert value(after, "citybroker_log_entries", log=broker_log) >= 2 * 3
+    assert 0 <= value(after, "citybroker_log_checkpoint_age_seconds", log=broker_log) < 120
     assert (
         "citybroker_witnessing_lag_entries",
         frozenset({("log", broker_log), ("witness", "aurora")}),
     ) in after
+    assert value(at_aurora, "citybroker_log_entries", log=aurora_log) > 3
+    assert 0 <= value(at_aurora, "citybroker_log_checkpoint_age_seconds", log=aurora_log) < 120
+    assert not [k for k in after if dict(k[1]).get("log") == aurora_log]
+    assert not [k for k in at_aurora if dict(k[1]).get("log") == broker_log]
     # Aurora answered two queries under its DP agreement (the second with cascadia down).
     assert (
-        value(after, "citybroker_dp_budget_spent_epsilon", agreement=agreement_id, version="2")
+        value(at_aurora, "citybroker_dp_budget_spent_epsilon", agreement=agreement_id, version="2")
         == 2 * 0.5
     )
     assert (
-        value(after, "citybroker_dp_budget_total_epsilon", agreement=agreement_id, version="2")
+        value(at_aurora, "citybroker_dp_budget_total_epsilon", agreement=agreement_id, version="2")
         == 2.0
     )
-    # Consent events by type: the fixture gave every consent through the nodes' API.
-    given = sum(len(people) for people in rf.consenting.values())
-    assert (
-        value(after, "citybroker_consent_events_total", event="given", source="registry") >= given
-    )
-    assert "process_resident_memory_bytes" in text
+    # Consent events by type, from aurora's database: the fixture gave its consents through the
+    # node's API, and nothing else.
+    assert consent_events(at_aurora) == {("given", "registry"): len(rf.consenting["aurora"])}
+    # Calls by method and code at a node too (the process's counters).
+    assert delta_at(at_aurora, before, NODE_RUN_QUERY) == 3 + 1 + 2
+    assert "process_resident_memory_bytes" in text and "process_resident_memory_bytes" in node_text
     # Bounded labels: no resident id anywhere in the exposition.
     residents = [r.resident_id for people in rf.consenting.values() for r in people]
-    assert not [r for r in residents if r in text]
+    assert not [r for r in residents if r in text or r in node_text]
+
+
+def node_port(rf: RunningFederation, city: str) -> int:
+    metrics = rf.nodes[city].metrics
+    assert metrics is not None and metrics.port
+    return metrics.port
+
+
+def delta_at(after: Samples, before: Samples, method: str) -> float:
+    key = ("citybroker_rpc_requests_total", frozenset({("method", method), ("code", "OK")}))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def consent_events(samples: Samples) -> dict[tuple[str, str], float]:
+    """citybroker_consent_events_total by (event, source)."""
+    return {
+        (dict(labels)["event"], dict(labels)["source"]): v
+        for (name, labels), v in samples.items()
+        if name == "citybroker_consent_events_total"
+    }
+
+
+def _write_import(path: Path, partner: str, residents: int) -> None:
+    """`residents` new consents, a tenth of them withdrawn, as a city's export would list them."""
+    start = timefmt.fmt(timefmt.now() - timedelta(days=1))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["event", "record_id", "resident_id", "purposes", "recipients",
+                    "data_categories", "valid_from", "valid_until"])  # fmt: skip
+        for i in range(residents):
+            w.writerow(["given", f"imp-{i}", f"aurora-imp{i:04d}", "urban-mobility-planning",
+                        partner, "mobility", start, ""])  # fmt: skip
+        for i in range(0, residents, 10):
+            w.writerow(["withdrawn", f"imp-{i}", "", "", "", "", "", ""])
+
+
+def test_a_bulk_import_by_the_cli_shows_in_the_running_nodes_scrape(
+    observed: Wire, tmp_path: Path
+) -> None:
+    """The import runs as `citybroker node consent import`, a process of its own, while aurora's
+    node serves; the node's scrape counts its events, and so does a replica on the same database."""
+    rf, fed = observed.rf, observed.fed
+    layout = fed.cities["aurora"]
+    replica_config = tmp_path / "node-aurora-b.toml"
+    config = tomllib.loads(layout.config.read_text())
+    config.update(listen=f"127.0.0.1:{sandbox.free_port()}", metrics_listen="127.0.0.1:0")
+    config.pop("health_listen", None)
+    sandbox.write_toml(replica_config, config)
+    replica = NodeServer(NodeConfig.load(replica_config)).start()
+    try:
+        assert replica.metrics is not None
+        given = len(rf.consenting["aurora"])
+        _, before = scrape(node_port(rf, "aurora"))
+        assert consent_events(before) == {("given", "registry"): given}
+
+        events = tmp_path / "events.csv"
+        _write_import(events, fed.partner_id, 40)
+        done = subprocess.run(
+            [*command(), "node", "consent", "import", str(events), "--config", str(layout.config)],
+            capture_output=True, text=True, timeout=120, env=environment(),
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        _, after = scrape(node_port(rf, "aurora"))
+        assert consent_events(after) == {
+            ("given", "registry"): given,
+            ("given", "import"): 40,
+            ("withdrawn", "import"): 4,
+        }
+        _, at_replica = scrape(replica.metrics.port)
+        assert consent_events(at_replica) == consent_events(after)
+    finally:
+        replica.stop(0)
