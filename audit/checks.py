@@ -26,8 +26,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit import bundle as layout
+from audit import city_checkpoint
 from audit.cosign import verify_cosignature, witness_name
-from audit.ledger import Bundle, Ledger, ReceiptRef, ResultRef, Witnessed
+from audit.ledger import Bundle, Ledger, ReceiptRef, Recorded, ResultRef, Witnessed
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 from audit.note import NoteError, NoteVerifier, checkpoint_body, parse_checkpoint, verify_note
 from domain import agreement as agreement_doc
@@ -58,11 +59,12 @@ STATEMENTS: dict[str, tuple[str, str]] = {
     Statement.CONSENT_BATCH: ("city", "at"),
     Statement.AGREEMENT_REVOCATION: ("revoked_by", "at"),
     Statement.COSIGNATURE: ("city", "at"),
+    Statement.WITNESSED_CHECKPOINT: ("broker", "at"),
     Statement.COMMITMENT: ("city", "at"),
 }
 # The kinds each statement type is logged under (node/answering.py, node/consent_evidence.py,
-# node/agreements.py, audit/witness.py, broker/exchange.py). A kind lies outside the Merkle
-# leaf, so it is checked against its entry.
+# node/agreements.py, audit/witness.py, broker/exchange.py, broker/city_logs.py). A kind lies
+# outside the Merkle leaf, so it is checked against its entry.
 KINDS: dict[str, set[str]] = {
     Statement.QUERY: {LogKind.EXCHANGE, LogKind.REFUSAL},
     Statement.RESULT: {LogKind.EXCHANGE},
@@ -73,6 +75,7 @@ KINDS: dict[str, set[str]] = {
     Statement.AGREEMENT: {LogKind.AGREEMENT},
     Statement.AGREEMENT_REVOCATION: {LogKind.AGREEMENT},
     Statement.COSIGNATURE: {LogKind.WITNESS},
+    Statement.WITNESSED_CHECKPOINT: {LogKind.WITNESS},
     # A resident-level statement's salted commitment (node/consent_evidence.py, audit.openings).
     # A commitment to an exchange's statement is logged under that statement's kinds.
     Statement.COMMITMENT: {LogKind.CONSENT},
@@ -631,7 +634,7 @@ class BundleChecks:
     def entry_signed(self, entry: UnverifiedEntry) -> None:
         """The statement rules for an entry whose signatures are required (checked, or being
         checked by the caller), then the checkpoint its tree size reaches, if any."""
-        _record_statement(entry, self.summary, self._agreements, self.entries_path)
+        _record_statement(entry, self.summary, self._agreements, self._keys, self.entries_path)
         self.summary.signatures_verified += len(entry.signers)
         if self._tree.size == self._next[0]:
             check_checkpoint_root(
@@ -720,6 +723,7 @@ def _record_statement(
     entry: UnverifiedEntry,
     summary: BundleSummary,
     agreements: dict[tuple[str, int], Agreement],
+    keys: Keys,
     path: Path,
 ) -> None:
     """Check a statement against its log and agreement, and remember what reconciliation needs.
@@ -769,8 +773,46 @@ def _record_statement(
                     entry.number,
                 ),
             )
+        elif thing == Statement.WITNESSED_CHECKPOINT:
+            _record_city_checkpoint(entry, summary, keys, fail)
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise fail(f"{thing} payload is malformed", "PAYLOAD_MALFORMED") from None
+
+
+def _record_city_checkpoint(
+    entry: UnverifiedEntry,
+    summary: BundleSummary,
+    keys: Keys,
+    fail: Callable[[str, str], BundleError],
+) -> None:
+    """A broker's record of a city's checkpoint (audit.city_checkpoint): in that broker's own
+    log, carrying a note the city named signed (any key it ever held: a note says not when it
+    was signed), with the note's size and root; kept for audit.coverage."""
+    claims = entry.unverified_claims
+    if summary.role != "broker" or claims["broker"] != summary.party:
+        raise fail("a log holds another party's record of a city checkpoint", "STATEMENT_MISPLACED")
+    city = str(claims["city"])
+    public = keys.public_keys(city) if Role.CITY in keys.roles.get(city, set()) else []
+    try:
+        checkpoint = city_checkpoint.recorded(claims, public)
+    except NoteError as e:
+        raise fail(
+            f"records a checkpoint of {city} that {city} did not sign: {e.message}",
+            "CHECKPOINT_INVALID",
+        ) from None
+    except VerificationError as e:
+        raise fail(e.message, e.reason) from None
+    summary.ledger.add_recorded(
+        summary.bundle,
+        Recorded(
+            summary.party,
+            city,
+            city_checkpoint.node_origin(city),
+            checkpoint.size,
+            checkpoint.root,
+            entry.number,
+        ),
+    )
 
 
 def _record_receipt(statement: dict[str, Any], summary: BundleSummary, at: datetime) -> None:

@@ -1,5 +1,5 @@
-"""What the verifier remembers of the bundles it has read: checkpoints, results, receipts and
-cosignatures.
+"""What the verifier remembers of the bundles it has read: checkpoints, results, receipts,
+cosignatures and the city checkpoints brokers recorded.
 
 Reconciling brokers' receipts with cities' results needs every one of them at the end, so
 holding them in Python would make the verifier's memory grow with the bundles. They go instead
@@ -40,6 +40,11 @@ CREATE INDEX cosignatures_by_size ON cosignatures (bundle, city, size);
 CREATE TABLE witnessed (bundle INTEGER NOT NULL, idx INTEGER NOT NULL, city TEXT NOT NULL,
                         origin TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
                         line TEXT NOT NULL);
+-- City checkpoints a broker's log recorded (audit.city_checkpoint): audit.coverage.
+CREATE TABLE recorded (bundle INTEGER NOT NULL, idx INTEGER NOT NULL, broker TEXT NOT NULL,
+                       city TEXT NOT NULL, origin TEXT NOT NULL, size INTEGER NOT NULL,
+                       root BLOB NOT NULL);
+CREATE INDEX recorded_by_origin ON recorded (origin, size);
 -- Receipt lines of cities the broker stopped waiting for (no result): audit.coverage.
 CREATE TABLE undelivered (bundle INTEGER NOT NULL, broker TEXT NOT NULL, city TEXT NOT NULL,
                           request_id TEXT NOT NULL, status TEXT NOT NULL);
@@ -84,6 +89,18 @@ class Witnessed:
     size: int
     root: bytes
     line: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A city checkpoint a broker logged that it checked: at log `index` of that broker's log."""
+
+    broker: str
+    city: str
+    origin: str
+    size: int
+    root: bytes
     index: int
 
 
@@ -168,6 +185,13 @@ class Ledger:
         self._db.execute(
             "INSERT INTO witnessed VALUES (?, ?, ?, ?, ?, ?, ?)",
             (bundle.id, w.index, w.city, w.origin, w.size, w.root, w.line),
+        )
+
+    def add_recorded(self, bundle: Bundle, r: Recorded) -> None:
+        """A city checkpoint a broker's bundle logged (its note verified as the city's)."""
+        self._db.execute(
+            "INSERT INTO recorded VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (bundle.id, r.index, r.broker, r.city, r.origin, r.size, r.root),
         )
 
     def add_result(self, bundle: Bundle, r: ResultRef) -> None:
@@ -339,6 +363,25 @@ class Ledger:
         by_id = {b.id: b for b in self.bundles()}
         return by_id[node], w, problem or ("uncosigned" if not cosigned else "")
 
+    def recorded_unmatched(self, node: Bundle) -> tuple[Bundle, Recorded, str] | None:
+        """A checkpoint of `node`'s log, no larger than its bundle's log, that a broker logged it
+        recorded and the bundle does not hold: "missing" (no checkpoint of that size; a log's
+        bundle holds every checkpoint it signed) or "fork" (another root)."""
+        row = self._db.execute(
+            "SELECT r.bundle, r.broker, r.city, r.origin, r.size, r.root, r.idx, c.root "
+            "FROM recorded r LEFT JOIN checkpoints c ON c.bundle = ? AND c.size = r.size "
+            "WHERE r.origin = ? "
+            "AND r.size <= (SELECT max(size) FROM checkpoints WHERE bundle = ?) "
+            "AND (c.root IS NULL OR c.root != r.root) "
+            "ORDER BY r.bundle, r.idx LIMIT 1",
+            (node.id, node.origin, node.id),
+        ).fetchone()
+        if row is None:
+            return None
+        broker, party, city, origin, size, root, idx, node_root = row
+        r = Recorded(party, city, origin, int(size), bytes(root), int(idx))
+        return self._bundle(int(broker)), r, "missing" if node_root is None else "fork"
+
     # -- extents and absences (audit.coverage) --------------------------------------------------
 
     def add_undelivered(
@@ -373,6 +416,18 @@ class Ledger:
         size, its entry index)."""
         row = self._db.execute(
             "SELECT bundle, size, idx FROM witnessed WHERE origin = ? "
+            "ORDER BY size DESC, bundle, idx LIMIT 1",
+            (origin,),
+        ).fetchone()
+        if row is None:
+            return None
+        return self._bundle(int(row[0])), int(row[1]), int(row[2])
+
+    def largest_recorded(self, origin: str) -> tuple[Bundle, int, int] | None:
+        """The largest size of log `origin` a broker logged that it recorded: (that broker's
+        bundle, size, its entry index)."""
+        row = self._db.execute(
+            "SELECT bundle, size, idx FROM recorded WHERE origin = ? "
             "ORDER BY size DESC, bundle, idx LIMIT 1",
             (origin,),
         ).fetchone()

@@ -75,7 +75,9 @@ trust_bundles = Table(
     Column("installed_at", DateTime(timezone=True), nullable=False),
 )
 
-# A witness's view of each log it cosigns: the largest checkpoint it has checked and cosigned.
+# A witness's view of each log it witnesses: at a city, per broker log, the largest checkpoint it
+# has checked and cosigned (audit.witness); at a broker, per city log, the largest checkpoint it
+# has checked and recorded in its own log (broker.city_logs).
 witnessed_logs = Table(
     "witnessed_logs",
     metadata,

@@ -11,8 +11,9 @@ For each bundle it checks, stopping at the first failure (named by file and entr
   (audit.openings). Exchanges about single residents logged as commitments reconcile by their
   commitments and log indexes and are reported as committed; opened, they are checked in full.
 Across bundles it reconciles brokers' receipts with cities' results (both ways), reports a fork
-when two checkpoints of one log disagree, and checks what the set covers (audit.coverage): each
-log as long as the other parties saw it, and a bundle of every party expected.
+when two checkpoints of one log disagree (also a city checkpoint a broker recorded against the
+city's bundle), and checks what the set covers (audit.coverage): each log as long as the other
+parties saw it, and a bundle of every party expected.
 
 I/O boundary: this module only wires the parts together. The rules are pure (audit.checks),
 the files are read by audit.bundle_reader, and the entries' signatures may be checked in
@@ -38,7 +39,14 @@ from audit.checks import (
     reconcile,
     trust_versions,
 )
-from audit.coverage import BUNDLE_ROLE, Coverage, Expected, check_truncation, coverage
+from audit.coverage import (
+    BUNDLE_ROLE,
+    Coverage,
+    Expected,
+    check_recorded,
+    check_truncation,
+    coverage,
+)
 from audit.ledger import Ledger
 from audit.openings import CommittedEntries
 from audit.parallel import SignatureChecks, default_workers
@@ -167,6 +175,7 @@ def verify_bundles(
     ledger = Ledger()
     summaries = [verify_bundle(p, authority, per_bundle(p), ledger=ledger) for p in paths]
     check_truncation(ledger)
+    check_recorded(ledger)
     reconcile(ledger)
     expected = _expected(paths, authority, parties)
     return Report(summaries, coverage(ledger, expected, exclude, parties or ()))

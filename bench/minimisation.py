@@ -100,6 +100,7 @@ from edge.city_gateway import CityChannels
 from edge.operator_client import OperatorClient
 from edge.wire import envelope_from_pb, envelope_to_pb
 from infra import storage
+from infra.config import TlsFiles
 from keys import timefmt, tokens
 from keys.tokens import Call
 from node import aggregate, synthetic, taxonomy
@@ -592,9 +593,7 @@ class Partner:
         self.fed = fed
         tls = fed.root / "tls"
         self.channels = CityChannels(
-            fed.ca_cert.read_bytes(),
-            (tls / f"{fed.broker_id}.crt").read_bytes(),
-            (tls / f"{fed.broker_id}.key").read_bytes(),
+            TlsFiles(fed.ca_cert, tls / f"{fed.broker_id}.crt", tls / f"{fed.broker_id}.key")
         )
 
     def request(self) -> node_pb2.RunQueryRequest:

@@ -97,7 +97,7 @@ def run_broker(config_path: Path) -> None:
     config = BrokerConfig.load(config_path)
     bundle = trust.load_bundle(config.trust_bundle, trust.load_authority_key(config.authority_key))
     targets = {c.id: c.endpoint for c in bundle.by_role(Role.CITY)}
-    channels = CityChannels(*config.tls.read())
+    channels = CityChannels(config.tls)
 
     def register(server: grpc.Server) -> None:
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(

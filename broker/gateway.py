@@ -1,8 +1,9 @@
 """What the broker needs from the network, in domain terms: signed statements go out to cities, and
-signed bytes or a RemoteError come back, one reply per city.
+signed bytes or a RemoteError come back, one reply per city. Witnessing also reads cities' logs
+(CityLogReader): their latest checkpoints, with proofs, and entries.
 
-The exchange and witnessing depend only on this interface, so that they can be tested with an
-in-memory fake; edge.city_gateway implements it over gRPC with mTLS.
+The exchange and witnessing depend only on these interfaces, so that they can be tested with
+in-memory fakes; edge.city_gateway implements them over gRPC with mTLS.
 """
 
 from __future__ import annotations
@@ -68,4 +69,44 @@ class CityGateway(Protocol):
     ) -> str:
         """Offer the witness at `endpoint` a checkpoint note with a consistency proof from
         `old_size`; returns its cosignature line, or raises CallFailed with what it said."""
+        ...
+
+
+@dataclass(frozen=True)
+class LogHead:
+    """A city's latest checkpoint note as its LogService served it (unverified), with the
+    consistency proof it served from the size asked for to the size it said the note has (empty
+    when no proof was asked for: from size 0, or not smaller than that size)."""
+
+    checkpoint: str
+    proof: list[bytes]
+
+
+@dataclass(frozen=True)
+class ServedEntry:
+    """One entry of a city's log as its LogService served it (unverified): `entry` is empty when
+    the city withheld it (then only its leaf hash was served, and this does not keep it)."""
+
+    index: int
+    kind: str
+    entry: bytes
+
+
+class CityLogReader(Protocol):
+    """Reads of a city's log over its LogService; a failed call raises CallFailed."""
+
+    def log_head(self, endpoint: str, since: int, timeout_s: float) -> LogHead:
+        """The latest checkpoint of the city at `endpoint`, with a consistency proof from `since`."""
+        ...
+
+    def log_entries(
+        self, endpoint: str, start: int, count: int, timeout_s: float
+    ) -> list[ServedEntry]:
+        """Up to `count` entries from index `start` (fewer at the end of the log)."""
+        ...
+
+    def inclusion_proof(
+        self, endpoint: str, index: int, size: int, timeout_s: float
+    ) -> list[bytes]:
+        """The proof that entry `index` is in the city's tree of `size` entries."""
         ...

@@ -1,9 +1,12 @@
-"""Collect cities' cosignatures of the broker's checkpoints, so that the broker cannot later show an
-auditor a history other than the one the cities saw.
+"""Witnessing both ways: collect cities' cosignatures of the broker's checkpoints, so that the broker
+cannot later show an auditor a history other than the one the cities saw; and record each city's
+latest checkpoint in the broker's log (broker.city_logs), so that a city cannot later show an
+auditor its log cut before what it logged since the last result the broker received.
 
-A background thread offers each city the latest checkpoint with a consistency proof from the last
-size that city cosigned; cosignatures are stored for export. Failures are logged and retried on the
-next round; they never affect queries.
+A background thread runs rounds: first the cities' checkpoints are fetched, checked and the new
+ones recorded (one batch), then each city is offered the broker log's latest checkpoint, records
+included, with a consistency proof from the last size that city cosigned; cosignatures are stored
+for export. Failures are logged and retried on the next round; they never affect queries.
 
 Broker replicas sharing one PostgreSQL database take turns: a round holds a transaction-scoped
 advisory lock, and a replica that finds it taken skips its round, since the other is already
@@ -24,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from audit.log import MerkleLog
 from audit.note import parse_checkpoint, unverified_body
 from audit.schema import log_cosignatures
+from broker.city_logs import CityLogWatch
 from broker.gateway import CityGateway
 from domain.errors import CallFailed
 from keys.trust import Role, TrustStore
@@ -45,7 +49,8 @@ def _replicas_take_turns(engine: Engine) -> Iterator[bool]:
 
 class WitnessCollector:
     """Offers the broker log's checkpoints to every city, through `gateway`, and stores the
-    cosignatures; runs in a background thread between start() and stop()."""
+    cosignatures; before each offer, `cities` (if given) records the cities' new checkpoints in
+    the broker's log. Runs in a background thread between start() and stop()."""
 
     def __init__(
         self,
@@ -55,8 +60,10 @@ class WitnessCollector:
         gateway: CityGateway,
         interval_s: float,
         timeout_s: float = 5.0,
+        cities: CityLogWatch | None = None,
     ) -> None:
         self._engine, self._log, self._trust, self._gateway = engine, broker_log, trust, gateway
+        self.cities = cities
         self._interval, self._timeout = interval_s, timeout_s
         self._stop = threading.Event()
         # Rounds from the thread and from direct calls must not both store one cosignature.
@@ -119,11 +126,17 @@ class WitnessCollector:
         return {c.id: max(0, size - int(cosigned.get(c.id) or 0)) for c in cities}
 
     def collect_once(self) -> int:
-        """Offer the latest checkpoint to every city once; returns how many cosigned it."""
+        """Record the cities' new checkpoints, then offer the latest checkpoint to every city
+        once; returns how many cosigned it."""
         with self._one_round, _replicas_take_turns(self._engine) as ours:
             return self._collect() if ours else 0
 
     def _collect(self) -> int:
+        if self.cities is not None:
+            try:
+                self.cities.record_once()
+            except Exception:  # the offers still go out; the next round records again
+                log.exception("recording the cities' checkpoints failed")
         note = self._log.checkpoint()
         _, size, _ = parse_checkpoint(unverified_body(note))
         cosigned = 0

@@ -22,6 +22,8 @@ class Statement(StrEnum):
     AGREEMENT = "agreement"
     AGREEMENT_REVOCATION = "agreement-revocation"
     COSIGNATURE = "cosignature"
+    # A broker's record of a city's signed checkpoint it checked (audit.city_checkpoint).
+    WITNESSED_CHECKPOINT = "witnessed-checkpoint"
     # A salted commitment to a resident-level statement kept by the city (domain.commitment).
     COMMITMENT = "commitment"
     # keys/ names it (keys depends on nothing of the domain but its errors).
@@ -35,4 +37,5 @@ class LogKind(StrEnum):
     REFUSAL = "refusal"
     CONSENT = "consent"
     AGREEMENT = "agreement"
+    # A city's cosignature of a broker checkpoint; a broker's record of a city's checkpoint.
     WITNESS = "witness"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import grpc
 
+from broker.city_logs import CityLogWatch
 from broker.config import BrokerConfig
 from broker.exchange import Broker
 from broker.witnessing import WitnessCollector
 from citybroker.audit.v1 import audit_pb2_grpc
 from citybroker.broker.v1 import broker_pb2_grpc
 from edge.broker_service import BROKER_SERVICE, BrokerServicer, partner_token_guard
-from edge.city_gateway import CityChannels, GrpcCityGateway
+from edge.city_gateway import RETIRED_GRACE_S, CityChannels, GrpcCityGateway
 from edge.health import HealthListener
 from edge.log_service import LOG_SERVICE, LogServicer
 from edge.observability import broker_metrics
@@ -32,9 +33,17 @@ class BrokerServer:
             opened.engine,
             opened.log,
         )
-        self.gateway = gateway = GrpcCityGateway(CityChannels(*config.tls.read()))
+        # Replaced client TLS files are taken up for new calls; the old channels stay open
+        # longer than any call's deadline, so calls in flight on them are not cut.
+        channels = CityChannels(config.tls, grace_s=RETIRED_GRACE_S + config.city_timeout_s)
+        self.gateway = gateway = GrpcCityGateway(channels)
         self.witnessing = WitnessCollector(
-            self.engine, self.log, store, gateway, config.witness_interval_s
+            self.engine,
+            self.log,
+            store,
+            gateway,
+            config.witness_interval_s,
+            cities=CityLogWatch(self.engine, self.log, store, gateway, config.broker_id, signer),
         )
         broker = Broker(
             config.broker_id,

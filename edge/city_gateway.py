@@ -2,26 +2,44 @@
 
 GrpcCityGateway is the broker's CityGateway over gRPC: it owns the node and witness requests and
 turns each failed call's status into a RemoteError.
+
+The broker's client certificate, key and CA file are taken up without a restart: on use, at most
+once every CHECK_INTERVAL_S, CityChannels stats them (edge.tls_reload.TlsWatch); when they were
+replaced by files that pass the start-up checks, new calls go over new channels with the new
+credentials, and the old channels are closed only after `grace_s`, so calls in flight on them end
+as they would have. Files that fail the checks leave the credentials in use, with one warning.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from broker.gateway import CityReply, SignedResult, Targets
+from broker.gateway import CityReply, LogHead, ServedEntry, SignedResult, Targets
 from citybroker.audit.v1 import audit_pb2, audit_pb2_grpc
 from citybroker.node.v1 import node_pb2, node_pb2_grpc
 from domain.errors import CallFailed, RemoteError
 from domain.plan import QueryPlan
+from edge.log_service import entries_page_token
 from edge.rpc import CHANNEL_OPTIONS, client_credentials
 from edge.status import remote_error
+from edge.tls_reload import TlsWatch
 from edge.wire import envelope_from_pb, envelope_to_pb, plan_from_pb
+from infra.config import TlsFiles
 from keys import dsse
+
+log = logging.getLogger("citybroker.rotation")
+
+# How often, at most, a call looks at the TLS files (one stat of each) to take up replaced ones.
+CHECK_INTERVAL_S = 1.0
+# How long a channel replaced by new credentials stays open for the calls in flight on it.
+RETIRED_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,14 +68,21 @@ def city_channel_options(endpoint: str) -> list[tuple[str, Any]]:
 
 
 class CityChannels:
-    """One long-lived channel per city endpoint, created on first use."""
+    """One long-lived channel per city endpoint, created on first use, presenting the client
+    certificate of `tls`; replaced TLS files are taken up for new calls (see the module's doc)."""
 
-    def __init__(self, ca_cert: bytes, cert: bytes, key: bytes) -> None:
-        self._creds = client_credentials(ca_cert, cert, key)
+    def __init__(self, tls: TlsFiles, grace_s: float = RETIRED_GRACE_S) -> None:
+        self._watch = TlsWatch(tls)
+        self._creds = client_credentials(*tls.read())  # bad files refuse the start
+        self._grace_s = grace_s
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, node_pb2_grpc.QueryServiceStub]] = {}
+        self._retired: list[tuple[float, grpc.Channel]] = []  # (when to close it, channel)
+        self._next_check = time.monotonic() + CHECK_INTERVAL_S
 
     def _entry(self, endpoint: str) -> tuple[grpc.Channel, node_pb2_grpc.QueryServiceStub]:
+        for old in self._take_up_replaced_files():
+            old.close()
         with self._lock:
             if endpoint not in self._stubs:
                 channel = grpc.secure_channel(
@@ -65,6 +90,25 @@ class CityChannels:
                 )
                 self._stubs[endpoint] = (channel, node_pb2_grpc.QueryServiceStub(channel))
             return self._stubs[endpoint]
+
+    def _take_up_replaced_files(self) -> list[grpc.Channel]:
+        """If the check is due and the TLS files were replaced by valid ones, new credentials
+        for the channels made from now on, the current ones retired; returns the retired
+        channels whose grace is over, to close."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_check:
+                return []
+            self._next_check = now + CHECK_INTERVAL_S
+            files = self._watch.replaced()
+            if files is not None:
+                self._creds = client_credentials(*files)
+                self._retired += [(now + self._grace_s, ch) for ch, _ in self._stubs.values()]
+                self._stubs.clear()
+                log.info("TLS client certificate %s taken up for new calls", self._watch.tls.cert)
+            due = [ch for at, ch in self._retired if at <= now]
+            self._retired = [(at, ch) for at, ch in self._retired if at > now]
+        return due
 
     def stub(self, endpoint: str) -> node_pb2_grpc.QueryServiceStub:
         """The QueryService stub of the city at `endpoint`."""
@@ -75,11 +119,13 @@ class CityChannels:
         return self._entry(endpoint)[0]
 
     def close(self) -> None:
-        """Close every channel; later calls open new ones."""
+        """Close every channel, retired ones too; later calls open new ones."""
         with self._lock:
-            for channel, _ in self._stubs.values():
-                channel.close()
+            channels = [ch for ch, _ in self._stubs.values()] + [ch for _, ch in self._retired]
             self._stubs.clear()
+            self._retired.clear()
+        for channel in channels:
+            channel.close()
 
 
 def fan_out(
@@ -121,7 +167,8 @@ def _replies(replies: list[Reply], value: Callable[[Any], Any]) -> list[CityRepl
 
 
 class GrpcCityGateway:
-    """The broker's CityGateway over gRPC, on one long-lived mTLS channel per city."""
+    """The broker's CityGateway and CityLogReader over gRPC, on one long-lived mTLS channel per
+    city."""
 
     def __init__(self, channels: CityChannels) -> None:
         self.channels = channels
@@ -179,6 +226,47 @@ class GrpcCityGateway:
         except grpc.RpcError as e:
             raise CallFailed(remote_error(e)) from None
         return cosignature
+
+    def log_head(self, endpoint: str, since: int, timeout_s: float) -> LogHead:
+        """LogService.GetCheckpoint at `endpoint`, then GetConsistencyProof from `since` to the
+        size it served, when 0 < since < that size; a failed call raises CallFailed."""
+        stub = audit_pb2_grpc.LogServiceStub(self.channels.channel(endpoint))
+        try:
+            head = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=timeout_s)
+            proof: list[bytes] = []
+            if 0 < since < head.tree_size:
+                request = audit_pb2.GetConsistencyProofRequest(
+                    from_size=since, to_size=head.tree_size
+                )
+                proof = list(stub.GetConsistencyProof(request, timeout=timeout_s).hashes)
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return LogHead(head.checkpoint, proof)
+
+    def log_entries(
+        self, endpoint: str, start: int, count: int, timeout_s: float
+    ) -> list[ServedEntry]:
+        """LogService.ListEntries at `endpoint`: one page of up to `count` entries from `start`."""
+        stub = audit_pb2_grpc.LogServiceStub(self.channels.channel(endpoint))
+        request = audit_pb2.ListEntriesRequest(
+            page_size=count, page_token=entries_page_token(start) if start else ""
+        )
+        try:
+            entries = stub.ListEntries(request, timeout=timeout_s).entries
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
+        return [ServedEntry(e.index, e.kind, b"" if e.withheld else e.entry) for e in entries]
+
+    def inclusion_proof(
+        self, endpoint: str, index: int, size: int, timeout_s: float
+    ) -> list[bytes]:
+        """LogService.GetInclusionProof at `endpoint`; a failed call raises CallFailed."""
+        stub = audit_pb2_grpc.LogServiceStub(self.channels.channel(endpoint))
+        request = audit_pb2.GetInclusionProofRequest(index=index, tree_size=size)
+        try:
+            return list(stub.GetInclusionProof(request, timeout=timeout_s).hashes)
+        except grpc.RpcError as e:
+            raise CallFailed(remote_error(e)) from None
 
     def close(self) -> None:
         """Close every city's channel."""

@@ -34,7 +34,9 @@ def _start(token: str) -> int:
     return start
 
 
-def _token(index: int) -> str:
+def entries_page_token(index: int) -> str:
+    """The ListEntries page token of the page starting at entry `index` (opaque to callers
+    outside the project; the broker's witnessing reads a city's log from where it left off)."""
     return base64.urlsafe_b64encode(f"entry:{index}".encode()).decode()
 
 
@@ -72,7 +74,7 @@ class LogServicer(audit_pb2_grpc.LogServiceServicer):
         )
         return audit_pb2.ListEntriesResponse(
             entries=[_entry(r, withhold) for r in records],
-            next_page_token=_token(end) if end < total else "",
+            next_page_token=entries_page_token(end) if end < total else "",
         )
 
     def GetInclusionProof(

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from audit.cosign import verify_cosignature, witness_name
 from audit.merkle import leaf_hash, root_from_leaf_hashes, verify_consistency
 from audit.note import NoteVerifier, parse_checkpoint, unverified_body, verify_note
-from audit.schema import log_checkpoints, log_cosignatures, log_entries
+from audit.schema import log_checkpoints, log_cosignatures, log_entries, witnessed_logs
 from broker.config import BrokerConfig
 from citybroker.broker.v1 import broker_pb2, broker_pb2_grpc
 from cli import sandbox
@@ -109,6 +109,11 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
 def _running_replicas(tmp_path: Path, url: str) -> Iterator[Replicas]:
     rf = start_federation(tmp_path / "fed", residents_per_city=80)
     rf.broker.stop(0)  # the federation's own broker (SQLite) makes way for the replicas
+    # The replicas start a new log under the same broker name; the cities have cosigned the old
+    # one (its records of their checkpoints), so they forget it rather than see a fork.
+    for n in rf.nodes.values():
+        with n.engine.begin() as conn:
+            conn.execute(witnessed_logs.delete())
     brokers = start_replicas(rf, url, tmp_path, 2)
     engine = storage.create_engine(url)
     running = Replicas(rf, brokers, [b.config.listen for b in brokers], engine)
