@@ -51,17 +51,26 @@ class Reply:
     error: RemoteError | None
 
 
+RECONNECT_BACKOFF_MAX_MS = 2_000
+_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
+]
+
+
 def city_channel_options(endpoint: str) -> list[tuple[str, Any]]:
     """Channel options for a city's endpoint. An endpoint listing several replicas of one city,
     `ipv4:HOST:PORT,HOST:PORT`, gets its calls round-robin over them (a list names no single
     host, so the city's TLS certificate must carry the first one). Any other endpoint keeps
-    gRPC's pick-first, which reconnects on the next call after a node restarts rather than in
-    the background with back-off."""
+    gRPC's pick-first. Either way a city that was down is tried again at least every
+    RECONNECT_BACKOFF_MAX_MS: gRPC's own ceiling (two minutes) would leave a restarted city
+    unanswered that long after calls failed while it was down."""
+    base = [*CHANNEL_OPTIONS, *_RECONNECT]
     if not (endpoint.startswith("ipv4:") and "," in endpoint):
-        return CHANNEL_OPTIONS
+        return base
     first = endpoint.removeprefix("ipv4:").split(",", 1)[0]
     return [
-        *CHANNEL_OPTIONS,
+        *base,
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.ssl_target_name_override", first.rsplit(":", 1)[0]),
     ]
