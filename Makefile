@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/citybroker demo
 
+# Two pytest-xdist workers (the machine has two CPUs); a file's tests stay in one worker, so its
+# module-wide fixtures (federations, processes) are built once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint buf-lint
 	$(PY) scripts/gen_proto.py --check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
@@ -86,8 +89,9 @@ bench-consent: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m pytest -q -m faults tests/faults tests/system/test_netns_federation.py
 
-# The federated query load at half the measured peak for ten minutes: no errors, no process's
-# memory growing over 10 % after warm-up (bench/results/soak.json). --duration for a shorter run.
+# The federated query load at half the measured peak, five minutes of warm-up then ten measured:
+# no errors, no process's memory growing over 10 % after warm-up (bench/results/soak.json; about
+# 17 minutes). --warmup and --duration for a shorter run.
 soak: $(STAMP)
 	$(PY) bench/soak.py
 

@@ -73,13 +73,13 @@ def node_serve(
     from edge.node_server import NodeServer
     from node.config import NodeConfig
 
-    serving.configure_logs(log_format)
+    heap = serving.prepare(log_format)
     node = NodeServer(NodeConfig.load(config))
     grace, what = (
         node.config.shutdown_grace_s,
         f"node {node.config.city} serving on port {node.port}",
     )
-    serving.until_signalled(node.start, node.stop, grace, what)
+    serving.until_signalled(node.start, node.stop, grace, what, heap)
 
 
 node_consent_app = typer.Typer(help="Residents' consent records.", no_args_is_help=True)
@@ -217,11 +217,11 @@ def broker_serve(
     """Run a broker until SIGTERM/SIGINT (calls in flight get shutdown_grace_s to finish)."""
     from edge.broker_server import BrokerServer
 
-    serving.configure_logs(log_format)
+    heap = serving.prepare(log_format)
     broker = BrokerServer(BrokerConfig.load(config))
     grace = broker.config.shutdown_grace_s
     what = f"broker {broker.config.broker_id} serving on port {broker.port}"
-    serving.until_signalled(broker.start, broker.stop, grace, what)
+    serving.until_signalled(broker.start, broker.stop, grace, what, heap)
 
 
 @app.command()

@@ -25,6 +25,7 @@ import typer
 
 from infra import logs
 from infra.logs import LogFormat
+from infra.native_heap import NativeHeap
 
 log = logging.getLogger("citybroker.serve")
 
@@ -38,13 +39,19 @@ LogFormatOption = Annotated[
 ]
 
 
-def configure_logs(fmt: LogFormat) -> None:
-    """Log to stderr in `fmt`, from before the server opens anything."""
+def prepare(fmt: LogFormat) -> NativeHeap:
+    """Before the server opens anything: log to stderr in `fmt`, and limit the C heap's arenas
+    (infra.native_heap; its trimming starts with the server)."""
     logs.configure(fmt)
+    return NativeHeap()
 
 
 def until_signalled(
-    start: Callable[[], object], stop: Callable[[float], object], grace_s: float, what: str
+    start: Callable[[], object],
+    stop: Callable[[float], object],
+    grace_s: float,
+    what: str,
+    heap: NativeHeap,
 ) -> None:
     """Start, wait for SIGTERM or SIGINT, then `stop(grace_s)`; a second signal exits at once."""
     done = threading.Event()
@@ -60,8 +67,10 @@ def until_signalled(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     start()
+    heap.start()
     log.info(f"{what}; SIGTERM or Ctrl-C stops it")
     done.wait()
     log.info("stopping: no new calls; calls in flight get %gs", grace_s)
     stop(grace_s)
+    heap.stop()
     log.info("stopped")

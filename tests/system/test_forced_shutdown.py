@@ -123,11 +123,11 @@ def test_a_second_sigterm_mid_query_exits_at_once_and_leaves_the_log_intact(
 # until_signalled alone, in a process whose stop never ends, so that only the second signal can.
 _SERVE = """
 import time
-from cli.serving import configure_logs, until_signalled
+from cli.serving import prepare, until_signalled
 from infra.logs import LogFormat
 
-configure_logs(LogFormat.JSON)
-until_signalled(lambda: None, lambda grace: time.sleep(grace), 600.0, "test server")
+heap = prepare(LogFormat.JSON)
+until_signalled(lambda: None, lambda grace: time.sleep(grace), 600.0, "test server", heap)
 """
 
 
