@@ -414,20 +414,16 @@ class Ledger:
     def largest_witnessed(self, origin: str) -> tuple[Bundle, int, int] | None:
         """The largest size of log `origin` a city logged that it cosigned: (that city's bundle,
         size, its entry index)."""
-        row = self._db.execute(
-            "SELECT bundle, size, idx FROM witnessed WHERE origin = ? "
-            "ORDER BY size DESC, bundle, idx LIMIT 1",
-            (origin,),
-        ).fetchone()
-        if row is None:
-            return None
-        return self._bundle(int(row[0])), int(row[1]), int(row[2])
+        return self._largest("witnessed", origin)
 
     def largest_recorded(self, origin: str) -> tuple[Bundle, int, int] | None:
         """The largest size of log `origin` a broker logged that it recorded: (that broker's
         bundle, size, its entry index)."""
+        return self._largest("recorded", origin)
+
+    def _largest(self, table: str, origin: str) -> tuple[Bundle, int, int] | None:
         row = self._db.execute(
-            "SELECT bundle, size, idx FROM recorded WHERE origin = ? "
+            f"SELECT bundle, size, idx FROM {table} WHERE origin = ? "  # a fixed table name
             "ORDER BY size DESC, bundle, idx LIMIT 1",
             (origin,),
         ).fetchone()
