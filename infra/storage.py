@@ -4,6 +4,8 @@ database by default; PostgreSQL via psycopg 3; DuckDB files for a node's dataset
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,52 @@ from infra.config import Section
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DUCKDB_PREFIX = "duckdb:///"
 _MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
+
+
+class ManualCheckpoints:
+    """Whether a SQLite engine's connections are checked out with WAL autocheckpoint off (while a
+    bulk import copies the WAL itself: node.consent_import.checkpoints), and back to SQLite's
+    default when checked in. Its listeners are added when the engine is created and never
+    removed: SQLAlchemy's event dispatch is not safe against listeners added or removed while
+    other threads check connections out."""
+
+    DEFAULT_PAGES = 1000  # SQLite's own wal_autocheckpoint, which connections otherwise keep
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+
+    def hold(self) -> None:
+        """Connections checked out from now on have autocheckpoint off, until `release`."""
+        with self._lock:
+            self._holders += 1
+
+    def release(self) -> None:
+        """One `hold` fewer; with none left, connections are checked out as SQLite has them."""
+        with self._lock:
+            self._holders -= 1
+
+    def checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        """The pool's checkout event: autocheckpoint off while held."""
+        if self._holders:
+            dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+            record.info[_AUTOCHECKPOINT_OFF] = True
+
+    def checkin(self, dbapi_conn: Any, record: Any) -> None:
+        """The pool's checkin event: SQLite's default back on a connection that had it off."""
+        if record.info.pop(_AUTOCHECKPOINT_OFF, False):
+            dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={self.DEFAULT_PAGES}")
+
+
+_AUTOCHECKPOINT_OFF = "citybroker_autocheckpoint_off"
+_MANUAL_CHECKPOINTS: weakref.WeakKeyDictionary[sa.Engine, ManualCheckpoints] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def manual_checkpoints(engine: sa.Engine) -> ManualCheckpoints | None:
+    """The switch of a SQLite engine made by `create_engine`; None for any other engine."""
+    return _MANUAL_CHECKPOINTS.get(engine)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -124,6 +172,9 @@ def create_engine(
                 url, connect_args={"check_same_thread": False}, pool_size=16, max_overflow=16
             )
             sa.event.listen(engine, "connect", _sqlite_pragmas)
+            switch = _MANUAL_CHECKPOINTS[engine] = ManualCheckpoints()
+            sa.event.listen(engine, "checkout", switch.checkout)
+            sa.event.listen(engine, "checkin", switch.checkin)
         elif url.startswith("duckdb"):
             args: dict[str, Any] = {"read_only": read_only}
             if duckdb is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Any
 
 import sqlalchemy as sa
 
+from infra import storage
+
 CHECKPOINT_PAGES = 20_000  # WAL pages (80 MB of 4 KiB) after which an import lets it start over
-SQLITE_CHECKPOINT_PAGES = 1000  # SQLite's default, which the node's connections keep
 
 
 class Checkpoints:
@@ -21,31 +21,24 @@ class Checkpoints:
     thread copies what is committed. The WAL starts over from its beginning only when a write
     begins with all of it copied, so once it holds `CHECKPOINT_PAGES` pages the writer waits
     for one more pass (by then little is left to copy) before its next batch. Connections go
-    back to the pool with SQLite's default."""
+    back to the pool with SQLite's default (infra.storage.ManualCheckpoints; an engine made
+    otherwise keeps SQLite's own checkpoints)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self._on = engine.dialect.name == "sqlite" and journal_mode(engine) == "wal"
+        self._switch = storage.manual_checkpoints(engine)
+        self._on = self._switch is not None and journal_mode(engine) == "wal"
         self._lock = threading.Condition()
         self._asked = self._done = 0  # passes asked for, and finished
         self._pages = 0  # in the WAL at the last pass
         self._closing = False
         self._thread: threading.Thread | None = None
-        if self._on:
-            sa.event.listen(engine, "checkout", self._checkout)
-            sa.event.listen(engine, "checkin", self._checkin)
+        if self._switch is not None and self._on:
+            self._switch.hold()
             self._thread = threading.Thread(
                 target=self._run, name="consent-import-checkpoints", daemon=True
             )
             self._thread.start()
-
-    @staticmethod
-    def _checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-        dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
-
-    @staticmethod
-    def _checkin(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
 
     def committed(self) -> None:
         """A batch is committed: copy it (in the background)."""
@@ -106,8 +99,8 @@ class Checkpoints:
             self._lock.notify_all()
         if thread is not None:
             thread.join()
-        sa.event.remove(self._engine, "checkout", self._checkout)
-        sa.event.remove(self._engine, "checkin", self._checkin)
+        if self._switch is not None:
+            self._switch.release()
         self._on = False
 
 
