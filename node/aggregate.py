@@ -741,17 +741,7 @@ class QueryCompiler:
 
     def _run(self, conn: sa.Connection, scan: Scan, k: int, one_scan: bool) -> AggregateResult:
         dialect = conn.dialect.name
-        # Everything the statement is built from except the consent time, which binds at execution.
-        shape: tuple[Any, ...] = (
-            scan.query,
-            scan.recipients,
-            scan.pushed,
-            scan.bounds,
-            scan.per_resident,
-            scan.cell_keys,
-            dialect,
-            *_dataset_shape(scan.ds),
-        )
+        shape = statement_shape(scan, dialect)
         params: dict[str, Any] = {_AT: timefmt.to_db(scan.at)}
         bits = self._one_scan_bits(conn, scan, shape, one_scan)
         numbered = bits > 0

@@ -108,8 +108,8 @@ def test_a_second_sigterm_mid_query_exits_at_once_and_leaves_the_log_intact(
         wait_serving(
             layout.address, operator, lambda: None if node.poll() is None else _died(node_out)
         )
-        # The broker's channel may still be in gRPC's reconnect back-off from calls made while the
-        # node was down (connection refused), so the first queries may fail.
+        # The broker's channel may still be in its reconnect back-off (at most 2 s, see
+        # edge.city_gateway) from calls made while the node was down, so a first query may fail.
         with _partner(fed) as partner:
             _wait_for(lambda: _answered(partner), "the restarted node to answer", 30.0)
     finally:
