@@ -88,6 +88,11 @@ def covers(a: Agreement, q: Query) -> bool:
         return False
     if not fields_used(q) <= set(terms):
         return False
+    for m in q.measures:  # min/max release one record's value: only where the field allows it
+        if m.kind in (MeasureKind.MIN, MeasureKind.MAX) and not (
+            terms[m.field].extremes and terms[m.field].appearance is not Appearance.AGGREGATE_ONLY
+        ):
+            return False
     for d in q.group_by:
         t = terms[d.field]
         if t.appearance is Appearance.AGGREGATE_ONLY:
@@ -125,7 +130,7 @@ def field_terms(draw: st.DrawFn) -> FieldTerms:
     gens: frozenset[str] = frozenset()
     if appearance is Appearance.GENERALISED:
         gens = frozenset(draw(st.sets(st.sampled_from(GENERALISATIONS), min_size=1)))
-    return FieldTerms(appearance, gens)
+    return FieldTerms(appearance, gens, extremes=draw(st.booleans()))
 
 
 @st.composite
